@@ -1,0 +1,36 @@
+"""`gtok env`: what to paste into a bug report."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from cli._common import JsonFlag, print_json
+from gtok.console import console
+from gtok.envinfo import collect
+
+
+def env(json_output: JsonFlag = False) -> None:
+    """Show versions, devices, the Taichi arch that starts, and which weight files are found.
+
+    Example: gtok env --json > env.json
+    """
+    report = collect()
+    if json_output:
+        print_json(report)
+        return
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key in ("gtok", "python", "platform", "cpu_count"):
+        table.add_row(key, str(report[key]))
+    for name, version in report["packages"].items():
+        table.add_row(name, version or "[red]not installed[/]")
+    table.add_row("torch devices", ", ".join(report["torch_devices"]))
+    taichi = report["taichi"]
+    arch = taichi["arch"] or f"[red]did not start[/] ({taichi.get('error')})"
+    table.add_row("taichi arch", arch)
+    table.add_row("kernel cache", taichi["cache_dir"])
+    for key, weight in report["weights"].items():
+        where = weight["found"] or f"[yellow]not found[/] ({weight['file']})"
+        table.add_row(f"weights: {key}", where)
+    console.print(table)

@@ -1,0 +1,48 @@
+"""The `gtok` entry point: registers commands and the global options, nothing else."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli import env as env_cmd
+from cli._common import new_app, state
+from gtok._version import __version__
+from gtok.console import set_quiet
+
+app = new_app(
+    name="gtok",
+    help="GaussianToken image tokenizers: train, encode shards to Zarr tokens, decode, evaluate.",
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"gtok {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show tracebacks for errors.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or messages on stderr.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print version."),
+    ] = False,
+) -> None:
+    """Global options go before the command: `gtok -q encode ...`."""
+    state.verbose = verbose
+    set_quiet(quiet)
+
+
+app.command("env")(env_cmd.env)
+
+
+def main() -> None:
+    app()

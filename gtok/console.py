@@ -1,0 +1,71 @@
+"""Where gtok talks to people: one rich console on stderr and one progress-bar factory.
+
+Results go to stdout (printed by the CLI); everything here goes to stderr so that
+`gtok ... --json | jq` stays clean. Progress bars are quiet when stderr is not a terminal or
+when `set_quiet(True)` was called (the CLI's `-q`).
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+__all__ = ["console", "is_quiet", "progress", "set_quiet"]
+
+console = Console(stderr=True, highlight=False)
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence (or restore) progress bars and informational messages."""
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, e.g. `412.3 img/s`."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text(f"? {self.unit}/s", style="progress.data.speed")
+        return Text(f"{speed:,.1f} {self.unit}/s", style="progress.data.speed")
+
+
+def progress(unit: str = "img", *extra: ProgressColumn) -> Progress:
+    """A progress bar with count, rate in `unit`/s, elapsed time and ETA.
+
+    Use as a context manager: `with progress() as p: t = p.add_task("encode", total=n)`.
+    Extra columns (e.g. a `TextColumn("{task.fields[loss]}")`) go after the rate.
+    """
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        *extra,
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=_quiet or not console.is_terminal,
+        transient=False,
+    )

@@ -1,0 +1,74 @@
+"""What `gtok env` reports: versions, hardware, the Taichi arch that starts, weight files.
+
+Paste its output into a bug report: it answers the first questions a maintainer asks.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+import torch
+
+from gtok._version import __version__
+from gtok.errors import GtokError
+from gtok.weights import KNOWN_WEIGHTS, find_weights
+
+__all__ = ["collect"]
+
+_PACKAGES = ("torch", "taichi", "zarr", "webdataset", "numpy", "pillow", "safetensors", "typer")
+
+
+def collect() -> dict[str, Any]:
+    """Everything `gtok env` prints, as a JSON-serializable dict."""
+    return {
+        "gtok": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "executable": sys.executable,
+        "cpu_count": os.cpu_count(),
+        "packages": {name: _version(name) for name in _PACKAGES},
+        "torch_devices": _torch_devices(),
+        "taichi": _taichi(),
+        "weights": {key: _weight(key) for key in KNOWN_WEIGHTS},
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _torch_devices() -> list[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [
+            f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())
+        ]
+    return devices
+
+
+def _taichi() -> dict[str, Any]:
+    from kernels import runtime
+
+    report: dict[str, Any] = {"cache_dir": str(runtime.cache_dir())}
+    try:
+        report["arch"] = runtime.start("auto")
+    except Exception as exc:  # reported, not raised: `gtok env` must run on a broken install
+        report["arch"] = None
+        report["error"] = f"{type(exc).__name__}: {exc}"
+    return report
+
+
+def _weight(key: str) -> dict[str, Any]:
+    weight = KNOWN_WEIGHTS[key]
+    try:
+        path = find_weights(key)
+    except GtokError as exc:
+        return {"file": weight.filename, "found": None, "error": str(exc)}
+    return {"file": weight.filename, "found": str(path) if path else None}

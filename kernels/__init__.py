@@ -1,0 +1,9 @@
+"""Taichi kernels for gtok, with a plain PyTorch reference of each.
+
+Importing this package compiles nothing and does not start Taichi; the first kernel call
+does (see `kernels.runtime`).
+"""
+
+from kernels.runtime import ArchError, start
+
+__all__ = ["ArchError", "start"]
