@@ -1,0 +1,238 @@
+"""`TokenizerConfig`: every architecture field of a tokenizer, and the named presets.
+
+Importing this module is cheap (no torch): `gtok.PRESETS` and `config.json` parsing use it.
+
+Presets:
+
+- `cifar`, `imagenet`: the authors' released GaussianToken models (DESIGN.md section 1 and
+  its table): 32x32 -> 16x16 map, 64 Gaussians, z = 3; 256x256 -> 32x32 map,
+  256 Gaussians, z = 8; codebook 1024; ch 128, 4 ResBlocks per level.
+- `tiny`: 64x64 input, 64 Gaussians on a 16x16 map, small enough to train on a 2-core
+  CPU (bench/model.py measures it). ch 32 with ch_mult (1, 2, 2) and one ResBlock per
+  level: the encoder/decoder dominate the cost, and this is the cheapest family member whose
+  GroupNorms still have 32 channels per level and whose map keeps the cifar preset's 16x16
+  render size, so the GaussianEmbed and rasterizer run at the authors' cifar scale.
+- `vq-tiny`, `vq-cifar`, `vq-imagenet`: plain VQGAN baselines from the same encoder/decoder
+  family that quantize every cell of a feature map with as many cells as the matching
+  preset has Gaussians (8x8 = 64, 8x8 = 64, 16x16 = 256), with the same codebook and z. The
+  map is one level smaller, so the baselines have one more level (`vq-imagenet` is the
+  authors' own baseline config, ch_mult (1, 1, 2, 2, 4)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["MAX_CODEBOOK_SIZE", "PRESETS", "TokenizerConfig", "preset_config"]
+
+MAX_CODEBOOK_SIZE = 65536  # token ids are stored as uint16
+GROUPS = 32  # GroupNorm groups: every CNN channel count is a multiple of this
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Architecture of a GaussianToken tokenizer (kind "gaussian") or its VQGAN baseline ("vq").
+
+    Units: sizes in pixels (image) or cells (map); scales in feature-map pixels.
+    """
+
+    kind: Literal["gaussian", "vq"] = "gaussian"
+    preset: str = "custom"  # the preset this config was built from (informational)
+    image_size: int = 32  # input and output side, pixels (square images)
+    # CNN encoder/decoder (Open-MAGVIT2 family)
+    ch: int = 128  # base channels
+    ch_mult: tuple[int, ...] = (1, 2)  # channels per level = ch * mult; 2^(levels-1) down
+    num_res_blocks: int = 4  # ResBlocks per level and in the middle
+    embed_dim: int = 64  # encoder output channels (vq: equal to z_dim, it is quantized as is)
+    map_size: int = 16  # side of the encoder map and of the rendered map, cells
+    # tokens and codebook
+    z_dim: int = 3  # code (and rendered map) channels
+    codebook_size: int = 1024
+    num_gaussians: int | None = 64  # gaussian: tokens per image; vq: None (map_size^2 tokens)
+    # GaussianEmbed (DESIGN.md 1.2-1.3); its width is embed_dim
+    num_heads: int = 4
+    num_points: int = 4  # learned sampling points per head (plus one fixed zero offset)
+    ffn_dim: int = 256
+    num_rounds: int = 3  # rounds of [cross-attention, FFN, refine]
+    num_encoder_layers: int = 2  # deformable self-attention layers over the map
+    num_decoder_layers: int = 2  # decoder layers per cross-attention module
+    dropout: float = 0.1
+    scale_min: float = 0.1  # smallest Gaussian standard deviation, map pixels
+    scale_max_init: float = 4.0  # r_max at the start of training, map pixels
+    scale_max_floor: float = 3.0  # r_max shrinks towards this during training
+    # vector quantizer (DESIGN.md 1.4)
+    codebook_decay: float = 0.8  # EMA decay of the codebook
+    codebook_eps: float = 1e-5  # Laplace smoothing of the EMA cluster sizes
+    kmeans_iters: int = 10  # k-means iterations of the first-batch initialization
+    dead_threshold: float = 2.0  # codes with EMA cluster size below this are restarted
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
+        problems = self._problems()
+        if problems:
+            raise ValueError(f"invalid tokenizer config: {'; '.join(problems)}")
+
+    def _problems(self) -> list[str]:
+        out: list[str] = []
+        if self.kind not in ("gaussian", "vq"):
+            out.append(f"kind must be 'gaussian' or 'vq', got {self.kind!r}")
+        for name in ("image_size", "ch", "num_res_blocks", "embed_dim", "map_size", "z_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                out.append(f"{name} must be a positive integer, got {value!r}")
+        if out:
+            return out
+        if not self.ch_mult or any(not isinstance(m, int) or m < 1 for m in self.ch_mult):
+            out.append(f"ch_mult must be positive integers, got {self.ch_mult!r}")
+            return out
+        if any(self.ch * m % GROUPS for m in self.ch_mult):
+            out.append(
+                f"ch * ch_mult must be multiples of {GROUPS} (GroupNorm groups), "
+                f"got ch={self.ch}, ch_mult={self.ch_mult}"
+            )
+        factor = 2 ** (len(self.ch_mult) - 1)
+        if self.image_size != self.map_size * factor:
+            out.append(
+                f"image_size {self.image_size} must be map_size {self.map_size} * "
+                f"2^(len(ch_mult) - 1) = {self.map_size * factor}"
+            )
+        if not 2 <= self.codebook_size <= MAX_CODEBOOK_SIZE:
+            out.append(
+                f"codebook_size must be in [2, {MAX_CODEBOOK_SIZE}], got {self.codebook_size}"
+            )
+        if self.kind == "vq":
+            if self.num_gaussians is not None:
+                out.append(f"a vq config has no Gaussians, got num_gaussians={self.num_gaussians}")
+            if self.embed_dim != self.z_dim:
+                out.append(
+                    f"a vq encoder outputs the codes: embed_dim {self.embed_dim} "
+                    f"must equal z_dim {self.z_dim}"
+                )
+        else:
+            out.extend(self._gaussian_problems())
+        if not 0 < self.codebook_decay < 1:
+            out.append(f"codebook_decay must be in (0, 1), got {self.codebook_decay}")
+        if self.codebook_eps <= 0 or self.kmeans_iters < 0 or self.dead_threshold < 0:
+            out.append(
+                f"codebook_eps must be > 0 and kmeans_iters, dead_threshold >= 0, got "
+                f"{self.codebook_eps}, {self.kmeans_iters}, {self.dead_threshold}"
+            )
+        return out
+
+    def _gaussian_problems(self) -> list[str]:
+        out: list[str] = []
+        counts = ("num_gaussians", "num_heads", "num_points", "ffn_dim", "num_rounds")
+        for name in (*counts, "num_encoder_layers", "num_decoder_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                out.append(f"{name} must be a positive integer, got {value!r}")
+        if out:
+            return out
+        if self.embed_dim % GROUPS or self.embed_dim % self.num_heads:
+            out.append(
+                f"embed_dim must be a multiple of {GROUPS} and of num_heads, "
+                f"got embed_dim={self.embed_dim}, num_heads={self.num_heads}"
+            )
+        if not 0 <= self.dropout < 1:
+            out.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0 < self.scale_min < self.scale_max_floor <= self.scale_max_init:
+            out.append(
+                "need 0 < scale_min < scale_max_floor <= scale_max_init, got "
+                f"{self.scale_min}, {self.scale_max_floor}, {self.scale_max_init}"
+            )
+        return out
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per image: the Gaussian count, or the map's cell count for vq."""
+        return self.num_gaussians if self.kind == "gaussian" else self.map_size**2
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict of every field (ch_mult as a list)."""
+        data = dataclasses.asdict(self)
+        data["ch_mult"] = list(self.ch_mult)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenizerConfig:
+        """Inverse of `to_dict`; unknown or missing fields are a ValueError naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(data) - names):
+            raise ValueError(f"unknown tokenizer config fields: {', '.join(unknown)}")
+        if missing := sorted(names - set(data)):
+            raise ValueError(f"tokenizer config fields missing: {', '.join(missing)}")
+        return cls(**data)
+
+    def replace(self, **overrides: Any) -> TokenizerConfig:
+        """A copy with some fields changed (validated); unknown names are a ValueError."""
+        names = {f.name for f in dataclasses.fields(self)}
+        if unknown := sorted(set(overrides) - names):
+            raise ValueError(
+                f"unknown tokenizer config fields: {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(names))})"
+            )
+        return dataclasses.replace(self, **overrides)
+
+
+PRESETS: dict[str, TokenizerConfig] = {
+    c.preset: c
+    for c in (
+        TokenizerConfig(preset="cifar"),
+        TokenizerConfig(
+            preset="imagenet",
+            image_size=256,
+            ch_mult=(1, 2, 2, 4),
+            map_size=32,
+            z_dim=8,
+            num_gaussians=256,
+        ),
+        TokenizerConfig(
+            preset="tiny",
+            image_size=64,
+            ch=32,
+            ch_mult=(1, 2, 2),
+            num_res_blocks=1,
+            map_size=16,
+            z_dim=8,
+        ),
+        TokenizerConfig(
+            kind="vq",
+            preset="vq-cifar",
+            ch_mult=(1, 2, 2),
+            embed_dim=3,
+            map_size=8,
+            num_gaussians=None,
+        ),
+        TokenizerConfig(
+            kind="vq",
+            preset="vq-imagenet",
+            image_size=256,
+            ch_mult=(1, 1, 2, 2, 4),
+            embed_dim=8,
+            map_size=16,
+            z_dim=8,
+            num_gaussians=None,
+        ),
+        TokenizerConfig(
+            kind="vq",
+            preset="vq-tiny",
+            image_size=64,
+            ch=32,
+            ch_mult=(1, 2, 2, 2),
+            num_res_blocks=1,
+            embed_dim=8,
+            map_size=8,
+            z_dim=8,
+            num_gaussians=None,
+        ),
+    )
+}
+
+
+def preset_config(name: str, **overrides: Any) -> TokenizerConfig:
+    """The config of preset `name` with `overrides` applied; an unknown name is a ValueError."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
