@@ -1,0 +1,135 @@
+"""One tar's samples, decoded: each is either a `Decoded` image or a `Skipped` reason, in tar
+order, followed by one `ShardEnd` that counts them (and says if the tar itself was damaged).
+
+This is the layer encode, training and evaluation share: they differ only in the `prepare`
+function (centre crop vs random crop) passed to `decode_shard`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from gtok.data.images import IMAGE_EXTENSIONS, ImageRejected, decode_rgb
+from gtok.data.tario import RawSample, TarProblem, read_tar
+from gtok.data.transforms import Preprocess, center_crop
+
+__all__ = [
+    "NO_LABEL",
+    "Decoded",
+    "ShardEnd",
+    "Skipped",
+    "center_prepare",
+    "decode_shard",
+    "image_member",
+    "parse_label",
+]
+
+NO_LABEL = -1  # the label of a sample without a `.cls` member
+
+
+@dataclass
+class Decoded:
+    """A sample turned into model input.
+
+    image: uint8 [S, S, 3] RGB (the caller scales it to [-1, 1]); label: the `.cls` value or
+    `NO_LABEL`; upscaled: its shorter side was below the resize target.
+    """
+
+    key: str
+    image: np.ndarray
+    label: int
+    upscaled: bool = False
+
+
+@dataclass
+class Skipped:
+    """A sample that was read but cannot be used, and why."""
+
+    key: str
+    reason: str
+
+
+@dataclass
+class ShardEnd:
+    """After a tar's last sample: `samples` read (decoded + skipped) and `problem`, set when the
+    tar could not be read to its end (samples after that point, if any, are unknowable)."""
+
+    samples: int
+    problem: str | None = None
+
+
+def image_member(raw: RawSample) -> bytes:
+    """The bytes of the sample's image member (jpg, jpeg, png, webp, first found in that order)."""
+    for ext in IMAGE_EXTENSIONS:
+        if ext in raw.files:
+            return raw.files[ext]
+    members = ", ".join(f".{ext}" if ext else "(no extension)" for ext in raw.files) or "nothing"
+    raise ImageRejected(f"no image member (jpg, jpeg, png or webp); the sample has {members}")
+
+
+def parse_label(raw: RawSample) -> int:
+    """The sample's `.cls` label as a non-negative int, `NO_LABEL` when it has none."""
+    data = raw.files.get("cls")
+    if data is None:
+        return NO_LABEL
+    try:
+        label = int(data.decode("utf-8").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise ImageRejected(f"unreadable .cls label {data[:32]!r}") from None
+    if not 0 <= label < 2**31:
+        raise ImageRejected(f".cls label {label} is not in [0, 2^31)")
+    return label
+
+
+Prepare = Callable[[RawSample, int], Decoded]
+
+
+def center_prepare(preprocess: Preprocess) -> Prepare:
+    """The `prepare` for encoding and evaluation: decode, resize + centre crop (no randomness)."""
+    return _CenterPrepare(preprocess)
+
+
+@dataclass(frozen=True)
+class _CenterPrepare:
+    preprocess: Preprocess
+
+    def __call__(self, raw: RawSample, index: int) -> Decoded:
+        label = parse_label(raw)
+        img = decode_rgb(
+            image_member(raw),
+            max_pixels=self.preprocess.max_pixels,
+            background=self.preprocess.background,
+        )
+        crop, upscaled = center_crop(img, self.preprocess.image_size, self.preprocess.resize_to)
+        return Decoded(raw.key, _pixels(crop), label, upscaled)
+
+
+def _pixels(img: Image.Image) -> np.ndarray:
+    return np.array(img, dtype=np.uint8)  # writable: torch.from_numpy needs that
+
+
+def decode_shard(url: str, prepare: Prepare) -> Iterator[Decoded | Skipped | ShardEnd]:
+    """Decode every sample of the tar at `url`; never raises for bad data.
+
+    `prepare(raw, index)` turns sample number `index` (0-based, in tar order) into a
+    `Decoded` or raises `ImageRejected` with the reason.
+    """
+    samples = 0
+    problem = None
+    for item in read_tar(url):
+        if isinstance(item, TarProblem):
+            problem = item.reason
+            continue
+        index, samples = samples, samples + 1
+        if item.problem is not None:
+            yield Skipped(item.key, item.problem)
+            continue
+        try:
+            yield prepare(item, index)
+        except ImageRejected as exc:
+            yield Skipped(item.key, str(exc))
+    yield ShardEnd(samples, problem)

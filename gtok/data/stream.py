@@ -1,0 +1,238 @@
+"""Picklable iterable datasets over tar shards, for `torch.utils.data.DataLoader`.
+
+Both split their shards across DataLoader workers (shard i goes to worker i mod W), hold no
+open files or Zarr handles between iterations, and so work with `spawn` workers, which gtok
+uses everywhere (`multiprocessing_context="spawn"`: forked workers hang once Taichi started
+and Zarr's event loop does not survive a fork). See `loader()`.
+
+- `EncodeStream`: what `gtok encode` reads. Items are `ShardChunk`s: up to `batch_size`
+  consecutive samples of one shard as uint8 pixels, plus the skipped samples among them; a
+  chunk never spans two shards, so the model always sees the same batches for a shard
+  however the work is split or resumed, and the shard's last chunk carries its `ShardEnd`.
+- `ImageDataset`: one sample at a time for training and evaluation, centre crop or seeded
+  random-resized-crop + flip, with optional rank/world-size splitting and shard shuffling.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from gtok.console import console, is_quiet
+from gtok.data.images import decode_rgb
+from gtok.data.samples import (
+    Decoded,
+    ShardEnd,
+    Skipped,
+    center_prepare,
+    decode_shard,
+    image_member,
+    parse_label,
+)
+from gtok.data.shards import ShardRef
+from gtok.data.tario import RawSample
+from gtok.data.transforms import Preprocess, random_resized_crop, sample_rng
+
+__all__ = ["EncodeStream", "ImageDataset", "ShardChunk", "loader", "to_model_input"]
+
+
+def _worker_slice() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels [B, S, S, 3] -> float32 [B, 3, S, S] in [-1, 1], on `images`' device."""
+    return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+@dataclass
+class ShardChunk:
+    """Consecutive samples of one shard.
+
+    shard: index of the shard in the stream's list. images: uint8 [b, S, S, 3] (b may be 0);
+    keys, labels: per image (labels int32 [b], -1 = no `.cls`); skipped: samples of this
+    stretch that could not be used; upscaled: how many images were smaller than the resize
+    target; end: set on the shard's last chunk.
+    """
+
+    shard: int
+    images: torch.Tensor
+    keys: list[str] = field(default_factory=list)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    skipped: list[Skipped] = field(default_factory=list)
+    upscaled: int = 0
+    end: ShardEnd | None = None
+
+
+class EncodeStream(IterableDataset):
+    """Decoded, centre-cropped samples of `shards`, as `ShardChunk`s of at most `batch_size`."""
+
+    def __init__(self, shards: Sequence[ShardRef], preprocess: Preprocess, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.shards = list(shards)
+        self.preprocess = preprocess
+        self.batch_size = batch_size
+
+    def _empty(self) -> torch.Tensor:
+        size = self.preprocess.image_size
+        return torch.empty((0, size, size, 3), dtype=torch.uint8)
+
+    def _chunk(self, index: int, decoded: list[Decoded], skipped: list[Skipped]) -> ShardChunk:
+        images = (
+            torch.from_numpy(np.stack([d.image for d in decoded])) if decoded else self._empty()
+        )
+        return ShardChunk(
+            shard=index,
+            images=images,
+            keys=[d.key for d in decoded],
+            labels=np.array([d.label for d in decoded], dtype=np.int32),
+            skipped=skipped,
+            upscaled=sum(d.upscaled for d in decoded),
+        )
+
+    def shard_chunks(self, index: int) -> Iterator[ShardChunk]:
+        """The chunks of shard `index` alone (what one worker yields for it)."""
+        prepare = center_prepare(self.preprocess)
+        decoded: list[Decoded] = []
+        skipped: list[Skipped] = []
+        for item in decode_shard(self.shards[index].url, prepare):
+            if isinstance(item, ShardEnd):
+                chunk = self._chunk(index, decoded, skipped)
+                chunk.end = item
+                yield chunk
+                return
+            if isinstance(item, Skipped):
+                skipped.append(item)
+                continue
+            decoded.append(item)
+            if len(decoded) == self.batch_size:
+                yield self._chunk(index, decoded, skipped)
+                decoded, skipped = [], []
+
+    def __iter__(self) -> Iterator[ShardChunk]:
+        worker, workers = _worker_slice()
+        for index in range(worker, len(self.shards), workers):
+            yield from self.shard_chunks(index)
+
+
+class ImageDataset(IterableDataset):
+    """Images from tar shards for training and evaluation; one dict per usable sample.
+
+    Item: {"image": float32 [3, S, S] in [-1, 1], "label": int (-1 = none),
+    "key": "<shard name>/<sample key>"}.
+
+    augment=False: resize + centre crop as `preprocess` says (what encode does).
+    augment=True: `random_resized_crop` to S + horizontal flip, seeded by
+    (seed, epoch, shard index, sample index), so crops do not depend on worker count.
+    Shards are split across `rank`/`world_size` first, then DataLoader workers; with
+    `shuffle`, the shard order is permuted per epoch and samples pass through a seeded buffer
+    of `shuffle_buffer`. Call `set_epoch` before each epoch. Unusable samples are skipped and
+    reported on stderr (one line each) and counted in `skipped` of the worker's copy.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[ShardRef],
+        preprocess: Preprocess,
+        *,
+        augment: bool = False,
+        shuffle: bool = False,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.shards = list(shards)
+        self.preprocess = preprocess
+        self.augment = augment
+        self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.skipped = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _my_shards(self) -> list[int]:
+        order = list(range(len(self.shards)))
+        if self.shuffle:
+            random.Random(f"{self.seed}/{self.epoch}").shuffle(order)
+        worker, workers = _worker_slice()
+        return order[self.rank :: self.world_size][worker::workers]
+
+    def _prepare(self, index: int):
+        if not self.augment:
+            return center_prepare(self.preprocess)
+        size, seed, epoch = self.preprocess.image_size, self.seed, self.epoch
+        settings = self.preprocess
+
+        def prepare(raw: RawSample, sample: int) -> Decoded:
+            label = parse_label(raw)
+            img = decode_rgb(
+                image_member(raw), max_pixels=settings.max_pixels, background=settings.background
+            )
+            crop = random_resized_crop(img, size, sample_rng(seed, epoch, index, sample))
+            return Decoded(raw.key, np.array(crop, dtype=np.uint8), label)
+
+        return prepare
+
+    def _samples(self) -> Iterator[dict]:
+        for index in self._my_shards():
+            shard = self.shards[index]
+            for item in decode_shard(shard.url, self._prepare(index)):
+                if isinstance(item, Decoded):
+                    yield {
+                        "image": to_tensor_from_array(item.image),
+                        "label": item.label,
+                        "key": f"{shard.name}/{item.key}",
+                    }
+                elif isinstance(item, Skipped):
+                    self.skipped += 1
+                    _report(f"{shard.name}/{item.key}: {item.reason}")
+                elif item.problem:
+                    _report(f"{shard.name}: {item.problem}")
+
+    def __iter__(self) -> Iterator[dict]:
+        if not self.shuffle or self.shuffle_buffer <= 1:
+            yield from self._samples()
+            return
+        worker, _ = _worker_slice()
+        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
+        buffer: list[dict] = []
+        for sample in self._samples():
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            slot = rng.randrange(len(buffer))
+            buffer[slot], sample = sample, buffer[slot]
+            yield sample
+        rng.shuffle(buffer)
+        yield from buffer
+
+
+def _report(message: str) -> None:
+    if not is_quiet():
+        console.print(f"[yellow]skipped[/] {message}", soft_wrap=True)
+
+
+def to_tensor_from_array(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [S, S, 3] -> float32 [3, S, S] in [-1, 1] (same numbers as `to_tensor`)."""
+    return to_model_input(torch.from_numpy(np.ascontiguousarray(pixels))[None])[0]
+
+
+def loader(dataset: IterableDataset, *, workers: int, batch_size: int | None = None, **kw):
+    """A DataLoader over `dataset` with `spawn` workers (none when `workers` is 0)."""
+    extra = {"multiprocessing_context": "spawn", "persistent_workers": False} if workers else {}
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, **extra, **kw)

@@ -1,0 +1,157 @@
+"""Make small WebDataset tar shards for tests: clean images, labels, and every odd case.
+
+Images are drawn with numpy and saved with Pillow (or, for 16-bit RGB and decompression-bomb
+headers that Pillow cannot write, assembled as PNG bytes by hand).
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+Sample = tuple[str, dict[str, bytes]]  # (key, {extension: bytes})
+
+
+def pixels(seed: int, size: tuple[int, int] = (40, 32)) -> np.ndarray:
+    """A smooth, seed-dependent uint8 RGB picture [H, W, 3] (width x height = `size`)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    out = np.empty((h, w, 3), np.float64)
+    for c in range(3):
+        fx, fy, phase = rng.uniform(0.05, 0.3), rng.uniform(0.05, 0.3), rng.uniform(0, 6)
+        out[..., c] = 127.5 + 120 * np.sin(fx * x + fy * y + phase)
+    return out.astype(np.uint8)
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def jpeg(seed: int, size: tuple[int, int] = (40, 32)) -> bytes:
+    return encode(Image.fromarray(pixels(seed, size)), "JPEG", quality=92)
+
+
+def png(seed: int, size: tuple[int, int] = (40, 32)) -> bytes:
+    return encode(Image.fromarray(pixels(seed, size)), "PNG")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png16_rgb(array: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG of uint16 [H, W, 3] (Pillow cannot write these)."""
+    h, w, _ = array.shape
+    raw = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A PNG whose header claims `width` x `height` pixels; its data is a few bytes."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def exif_rotated_jpeg(seed: int, orientation: int = 6) -> bytes:
+    """A 40x32 JPEG whose EXIF says `orientation` (6: display rotated 90 degrees clockwise)."""
+    img = Image.fromarray(pixels(seed, (40, 32)))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(img, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def write_tar(path: str | Path, samples: list[Sample]) -> Path:
+    """Write `samples` as a tar (members `<key>.<ext>` in the given order)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for key, files in samples:
+            for ext, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{ext}" if ext else key)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def clean_samples(n: int, *, start: int = 0, labels: bool = True, size=(40, 32)) -> list[Sample]:
+    """`n` JPEG samples keyed `%06d` from `start`, labels `index % 10` in `.cls` members."""
+    out = []
+    for i in range(start, start + n):
+        files = {"jpg": jpeg(i, size)}
+        if labels:
+            files["cls"] = str(i % 10).encode()
+        files["json"] = b'{"i": %d}' % i
+        out.append((f"{i:06d}", files))
+    return out
+
+
+def write_clean_shards(folder: str | Path, shards: int, per_shard: int, **kw) -> list[Path]:
+    """`shards` tars `shard-%04d.tar` of `per_shard` clean samples each (keys run on)."""
+    return [
+        write_tar(
+            Path(folder) / f"shard-{s:04d}.tar",
+            clean_samples(per_shard, start=s * per_shard, **kw),
+        )
+        for s in range(shards)
+    ]
+
+
+def odd_samples() -> list[tuple[Sample, str | None]]:
+    """Samples of every odd kind with what should happen to each: None = encoded, or a
+    fragment of the skip reason."""
+    rgb = Image.fromarray(pixels(7))
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(128)
+    palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    transparent = palette.copy()
+    transparent.info["transparency"] = 0
+    wide = np.zeros((32, 40, 3), np.uint16)
+    wide[..., 0], wide[..., 1], wide[..., 2] = 65535, 32768, 256
+    gray16 = Image.fromarray(np.full((32, 40), 32768, np.uint16))
+    good_jpeg = jpeg(3)
+    cases: list[tuple[Sample, str | None]] = [
+        (("plain", {"jpg": good_jpeg, "cls": b"3"}), None),
+        (("upper", {"JPEG": jpeg(4), "cls": b"4"}), None),
+        (("png", {"png": png(5)}), None),
+        (("webp", {"webp": encode(rgb, "WEBP", lossless=True)}), None),
+        (("cmyk", {"jpg": encode(rgb.convert("CMYK"), "JPEG", quality=95)}), None),
+        (("gray", {"jpg": encode(rgb.convert("L"), "JPEG")}), None),
+        (("bilevel", {"png": encode(rgb.convert("1"), "PNG")}), None),
+        (("palette", {"png": encode(palette, "PNG")}), None),
+        (("palette_alpha", {"png": encode(transparent, "PNG", transparency=0)}), None),
+        (("rgba", {"png": encode(rgba, "PNG")}), None),
+        (("la", {"png": encode(rgba.convert("LA"), "PNG")}), None),
+        (("gray16", {"png": encode(gray16, "PNG")}), None),
+        (("rgb16", {"png": png16_rgb(wide)}), None),
+        (("exif", {"jpg": exif_rotated_jpeg(8)}), None),
+        (("tiny", {"jpg": jpeg(9, (5, 3))}), None),
+        (("misnamed", {"png": good_jpeg}), None),
+        (("not_image", {"jpg": b"this is not an image at all"}), "not an image"),
+        (("truncated", {"jpg": good_jpeg[: len(good_jpeg) // 2]}), "truncated or corrupt"),
+        (("empty", {"jpg": b""}), "empty image member"),
+        (("bomb", {"png": bomb_png()}), "decompression bomb"),
+        (("no_image", {"json": b"{}", "txt": b"caption"}), "no image member"),
+        (("bad_label", {"jpg": good_jpeg, "cls": b"cat"}), "unreadable .cls label"),
+        (("plain", {"jpg": good_jpeg}), "duplicate key"),
+    ]
+    return cases
