@@ -1,0 +1,84 @@
+"""The training states of a run: `RUN_DIR/checkpoints/step-NNNNNN.pt`, the last K and the best.
+
+Each state is one file written atomically (`gtok.train.atomic`), holding only tensors and
+plain Python values so that it loads with `torch.load(weights_only=True)`. `best.json`
+names the step with the best validation PSNR; that state is kept however old it gets.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gtok.console import console
+from gtok.train.atomic import atomic_torch_save, atomic_write_bytes, remove_stale
+
+__all__ = ["CheckpointDir"]
+
+_NAME = re.compile(r"^step-(\d{6,})\.pt$")
+
+
+class CheckpointDir:
+    """The `checkpoints/` folder of a run directory."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def path(self, step: int) -> Path:
+        return self.folder / f"step-{step:06d}.pt"
+
+    def steps(self) -> list[int]:
+        """Steps of the states on disk, oldest first."""
+        if not self.folder.is_dir():
+            return []
+        found = (_NAME.match(p.name) for p in self.folder.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def best(self) -> dict[str, Any] | None:
+        """`{"step": int, "psnr": float}` of the best state so far, or None."""
+        path = self.folder / "best.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save(
+        self, state: dict[str, Any], step: int, keep_last: int, best_psnr: float | None = None
+    ) -> Path:
+        """Write the state of `step`; with `best_psnr` (dB) record it as the best so far.
+        Then delete states beyond the last `keep_last`, except the best one."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = atomic_torch_save(state, self.path(step))
+        if best_psnr is not None:
+            record = json.dumps({"step": step, "psnr": best_psnr}).encode()
+            atomic_write_bytes(self.folder / "best.json", record)
+        self.prune(keep_last)
+        return path
+
+    def prune(self, keep_last: int) -> None:
+        best = self.best()
+        protected = set(self.steps()[-keep_last:])
+        if best is not None:
+            protected.add(best["step"])
+        for step in self.steps():
+            if step not in protected:
+                self.path(step).unlink(missing_ok=True)
+
+    def load_latest(self) -> dict[str, Any] | None:
+        """The newest state that loads, or None when there is none.
+
+        Leftover temporary files of a killed writer are removed first. A state file that
+        cannot be read (a damaged disk: atomic writes never leave half a file under a final
+        name) is reported and the next older one is tried.
+        """
+        remove_stale(self.folder)
+        for step in reversed(self.steps()):
+            path = self.path(step)
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # any unreadable file: fall back to an older state
+                console.print(
+                    f"[yellow]warning:[/] cannot read {path} ({exc}); trying an older state."
+                )
+        return None
