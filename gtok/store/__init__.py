@@ -1,0 +1,10 @@
+"""The Zarr token store: schema, writer (parts), finalize, reader (`TokenStore`), and the
+checks behind `gtok info` and `gtok verify`. See `gtok.store.schema` for the layout."""
+
+from gtok.store.finalize import finalize_store
+from gtok.store.location import Location
+from gtok.store.reader import TokenStore
+from gtok.store.schema import StoreHeader
+from gtok.store.writer import Part, StoreWriter
+
+__all__ = ["Location", "Part", "StoreHeader", "StoreWriter", "TokenStore", "finalize_store"]

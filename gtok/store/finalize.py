@@ -1,0 +1,187 @@
+"""Finalize: concatenate every part, in input order, into the flat root arrays.
+
+Runs in one process after all writers finished (automatically at the end of a single-process
+encode; `gtok encode --finalize -o STORE` after parallel workers). It writes each root array
+in whole Zarr shards, one after another, so no shard is ever written twice or concurrently.
+Crash-safe: the header's `state` turns "complete" only once every array is written; parts
+are deleted after that, then metadata is consolidated. Rerunning an interrupted finalize
+starts it over (or just finishes the clean-up when `state` is already "complete").
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from gtok._version import __version__
+from gtok.errors import GtokError
+from gtok.store import schema
+from gtok.store.location import Location
+from gtok.store.writer import open_root, part_counts, read_header
+
+__all__ = ["finalize_store"]
+
+
+@dataclass
+class _Rows:
+    """Accumulates rows of one root array and writes them a whole Zarr shard at a time."""
+
+    array: object
+    shard_rows: int
+    pending: list
+    written: int = 0
+    buffered: int = 0
+
+    def add(self, block: np.ndarray) -> None:
+        self.pending.append(block)
+        self.buffered += len(block)
+        while self.buffered >= self.shard_rows:
+            self._flush(self.shard_rows)
+
+    def _flush(self, rows: int) -> None:
+        data = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        head, tail = data[:rows], data[rows:]
+        self.array[self.written : self.written + rows] = head
+        self.written += rows
+        self.pending = [tail] if len(tail) else []
+        self.buffered = len(tail)
+
+    def close(self) -> None:
+        if self.buffered:
+            self._flush(self.buffered)
+
+
+def _missing_message(location: Location, missing: list[str], total: int) -> str:
+    shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    return (
+        f"{len(missing)} of {total} input shards of {location} are not encoded yet ({shown}); "
+        "run the encode workers until each one finishes (rerunning resumes), then finalize."
+    )
+
+
+def _string_table(group, name: str, values: list[str]) -> None:
+    data = np.array(values, dtype=object)
+    group.create_array(
+        name,
+        shape=data.shape,
+        chunks=(max(min(len(values), schema.SHARD_ROWS), 1),),
+        dtype=str,
+        fill_value="",
+        compressors=schema.compressors(),
+        overwrite=True,
+    )[...] = data
+
+
+def _count_table(group, name: str, values: list[int]) -> None:
+    data = np.asarray(values, dtype=schema.COUNT_DTYPE)
+    group.create_array(
+        name,
+        shape=data.shape,
+        chunks=(max(min(len(values), schema.SHARD_ROWS), 1),),
+        dtype=schema.COUNT_DTYPE,
+        fill_value=-1,
+        compressors=schema.compressors(),
+        overwrite=True,
+    )[...] = data
+
+
+def finalize_store(out: str) -> dict:
+    """Build the root arrays of the store at `out` from its parts; returns its counts.
+
+    Raises `GtokError` when input shards are still missing or a part belongs to another model.
+    """
+    location = Location(str(out))
+    root = open_root(location, mode="r+")
+    header, attrs = read_header(root)
+    if attrs["state"] == schema.STATE_COMPLETE:
+        _clean_up(location)
+        return attrs["counts"]
+    names = header.shard_names
+    counts = {name: part_counts(root, name) for name in names}
+    if missing := [n for n, c in counts.items() if c is None]:
+        raise GtokError(_missing_message(location, missing, len(names)))
+    for name in names:
+        owner = root[f"{schema.PARTS}/{schema.part_name(name)}"].attrs.get("weights_sha256")
+        if owner != header.weights_sha256:
+            raise GtokError(
+                f"the part of {name} in {location} was encoded by another model; delete "
+                f"{schema.PARTS}/{schema.part_name(name)} there and rerun its worker."
+            )
+    rows = [counts[n]["rows"] for n in names]
+    total = sum(rows)
+    has_labels = any(counts[n]["labeled"] for n in names)
+    specs = schema.row_arrays(
+        header.num_tokens,
+        has_geometry=header.has_geometry,
+        geometry_dtype=header.geometry_dtype,
+        has_labels=has_labels,
+    )
+    for stale in (schema.GEOMETRY, schema.LABELS):  # from an earlier attempt, if it differed
+        if stale not in {s.name for s in specs} and stale in root:
+            location.remove(stale)
+    writers = {}
+    for spec in specs:
+        array = root.create_array(
+            spec.name,
+            shape=(total, *spec.row_shape),
+            chunks=(schema.CHUNK_ROWS, *spec.row_shape),
+            shards=(schema.SHARD_ROWS, *spec.row_shape),
+            dtype=spec.dtype,
+            fill_value=spec.fill,
+            compressors=schema.compressors(),
+            overwrite=True,
+        )
+        writers[spec.name] = _Rows(array, schema.SHARD_ROWS, [])
+    skipped: dict[str, list[str]] = {"shard": [], "key": [], "reason": []}
+    for name in names:
+        part = root[f"{schema.PARTS}/{schema.part_name(name)}"]
+        for spec_name, writer in writers.items():
+            block = part[spec_name][...]
+            writer.add(block.astype(object) if spec_name == schema.KEYS else block)
+        keys = part[schema.PART_SKIPPED_KEYS][...].tolist()
+        reasons = part[schema.PART_SKIPPED_REASONS][...].tolist()
+        if counts[name]["problem"]:
+            keys, reasons = [*keys, ""], [*reasons, counts[name]["problem"]]
+        skipped["shard"] += [name] * len(keys)
+        skipped["key"] += [str(k) for k in keys]
+        skipped["reason"] += [str(r) for r in reasons]
+    for writer in writers.values():
+        writer.close()
+    table = root.require_group(schema.SKIPPED)
+    for column, values in skipped.items():
+        _string_table(table, column, values)
+    inputs = root.require_group(schema.INPUTS)
+    first = np.concatenate([[0], np.cumsum(rows)[:-1]]) if rows else np.zeros(0, np.int64)
+    _string_table(inputs, "name", list(names))
+    _string_table(inputs, "url", list(header.shard_urls))
+    _count_table(inputs, "first_row", first.tolist())
+    _count_table(inputs, "rows", rows)
+    _count_table(inputs, "samples", [counts[n]["samples"] for n in names])
+    _count_table(inputs, "skipped", [counts[n]["skipped"] for n in names])
+    _string_table(inputs, "problem", [counts[n]["problem"] or "" for n in names])
+    totals = {
+        "shards": len(names),
+        "samples": sum(counts[n]["samples"] for n in names),
+        "encoded": total,
+        "skipped": sum(counts[n]["skipped"] for n in names),
+        "damaged_shards": sum(1 for n in names if counts[n]["problem"]),
+        "labeled": sum(counts[n]["labeled"] for n in names),
+        "upscaled": sum(counts[n]["upscaled"] for n in names),
+    }
+    root.attrs[schema.ATTR_ROOT] = header.to_attrs(
+        state=schema.STATE_COMPLETE, gtok_version=__version__, counts=totals
+    )
+    _clean_up(location)
+    return totals
+
+
+def _clean_up(location: Location) -> None:
+    """Delete the parts of a complete store and consolidate its metadata."""
+    import zarr
+
+    location.remove(schema.PARTS)
+    with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec yet": known
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(location.zarr_store())

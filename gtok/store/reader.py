@@ -1,0 +1,274 @@
+"""`TokenStore`: read a finished token store in training loops.
+
+    store = TokenStore("tokens.zarr", format="torch")
+    len(store)                      # N rows
+    store[7]                        # one row: {"row", "indices" [G], "geometry" [G, 5], "labels"}
+    store[100:356]                  # a batch: {"row" [B], "indices" [B, G], ...}
+    store[np.array([5, 1, 9])]      # a batch in the order asked (one Zarr read for all rows)
+    store.get("shard-0001.tar/000042"), store.index("shard-0001.tar/000042")
+    for batch in store.batches(256, shuffle=True, seed=0, epoch=e): ...
+
+Batches come as numpy (`format="numpy"`, stored dtypes: uint16, float16/32, int32) or torch
+(`format="torch"`: indices and labels int64, geometry float32). Reading a batch is one Zarr
+selection per array: the rows are sorted and de-duplicated, read with one orthogonal
+selection (each touched chunk decompressed once), then put back in the order asked.
+
+It is a `torch.utils.data.Dataset` and pickles without open handles (spawn workers reopen
+it). With a DataLoader, either let it fetch whole batches (`__getitems__`, used by
+`DataLoader(store, batch_size=B)`) or pass index lists yourself:
+`DataLoader(store, batch_size=None, sampler=BatchSampler(RandomSampler(store), B, False))`.
+`in_memory=True` reads every array once at open (indices of 1.28M images x 256 tokens are
+655 MB) for the fastest random access.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from gtok.errors import GtokError
+from gtok.store import schema
+from gtok.store.location import Location
+from gtok.store.writer import open_root, read_header
+
+__all__ = ["TokenStore"]
+
+_FORMATS = ("numpy", "torch")
+
+
+class TokenStore(Dataset):
+    """A finished gtok token store (see `gtok.store.schema` for the layout)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        format: str = "numpy",
+        fields: Sequence[str] | None = None,
+        in_memory: bool = False,
+    ) -> None:
+        if format not in _FORMATS:
+            raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
+        self.path = os.fspath(path)
+        self.format = format
+        self.in_memory = in_memory
+        self._location = Location(self.path)
+        root = open_root(self._location)
+        self.header, self.attrs = read_header(root)
+        if self.attrs["state"] != schema.STATE_COMPLETE:
+            raise GtokError(
+                f"{self._location} is not finished (state: {self.attrs['state']}); rerun the "
+                "encode command to resume it, or run `gtok encode --finalize -o "
+                f"{self.path}` once all parallel workers are done."
+            )
+        available = [n for n in (schema.INDICES, schema.GEOMETRY, schema.LABELS) if n in root]
+        self.fields = tuple(available if fields is None else fields)
+        for name in self.fields:
+            if name not in (*available, schema.KEYS):
+                raise ValueError(f"{name!r} is not an array of this store ({[*available, 'keys']})")
+        self._length = int(root[schema.KEYS].shape[0])
+        self._arrays: dict[str, Any] | None = None
+        self._key_index: dict[str, int] | None = None
+
+    # -- what the store holds ----------------------------------------------------------------
+
+    @property
+    def counts(self) -> dict:
+        """samples, encoded, skipped, damaged_shards, labeled, upscaled, shards."""
+        return dict(self.attrs["counts"])
+
+    @property
+    def num_tokens(self) -> int:
+        return self.header.num_tokens
+
+    @property
+    def codebook_size(self) -> int:
+        return self.header.codebook_size
+
+    @property
+    def model_config(self) -> dict:
+        return dict(self.header.model_config)
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.header.weights_sha256
+
+    @property
+    def preprocessing(self) -> dict:
+        return dict(self.header.preprocessing)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __repr__(self) -> str:
+        return f"TokenStore({self.path!r}, rows={len(self)}, fields={self.fields})"
+
+    # -- pickling: no open handles -----------------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_arrays"] = None if not self.in_memory else state["_arrays"]
+        state["_key_index"] = None
+        return state
+
+    def _open(self) -> dict[str, Any]:
+        if self._arrays is None:
+            root = open_root(self._location)
+            arrays = {name: root[name] for name in {*self.fields, schema.KEYS}}
+            if self.in_memory:
+                arrays = {name: array[...] for name, array in arrays.items()}
+            self._arrays = arrays
+        return self._arrays
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _rows(self, selection) -> tuple[np.ndarray | slice, bool]:
+        """(what to read, is_single_row) for an int, slice, or index array/list/tensor."""
+        if isinstance(selection, (int, np.integer)):
+            row = int(selection) + (len(self) if selection < 0 else 0)
+            if not 0 <= row < len(self):
+                raise IndexError(f"row {selection} is out of range for {len(self)} rows")
+            return slice(row, row + 1), True
+        if isinstance(selection, slice):
+            start, stop, step = selection.indices(len(self))
+            if step == 1:
+                return slice(start, max(start, stop)), False
+            return np.arange(start, stop, step), False
+        if isinstance(selection, torch.Tensor):
+            selection = selection.cpu().numpy()
+        rows = np.asarray(selection)
+        if rows.dtype == bool:
+            if rows.shape != (len(self),):
+                raise IndexError(f"boolean mask of shape {rows.shape} for {len(self)} rows")
+            return np.flatnonzero(rows), False
+        if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+            raise IndexError(f"index with an int, a slice or a 1-D integer array, not {rows!r}")
+        rows = rows.astype(np.int64)
+        rows = np.where(rows < 0, rows + len(self), rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} rows")
+        return rows, False
+
+    def _read(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
+        array = self._open()[name]
+        if isinstance(rows, slice):
+            return array[rows]
+        if rows.size == 0:
+            return np.empty((0, *array.shape[1:]), dtype=array.dtype)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        if self.in_memory:
+            return array[rows]
+        if unique[-1] - unique[0] + 1 == unique.size:  # contiguous: a plain slice is cheaper
+            block = array[int(unique[0]) : int(unique[-1]) + 1]
+        else:
+            block = array.get_orthogonal_selection((unique,))
+        return block[inverse]
+
+    def batch(self, selection) -> dict[str, Any]:
+        """Rows `selection` (int, slice or index array) as one dict of batched arrays."""
+        rows, _ = self._rows(selection)
+        return self._batch(rows)
+
+    def _batch(self, rows: np.ndarray | slice) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "row": np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
+        }
+        for name in self.fields:
+            out[name] = self._read(name, rows)
+        return self._convert(out)
+
+    def _convert(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if schema.KEYS in batch:
+            batch[schema.KEYS] = [str(k) for k in batch[schema.KEYS]]
+        if self.format == "numpy":
+            return batch
+        out: dict[str, Any] = {}
+        for name, value in batch.items():
+            if name == schema.KEYS:
+                out[name] = value
+            elif name == schema.GEOMETRY:
+                out[name] = torch.from_numpy(np.asarray(value, dtype=np.float32))
+            else:
+                out[name] = torch.from_numpy(np.asarray(value, dtype=np.int64))
+        return out
+
+    def __getitem__(self, selection) -> dict[str, Any]:
+        """One row for an int (values without the batch axis), else a batch (see `batch`).
+
+        Keys are the same either way: "row", the fields ("indices", "geometry", "labels"),
+        and "keys" when asked for in `fields`.
+        """
+        rows, single = self._rows(selection)
+        batch = self._batch(rows)
+        return _row_of(batch, 0) if single else batch
+
+    def __getitems__(self, selection: Sequence[int]) -> list[dict[str, Any]]:
+        """Rows for a DataLoader fetch: one read for the whole list, then split into rows."""
+        batch = self._batch(self._rows(np.asarray(selection, dtype=np.int64))[0])
+        return [_row_of(batch, i) for i in range(len(selection))]
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        drop_last: bool = False,
+    ) -> Iterator[dict[str, Any]]:
+        """Batches over every row: in order, or shuffled by (seed, epoch)."""
+        order = np.arange(len(self))
+        if shuffle:
+            order = np.random.default_rng([seed, epoch]).permutation(len(self))
+        stop = len(self) - (len(self) % batch_size if drop_last else 0)
+        for start in range(0, stop, batch_size):
+            chunk = order[start : start + batch_size]
+            yield self.batch(slice(start, start + len(chunk)) if not shuffle else chunk)
+
+    # -- keys and the other tables -------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        """Every row's key "<shard file name>/<sample key>", in row order."""
+        return [str(k) for k in self._open()[schema.KEYS][...]]
+
+    def index(self, key: str) -> int:
+        """The row of `key`; a KeyError when it is not in the store."""
+        if self._key_index is None:
+            self._key_index = {k: i for i, k in enumerate(self.keys())}
+        try:
+            return self._key_index[key]
+        except KeyError:
+            raise KeyError(f"{key!r} is not a key of {self.path}") from None
+
+    def get(self, key: str) -> dict[str, Any]:
+        """The row of sample `key`."""
+        return self[self.index(key)]
+
+    def skipped(self) -> list[tuple[str, str, str]]:
+        """(shard, key, reason) of every sample that was read but not encoded; key "" marks
+        a tar that could not be read to its end."""
+        root = open_root(self._location)
+        table = root[schema.SKIPPED]
+        columns = [table[c][...].tolist() for c in ("shard", "key", "reason")]
+        return [tuple(str(v) for v in row) for row in zip(*columns, strict=True)]
+
+    def inputs(self) -> list[dict[str, Any]]:
+        """Per input shard: name, url, first_row, rows, samples, skipped, problem."""
+        root = open_root(self._location)
+        table = root[schema.INPUTS]
+        names = ("name", "url", "first_row", "rows", "samples", "skipped", "problem")
+        columns = {c: table[c][...].tolist() for c in names}
+        return [{c: _plain(columns[c][i]) for c in names} for i in range(len(columns["name"]))]
+
+
+def _row_of(batch: dict[str, Any], i: int) -> dict[str, Any]:
+    return {name: value[i] for name, value in batch.items()}
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, str) else int(value)

@@ -1,0 +1,186 @@
+"""The token store format: every array name, dtype, fill value, chunking and attribute key.
+
+One source of truth, imported by the writer, finalize, the reader, `gtok info` and `verify`.
+
+A finished store (Zarr v3 group, consolidated metadata; N rows, G tokens, S input shards,
+M skipped samples):
+
+    indices   [N, G]     uint16   code ids; fill 65535 (never a valid id, see below)
+    geometry  [N, G, 5]  float16  (mean_x, mean_y, scale_x, scale_y, rotation); fill NaN;
+                                  float32 with --geometry-dtype float32; absent for VQ models
+    keys      [N]        string   "<shard file name>/<sample key>"; fill ""
+    labels    [N]        int32    the `.cls` label, -1 when a sample has none; fill -1;
+                                  only when at least one encoded sample had a label
+    skipped/shard, skipped/key, skipped/reason   [M] string  one row per skipped sample, in
+                                  input order; key "" = the tar itself was damaged
+    inputs/name, inputs/url       [S] string   the input shards, sorted by name
+    inputs/first_row, inputs/rows, inputs/samples, inputs/skipped   [S] int64
+    inputs/problem                [S] string   "" or why the tar could not be read to its end
+
+Row arrays are stored as Zarr shards of `SHARD_ROWS` rows (one file each) holding inner
+chunks of `CHUNK_ROWS` rows, compressed with zstd. Root attribute `gtok` holds the header
+(`ATTR_*` keys below); `state` is "encoding" until finalize has written every array, and
+readers refuse a store that is not "complete". Rows are the encoded samples in input order
+(shards by name, samples in tar order): no padding, no duplicates.
+
+While encoding, each input shard's rows live in `parts/<part name>/` (same arrays, one
+chunk each, written by exactly one process), completed by the part's `complete` attribute,
+which is written only after its arrays are on disk. Finalize concatenates the parts into the
+root arrays and deletes `parts/`.
+
+Unwritten rows never read as tokens: the fill values (65535, NaN, "", -1) are not values a
+model produces, and `state` stays "encoding" until every row is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ATTR_ROOT",
+    "CHUNK_ROWS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "GEOMETRY_DTYPES",
+    "INDEX_FILL",
+    "SHARD_ROWS",
+    "ArraySpec",
+    "StoreHeader",
+    "compressors",
+    "part_name",
+    "row_arrays",
+]
+
+FORMAT = "gtok-token-store"
+FORMAT_VERSION = 1
+ATTR_ROOT = "gtok"  # root attribute holding the header dict
+
+# root arrays
+INDICES, GEOMETRY, KEYS, LABELS = "indices", "geometry", "keys", "labels"
+SKIPPED = "skipped"  # group: shard, key, reason
+INPUTS = "inputs"  # group: name, url, first_row, rows, samples, skipped, problem
+PARTS = "parts"  # group of per-input-shard parts while encoding
+# extra arrays of a part
+PART_SKIPPED_KEYS, PART_SKIPPED_REASONS = "skipped_keys", "skipped_reasons"
+PART_COMPLETE = "complete"  # part attribute, written last
+
+STATE_ENCODING, STATE_COMPLETE = "encoding", "complete"
+
+INDEX_DTYPE = np.dtype("uint16")
+INDEX_FILL = int(np.iinfo(INDEX_DTYPE).max)  # 65535: codebooks may use ids 0..65534
+GEOMETRY_DTYPES = ("float16", "float32")
+LABEL_DTYPE = np.dtype("int32")
+LABEL_FILL = -1
+COUNT_DTYPE = np.dtype("int64")
+
+SHARD_ROWS = 16384  # rows per Zarr shard (one file): 1.28M rows -> 79 files per array
+CHUNK_ROWS = 64  # rows per inner chunk: the unit a random read decompresses
+ZSTD_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One row array: name, dtype, per-row shape and fill value."""
+
+    name: str
+    dtype: Any  # numpy dtype, or str for variable-length UTF-8 strings
+    row_shape: tuple[int, ...]
+    fill: Any
+
+
+def row_arrays(
+    num_tokens: int, *, has_geometry: bool, geometry_dtype: str, has_labels: bool
+) -> list[ArraySpec]:
+    """The per-row arrays of a store (and of each part), in a fixed order."""
+    specs = [ArraySpec(INDICES, INDEX_DTYPE, (num_tokens,), INDEX_FILL)]
+    if has_geometry:
+        specs.append(ArraySpec(GEOMETRY, np.dtype(geometry_dtype), (num_tokens, 5), np.nan))
+    specs.append(ArraySpec(KEYS, str, (), ""))
+    if has_labels:
+        specs.append(ArraySpec(LABELS, LABEL_DTYPE, (), LABEL_FILL))
+    return specs
+
+
+def compressors():
+    """The compressor chain of every array: zstd."""
+    from zarr.codecs import ZstdCodec
+
+    return (ZstdCodec(level=ZSTD_LEVEL),)
+
+
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def part_name(shard_name: str) -> str:
+    """The node name of an input shard's part: the file name when it is a safe Zarr node
+    name, else a readable prefix plus a hash (unique either way)."""
+    if _SAFE.match(shard_name) and len(shard_name) <= 200:
+        return shard_name
+    digest = hashlib.sha256(shard_name.encode()).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", shard_name)[:64].lstrip("._-")
+    return f"{stem or 'shard'}-{digest}"
+
+
+@dataclass(frozen=True)
+class StoreHeader:
+    """What a store is: model, preprocessing, output dtype and its input shards.
+
+    Written when the store is created, checked by every later writer (a different model,
+    preprocessing, geometry dtype or shard list is refused), completed by finalize with the
+    counts.
+    """
+
+    model_config: dict  # the model's TokenizerConfig.to_dict()
+    weights_sha256: str  # of its model.safetensors
+    num_tokens: int  # G
+    codebook_size: int
+    has_geometry: bool
+    preprocessing: dict  # Preprocess.to_dict()
+    geometry_dtype: str
+    shard_names: tuple[str, ...]  # the plan: every input shard of the store, sorted
+    shard_urls: tuple[str, ...]  # where they were read from when the store was created
+
+    def __post_init__(self) -> None:
+        if self.geometry_dtype not in GEOMETRY_DTYPES:
+            raise ValueError(f"geometry_dtype must be one of {GEOMETRY_DTYPES}")
+        if len(self.shard_names) != len(self.shard_urls):
+            raise ValueError("shard_names and shard_urls differ in length")
+
+    def to_attrs(self, *, state: str, gtok_version: str, counts: dict | None = None) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "state": state,
+            "gtok_version": gtok_version,
+            "model": {
+                "config": self.model_config,
+                "weights_sha256": self.weights_sha256,
+                "num_tokens": self.num_tokens,
+                "codebook_size": self.codebook_size,
+                "has_geometry": self.has_geometry,
+            },
+            "preprocessing": self.preprocessing,
+            "geometry_dtype": self.geometry_dtype if self.has_geometry else None,
+            "inputs": {"names": list(self.shard_names), "urls": list(self.shard_urls)},
+            "counts": counts,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> StoreHeader:
+        model, inputs = attrs["model"], attrs["inputs"]
+        return cls(
+            model_config=model["config"],
+            weights_sha256=model["weights_sha256"],
+            num_tokens=int(model["num_tokens"]),
+            codebook_size=int(model["codebook_size"]),
+            has_geometry=bool(model["has_geometry"]),
+            preprocessing=attrs["preprocessing"],
+            geometry_dtype=attrs["geometry_dtype"] or "float16",
+            shard_names=tuple(inputs["names"]),
+            shard_urls=tuple(inputs["urls"]),
+        )
