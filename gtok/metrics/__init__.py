@@ -1,0 +1,15 @@
+"""Image-reconstruction and tokenizer metrics: PSNR, SSIM, LPIPS, FID, codebook, geometry.
+
+Each metric lives in its own module and states the reference it follows. Pixel metrics take
+uint8 [B, C, H, W] images (what saved PNGs hold; `to_uint8` converts [-1, 1] model output
+the same way a PNG writer does) and return one value per image; LPIPS takes [-1, 1] floats
+and is differentiable. Networks (LPIPS backbones, FID Inception) are written here without
+torchvision and load the standard weight files from local paths (`gtok.weights`); use
+`try_load` to get either the network or the reason it is unavailable.
+"""
+
+from gtok.metrics.images import to_uint8
+from gtok.metrics.psnr import psnr
+from gtok.metrics.ssim import ssim
+
+__all__ = ["psnr", "ssim", "to_uint8"]
