@@ -1,15 +1,33 @@
-"""Pixel metrics, checked against an independent implementation (scikit-image)."""
+"""Pixel metrics, Frechet distance, codebook and geometry statistics.
+
+Checked against independent implementations: scikit-image (PSNR, SSIM), scipy's sqrtm (the
+Frechet distance as pytorch-fid computes it), numpy (covariances, histograms) and closed forms.
+"""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from gtok.metrics import psnr, ssim, to_uint8
+from gtok import GtokError
+from gtok.metrics import (
+    FeatureStats,
+    code_counts,
+    codebook_stats,
+    frechet_distance,
+    geometry_stats,
+    load_stats,
+    psnr,
+    save_stats,
+    ssim,
+    to_uint8,
+)
 
 SIZES = [(64, 64), (48, 80), (11, 11), (32, 32), (100, 37)]
 
@@ -160,3 +178,168 @@ def test_ssim_identical_is_one_and_small_images_are_refused():
     assert ssim(a, a, dtype=torch.float64).item() == pytest.approx(1.0, abs=1e-12)
     with pytest.raises(ValueError, match="at least 11x11"):
         ssim(a[..., :10, :], a[..., :10, :])
+
+
+# ---------------------------------------------------------------- Frechet distance
+
+
+def scipy_frechet(mu1, s1, mu2, s2):
+    """pytorch-fid's computation (scipy.linalg.sqrtm)."""
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(s1.shape[0]) * 1e-6
+        covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
+    covmean = covmean.real
+    diff = mu1 - mu2
+    return diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+
+
+def random_cov(rng, d, rank=None):
+    a = rng.normal(size=(d, rank or d))
+    return a @ a.T / d
+
+
+def test_frechet_closed_forms():
+    rng = np.random.default_rng(0)
+    d = 12
+    mu = rng.normal(size=d)
+    sigma = random_cov(rng, d)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0.0, abs=1e-9)
+    # same covariance, shifted means: ||mu1 - mu2||^2
+    shift = rng.normal(size=d)
+    assert frechet_distance(mu, sigma, mu + shift, sigma) == pytest.approx(shift @ shift, rel=1e-9)
+    # diagonal covariances: ||dmu||^2 + sum (sqrt(a) - sqrt(b))^2
+    a, b = rng.uniform(0.1, 3, d), rng.uniform(0.1, 3, d)
+    expected = shift @ shift + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    got = frechet_distance(mu, np.diag(a), mu + shift, np.diag(b))
+    assert got == pytest.approx(expected, rel=1e-10)
+    # the same in a rotated basis (commuting, non-diagonal covariances)
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    got = frechet_distance(q @ mu, q @ np.diag(a) @ q.T, q @ (mu + shift), q @ np.diag(b) @ q.T)
+    assert got == pytest.approx(expected, rel=1e-9)
+    # one dimension: (m1 - m2)^2 + (s1 - s2)^2 with standard deviations s
+    assert frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4.0 + 1.0)
+
+
+@pytest.mark.parametrize(("n", "d"), [(600, 64), (2000, 256), (50, 64)])
+def test_frechet_matches_scipy_sqrtm_on_random_features(n, d):
+    rng = np.random.default_rng(n + d)
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    f1 = np.maximum(rng.normal(size=(n, d)) @ mix, 0)  # post-ReLU-like, correlated
+    f2 = np.maximum(rng.normal(size=(n, d)) @ mix * 1.1 + 0.05, 0)
+    m1, s1 = f1.mean(0), np.cov(f1, rowvar=False)
+    m2, s2 = f2.mean(0), np.cov(f2, rowvar=False)
+    ref = scipy_frechet(m1, s1, m2, s2)
+    # n < d: singular covariances, where sqrtm itself is only accurate to ~1e-7
+    rel = 1e-9 if n > d else 1e-5
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(ref, rel=rel)
+
+
+def test_frechet_rejects_bad_shapes_and_values():
+    with pytest.raises(ValueError, match="one D"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="non-finite"):
+        frechet_distance(np.zeros(2), np.eye(2) * np.nan, np.zeros(2), np.eye(2))
+
+
+def test_feature_stats_streams_mean_and_covariance(tmp_path):
+    rng = np.random.default_rng(5)
+    feats = rng.normal(loc=30.0, scale=2.0, size=(257, 16)) @ rng.normal(size=(16, 16))
+    stats = FeatureStats(16)
+    for start, stop in ((0, 1), (1, 100), (100, 257)):
+        stats.update(torch.from_numpy(feats[start:stop]).float())  # float32 in, float64 inside
+    mu, sigma = stats.mean_cov()
+    f32 = feats.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(mu, f32.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(f32, rowvar=False), rtol=1e-8, atol=1e-8)
+    assert stats.n == 257
+    # shards merge to the same statistics
+    left, right = FeatureStats(16), FeatureStats(16)
+    left.update(f32[:120])
+    right.update(f32[120:])
+    left.merge(right)
+    np.testing.assert_allclose(left.mean_cov()[1], sigma, rtol=1e-10, atol=1e-10)
+    # pytorch-fid's .npz statistics round-trip
+    save_stats(tmp_path / "ref.npz", mu, sigma)
+    mu2, sigma2 = load_stats(tmp_path / "ref.npz")
+    np.testing.assert_array_equal(mu2, mu)
+    np.testing.assert_array_equal(sigma2, sigma)
+    with pytest.raises(ValueError, match=r"\[B, 16\]"):
+        stats.update(np.zeros((2, 8)))
+    with pytest.raises(ValueError, match="at least 2"):
+        FeatureStats(16).mean_cov()
+    (tmp_path / "bad.npz").write_bytes(b"not an npz")
+    with pytest.raises(GtokError, match="not an FID statistics file"):
+        load_stats(tmp_path / "bad.npz")
+
+
+# ---------------------------------------------------------------- codebook
+
+
+def test_code_counts_match_a_plain_histogram():
+    rng = np.random.default_rng(4)
+    idx = rng.integers(0, 50, size=(7, 64)).astype(np.uint16)  # the store's dtype
+    counts = code_counts(idx, 64)
+    plain = Counter(idx.ravel().tolist())
+    assert counts.shape == (64,) and counts.dtype == np.int64
+    assert counts.tolist() == [plain.get(k, 0) for k in range(64)]
+    np.testing.assert_array_equal(code_counts(torch.from_numpy(idx.astype(np.int64)), 64), counts)
+    with pytest.raises(ValueError, match=r"\[0, 32\)"):
+        code_counts(idx, 32)
+    with pytest.raises(TypeError):
+        code_counts(np.array([0.5]), 4)
+
+
+def test_codebook_stats_closed_forms():
+    uniform = codebook_stats(np.full(1024, 3))
+    assert uniform.usage == 1.0 and uniform.used == 1024 and uniform.tokens == 3072
+    assert uniform.entropy_bits == pytest.approx(10.0, abs=1e-12)
+    assert uniform.perplexity == pytest.approx(1024.0, rel=1e-12)
+    single = codebook_stats([0, 0, 5, 0])
+    assert (single.usage, single.entropy_bits, single.perplexity) == (0.25, 0.0, 1.0)
+    mixed = codebook_stats([1, 1, 2, 0])  # p = 1/4, 1/4, 1/2
+    assert mixed.entropy_bits == pytest.approx(1.5, abs=1e-12)
+    assert mixed.perplexity == pytest.approx(2**1.5, rel=1e-12)
+    assert mixed.usage == 0.75
+    assert mixed.to_dict()["used"] == 3
+    with pytest.raises(ValueError, match="no tokens"):
+        codebook_stats([0, 0])
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def test_geometry_stats_known_values():
+    # two images, two Gaussians each: (mean_x, mean_y, scale_x, scale_y, rotation)
+    geometry = np.array(
+        [
+            [[-0.9, -0.9, 1.0, 2.0, 0.0], [0.9, 0.9, 3.0, 3.0, 1.0]],
+            [[-0.9, -0.9, 2.0, 1.0, 2.0], [0.1, -0.6, 0.5, 2.0, 3.0]],
+        ],
+        dtype=np.float32,
+    )
+    s = geometry_stats(torch.from_numpy(geometry), grid=4)
+    assert (s.images, s.gaussians_per_image, s.grid) == (2, 2, 4)
+    assert s.scale_major.mean == pytest.approx((2 + 3 + 2 + 2) / 4)
+    assert s.scale_minor.mean == pytest.approx((1 + 3 + 1 + 0.5) / 4)
+    assert s.anisotropy.mean == pytest.approx((2 + 1 + 2 + 4) / 4)
+    assert s.scale.mean == pytest.approx(14.5 / 8)
+    assert s.rotation.p50 == pytest.approx(1.5)
+    assert s.mean_x.std == pytest.approx(np.std([-0.9, 0.9, -0.9, 0.1]), rel=1e-6)
+    # cells (row, col) of a 4x4 grid: (0,0), (3,3) | (0,0), (0,2): 3 distinct of 16
+    assert s.coverage == pytest.approx(3 / 16)
+    assert s.coverage_per_image == pytest.approx(2 / 16)
+    assert s.to_dict()["scale"]["p50"] == pytest.approx(2.0)
+
+
+def test_geometry_percentiles_and_errors():
+    g = np.zeros((1, 101, 5))
+    g[0, :, 2] = np.arange(1, 102)
+    g[0, :, 3] = np.arange(1, 102)
+    s = geometry_stats(g)
+    assert (s.scale_major.p1, s.scale_major.p50, s.scale_major.p99) == (2.0, 51.0, 100.0)
+    assert s.coverage == pytest.approx(1 / 256)
+    with pytest.raises(ValueError, match=r"\[N, G, 5\]"):
+        geometry_stats(np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="positive"):
+        geometry_stats(np.zeros((1, 2, 5)))

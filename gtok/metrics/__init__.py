@@ -8,8 +8,25 @@ torchvision and load the standard weight files from local paths (`gtok.weights`)
 `try_load` to get either the network or the reason it is unavailable.
 """
 
+from gtok.metrics.codebook import CodebookStats, code_counts, codebook_stats
+from gtok.metrics.fid import FeatureStats, frechet_distance, load_stats, save_stats
+from gtok.metrics.geometry import Distribution, GeometryStats, geometry_stats
 from gtok.metrics.images import to_uint8
 from gtok.metrics.psnr import psnr
 from gtok.metrics.ssim import ssim
 
-__all__ = ["psnr", "ssim", "to_uint8"]
+__all__ = [
+    "CodebookStats",
+    "Distribution",
+    "FeatureStats",
+    "GeometryStats",
+    "code_counts",
+    "codebook_stats",
+    "frechet_distance",
+    "geometry_stats",
+    "load_stats",
+    "psnr",
+    "save_stats",
+    "ssim",
+    "to_uint8",
+]
