@@ -6,7 +6,10 @@ from typing import Annotated
 
 import typer
 
+from cli import encode as encode_cmd
 from cli import env as env_cmd
+from cli import info as info_cmd
+from cli import verify as verify_cmd
 from cli._common import new_app, state
 from gtok._version import __version__
 from gtok.console import set_quiet
@@ -42,6 +45,9 @@ def root(
 
 
 app.command("env")(env_cmd.env)
+app.command("encode")(encode_cmd.encode)
+app.command("info")(info_cmd.info)
+app.command("verify")(verify_cmd.verify)
 
 
 def main() -> None:

@@ -47,8 +47,8 @@ def _worker_slice() -> tuple[int, int]:
 
 
 def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels [B, S, S, 3] -> float32 [B, 3, S, S] in [-1, 1], on `images`' device."""
-    return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    """uint8 pixels [B, S, S, 3] -> contiguous float32 [B, 3, S, S] in [-1, 1], same device."""
+    return images.permute(0, 3, 1, 2).contiguous().float().div_(127.5).sub_(1.0)
 
 
 @dataclass

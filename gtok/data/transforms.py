@@ -89,7 +89,7 @@ class Preprocess:
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image [H, W] -> float32 tensor [3, H, W] in [-1, 1] (0 -> -1, 255 -> 1)."""
     pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # [H, W, 3]
-    return pixels.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+    return pixels.permute(2, 0, 1).contiguous().float().div_(127.5).sub_(1.0)
 
 
 def center_crop(img: Image.Image, size: int, resize: int | None = None) -> tuple[Image.Image, bool]:

@@ -15,6 +15,7 @@ Rules this module keeps (see `schema` for the layout):
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -136,19 +137,18 @@ class StoreWriter:
         from zarr.errors import ContainsGroupError
 
         location = Location(str(out))
-        if location.exists() and not location.is_empty_dir():
-            if not location.has("zarr.json"):
-                raise GtokError(
-                    f"{location} exists and is not a gtok token store; choose another output."
-                )
-            if overwrite:
-                read_header(open_root(location))  # refuses to delete anything else
-                location.remove()
+        if overwrite and location.has("zarr.json"):
+            read_header(open_root(location))  # refuses to delete anything but a gtok store
+            location.remove()
         if not location.has("zarr.json"):
-            attrs = {schema.ATTR_ROOT: header.to_attrs(state="encoding", gtok_version=__version__)}
-            # another worker may create it a moment before us: then it is checked like any other
-            with contextlib.suppress(ContainsGroupError):
-                zarr.open_group(location.zarr_store(), mode="w-", attributes=attrs)
+            if location.exists() and not location.is_empty_dir():
+                _wait_for_creator(location)
+            else:
+                fresh = header.to_attrs(state=schema.STATE_ENCODING, gtok_version=__version__)
+                attrs = {schema.ATTR_ROOT: fresh}
+                # another worker may create it a moment before us: then it is checked below
+                with contextlib.suppress(ContainsGroupError, FileExistsError):
+                    zarr.open_group(location.zarr_store(), mode="w-", attributes=attrs)
         root = open_root(location, mode="r+")
         existing, attrs = read_header(root)
         if (problem := _difference(existing, header)) is not None:
@@ -215,6 +215,22 @@ def _write_whole(group, name: str, data: np.ndarray, dtype, fill) -> None:
     )
     if rows:
         array[...] = data
+
+
+def _wait_for_creator(location: Location, seconds: float = 10.0) -> None:
+    """A folder without zarr.json: refuse it, unless all it holds is the temporary file of a
+    zarr.json that another worker is writing right now (then wait for that)."""
+    deadline = time.monotonic() + seconds
+    while not location.has("zarr.json"):
+        being_written = location.is_local and all(
+            p.name.startswith("zarr.") and p.name.endswith(".partial")  # LocalStore temp name
+            for p in location.path.iterdir()
+        )
+        if not being_written or time.monotonic() > deadline:
+            raise GtokError(
+                f"{location} exists and is not a gtok token store; choose another output."
+            )
+        time.sleep(0.05)
 
 
 def part_counts(root, shard: str) -> dict | None:

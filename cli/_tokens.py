@@ -1,0 +1,31 @@
+"""Arguments the token-store commands (`encode`, `info`, `verify`) share."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+__all__ = ["ShardsArgument", "StoreArgument", "human_bytes"]
+
+ShardsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Folders of .tar shards, .tar files, globs or brace patterns "
+        "(train-{000000..000099}.tar); fsspec URLs work too.",
+        show_default=False,
+    ),
+]
+
+StoreArgument = Annotated[
+    str, typer.Argument(help="The token store (a folder like tokens.zarr, or an fsspec URL).")
+]
+
+
+def human_bytes(size: float) -> str:
+    """1234567 -> '1.2 MB'."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")

@@ -1,0 +1,142 @@
+"""`gtok encode`: tar shards -> a Zarr token store (resumable, splittable across processes)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from cli._common import ConfigOption, JsonFlag, print_json
+from cli._tokens import ShardsArgument
+from gtok.console import console
+from gtok.data.images import DEFAULT_MAX_PIXELS
+
+
+class GeometryDtype(StrEnum):
+    float16 = "float16"
+    float32 = "float32"
+
+
+def _background(value: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or not all(0 <= v <= 255 for v in parts):
+        raise typer.BadParameter(
+            f"{value!r} is not R,G,B with values in 0..255 (e.g. 255,255,255)."
+        )
+    return parts
+
+
+def encode(
+    config: ConfigOption = None,
+    shards: ShardsArgument = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="The token store to write (e.g. tokens.zarr).")
+    ] = ...,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="A gtok model directory or training run directory."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per model forward.")] = 64,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Decoding processes (0: decode in this process). [default: cores - 1]"),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    resize: Annotated[
+        int | None,
+        typer.Option(
+            help="Resize the shorter side to this before the centre crop. "
+            "[default: the model's image size]"
+        ),
+    ] = None,
+    background: Annotated[
+        str, typer.Option(help="R,G,B that transparent pixels are composited on.")
+    ] = "255,255,255",
+    max_pixels: Annotated[
+        int, typer.Option(help="Skip images with more pixels than this (decompression bombs).")
+    ] = DEFAULT_MAX_PIXELS,
+    geometry_dtype: Annotated[
+        GeometryDtype, typer.Option(help="Dtype of the stored Gaussian geometry.")
+    ] = GeometryDtype.float16,
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete the store and start over instead of resuming.")
+    ] = False,
+    shard_id: Annotated[
+        int | None, typer.Option(help="This worker's id among --num-shards parallel workers.")
+    ] = None,
+    num_shards: Annotated[
+        int | None,
+        typer.Option(help="Parallel workers in all. [default: RANK/WORLD_SIZE, SLURM_*, or 1]"),
+    ] = None,
+    finalize: Annotated[
+        bool,
+        typer.Option("--finalize", help="Only build the final arrays after parallel workers."),
+    ] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Tokenize every image of some tar shards into a Zarr token store.
+
+    Rerunning the same command resumes where it stopped. Parallel workers each take every
+    N-th shard; then one `gtok encode --finalize -o STORE` builds the final arrays.
+
+    Example: gtok encode ./shards -o tokens.zarr --model runs/cifar
+
+    Example: gtok encode 'data/train-{000000..000099}.tar' -o train.zarr -m model/
+
+    Example (4 workers, then finalize): gtok encode ./shards -o tokens.zarr -m model/
+    --shard-id 0 --num-shards 4 ... ; gtok encode --finalize -o tokens.zarr
+    """
+    from gtok.encode import encode_shards
+    from gtok.store import finalize_store
+
+    if finalize:
+        if shards:
+            raise typer.BadParameter("--finalize takes no SHARDS (the store knows them).")
+        counts = finalize_store(output)
+        if json_output:
+            print_json({"store": output, "finalized": True, "store_counts": counts})
+        else:
+            _print_counts(output, counts)
+        return
+    if not shards:
+        raise typer.BadParameter("give the SHARDS to encode (or --finalize).")
+    summary = encode_shards(
+        shards,
+        output,
+        model,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        resize=resize,
+        background=_background(background),
+        max_pixels=max_pixels,
+        geometry_dtype=geometry_dtype.value,
+        overwrite=overwrite,
+        shard_id=shard_id,
+        num_shards=num_shards,
+    )
+    if json_output:
+        print_json(summary.to_dict())
+        return
+    typer.echo(
+        f"encoded {summary.encoded} images, skipped {summary.skipped} of {summary.samples_read} "
+        f"samples read, from {summary.shards_encoded} shards "
+        f"({summary.shards_already_done} were already done) in {summary.seconds:.1f} s "
+        f"({summary.images_per_second:.1f} img/s)"
+    )
+    if summary.store_counts is not None:
+        _print_counts(summary.store, summary.store_counts)
+    if summary.next_step:
+        console.print(summary.next_step)
+
+
+def _print_counts(store: str, counts: dict) -> None:
+    typer.echo(
+        f"{store}: {counts['encoded']} rows from {counts['shards']} shards; "
+        f"{counts['skipped']} samples skipped of {counts['samples']} read"
+        + (f"; {counts['damaged_shards']} damaged tars" if counts["damaged_shards"] else "")
+    )

@@ -1,0 +1,49 @@
+"""`gtok verify`: is every source sample in the store, encoded or skipped with a reason?"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli._common import JsonFlag, print_json
+from cli._tokens import StoreArgument
+from gtok.console import console
+
+
+def verify(
+    store: StoreArgument,
+    against: Annotated[
+        list[str],
+        typer.Option(
+            "--against",
+            help="The source shards (folders, .tar files, globs); repeat for several.",
+            show_default=False,
+        ),
+    ],
+    json_output: JsonFlag = False,
+) -> None:
+    """Check the store against its source shards sample by sample; exit 1 when they disagree.
+
+    Example: gtok verify tokens.zarr --against ./shards
+
+    Example: gtok verify tokens.zarr --against 'data/train-{000000..000099}.tar' --json
+    """
+    from gtok.store.verify import verify_store
+
+    report = verify_store(store, against)
+    if json_output:
+        print_json(report.to_dict())
+    else:
+        verdict = "ok" if report.ok else f"{report.problem_count} problems"
+        typer.echo(
+            f"{report.store}: {verdict}; {report.shards_checked} shards, "
+            f"{report.source_samples} source samples = {report.rows} rows + "
+            f"{report.skipped} skipped"
+        )
+        for problem in report.problems:
+            console.print(f"[red]-[/] {problem}", soft_wrap=True)
+        if report.problem_count > len(report.problems):
+            console.print(f"... and {report.problem_count - len(report.problems)} more")
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,277 @@
+"""`encode_shards`: tar shards -> a Zarr token store, resumable and splittable across processes.
+
+The pipeline: `EncodeStream` decodes and crops images in DataLoader worker processes (spawn)
+while the main process runs the model; every input shard's rows are collected in memory and
+written as one part when its last chunk arrives, then the shard counts as done. Batches
+never span two shards, so a shard's tokens do not depend on how the work was split or
+resumed (a model's numbers can depend on batch composition).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from gtok.console import console, is_quiet, progress
+from gtok.data import EncodeStream, Preprocess, ShardChunk, expand_shards, loader, to_model_input
+from gtok.data.images import DEFAULT_MAX_PIXELS
+from gtok.data.shards import ShardRef, split_for_worker
+from gtok.encode.model import EncodingModel, load_encoding_model
+from gtok.encode.split import WorkerSlice, worker_slice
+from gtok.errors import GtokError
+from gtok.store import Part, StoreHeader, StoreWriter, finalize_store, schema
+
+__all__ = ["EncodeSummary", "default_workers", "encode_shards"]
+
+
+def default_workers() -> int:
+    """Decoding processes: all cores but one for the model's process, at most 8, at least 1."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class EncodeSummary:
+    """What one `encode_shards` call did (this process) and, once final, the store's totals.
+
+    encoded + skipped == samples_read for the shards this call encoded.
+    """
+
+    store: str
+    model: str
+    weights_sha256: str
+    worker: dict
+    shards_total: int
+    shards_mine: int
+    shards_already_done: int
+    shards_encoded: int
+    samples_read: int = 0
+    encoded: int = 0
+    skipped: int = 0
+    damaged_shards: int = 0
+    upscaled: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    finalized: bool = False
+    store_counts: dict | None = None
+    next_step: str | None = None
+    skipped_examples: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _PartBuffer:
+    """Rows of one input shard collected batch by batch until its last chunk."""
+
+    def __init__(self, shard: ShardRef, geometry_dtype: str) -> None:
+        self.shard = shard
+        self.geometry_dtype = geometry_dtype
+        self.indices: list[np.ndarray] = []
+        self.geometry: list[np.ndarray] = []
+        self.keys: list[str] = []
+        self.labels: list[np.ndarray] = []
+        self.skipped: list[tuple[str, str]] = []
+        self.upscaled = 0
+
+    def add(self, chunk: ShardChunk, indices: np.ndarray, geometry: np.ndarray | None) -> None:
+        self.indices.append(indices)
+        if geometry is not None:
+            self.geometry.append(geometry)
+        self.keys += [f"{self.shard.name}/{k}" for k in chunk.keys]
+        self.labels.append(chunk.labels)
+        self.skipped += [(s.key, s.reason) for s in chunk.skipped]
+        self.upscaled += chunk.upscaled
+
+    def finish(self, chunk: ShardChunk, num_tokens: int, has_geometry: bool) -> Part:
+        empty_indices = np.zeros((0, num_tokens), schema.INDEX_DTYPE)
+        geometry = None
+        if has_geometry:
+            empty = np.zeros((0, num_tokens, 5), self.geometry_dtype)
+            geometry = np.concatenate([empty, *self.geometry])
+        return Part(
+            shard=self.shard.name,
+            indices=np.concatenate([empty_indices, *self.indices]),
+            geometry=geometry,
+            keys=self.keys,
+            labels=np.concatenate([np.zeros(0, schema.LABEL_DTYPE), *self.labels]),
+            skipped=self.skipped,
+            samples=chunk.end.samples,
+            problem=chunk.end.problem,
+            upscaled=self.upscaled,
+        )
+
+
+def _header(
+    model: EncodingModel, preprocess: Preprocess, geometry_dtype: str, shards: list[ShardRef]
+) -> StoreHeader:
+    config = model.config
+    if config.codebook_size > schema.INDEX_FILL:
+        raise GtokError(
+            f"the model has {config.codebook_size} codes but token stores keep id "
+            f"{schema.INDEX_FILL} free to mark unwritten rows; use a codebook of at most "
+            f"{schema.INDEX_FILL} codes."
+        )
+    return StoreHeader(
+        model_config=config.to_dict(),
+        weights_sha256=model.weights_sha256,
+        num_tokens=config.num_tokens,
+        codebook_size=config.codebook_size,
+        has_geometry=config.kind == "gaussian",
+        preprocessing=preprocess.to_dict(),
+        geometry_dtype=geometry_dtype,
+        shard_names=tuple(s.name for s in shards),
+        shard_urls=tuple(s.url for s in shards),
+    )
+
+
+@torch.inference_mode()
+def _tokens(
+    model: EncodingModel, images: torch.Tensor, geometry_dtype: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8 [B, S, S, 3] -> (uint16 indices [B, G], geometry [B, G, 5] or None) on the host."""
+    x = to_model_input(images.to(model.device, non_blocking=True))
+    tokens = model.tokenizer.encode(x)
+    indices = tokens.indices.to(torch.int32).cpu().numpy().astype(schema.INDEX_DTYPE)
+    if tokens.geometry is None:
+        return indices, None
+    dtype = getattr(torch, geometry_dtype)
+    return indices, tokens.geometry.to(dtype).cpu().numpy()
+
+
+def encode_shards(
+    shards: Iterable[str | os.PathLike],
+    out: str | os.PathLike,
+    model: str | os.PathLike | None,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str = "auto",
+    resize: int | None = None,
+    background: tuple[int, int, int] = (255, 255, 255),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    geometry_dtype: str = "float16",
+    overwrite: bool = False,
+    shard_id: int | None = None,
+    num_shards: int | None = None,
+) -> EncodeSummary:
+    """Encode every sample of `shards` into the token store `out` with `model`.
+
+    shards: folders, .tar files, globs, brace patterns or fsspec URLs (`expand_shards`).
+    model: a model directory or training run directory (None: the default model, if any).
+    resize: shorter side before the centre crop (default: the model's image size).
+    shard_id/num_shards: encode only that slice of the input shards (default: from torchrun
+        or Slurm variables, else everything); a single process finalizes the store itself,
+        parallel workers leave that to `finalize_store` / `gtok encode --finalize`.
+    Resumes by default: shards already in the store are not encoded again.
+    """
+    started = time.perf_counter()
+    refs = expand_shards(shards)
+    part_of: WorkerSlice = worker_slice(shard_id, num_shards)
+    if overwrite and part_of.parallel:
+        raise GtokError(
+            "--overwrite would delete the store under the other workers; delete it once "
+            "before starting them, without --overwrite."
+        )
+    if geometry_dtype not in schema.GEOMETRY_DTYPES:
+        raise GtokError(f"--geometry-dtype must be one of {', '.join(schema.GEOMETRY_DTYPES)}.")
+    if batch_size < 1:
+        raise GtokError(f"--batch-size must be at least 1, got {batch_size}.")
+    loaded = load_encoding_model(model, device)
+    size = loaded.config.image_size
+    if resize is not None and resize < size:
+        raise GtokError(f"--resize {resize} is smaller than the model's image size {size}.")
+    preprocess = Preprocess(size, resize, background=background, max_pixels=max_pixels)
+    writer = StoreWriter.open(
+        str(out), _header(loaded, preprocess, geometry_dtype, refs), overwrite=overwrite
+    )
+    mine = split_for_worker(refs, part_of.shard_id, part_of.num_shards)
+    done = writer.completed([r.name for r in mine])
+    todo = [r for r in mine if r.name not in done]
+    summary = EncodeSummary(
+        store=str(writer.location),
+        model=str(loaded.path),
+        weights_sha256=loaded.weights_sha256,
+        worker=asdict(part_of),
+        shards_total=len(refs),
+        shards_mine=len(mine),
+        shards_already_done=len(done),
+        shards_encoded=0,
+    )
+    _run(writer, loaded, todo, preprocess, geometry_dtype, batch_size, workers, summary)
+    summary.seconds = time.perf_counter() - started
+    summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
+    finished_mine = summary.shards_already_done + summary.shards_encoded == len(mine)
+    if not part_of.parallel and finished_mine:
+        summary.store_counts = finalize_store(str(out))
+        summary.finalized = True
+    elif part_of.parallel:
+        summary.next_step = (
+            f"when every worker has finished, run: gtok encode --finalize -o {writer.location}"
+        )
+    return summary
+
+
+def _run(
+    writer: StoreWriter,
+    model: EncodingModel,
+    todo: list[ShardRef],
+    preprocess: Preprocess,
+    geometry_dtype: str,
+    batch_size: int,
+    workers: int | None,
+    summary: EncodeSummary,
+) -> None:
+    if not todo:
+        return
+    workers = default_workers() if workers is None else workers
+    workers = min(workers, len(todo))
+    stream = EncodeStream(todo, preprocess, batch_size)
+    pin = model.device.type == "cuda"
+    header = writer.header
+    buffers: dict[int, _PartBuffer] = {}
+    with progress("img") as bar:
+        task = bar.add_task(f"encode 0/{len(todo)} shards", total=None)
+        for chunk in loader(stream, workers=workers, pin_memory=pin):
+            buffer = buffers.setdefault(chunk.shard, _PartBuffer(todo[chunk.shard], geometry_dtype))
+            if chunk.keys:
+                indices, geometry = _tokens(model, chunk.images, geometry_dtype)
+                buffer.add(chunk, indices, geometry)
+            else:
+                buffer.add(chunk, np.zeros((0, header.num_tokens), schema.INDEX_DTYPE), None)
+            bar.advance(task, len(chunk.keys) + len(chunk.skipped))
+            if chunk.end is None:
+                continue
+            part = buffers.pop(chunk.shard).finish(chunk, header.num_tokens, header.has_geometry)
+            writer.write_part(part)
+            _count(summary, part)
+            done = summary.shards_encoded
+            samples_per_shard = summary.samples_read / done
+            bar.update(
+                task,
+                description=f"encode {done}/{len(todo)} shards",
+                total=round(samples_per_shard * len(todo)),
+            )
+    if summary.skipped and not is_quiet():
+        console.print(
+            f"[yellow]{summary.skipped} samples skipped[/] (reasons in the store: "
+            f"gtok info {writer.location})"
+        )
+
+
+def _count(summary: EncodeSummary, part: Part) -> None:
+    summary.shards_encoded += 1
+    summary.samples_read += part.samples
+    summary.encoded += len(part.keys)
+    summary.skipped += len(part.skipped)
+    summary.damaged_shards += part.problem is not None
+    summary.upscaled += part.upscaled
+    for key, reason in part.skipped:
+        if len(summary.skipped_examples) < 10:
+            summary.skipped_examples.append({"shard": part.shard, "key": key, "reason": reason})
+    if part.problem is not None and len(summary.skipped_examples) < 10:
+        summary.skipped_examples.append({"shard": part.shard, "key": "", "reason": part.problem})

@@ -1,0 +1,299 @@
+"""`gtok encode`, `gtok info`, `gtok verify` end to end with a small random-initialized model.
+
+Covers: rows equal the model's own tokens, in input order; odd and corrupt samples accounted
+for one by one; kill -9 during a run then resume gives the same store; 2 workers + finalize
+equal 1 process; a different model is refused; verify finds a missing sample.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from shardmaker import clean_samples, odd_samples, write_clean_shards, write_tar
+from test_store import assert_same_store
+
+from cli.main import app
+from gtok.data import Preprocess, center_crop, decode_rgb, to_tensor
+from gtok.encode import encode_shards, worker_slice
+from gtok.errors import GtokError
+from gtok.store import TokenStore
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {  # a tiny GaussianToken: 16x16 images, 8 Gaussians, 64 codes
+    "image_size": 16,
+    "ch": 32,
+    "ch_mult": (1, 2),
+    "map_size": 8,
+    "num_gaussians": 8,
+    "num_res_blocks": 1,
+    "ffn_dim": 64,
+    "num_rounds": 1,
+    "num_encoder_layers": 1,
+    "num_decoder_layers": 1,
+    "codebook_size": 64,
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test machine is shared: one torch thread is many times faster than two here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _save_model(folder: Path, seed: int, preset: str = "tiny", **overrides) -> Path:
+    import gtok
+
+    tok = gtok.build_tokenizer(preset, seed=seed, **overrides)
+    images = torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    tok.train()
+    with torch.no_grad():
+        tok(images)  # k-means initializes the codebook, so tokens use many codes
+    tok.eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return _save_model(tmp_path_factory.mktemp("model"), seed=0, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory) -> Path:
+    return _save_model(tmp_path_factory.mktemp("other"), seed=1, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """4 clean shards of 5 labeled samples, one of odd samples, one empty, one truncated."""
+    folder = tmp_path_factory.mktemp("shards")
+    write_clean_shards(folder, 4, 5)
+    write_tar(folder / "odd.tar", [sample for sample, _ in odd_samples()])
+    (folder / "zz-empty.tar").write_bytes(b"")
+    whole = write_tar(folder / "cut.tar", clean_samples(3, start=100)).read_bytes()
+    (folder / "cut.tar").write_bytes(whole[: len(whole) // 2])
+    return folder
+
+
+def _encode(shards, out, model, **kw):
+    return encode_shards([shards], out, model, batch_size=4, workers=0, **kw)
+
+
+def test_rows_are_the_models_tokens_in_input_order(tmp_path, model, shards):
+    summary = _encode(shards, tmp_path / "t.zarr", model)
+    assert summary.finalized and summary.encoded + summary.skipped == summary.samples_read
+    store = TokenStore(tmp_path / "t.zarr")
+    keys = store.keys()
+    names = sorted(p.name for p in shards.glob("*.tar"))
+    assert [k.split("/")[0] for k in keys] == sorted(k.split("/")[0] for k in keys)
+    assert {k.split("/")[0] for k in keys} == set(names) - {"zz-empty.tar"}
+    # the model's own tokens of shard-0001, batched as encode batches them (4, then 1)
+    import gtok
+
+    tok = gtok.load_tokenizer(model)
+    preprocess = Preprocess(16)
+    samples = clean_samples(5, start=5)
+    images = torch.stack([to_tensor(center_crop(decode_rgb(f["jpg"]), 16)[0]) for _, f in samples])
+    with torch.inference_mode():
+        parts = [tok.encode(images[:4]), tok.encode(images[4:])]
+    indices = torch.cat([p.indices for p in parts]).numpy()
+    geometry = torch.cat([p.geometry for p in parts]).to(torch.float16).numpy()
+    rows = [store.index(f"shard-0001.tar/{key}") for key, _ in samples]
+    assert rows == list(range(rows[0], rows[0] + 5))
+    got = store[np.array(rows)]
+    assert np.array_equal(got["indices"], indices)
+    assert np.array_equal(got["geometry"], geometry)
+    assert list(got["labels"]) == [5 % 10, 6, 7, 8, 9]
+    assert len(np.unique(store[0 : len(store)]["indices"])) > 10
+    assert store.preprocessing == preprocess.to_dict()
+    assert store.weights_sha256 == summary.weights_sha256
+
+
+def test_odd_and_corrupt_samples_are_accounted_for_one_by_one(tmp_path, model, shards):
+    _encode(shards, tmp_path / "t.zarr", model)
+    store = TokenStore(tmp_path / "t.zarr")
+    skipped = {(shard, key): reason for shard, key, reason in store.skipped()}
+    encoded = set(store.keys())
+    cases = odd_samples()
+    for (key, _), expected in cases:
+        if expected is None:
+            assert f"odd.tar/{key}" in encoded, key
+        elif expected != "duplicate key":
+            assert expected in skipped[("odd.tar", key)], key
+    assert "duplicate key" in skipped[("odd.tar", "plain")]
+    assert "empty file" in skipped[("zz-empty.tar", "")]
+    assert "truncated or corrupt" in skipped[("cut.tar", "")]
+    counts = store.counts
+    assert counts["encoded"] + counts["skipped"] == counts["samples"]
+    assert counts["damaged_shards"] == 2 and counts["upscaled"] >= 1
+    assert counts["encoded"] == len(store)
+
+
+def test_vq_model_and_float32_geometry(tmp_path, shards):
+    vq = _save_model(
+        tmp_path / "vq",
+        seed=0,
+        preset="vq-tiny",
+        image_size=16,
+        ch_mult=(1, 2),
+        map_size=8,
+        codebook_size=64,
+    )
+    _encode(shards / "shard-0000.tar", tmp_path / "vq.zarr", vq)
+    store = TokenStore(tmp_path / "vq.zarr")
+    assert store.fields == ("indices", "labels") and store[0]["indices"].shape == (64,)
+    assert "geometry" not in zarr.open_group(str(tmp_path / "vq.zarr"), mode="r")
+
+
+def test_geometry_float32(tmp_path, model, shards):
+    _encode(shards / "shard-0000.tar", tmp_path / "f.zarr", model, geometry_dtype="float32")
+    assert TokenStore(tmp_path / "f.zarr")[0]["geometry"].dtype == np.float32
+
+
+def test_spawn_workers_give_the_same_store(tmp_path, model, shards):
+    subset = [shards / "shard-0000.tar", shards / "odd.tar", shards / "cut.tar"]
+    encode_shards(subset, tmp_path / "w0.zarr", model, batch_size=4, workers=0)
+    encode_shards(subset, tmp_path / "w2.zarr", model, batch_size=4, workers=2)
+    assert_same_store(tmp_path / "w0.zarr", tmp_path / "w2.zarr")
+
+
+def test_a_different_model_is_refused(tmp_path, model, other_model, shards, runner):
+    out = tmp_path / "t.zarr"
+    _encode(shards / "shard-0000.tar", out, model)
+    result = runner.invoke(
+        app, ["encode", str(shards / "shard-0000.tar"), "-o", str(out), "-m", str(other_model)]
+    )
+    assert result.exit_code == 1
+    assert "another model" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(GtokError, match="another list of input shards"):
+        _encode(shards / "shard-0001.tar", out, model)
+    again = ["encode", str(shards / "shard-0000.tar"), "-o", str(out), "-m", str(other_model)]
+    result = runner.invoke(app, [*again, "--overwrite", "--json", "--workers", "0"])
+    assert result.exit_code == 0, result.stderr
+    assert TokenStore(out).weights_sha256 == json.loads(result.stdout)["weights_sha256"]
+
+
+def test_missing_path_fails_before_any_work(tmp_path, model, runner):
+    out = tmp_path / "t.zarr"
+    result = runner.invoke(
+        app, ["encode", str(tmp_path / "nowhere"), "-o", str(out), "-m", str(model)]
+    )
+    assert result.exit_code == 1 and "does not exist" in result.stderr
+    assert not out.exists()
+    result = runner.invoke(app, ["encode", str(tmp_path), "-o", str(out)])
+    assert result.exit_code == 1
+
+
+def test_worker_slice_sources():
+    assert worker_slice() == worker_slice(environ={})
+    assert worker_slice(1, 3).shard_id == 1
+    assert worker_slice(environ={"RANK": "2", "WORLD_SIZE": "4"}).num_shards == 4
+    slurm = worker_slice(environ={"SLURM_PROCID": "1", "SLURM_NTASKS": "2"})
+    assert (slurm.shard_id, slurm.num_shards, slurm.source) == (
+        1,
+        2,
+        "Slurm SLURM_PROCID/SLURM_NTASKS",
+    )
+    for bad in ({"shard_id": 1}, {"shard_id": 3, "num_shards": 3}):
+        with pytest.raises(GtokError):
+            worker_slice(**bad)
+
+
+# ---- processes: kill -9 and resume; two workers + finalize ------------------------------------
+
+
+def _gtok(*args: str, **env: str) -> subprocess.Popen:
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}
+    command = [sys.executable, "-c", "from cli.main import main; main()", *args]
+    return subprocess.Popen(
+        command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def _completed_parts(store: Path) -> int:
+    return sum('"complete"' in p.read_text() for p in store.glob("parts/*/zarr.json"))
+
+
+def test_kill_during_a_run_then_resume_gives_the_same_store(tmp_path, model):
+    data = tmp_path / "data"
+    write_clean_shards(data, 12, 4)
+    out = tmp_path / "killed.zarr"
+    args = (str(data), "-o", str(out), "-m", str(model), "--workers", "0", "--batch-size", "4")
+    run = _gtok("encode", *args)
+    deadline = time.monotonic() + 120
+    while _completed_parts(out) < 2 and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert run.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    done = _completed_parts(out)
+    assert 2 <= done < 12
+    resumed = _gtok("encode", *args, "--json")
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr.decode()
+    summary = json.loads(stdout)
+    assert summary["shards_already_done"] >= done and summary["finalized"]
+    encode_shards([data], tmp_path / "clean.zarr", model, batch_size=4, workers=0)
+    assert_same_store(out, tmp_path / "clean.zarr")
+
+
+def test_two_workers_and_finalize_equal_one_process(tmp_path, model, shards, runner):
+    out = tmp_path / "two.zarr"
+    common = (str(shards), "-o", str(out), "-m", str(model), "--workers", "0", "--batch-size", "4")
+    first = _gtok("encode", *common, "--shard-id", "0", "--num-shards", "2", "--json")
+    second = _gtok("encode", *common, "--json", RANK="1", WORLD_SIZE="2")  # torchrun's variables
+    summaries = []
+    for proc in (first, second):
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr.decode()
+        summaries.append(json.loads(stdout))
+    assert [s["worker"]["shard_id"] for s in summaries] == [0, 1]
+    assert not any(s["finalized"] for s in summaries)
+    assert sum(s["shards_encoded"] for s in summaries) == 7
+    result = runner.invoke(app, ["encode", "--finalize", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    _encode(shards, tmp_path / "one.zarr", model)
+    assert_same_store(out, tmp_path / "one.zarr")
+
+
+# ---- info and verify ----------------------------------------------------------------------------
+
+
+def test_info_and_verify(tmp_path, model, shards, runner):
+    out = tmp_path / "t.zarr"
+    result = runner.invoke(
+        app, ["encode", str(shards), "-o", str(out), "-m", str(model), "--workers", "0"]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "skipped" in result.stdout
+    info = json.loads(runner.invoke(app, ["info", str(out), "--json"]).stdout)
+    assert info["rows"] == info["counts"]["encoded"] == len(TokenStore(out))
+    assert info["code_usage"]["used"] > 10 and info["code_usage"]["codebook_size"] == 64
+    assert info["sizes"]["total_bytes"] > 0 and "not an image" in info["skipped_reasons"]
+    assert "rows" in runner.invoke(app, ["info", str(out)]).stdout
+    ok = runner.invoke(app, ["verify", str(out), "--against", str(shards)])
+    assert ok.exit_code == 0, ok.stdout + ok.stderr
+    assert "ok" in ok.stdout
+    # a sample the store does not have: verify must find it
+    write_tar(shards.parent / "grown" / "shard-0002.tar", clean_samples(6, start=10))
+    grown = [str(p) for p in shards.glob("*.tar") if p.name != "shard-0002.tar"]
+    bad = runner.invoke(
+        app,
+        ["verify", str(out), "--json"]
+        + [a for p in [*grown, str(shards.parent / "grown")] for a in ("--against", p)],
+    )
+    assert bad.exit_code == 1
+    report = json.loads(bad.stdout)
+    assert not report["ok"] and any("shard-0002.tar/000015" in p for p in report["problems"])
