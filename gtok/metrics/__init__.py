@@ -12,18 +12,25 @@ from gtok.metrics.codebook import CodebookStats, code_counts, codebook_stats
 from gtok.metrics.fid import FeatureStats, frechet_distance, load_stats, save_stats
 from gtok.metrics.geometry import Distribution, GeometryStats, geometry_stats
 from gtok.metrics.images import to_uint8
+from gtok.metrics.inception import FEATURE_DIM, FIDInceptionV3, load_inception
+from gtok.metrics.lpips import LPIPS, load_lpips
 from gtok.metrics.psnr import psnr
 from gtok.metrics.ssim import ssim
 
 __all__ = [
+    "FEATURE_DIM",
+    "LPIPS",
     "CodebookStats",
     "Distribution",
+    "FIDInceptionV3",
     "FeatureStats",
     "GeometryStats",
     "code_counts",
     "codebook_stats",
     "frechet_distance",
     "geometry_stats",
+    "load_inception",
+    "load_lpips",
     "load_stats",
     "psnr",
     "save_stats",
