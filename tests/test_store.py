@@ -21,6 +21,7 @@ from gtok.store import (
     schema,
 )
 from gtok.store import finalize as finalize_module
+from gtok.store.rowread import RowReader
 
 G = 4  # tokens per image in these tests
 NAMES = ("a.tar", "b.tar", "c.tar")
@@ -234,17 +235,56 @@ def test_indexing(store_path):
             store[bad]
 
 
-def test_one_zarr_read_per_batch(store_path, monkeypatch):
+def test_one_read_per_array_per_batch(store_path, monkeypatch):
     calls = []
-    original = zarr.Array.get_orthogonal_selection
+    original_take = RowReader.take
+    original_select = zarr.Array.get_orthogonal_selection
 
-    def spy(self, *args, **kwargs):
-        calls.append(self.name)
-        return original(self, *args, **kwargs)
+    def spy_take(self, rows):
+        calls.append(("fast", self.folder.name))
+        return original_take(self, rows)
 
-    monkeypatch.setattr(zarr.Array, "get_orthogonal_selection", spy)
-    TokenStore(store_path)[np.array([11, 0, 5, 2, 7])]
-    assert sorted(calls) == ["/geometry", "/indices", "/labels"]
+    def spy_select(self, *args, **kwargs):
+        calls.append(("zarr", self.name))
+        return original_select(self, *args, **kwargs)
+
+    monkeypatch.setattr(RowReader, "take", spy_take)
+    monkeypatch.setattr(zarr.Array, "get_orthogonal_selection", spy_select)
+    rows = np.array([11, 0, 5, 2, 7])
+    TokenStore(store_path, fields=("indices", "geometry", "labels", "keys"))[rows]
+    assert sorted(calls) == [
+        ("fast", "geometry"),
+        ("fast", "indices"),
+        ("fast", "labels"),
+        ("zarr", "/keys"),
+    ]
+    calls.clear()
+    monkeypatch.setattr(RowReader, "open", classmethod(lambda cls, folder, array: None))
+    TokenStore(store_path)[rows]  # the plain zarr path: one selection per array
+    assert sorted(calls) == [("zarr", "/geometry"), ("zarr", "/indices"), ("zarr", "/labels")]
+
+
+def test_row_reader_matches_zarr(tmp_path, monkeypatch):
+    """The direct shard reader against zarr-python on a store of several shards, with an
+    empty part, chunks missing from a shard's index and a shard file that does not exist."""
+    monkeypatch.setattr(schema, "SHARD_ROWS", 8)
+    monkeypatch.setattr(schema, "CHUNK_ROWS", 2)
+    out = build(tmp_path / "s.zarr")
+    root = zarr.open_group(out, mode="r+")
+    for name in ("indices", "geometry", "labels"):
+        array = root[name]
+        reader = RowReader.open(tmp_path / "s.zarr" / name, array)
+        assert reader is not None and (reader.chunk_rows, reader.shard_rows) == (2, 8)
+        expected = array[...]
+        assert np.array_equal(reader.take(np.arange(12)), expected, equal_nan=True)
+        picked = np.array([1, 4, 5, 10, 11])
+        assert np.array_equal(reader.take(picked), expected[picked], equal_nan=True)
+    grown = root["indices"]
+    grown.resize((20, G))  # rows 12-15: not in shard 1's index; rows 16-19: no shard 2 file
+    reader = RowReader.open(tmp_path / "s.zarr" / "indices", grown)
+    assert np.array_equal(reader.take(np.arange(20)), grown[...])
+    assert (reader.take(np.arange(12, 20)) == schema.INDEX_FILL).all()
+    assert RowReader.open(tmp_path / "s.zarr" / "keys", root["keys"]) is None
 
 
 def test_torch_format_keys_and_lookup(store_path):

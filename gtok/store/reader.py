@@ -9,9 +9,12 @@
     for batch in store.batches(256, shuffle=True, seed=0, epoch=e): ...
 
 Batches come as numpy (`format="numpy"`, stored dtypes: uint16, float16/32, int32) or torch
-(`format="torch"`: indices and labels int64, geometry float32). Reading a batch is one Zarr
-selection per array: the rows are sorted and de-duplicated, read with one orthogonal
-selection (each touched chunk decompressed once), then put back in the order asked.
+(`format="torch"`: indices and labels int64, geometry float32). Reading a batch is one read
+per array: the rows are sorted and de-duplicated, each touched inner chunk is decompressed
+once, and the rows are put back in the order asked. On a local disk the numeric arrays are
+read by `RowReader` (the sharding format read directly: ~20x faster random batches than
+zarr-python's per-chunk path); keys and remote stores go through one zarr orthogonal
+selection.
 
 It is a `torch.utils.data.Dataset` and pickles without open handles (spawn workers reopen
 it). With a DataLoader, either let it fetch whole batches (`__getitems__`, used by
@@ -34,6 +37,7 @@ from torch.utils.data import Dataset
 from gtok.errors import GtokError
 from gtok.store import schema
 from gtok.store.location import Location
+from gtok.store.rowread import RowReader
 from gtok.store.writer import open_root, read_header
 
 __all__ = ["TokenStore"]
@@ -117,11 +121,23 @@ class TokenStore(Dataset):
         return state
 
     def _open(self) -> dict[str, Any]:
+        """name -> what reads it: a `RowReader` (local numeric arrays), a zarr array (keys,
+        remote stores), or a numpy array (`in_memory`)."""
         if self._arrays is None:
             root = open_root(self._location)
-            arrays = {name: root[name] for name in {*self.fields, schema.KEYS}}
+            arrays: dict[str, Any] = {}
+            for name in {*self.fields, schema.KEYS}:
+                array = root[name]
+                fast = None
+                if self._location.is_local and name != schema.KEYS:
+                    fast = RowReader.open(self._location.path / name, array)
+                arrays[name] = fast or array
             if self.in_memory:
-                arrays = {name: array[...] for name, array in arrays.items()}
+                everything = np.arange(len(self))
+                arrays = {
+                    n: a.take(everything) if isinstance(a, RowReader) else a[...]
+                    for n, a in arrays.items()
+                }
             self._arrays = arrays
         return self._arrays
 
@@ -156,13 +172,18 @@ class TokenStore(Dataset):
 
     def _read(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
         array = self._open()[name]
+        if isinstance(array, np.ndarray):  # in memory
+            return array[rows]
+        if isinstance(array, RowReader):
+            if isinstance(rows, slice):
+                return array.take(np.arange(rows.start, rows.stop))
+            unique, inverse = np.unique(rows, return_inverse=True)
+            return array.take(unique)[inverse]
         if isinstance(rows, slice):
             return array[rows]
         if rows.size == 0:
             return np.empty((0, *array.shape[1:]), dtype=array.dtype)
         unique, inverse = np.unique(rows, return_inverse=True)
-        if self.in_memory:
-            return array[rows]
         if unique[-1] - unique[0] + 1 == unique.size:  # contiguous: a plain slice is cheaper
             block = array[int(unique[0]) : int(unique[-1]) + 1]
         else:

@@ -79,7 +79,7 @@ LABEL_FILL = -1
 COUNT_DTYPE = np.dtype("int64")
 
 SHARD_ROWS = 16384  # rows per Zarr shard (one file): 1.28M rows -> 79 files per array
-CHUNK_ROWS = 64  # rows per inner chunk: the unit a random read decompresses
+CHUNK_ROWS = 32  # rows per inner chunk: the unit a random read decompresses
 ZSTD_LEVEL = 3
 
 
