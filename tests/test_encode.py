@@ -297,3 +297,16 @@ def test_info_and_verify(tmp_path, model, shards, runner):
     assert bad.exit_code == 1
     report = json.loads(bad.stdout)
     assert not report["ok"] and any("shard-0002.tar/000015" in p for p in report["problems"])
+
+
+def test_readme_training_snippet_runs(tmp_path, model, shards):
+    """The README's TokenStore example, run as written against a real store."""
+    _encode(shards, tmp_path / "tokens.zarr", model)
+    readme = (REPO / "README.md").read_text()
+    snippet = readme.split("Reading in a training loop:\n\n```python\n", 1)[1].split("```", 1)[0]
+    snippet = snippet.replace('"tokens.zarr"', repr(str(tmp_path / "tokens.zarr")))
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    assert namespace["row"]["indices"].shape == (SMALL["num_gaussians"],)
+    first = next(iter(namespace["loader"]))
+    assert first["indices"].shape[1:] == (SMALL["num_gaussians"],)
