@@ -8,10 +8,25 @@ from typing import Any
 from gtok._version import __version__
 from gtok.errors import GtokError
 
-__all__ = ["GtokError", "TokenStore", "__version__"]
+__all__ = [
+    "PRESETS",
+    "GtokError",
+    "TokenStore",
+    "Tokens",
+    "__version__",
+    "build_tokenizer",
+    "load_tokenizer",
+]
+
+_MODEL_API = ("PRESETS", "Tokens", "build_tokenizer", "load_tokenizer")
 
 
 def __getattr__(name: str) -> Any:
+    # The model API is imported on first use: `import gtok` stays fast and starts nothing.
+    if name in _MODEL_API:
+        import gtok.model
+
+        return getattr(gtok.model, name)
     if name == "TokenStore":  # the token store reader imports zarr and torch: also on first use
         from gtok.store import TokenStore
 

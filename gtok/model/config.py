@@ -7,11 +7,13 @@ Presets:
 - `cifar`, `imagenet`: the authors' released GaussianToken models (DESIGN.md section 1 and
   its table): 32x32 -> 16x16 map, 64 Gaussians, z = 3; 256x256 -> 32x32 map,
   256 Gaussians, z = 8; codebook 1024; ch 128, 4 ResBlocks per level.
-- `tiny`: 64x64 input, 64 Gaussians on a 16x16 map, small enough to train on a 2-core
-  CPU (bench/model.py measures it). ch 32 with ch_mult (1, 2, 2) and one ResBlock per
-  level: the encoder/decoder dominate the cost, and this is the cheapest family member whose
-  GroupNorms still have 32 channels per level and whose map keeps the cifar preset's 16x16
-  render size, so the GaussianEmbed and rasterizer run at the authors' cifar scale.
+- `tiny`: 64x64 input, 64 Gaussians on a 16x16 map (the cifar preset's render size, so
+  GaussianEmbed and the rasterizer run at the authors' cifar scale), small enough to train on
+  a 2-core CPU: `bench/model.py` measures it (target: 25 images/s forward+backward at batch
+  32). The CNN dominates the cost and most of it is at full resolution, so the base width
+  is 32 (the least with 32 GroupNorm groups), the first two levels keep it (ch_mult
+  (1, 1, 2)), and each level has one ResBlock. On one core this trains at about 48 ms per
+  image (ch_mult (1, 2, 2): 70 ms; the GaussianEmbed alone takes about 20 ms).
 - `vq-tiny`, `vq-cifar`, `vq-imagenet`: plain VQGAN baselines from the same encoder/decoder
   family that quantize every cell of a feature map with as many cells as the matching
   preset has Gaussians (8x8 = 64, 8x8 = 64, 16x16 = 256), with the same codebook and z. The
@@ -51,7 +53,8 @@ class TokenizerConfig:
     z_dim: int = 3  # code (and rendered map) channels
     codebook_size: int = 1024
     num_gaussians: int | None = 64  # gaussian: tokens per image; vq: None (map_size^2 tokens)
-    # GaussianEmbed (DESIGN.md 1.2-1.3); its width is embed_dim
+    # GaussianEmbed (DESIGN.md 1.2-1.3)
+    gaussian_dim: int = 64  # width D of its attention/MLP layers and of the anchor features
     num_heads: int = 4
     num_points: int = 4  # learned sampling points per head (plus one fixed zero offset)
     ffn_dim: int = 256
@@ -123,17 +126,17 @@ class TokenizerConfig:
 
     def _gaussian_problems(self) -> list[str]:
         out: list[str] = []
-        counts = ("num_gaussians", "num_heads", "num_points", "ffn_dim", "num_rounds")
-        for name in (*counts, "num_encoder_layers", "num_decoder_layers"):
+        counts = ("num_gaussians", "gaussian_dim", "num_heads", "num_points", "ffn_dim")
+        for name in (*counts, "num_rounds", "num_encoder_layers", "num_decoder_layers"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 out.append(f"{name} must be a positive integer, got {value!r}")
         if out:
             return out
-        if self.embed_dim % GROUPS or self.embed_dim % self.num_heads:
+        if self.gaussian_dim % GROUPS or self.gaussian_dim % self.num_heads:
             out.append(
-                f"embed_dim must be a multiple of {GROUPS} and of num_heads, "
-                f"got embed_dim={self.embed_dim}, num_heads={self.num_heads}"
+                f"gaussian_dim must be a multiple of {GROUPS} and of num_heads, "
+                f"got gaussian_dim={self.gaussian_dim}, num_heads={self.num_heads}"
             )
         if not 0 <= self.dropout < 1:
             out.append(f"dropout must be in [0, 1), got {self.dropout}")
@@ -192,7 +195,7 @@ PRESETS: dict[str, TokenizerConfig] = {
             preset="tiny",
             image_size=64,
             ch=32,
-            ch_mult=(1, 2, 2),
+            ch_mult=(1, 1, 2),
             num_res_blocks=1,
             map_size=16,
             z_dim=8,
@@ -220,7 +223,7 @@ PRESETS: dict[str, TokenizerConfig] = {
             preset="vq-tiny",
             image_size=64,
             ch=32,
-            ch_mult=(1, 2, 2, 2),
+            ch_mult=(1, 1, 2, 2),
             num_res_blocks=1,
             embed_dim=8,
             map_size=8,

@@ -1,0 +1,61 @@
+"""The tokenizer models: config and presets, CNN encoder/decoder, GaussianEmbed, quantizer,
+the two tokenizers, the model directory format and the official-checkpoint converter.
+
+Names are imported on first use, so `gtok.model.config` (and `gtok.PRESETS`) stay cheap to
+import: nothing here imports torch until a model name is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "PRESETS",
+    "BaseTokenizer",
+    "DeformableAttention",
+    "GaussianEmbed",
+    "GaussianEmbedConfig",
+    "GaussianTokenizer",
+    "Gaussians",
+    "QuantizerOutput",
+    "TokenizerConfig",
+    "TokenizerOutput",
+    "Tokens",
+    "VQTokenizer",
+    "VectorQuantizer",
+    "build_tokenizer",
+    "load_tokenizer",
+    "save_pretrained",
+    "weights_sha256",
+]
+
+_HOME = {
+    "PRESETS": "gtok.model.config",
+    "TokenizerConfig": "gtok.model.config",
+    "BaseTokenizer": "gtok.model.tokenizer",
+    "GaussianTokenizer": "gtok.model.tokenizer",
+    "TokenizerOutput": "gtok.model.tokenizer",
+    "Tokens": "gtok.model.tokenizer",
+    "VQTokenizer": "gtok.model.tokenizer",
+    "build_tokenizer": "gtok.model.tokenizer",
+    "DeformableAttention": "gtok.model.deform_attn",
+    "GaussianEmbed": "gtok.model.gaussian_embed",
+    "GaussianEmbedConfig": "gtok.model.gaussian_embed",
+    "Gaussians": "gtok.model.gaussian_embed",
+    "QuantizerOutput": "gtok.model.quantizer",
+    "VectorQuantizer": "gtok.model.quantizer",
+    "load_tokenizer": "gtok.model.io",
+    "save_pretrained": "gtok.model.io",
+    "weights_sha256": "gtok.model.io",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'gtok.model' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOME[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

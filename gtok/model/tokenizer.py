@@ -1,0 +1,272 @@
+"""The tokenizers: GaussianToken (`GaussianTokenizer`) and its VQGAN baseline (`VQTokenizer`).
+
+Both take images [B, 3, H, W] in [-1, 1] and share one API: `encode` -> `Tokens`,
+`decode(Tokens)` -> images, `forward` -> `TokenizerOutput` (what training needs),
+`save_pretrained(dir)`, `config`. `encode` and `decode` are the inference path (no
+gradients; put the model in eval mode first: in training mode the quantizer and the scale
+scheduler update their state as in a training step, and dropout is active). In eval mode
+`decode(encode(x))` reproduces `forward(x).reconstruction`.
+
+GaussianToken (DESIGN.md section 1): encoder -> GaussianEmbed (G Gaussians) -> vector
+quantizer on the Gaussian features -> `kernels.rasterize` of the quantized Gaussians onto
+a map_size^2 x z map -> decoder (adaptive GroupNorm styled by the rendered map).
+VQ baseline: encoder (z channels) -> quantizer on every map cell (row-major) -> decoder.
+GaussianEmbed, the quantizer and the rasterizer run in fp32 even under autocast.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from gtok.model.config import TokenizerConfig, preset_config
+from gtok.model.decoder import Decoder
+from gtok.model.encoder import Encoder
+from gtok.model.gaussian_embed import GaussianEmbed, GaussianEmbedConfig, Gaussians
+from gtok.model.quantizer import VectorQuantizer
+from kernels import rasterize
+
+__all__ = [
+    "BaseTokenizer",
+    "GaussianTokenizer",
+    "TokenizerOutput",
+    "Tokens",
+    "VQTokenizer",
+    "build_from_config",
+    "build_tokenizer",
+]
+
+
+class Tokens(NamedTuple):
+    """Tokens of a batch of images, in the learned anchor order (vq: row-major map cells).
+
+    indices: [B, G] int64 code ids in [0, codebook_size).
+    geometry: [B, G, 5] float32 (mean_x, mean_y, scale_x, scale_y, rotation): means in
+        [-1, 1] (x right, y down), scales = standard deviations in map pixels, rotation in
+        radians in [0, pi]; None for the VQ baseline.
+    """
+
+    indices: torch.Tensor
+    geometry: torch.Tensor | None
+
+
+class TokenizerOutput(NamedTuple):
+    """What a training step needs from `forward`.
+
+    reconstruction: [B, 3, H, W], unclamped (images are in [-1, 1]).
+    commit_loss: scalar, MSE(features, sg(quantized)) (weight it 0.25 in the total loss).
+    indices: [B, G] int64 code ids.
+    perplexity: scalar, exp(entropy) of this batch's code histogram.
+    usage: scalar, share of the codebook used by this batch.
+    gaussians: the Gaussians before quantization (features are the continuous ones), or
+        None for the VQ baseline.
+    """
+
+    reconstruction: torch.Tensor
+    commit_loss: torch.Tensor
+    indices: torch.Tensor
+    perplexity: torch.Tensor
+    usage: torch.Tensor
+    gaussians: Gaussians | None
+
+
+class BaseTokenizer(nn.Module):
+    """What both tokenizers share: config, input checks, `save_pretrained`."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.quantize = VectorQuantizer(
+            config.codebook_size,
+            config.z_dim,
+            decay=config.codebook_decay,
+            eps=config.codebook_eps,
+            kmeans_iters=config.kmeans_iters,
+            dead_threshold=config.dead_threshold,
+        )
+        self.decoder = Decoder(config.ch, config.ch_mult, config.num_res_blocks, config.z_dim)
+
+    def encode(self, images: torch.Tensor) -> Tokens:
+        raise NotImplementedError
+
+    def decode(self, tokens: Tokens) -> torch.Tensor:
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write `config.json` and `model.safetensors` into `directory` (see `gtok.model.io`)."""
+        from gtok.model.io import save_pretrained
+
+        save_pretrained(self, directory)
+
+    def _check_images(self, images: torch.Tensor) -> None:
+        size = self.config.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (size, size):
+            raise ValueError(
+                f"images must be [B, 3, {size}, {size}] for this tokenizer, "
+                f"got {list(images.shape)}"
+            )
+
+    def _check_indices(self, indices: torch.Tensor) -> None:
+        count = self.config.num_tokens
+        if indices.ndim != 2 or indices.shape[1] != count:
+            raise ValueError(f"indices must be [B, {count}], got {list(indices.shape)}")
+        if indices.dtype.is_floating_point or indices.dtype == torch.bool:
+            raise ValueError(f"indices must be integers, got {indices.dtype}")
+        if indices.numel() and (indices.min() < 0 or indices.max() >= self.config.codebook_size):
+            raise ValueError(
+                f"indices must be in [0, {self.config.codebook_size}), got values in "
+                f"[{int(indices.min())}, {int(indices.max())}]"
+            )
+
+
+class GaussianTokenizer(BaseTokenizer):
+    """GaussianToken: images -> G Gaussians with quantized features -> rendered map -> images."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        if config.kind != "gaussian":
+            raise ValueError(f"GaussianTokenizer needs a 'gaussian' config, got {config.kind!r}")
+        super().__init__(config)
+        self.encoder = Encoder(config.ch, config.ch_mult, config.num_res_blocks, config.embed_dim)
+        self.gaussian_embed = GaussianEmbed(
+            GaussianEmbedConfig(
+                num_gaussians=config.num_gaussians,
+                in_dim=config.embed_dim,
+                dim=config.gaussian_dim,
+                z_dim=config.z_dim,
+                num_heads=config.num_heads,
+                num_points=config.num_points,
+                ffn_dim=config.ffn_dim,
+                num_rounds=config.num_rounds,
+                num_encoder_layers=config.num_encoder_layers,
+                num_decoder_layers=config.num_decoder_layers,
+                dropout=config.dropout,
+                scale_min=config.scale_min,
+                scale_max_init=config.scale_max_init,
+                scale_max_floor=config.scale_max_floor,
+            )
+        )
+
+    def forward(self, images: torch.Tensor) -> TokenizerOutput:
+        """images [B, 3, H, W] in [-1, 1] -> `TokenizerOutput`."""
+        self._check_images(images)
+        gaussians = self._gaussians(images)
+        with torch.autocast(images.device.type, enabled=False):
+            q = self.quantize(gaussians.features)  # quantized [B, G, z]
+        recon = self._render_decode(
+            gaussians.means, gaussians.scales, gaussians.rotations, q.quantized
+        )
+        return TokenizerOutput(recon, q.commit_loss, q.indices, q.perplexity, q.usage, gaussians)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> Tokens:
+        """images [B, 3, H, W] in [-1, 1] -> Tokens(indices [B, G], geometry [B, G, 5])."""
+        self._check_images(images)
+        gaussians = self._gaussians(images)
+        with torch.autocast(images.device.type, enabled=False):
+            indices = self.quantize(gaussians.features).indices  # [B, G]
+        geometry = torch.cat(
+            [gaussians.means, gaussians.scales, gaussians.rotations[..., None]], dim=-1
+        )  # [B, G, 5]
+        return Tokens(indices, geometry)
+
+    @torch.no_grad()
+    def decode(self, tokens: Tokens) -> torch.Tensor:
+        """Tokens(indices [B, G], geometry [B, G, 5]) -> images [B, 3, H, W] (unclamped)."""
+        indices, geometry = tokens
+        self._check_indices(indices)
+        expected = (indices.shape[0], self.config.num_gaussians, 5)
+        if geometry is None or tuple(geometry.shape) != expected:
+            got = None if geometry is None else list(geometry.shape)
+            raise ValueError(f"geometry must be {list(expected)}, got {got}")
+        geometry = geometry.float()
+        features = self.quantize.lookup(indices.long())  # [B, G, z]
+        return self._render_decode(
+            geometry[..., 0:2], geometry[..., 2:4], geometry[..., 4], features
+        )
+
+    def _gaussians(self, images: torch.Tensor) -> Gaussians:
+        feature_map = self.encoder(images)  # [B, embed_dim, map, map]
+        with torch.autocast(images.device.type, enabled=False):
+            return self.gaussian_embed(feature_map.float())
+
+    def _render_decode(
+        self,
+        means: torch.Tensor,
+        scales: torch.Tensor,
+        rotations: torch.Tensor,
+        features: torch.Tensor,
+    ) -> torch.Tensor:
+        """Splat Gaussians (means [B,G,2], scales [B,G,2], rotations [B,G], features [B,G,z])
+        onto the map and decode it: -> [B, 3, H, W]."""
+        size = self.config.map_size
+        with torch.autocast(means.device.type, enabled=False):
+            rendered = rasterize(means, scales, rotations, features.float(), size, size)
+        return self.decoder(rendered)  # rendered: [B, z, map, map]
+
+
+class VQTokenizer(BaseTokenizer):
+    """VQGAN baseline: every cell of the encoder's map_size^2 x z map is one token."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        if config.kind != "vq":
+            raise ValueError(f"VQTokenizer needs a 'vq' config, got {config.kind!r}")
+        super().__init__(config)
+        self.encoder = Encoder(config.ch, config.ch_mult, config.num_res_blocks, config.z_dim)
+
+    def forward(self, images: torch.Tensor) -> TokenizerOutput:
+        """images [B, 3, H, W] in [-1, 1] -> `TokenizerOutput` (gaussians None)."""
+        self._check_images(images)
+        q = self._quantize(images)
+        recon = self.decoder(self._to_map(q.quantized))
+        return TokenizerOutput(recon, q.commit_loss, q.indices, q.perplexity, q.usage, None)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> Tokens:
+        """images [B, 3, H, W] in [-1, 1] -> Tokens(indices [B, map^2] row-major, None)."""
+        self._check_images(images)
+        return Tokens(self._quantize(images).indices, None)
+
+    @torch.no_grad()
+    def decode(self, tokens: Tokens) -> torch.Tensor:
+        """Tokens(indices [B, map^2], geometry ignored) -> images [B, 3, H, W] (unclamped)."""
+        self._check_indices(tokens.indices)
+        return self.decoder(self._to_map(self.quantize.lookup(tokens.indices.long())))
+
+    def _quantize(self, images: torch.Tensor):
+        z = self.encoder(images)  # [B, z, map, map]
+        with torch.autocast(images.device.type, enabled=False):
+            return self.quantize(z.float().flatten(2).transpose(1, 2))  # on [B, map^2, z]
+
+    def _to_map(self, codes: torch.Tensor) -> torch.Tensor:
+        """[B, map^2, z] row-major -> [B, z, map, map]."""
+        size = self.config.map_size
+        return codes.transpose(1, 2).reshape(codes.shape[0], -1, size, size)
+
+
+def build_from_config(config: TokenizerConfig) -> BaseTokenizer:
+    """A freshly initialized tokenizer of `config.kind` (in training mode, as torch builds it)."""
+    cls = GaussianTokenizer if config.kind == "gaussian" else VQTokenizer
+    return cls(config)
+
+
+def build_tokenizer(
+    preset: str | TokenizerConfig, *, seed: int | None = None, **overrides: Any
+) -> BaseTokenizer:
+    """A freshly initialized tokenizer (training mode) of a preset name or config.
+
+    preset: a name in `PRESETS` ("tiny", "cifar", "imagenet", "vq-tiny", ...) or a
+        `TokenizerConfig`; overrides: config fields to change (validated; ValueError names
+        bad ones); seed: makes the initialization reproducible (torch's global RNG is
+        reseeded with it).
+    Example: `gtok.build_tokenizer("tiny", codebook_size=512, seed=0)`.
+    """
+    if isinstance(preset, TokenizerConfig):
+        config = preset.replace(**overrides)
+    else:
+        config = preset_config(preset, **overrides)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return build_from_config(config)
