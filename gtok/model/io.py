@@ -1,0 +1,187 @@
+"""The model directory: the one on-disk format of a tokenizer, written and read only here.
+
+Layout of a model directory:
+
+    MODEL_DIR/config.json        {"format_version": 1, "gtok_version": ..., "preset": ...,
+                                  "kind": ..., "image_size": ..., "num_tokens": ...,
+                                  "architecture": {every TokenizerConfig field}}
+    MODEL_DIR/model.safetensors  every parameter and persistent buffer of the model
+                                  (codebook, its EMA statistics, the scale range r_max)
+
+A training run directory holds its exported model (EMA weights) in `RUN_DIR/model/` and its
+resumable training state beside it; wherever a model directory is expected, a run directory
+(or the path of a model directory's `config.json` / `model.safetensors`) works too and is
+resolved by `resolve_model_dir`. Loading never unpickles: weights are safetensors, config is
+JSON, and every mismatch is a `GtokError` of one sentence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from gtok._version import __version__
+from gtok.errors import GtokError
+from gtok.model.config import TokenizerConfig
+
+if TYPE_CHECKING:
+    from gtok.model.tokenizer import BaseTokenizer
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT_VERSION",
+    "RUN_MODEL_SUBDIR",
+    "WEIGHTS_FILE",
+    "load_tokenizer",
+    "read_config",
+    "resolve_model_dir",
+    "save_pretrained",
+    "weights_sha256",
+]
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+RUN_MODEL_SUBDIR = "model"  # a training run directory keeps its exported model here
+
+
+def save_pretrained(model: BaseTokenizer, directory: str | os.PathLike) -> Path:
+    """Write `model` as a model directory (created if needed); returns its path.
+
+    Each file is written under a temporary name and renamed, so an interrupted save never
+    leaves a half-written file under the final name.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    document = {
+        "format_version": FORMAT_VERSION,
+        "gtok_version": __version__,
+        "preset": config.preset,
+        "kind": config.kind,
+        "image_size": config.image_size,
+        "num_tokens": config.num_tokens,
+        "architecture": config.to_dict(),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights_tmp = directory / f".{WEIGHTS_FILE}.tmp"
+    save_file(tensors, weights_tmp, metadata={"format": "pt", "gtok_version": __version__})
+    os.replace(weights_tmp, directory / WEIGHTS_FILE)
+    config_tmp = directory / f".{CONFIG_FILE}.tmp"
+    config_tmp.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(config_tmp, directory / CONFIG_FILE)
+    return directory
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The model directory meant by `path`: a model directory, a run directory (its
+    `model/` subdirectory), or one of a model directory's two files."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise GtokError(f"{path} does not exist; give a gtok model directory or training run.")
+    if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
+        path = path.parent
+    for candidate in (path, path / RUN_MODEL_SUBDIR):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise GtokError(
+        f"{path} is not a gtok model directory (no {CONFIG_FILE}) or training run directory "
+        f"(no {RUN_MODEL_SUBDIR}/{CONFIG_FILE}); make one with `save_pretrained` or "
+        "`gtok convert-official`."
+    )
+
+
+def read_config(path: str | os.PathLike) -> TokenizerConfig:
+    """The `TokenizerConfig` of the model at `path` (any form `resolve_model_dir` takes)."""
+    config_path = resolve_model_dir(path) / CONFIG_FILE
+    try:
+        document = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GtokError(
+            f"{config_path} is not readable JSON ({exc}); re-export the model."
+        ) from exc
+    if not isinstance(document, dict) or "format_version" not in document:
+        raise GtokError(f"{config_path} has no format_version; it is not a gtok model config.")
+    version = document["format_version"]
+    if version != FORMAT_VERSION:
+        raise GtokError(
+            f"{config_path} has model format version {version!r} but this gtok "
+            f"({__version__}) reads version {FORMAT_VERSION}; use the gtok that wrote it "
+            f"({document.get('gtok_version', 'unknown')})."
+        )
+    try:
+        return TokenizerConfig.from_dict(document["architecture"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GtokError(f"{config_path} has an invalid architecture: {exc}.") from exc
+
+
+def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu") -> BaseTokenizer:
+    """Load the tokenizer at `path` (model directory, run directory, or one of its files)
+    onto `device`, in eval mode. Raises `GtokError` for anything wrong with the files."""
+    from gtok.model.tokenizer import build_from_config
+
+    model_dir = resolve_model_dir(path)
+    config = read_config(model_dir)
+    weights_path = model_dir / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise GtokError(f"{model_dir} has {CONFIG_FILE} but no {WEIGHTS_FILE}; re-export it.")
+    try:
+        tensors = load_file(weights_path, device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise GtokError(f"{weights_path} is not a readable safetensors file ({exc}).") from exc
+    model = build_from_config(config)
+    _check_state(weights_path, model.state_dict(), tensors)
+    model.load_state_dict(tensors, strict=True)
+    return model.to(device).eval()
+
+
+def _check_state(
+    weights_path: Path, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]
+) -> None:
+    """One sentence for missing, unexpected or wrongly shaped tensors."""
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise GtokError(
+            f"{weights_path} lacks {len(missing)} tensor(s) that its config.json needs "
+            f"({_sample(missing)}); the two files do not belong together."
+        )
+    unexpected = sorted(set(found) - set(expected))
+    if unexpected:
+        raise GtokError(
+            f"{weights_path} has {len(unexpected)} tensor(s) that its config.json does not "
+            f"build ({_sample(unexpected)}); the two files do not belong together."
+        )
+    wrong = [
+        f"{k} {list(found[k].shape)} != {list(expected[k].shape)}"
+        for k in sorted(expected)
+        if found[k].shape != expected[k].shape
+    ]
+    if wrong:
+        raise GtokError(
+            f"{weights_path} has {len(wrong)} tensor(s) of the wrong shape for its config.json "
+            f"({_sample(wrong)}); the two files do not belong together."
+        )
+
+
+def _sample(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def weights_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of the model's `model.safetensors` (identifies the weights in token stores)."""
+    weights_path = resolve_model_dir(path) / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise GtokError(f"{weights_path} does not exist; the model directory is incomplete.")
+    digest = hashlib.sha256()
+    with weights_path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
