@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from cli import convert as convert_cmd
 from cli import encode as encode_cmd
 from cli import env as env_cmd
 from cli import info as info_cmd
@@ -45,6 +46,7 @@ def root(
 
 
 app.command("env")(env_cmd.env)
+app.command("convert-official")(convert_cmd.convert_official)
 app.command("encode")(encode_cmd.encode)
 app.command("info")(info_cmd.info)
 app.command("verify")(verify_cmd.verify)
