@@ -1,4 +1,4 @@
-"""Pixel metrics, Frechet distance, codebook and geometry statistics.
+"""Pixel metrics, Frechet distance, codebook and geometry statistics, metric availability.
 
 Checked against independent implementations: scikit-image (PSNR, SSIM), scipy's sqrtm (the
 Frechet distance as pytorch-fid computes it), numpy (covariances, histograms) and closed forms.
@@ -18,15 +18,21 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from gtok import GtokError
 from gtok.metrics import (
     FeatureStats,
+    Loaded,
+    Unavailable,
     code_counts,
     codebook_stats,
     frechet_distance,
     geometry_stats,
+    load_inception,
+    load_lpips,
     load_stats,
+    metric_availability,
     psnr,
     save_stats,
     ssim,
     to_uint8,
+    try_load,
 )
 
 SIZES = [(64, 64), (48, 80), (11, 11), (32, 32), (100, 37)]
@@ -343,3 +349,60 @@ def test_geometry_percentiles_and_errors():
         geometry_stats(np.zeros((4, 5)))
     with pytest.raises(ValueError, match="positive"):
         geometry_stats(np.zeros((1, 2, 5)))
+
+
+# ---------------------------------------------------------------- availability
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("GTOK_WEIGHTS", str(tmp_path / "gtok"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in (
+        "GTOK_VGG16_WEIGHTS",
+        "GTOK_LPIPS_WEIGHTS",
+        "GTOK_ALEXNET_WEIGHTS",
+        "GTOK_LPIPS_ALEX_WEIGHTS",
+        "GTOK_INCEPTION_WEIGHTS",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def test_missing_weights_are_reported_with_file_and_place(no_weights):
+    hub = str(no_weights / "torch" / "hub" / "checkpoints")
+    reasons = metric_availability()
+    assert set(reasons) == {"lpips-vgg", "lpips-alex", "fid"}
+    assert "vgg16-397923af.pth" in reasons["lpips-vgg"] and "vgg.pth" in reasons["lpips-vgg"]
+    assert "alexnet-owt-7be5be79.pth" in reasons["lpips-alex"]
+    assert "pt_inception-2015-12-05-6726825d.pth" in reasons["fid"] and hub in reasons["fid"]
+    result = try_load("fid")
+    assert isinstance(result, Unavailable) and result.reason == reasons["fid"]
+    with pytest.raises(GtokError, match=r"vgg16-397923af\.pth"):
+        load_lpips("vgg")
+    with pytest.raises(GtokError, match="GTOK_INCEPTION_WEIGHTS"):
+        load_inception()
+    with pytest.raises(ValueError, match="unknown metric"):
+        try_load("clip")
+
+
+def test_one_metric_loads_while_the_others_stay_unavailable(no_weights):
+    from test_metrics_nets import ALEX_HEAD, ALEXNET, deterministic_state
+
+    folder = no_weights / "gtok"
+    folder.mkdir()
+    torch.save(deterministic_state(ALEXNET, 1), folder / "alexnet-owt-7be5be79.pth")
+    torch.save(deterministic_state(ALEX_HEAD, 2), folder / "alex.pth")
+    (folder / "pt_inception-2015-12-05-6726825d.pth").write_bytes(b"not a checkpoint")
+    reasons = metric_availability()
+    assert reasons["lpips-alex"] is None and reasons["fid"] is None  # files exist
+    loaded = try_load("lpips-alex")
+    assert isinstance(loaded, Loaded)
+    assert loaded.files["alexnet"] == folder / "alexnet-owt-7be5be79.pth"
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert loaded.model(x, x.flip(-1)).shape == (2,)
+    broken = try_load("fid")
+    assert isinstance(broken, Unavailable) and "Could not read" in broken.reason
+    assert isinstance(try_load("lpips-vgg"), Unavailable)
+    explicit = try_load("lpips-alex", paths={"lpips-alex": no_weights / "nowhere.pth"})
+    assert isinstance(explicit, Unavailable) and "was not found" in explicit.reason

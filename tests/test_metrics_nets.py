@@ -148,10 +148,6 @@ def deterministic_state(layout: Layout, seed: int = 0) -> dict[str, torch.Tensor
     return state
 
 
-def random_state(layout: Layout, seed: int = 0) -> dict[str, torch.Tensor]:
-    return deterministic_state(layout, seed)
-
-
 def test_image(batch: int, height: int, width: int) -> torch.Tensor:
     """Deterministic float image in [0, 1], [B, 3, H, W]."""
     b, c, y, x = torch.meshgrid(

@@ -8,6 +8,14 @@ torchvision and load the standard weight files from local paths (`gtok.weights`)
 `try_load` to get either the network or the reason it is unavailable.
 """
 
+from gtok.metrics.available import (
+    METRIC_WEIGHTS,
+    Loaded,
+    Unavailable,
+    metric_availability,
+    sha256_file,
+    try_load,
+)
 from gtok.metrics.codebook import CodebookStats, code_counts, codebook_stats
 from gtok.metrics.fid import FeatureStats, frechet_distance, load_stats, save_stats
 from gtok.metrics.geometry import Distribution, GeometryStats, geometry_stats
@@ -20,11 +28,14 @@ from gtok.metrics.ssim import ssim
 __all__ = [
     "FEATURE_DIM",
     "LPIPS",
+    "METRIC_WEIGHTS",
     "CodebookStats",
     "Distribution",
     "FIDInceptionV3",
     "FeatureStats",
     "GeometryStats",
+    "Loaded",
+    "Unavailable",
     "code_counts",
     "codebook_stats",
     "frechet_distance",
@@ -32,8 +43,11 @@ __all__ = [
     "load_inception",
     "load_lpips",
     "load_stats",
+    "metric_availability",
     "psnr",
     "save_stats",
+    "sha256_file",
     "ssim",
     "to_uint8",
+    "try_load",
 ]
