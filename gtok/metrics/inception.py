@@ -217,7 +217,9 @@ class FIDInceptionV3(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def load_weights(self, state: dict[str, Tensor], *, source: str = "the state dict") -> None:
+    def load_weights(
+        self, state: dict[str, Tensor], *, source: str = "the state dict"
+    ) -> FIDInceptionV3:
         """Fill from a pytorch-fid FID Inception state dict (BatchNorm `num_batches_tracked`
         entries may be present or not). Raises GtokError naming missing, unexpected or
         mis-shaped keys."""
@@ -228,6 +230,7 @@ class FIDInceptionV3(nn.Module):
             layout="pytorch-fid FID Inception (pt_inception-2015-12-05)",
             skip_suffixes=(".num_batches_tracked",),
         )
+        return self
 
     @staticmethod
     def preprocess(images: Tensor) -> Tensor:
