@@ -1,14 +1,14 @@
 """SSIM on uint8 images, as scikit-image's `structural_similarity` with Gaussian weights.
 
-Protocol (Wang et al. 2004, and scikit-image's `structural_similarity(im1, im2,
-gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255,
-channel_axis=-1)`):
+Protocol (scikit-image's `structural_similarity(im1, im2, gaussian_weights=True, sigma=1.5,
+data_range=255, channel_axis=-1)`, the call most tokenizer evaluations make, so its default
+`use_sample_covariance=True` is kept):
 
 - 11x11 Gaussian window, sigma 1.5 (scipy's kernel: radius int(3.5 * 1.5 + 0.5) = 5, taps
   exp(-x^2 / (2 sigma^2)) normalized to sum 1, applied separably);
-- local means, variances and covariance from the weighted window; population covariance
-  (normalization 1) by default, `sample_covariance=True` multiplies the (co)variances by
-  121/120 as scikit-image's default `use_sample_covariance=True`;
+- local means, variances and covariance from the weighted window, multiplied by 121/120 as
+  scikit-image's default `use_sample_covariance=True` does; `sample_covariance=False` gives
+  Wang et al.'s population form (about 0.05% apart on natural images);
 - C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2;
 - the SSIM map is averaged over the pixels whose window lies inside the image (scikit-image
   filters with 'reflect' padding and then crops the 5-pixel border, so only these pixels
@@ -50,14 +50,14 @@ def ssim(
     a: Tensor,
     b: Tensor,
     *,
-    sample_covariance: bool = False,
+    sample_covariance: bool = True,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
     """Per-image mean SSIM.
 
     a, b: uint8 [B, C, H, W] (data range 255), same shape, H and W at least 11.
-    sample_covariance: normalize (co)variances by N - 1 (scikit-image's default) instead of N
-        (Wang et al.; the default here).
+    sample_covariance: normalize (co)variances by N - 1 (scikit-image's default, kept here)
+        instead of N (Wang et al.).
     dtype: computation precision, torch.float64 or torch.float32.
     Returns [B] in `dtype` on a's device; 1.0 for identical images.
     """
