@@ -126,6 +126,7 @@ def _header(
         geometry_dtype=geometry_dtype,
         shard_names=tuple(s.name for s in shards),
         shard_urls=tuple(s.url for s in shards),
+        model_path=str(model.path.resolve()),
     )
 
 

@@ -103,6 +103,11 @@ class TokenStore(Dataset):
         return self.header.weights_sha256
 
     @property
+    def model_path(self) -> str | None:
+        """The model directory the store was encoded with (absolute, as it was then)."""
+        return self.header.model_path
+
+    @property
     def preprocessing(self) -> dict:
         return dict(self.header.preprocessing)
 

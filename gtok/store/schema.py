@@ -144,6 +144,7 @@ class StoreHeader:
     geometry_dtype: str
     shard_names: tuple[str, ...]  # the plan: every input shard of the store, sorted
     shard_urls: tuple[str, ...]  # where they were read from when the store was created
+    model_path: str | None = None  # absolute model directory at creation (decode finds it)
 
     def __post_init__(self) -> None:
         if self.geometry_dtype not in GEOMETRY_DTYPES:
@@ -160,6 +161,7 @@ class StoreHeader:
             "model": {
                 "config": self.model_config,
                 "weights_sha256": self.weights_sha256,
+                "path": self.model_path,
                 "num_tokens": self.num_tokens,
                 "codebook_size": self.codebook_size,
                 "has_geometry": self.has_geometry,
@@ -183,4 +185,5 @@ class StoreHeader:
             geometry_dtype=attrs["geometry_dtype"] or "float16",
             shard_names=tuple(inputs["names"]),
             shard_urls=tuple(inputs["urls"]),
+            model_path=model.get("path"),
         )
