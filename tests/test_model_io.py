@@ -70,8 +70,9 @@ def test_run_directory_and_file_paths_resolve_to_the_model_directory(vq_dir):
 def test_weights_sha256_is_the_hash_of_the_weights_file_and_stable(vq_dir, tmp_path):
     expected = hashlib.sha256((vq_dir / "model.safetensors").read_bytes()).hexdigest()
     assert weights_sha256(vq_dir) == weights_sha256(vq_dir.parent) == expected
-    load_tokenizer(vq_dir).save_pretrained(tmp_path / "again")
-    assert weights_sha256(tmp_path / "again") == expected
+    for attempt in range(3):  # safetensors orders a header's metadata randomly: keep one entry
+        load_tokenizer(vq_dir).save_pretrained(tmp_path / f"again{attempt}")
+        assert weights_sha256(tmp_path / f"again{attempt}") == expected
 
 
 def _copy(vq_dir, tmp_path):

@@ -72,7 +72,9 @@ def save_pretrained(model: BaseTokenizer, directory: str | os.PathLike) -> Path:
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights_tmp = directory / f".{WEIGHTS_FILE}.tmp"
-    save_file(tensors, weights_tmp, metadata={"format": "pt", "gtok_version": __version__})
+    # one metadata entry: safetensors writes several in a random order, which would make the
+    # bytes (and so `weights_sha256`) differ between two saves of the same weights
+    save_file(tensors, weights_tmp, metadata={"format": "pt"})
     os.replace(weights_tmp, directory / WEIGHTS_FILE)
     config_tmp = directory / f".{CONFIG_FILE}.tmp"
     config_tmp.write_text(json.dumps(document, indent=2) + "\n")
