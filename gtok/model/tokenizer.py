@@ -26,7 +26,7 @@ from gtok.model.config import TokenizerConfig, preset_config
 from gtok.model.decoder import Decoder
 from gtok.model.encoder import Encoder
 from gtok.model.gaussian_embed import GaussianEmbed, GaussianEmbedConfig, Gaussians
-from gtok.model.quantizer import VectorQuantizer
+from gtok.model.quantizer import QuantizerOutput, VectorQuantizer
 from kernels import rasterize
 
 __all__ = [
@@ -74,11 +74,15 @@ class TokenizerOutput(NamedTuple):
 
 
 class BaseTokenizer(nn.Module):
-    """What both tokenizers share: config, input checks, `save_pretrained`."""
+    """What both tokenizers share: config, quantizer and decoder construction, input checks,
+    `save_pretrained`. Subclasses define `forward`, `encode` and `decode`."""
 
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
         self.config = config
+
+    def _build_quantizer_and_decoder(self) -> None:
+        config = self.config
         self.quantize = VectorQuantizer(
             config.codebook_size,
             config.z_dim,
@@ -88,12 +92,6 @@ class BaseTokenizer(nn.Module):
             dead_threshold=config.dead_threshold,
         )
         self.decoder = Decoder(config.ch, config.ch_mult, config.num_res_blocks, config.z_dim)
-
-    def encode(self, images: torch.Tensor) -> Tokens:
-        raise NotImplementedError
-
-    def decode(self, tokens: Tokens) -> torch.Tensor:
-        raise NotImplementedError
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write `config.json` and `model.safetensors` into `directory` (see `gtok.model.io`)."""
@@ -148,6 +146,7 @@ class GaussianTokenizer(BaseTokenizer):
                 scale_max_floor=config.scale_max_floor,
             )
         )
+        self._build_quantizer_and_decoder()
 
     def forward(self, images: torch.Tensor) -> TokenizerOutput:
         """images [B, 3, H, W] in [-1, 1] -> `TokenizerOutput`."""
@@ -215,6 +214,7 @@ class VQTokenizer(BaseTokenizer):
             raise ValueError(f"VQTokenizer needs a 'vq' config, got {config.kind!r}")
         super().__init__(config)
         self.encoder = Encoder(config.ch, config.ch_mult, config.num_res_blocks, config.z_dim)
+        self._build_quantizer_and_decoder()
 
     def forward(self, images: torch.Tensor) -> TokenizerOutput:
         """images [B, 3, H, W] in [-1, 1] -> `TokenizerOutput` (gaussians None)."""
@@ -235,7 +235,7 @@ class VQTokenizer(BaseTokenizer):
         self._check_indices(tokens.indices)
         return self.decoder(self._to_map(self.quantize.lookup(tokens.indices.long())))
 
-    def _quantize(self, images: torch.Tensor):
+    def _quantize(self, images: torch.Tensor) -> QuantizerOutput:
         z = self.encoder(images)  # [B, z, map, map]
         with torch.autocast(images.device.type, enabled=False):
             return self.quantize(z.float().flatten(2).transpose(1, 2))  # on [B, map^2, z]
