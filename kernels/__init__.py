@@ -4,6 +4,8 @@ Importing this package compiles nothing and does not start Taichi; the first ker
 does (see `kernels.runtime`).
 """
 
+from kernels.rasterize import rasterize
 from kernels.runtime import ArchError, start
+from kernels.selfcheck import KernelCheckError, selfcheck
 
-__all__ = ["ArchError", "start"]
+__all__ = ["ArchError", "KernelCheckError", "rasterize", "selfcheck", "start"]

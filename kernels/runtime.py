@@ -9,6 +9,7 @@ Taichi is not thread-safe: callers hold `kernel_lock` around every kernel launch
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
@@ -84,6 +85,9 @@ def _init_taichi(want: str) -> str:
             offline_cache_file_path=str(cache_dir()),
             log_level=ti.ERROR,
         )
+    # Taichi writes its offline cache when the program is finalized, which it does not
+    # reliably do at interpreter exit on its own: finalize explicitly.
+    atexit.register(ti.reset)
     got = ti.lang.impl.current_cfg().arch
     name = "cuda" if got == ti.cuda else "cpu" if got in (ti.x64, ti.arm64) else str(got)
     if name != want:

@@ -1,0 +1,138 @@
+"""`rasterize`: the differentiable Taichi rasterizer behind the decoder.
+
+Checks its arguments, packs the Gaussians into one tensor and runs hand-written Taichi
+forward and backward kernels (`kernels._raster_taichi`) through a `torch.autograd.Function`.
+Same numbers as `kernels.reference.rasterize`, whose docstring states the conventions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from kernels import runtime
+from kernels._raster_taichi import PARAMS, KernelKey, kernels_for
+
+__all__ = ["rasterize"]
+
+_DTYPES = (torch.float32, torch.float64)
+_MAX_INDEX = 2**31 - 1  # Taichi indexes ndarrays with int32
+
+
+def rasterize(
+    means: torch.Tensor,
+    scales: torch.Tensor,
+    rotations: torch.Tensor,
+    features: torch.Tensor,
+    height: int,
+    width: int,
+    opacities: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Render B images of G Gaussians each onto a C-channel map as a plain weighted sum.
+
+    means: [B, G, 2] centres (x, y) in [-1, 1] (the map spans [-1, 1] on both axes);
+    scales: [B, G, 2] standard deviations along the Gaussian's own axes, in map pixels;
+    rotations: [B, G] radians; features: [B, G, C]; opacities: [B, G] or None (all 1);
+    height, width: map size in pixels.
+    Returns [B, C, height, width] in the inputs' dtype (float32 or float64, all alike),
+    differentiable in every tensor argument. Tensors on the CPU run on Taichi's cpu arch,
+    CUDA tensors on its cuda arch, without copies; a device that does not match the arch
+    Taichi runs on in this process raises `kernels.ArchError`.
+    """
+    _check(means, scales, rotations, features, height, width, opacities)
+    device = features.device
+    runtime.start(device)
+    if device.type == "cuda" and device.index not in (None, 0):
+        raise runtime.ArchError(
+            f"Taichi runs on the first CUDA device, but the tensors are on {device}; choose "
+            f"the GPU with CUDA_VISIBLE_DEVICES and keep the tensors on cuda:0."
+        )
+    return _RasterizeFunction.apply(means, scales, rotations, features, opacities, height, width)
+
+
+class _RasterizeFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, scales, rotations, features, opacities, height, width):
+        n_b, n_g, n_c = features.shape
+        params = features.new_empty((n_b, n_g, PARAMS + n_c))
+        out = features.new_empty((n_b, n_c, height, width))
+        if n_b * n_g == 0:
+            out.zero_()
+        else:
+            kernels = kernels_for(KernelKey(n_c, features.dtype, opacities is not None))
+            inputs = [t.contiguous() for t in (means, scales, rotations, features)]
+            inputs.append(rotations if opacities is None else opacities.contiguous())
+            with runtime.kernel_lock:
+                if features.is_cuda:
+                    kernels.forward_gather(*inputs, params, out)
+                else:
+                    scratch = features.new_empty((n_b, height, width, n_c))
+                    kernels.forward_scatter(*inputs, params, scratch, out)
+        ctx.save_for_backward(params)
+        ctx.has_opacities = opacities is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        (params,) = ctx.saved_tensors
+        n_b, n_g, n_k = params.shape
+        if n_b * n_g == 0:
+            grads = torch.zeros_like(params)
+        else:
+            grads = torch.empty_like(params)
+            scratch = params.new_empty((n_b, *grad_out.shape[2:], n_k - PARAMS))
+            kernels = kernels_for(KernelKey(n_k - PARAMS, params.dtype, ctx.has_opacities))
+            with runtime.kernel_lock:
+                kernels.backward(params, grad_out.contiguous(), scratch, grads)
+        need = ctx.needs_input_grad
+        return (
+            grads[..., 0:2] if need[0] else None,
+            grads[..., 2:4] if need[1] else None,
+            grads[..., 4] if need[2] else None,
+            grads[..., PARAMS:] if need[3] else None,
+            grads[..., 5] if ctx.has_opacities and need[4] else None,
+            None,
+            None,
+        )
+
+
+def _check(means, scales, rotations, features, height, width, opacities) -> None:
+    tensors = {"means": means, "scales": scales, "rotations": rotations, "features": features}
+    if opacities is not None:
+        tensors["opacities"] = opacities
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}.")
+    shapes = ", ".join(f"{name} {list(t.shape)}" for name, t in tensors.items())
+    if features.dim() != 3:
+        raise ValueError(f"features must be [B, G, C]; got {shapes}.")
+    n_b, n_g, n_c = features.shape
+    expected = {"means": (n_b, n_g, 2), "scales": (n_b, n_g, 2), "rotations": (n_b, n_g)}
+    if opacities is not None:
+        expected["opacities"] = (n_b, n_g)
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(
+                f"Shapes do not agree: expected means [B, G, 2], scales [B, G, 2], "
+                f"rotations [B, G], features [B, G, C] and opacities [B, G] or None; "
+                f"got {shapes}."
+            )
+    if n_c < 1:
+        raise ValueError(f"features need at least one channel; got {shapes}.")
+    for name, size in (("height", height), ("width", width)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{name} must be a positive int, got {size!r}.")
+    if max(n_b * n_c * height * width, n_b * n_g * (PARAMS + n_c)) > _MAX_INDEX:
+        raise ValueError(
+            f"The map [{n_b}, {n_c}, {height}, {width}] or the {n_b} x {n_g} Gaussians exceed "
+            f"2^31 elements; rasterize fewer images per call."
+        )
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    if len(set(dtypes.values())) != 1 or features.dtype not in _DTYPES:
+        listed = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
+        raise ValueError(f"All tensors must be float32, or all float64; got {listed}.")
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) != 1:
+        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(f"All tensors must be on one device; got {listed}.")
