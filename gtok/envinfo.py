@@ -54,7 +54,7 @@ def _torch_devices() -> list[str]:
 
 
 def _taichi() -> dict[str, Any]:
-    from kernels import runtime
+    from kernels import runtime, selfcheck
 
     report: dict[str, Any] = {"cache_dir": str(runtime.cache_dir())}
     try:
@@ -62,6 +62,12 @@ def _taichi() -> dict[str, Any]:
     except Exception as exc:  # reported, not raised: `gtok env` must run on a broken install
         report["arch"] = None
         report["error"] = f"{type(exc).__name__}: {exc}"
+        report["kernels"] = "not checked: Taichi did not start"
+        return report
+    try:  # compiles the rasterizer on that arch and compares it with the reference
+        report["kernels"] = selfcheck(report["arch"])
+    except Exception as exc:  # reported, not raised, as above
+        report["kernels"] = f"error: {type(exc).__name__}: {exc}"
     return report
 
 

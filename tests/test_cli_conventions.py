@@ -119,5 +119,6 @@ def test_gtok_env_json_from_the_installed_script(tmp_path):
     report = json.loads(out.stdout)
     assert report["gtok"] == __version__
     assert report["taichi"]["arch"] == "cpu"
+    assert report["taichi"]["kernels"] == "ok"
     assert set(report["weights"]) == {"vgg16", "lpips-vgg", "alexnet", "lpips-alex", "inception"}
     assert report["packages"]["torch"].startswith("2.")
