@@ -10,6 +10,7 @@ from cli import convert as convert_cmd
 from cli import encode as encode_cmd
 from cli import env as env_cmd
 from cli import info as info_cmd
+from cli import train as train_cmd
 from cli import verify as verify_cmd
 from cli._common import new_app, state
 from gtok._version import __version__
@@ -50,6 +51,7 @@ app.command("convert-official")(convert_cmd.convert_official)
 app.command("encode")(encode_cmd.encode)
 app.command("info")(info_cmd.info)
 app.command("verify")(verify_cmd.verify)
+app.command("train")(train_cmd.train)
 
 
 def main() -> None:

@@ -1,0 +1,195 @@
+"""`gtok train`: train a tokenizer from WebDataset shards into a run directory (resumable)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli._common import ConfigOption, JsonFlag, print_json
+from gtok.console import console, is_quiet
+from gtok.errors import GtokError
+from gtok.train import TrainConfig
+from gtok.train import train as run_training
+
+_RUN = "Run"
+_DATA = "Data"
+_LOSS = "Loss and optimizer"
+_REPORT = "Logging and checkpoints"
+
+
+def _opt(help: str, panel: str, *names: str) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=panel)
+
+
+def _model_overrides(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs -> TokenizerConfig overrides (values read as JSON, else strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE (e.g. --model codebook_size=512).")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def train(
+    shards: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Training shards: folders of .tar, .tar files, globs, {a..b} patterns."
+        ),
+    ] = None,
+    preset: Annotated[str, _opt("Model preset (tiny, vq-tiny, cifar, imagenet, ...).", _RUN)] = "",
+    out: Annotated[
+        Path | None, _opt("Run directory; an existing run there is resumed.", _RUN, "--out", "-o")
+    ] = None,
+    config: ConfigOption = None,
+    steps: Annotated[int | None, _opt("Optimizer steps of the whole run.", _RUN)] = None,
+    epochs: Annotated[
+        float | None, _opt("Passes over the training samples (not with --steps).", _RUN)
+    ] = None,
+    batch_size: Annotated[int, _opt("Images per process and step.", _RUN)] = 16,
+    lr: Annotated[float, _opt("Peak learning rate (tokenizer and discriminator).", _LOSS)] = 2e-4,
+    image_size: Annotated[
+        int | None, _opt("Training image side in pixels (default: the preset's).", _DATA)
+    ] = None,
+    val_shards: Annotated[
+        list[str] | None, _opt("Validation shards (repeat the flag for several).", _DATA)
+    ] = None,
+    seed: Annotated[int, _opt("Seed of weights, data order and augmentation.", _RUN)] = 0,
+    device: Annotated[str, _opt("auto, cpu, cuda or cuda:N.", _RUN)] = "auto",
+    workers: Annotated[int, _opt("Data loading processes per training process.", _DATA)] = 2,
+    precision: Annotated[
+        str, _opt("auto, fp32, bf16 or fp16 (mixed precision on CUDA).", _RUN)
+    ] = "auto",
+    optimizer: Annotated[
+        str | None, _opt("adamw or adam (default: per preset, see README).", _LOSS)
+    ] = None,
+    grad_clip: Annotated[
+        float, _opt("Max gradient norm per network; 0 turns clipping off.", _LOSS)
+    ] = 1.0,
+    l1_weight: Annotated[float, _opt("Weight of the L1 loss.", _LOSS)] = 1.0,
+    lpips_weight: Annotated[float, _opt("Weight of the LPIPS-VGG loss.", _LOSS)] = 1.0,
+    commit_weight: Annotated[float, _opt("Weight of the commitment loss.", _LOSS)] = 0.25,
+    gan_weight: Annotated[float, _opt("Weight of the generator (GAN) loss.", _LOSS)] = 0.1,
+    lecam_weight: Annotated[float, _opt("Weight of the LeCam regularizer.", _LOSS)] = 0.05,
+    gan_start_step: Annotated[
+        int | None, _opt("First step with the GAN loss (default: 1/6 of the steps).", _LOSS)
+    ] = None,
+    warmup_steps: Annotated[
+        int | None, _opt("Linear warm-up steps (default: 1/30 of the steps).", _LOSS)
+    ] = None,
+    ema_decay: Annotated[float, _opt("Decay of the exported EMA weights.", _LOSS)] = 0.999,
+    augment: Annotated[
+        bool | None,
+        typer.Option(
+            "--augment/--no-augment",
+            help="Random-resized-crop + flip (default: on, off for cifar presets).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    crop_scale: Annotated[
+        tuple[float, float], _opt("Area range of the random-resized crop.", _DATA)
+    ] = (0.08, 1.0),
+    val_images: Annotated[int, _opt("Validation images per evaluation (at most).", _DATA)] = 1000,
+    log_every: Annotated[int, _opt("Steps between log lines.", _REPORT)] = 10,
+    eval_every: Annotated[int, _opt("Steps between validations.", _REPORT)] = 500,
+    checkpoint_every: Annotated[int, _opt("Steps between training states.", _REPORT)] = 500,
+    sample_every: Annotated[int, _opt("Steps between sample grids.", _REPORT)] = 500,
+    keep_last: Annotated[int, _opt("Training states kept (besides the best).", _REPORT)] = 3,
+    lpips_weights: Annotated[
+        str | None, _opt("LPIPS v0.1 VGG head file (vgg.pth); default: looked up.", _LOSS)
+    ] = None,
+    vgg_weights: Annotated[
+        str | None, _opt("VGG16 file (vgg16-397923af.pth); default: looked up.", _LOSS)
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        _opt("Architecture override KEY=VALUE (repeatable), e.g. codebook_size=512.", _RUN),
+    ] = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Train a tokenizer on WebDataset shards; rerun the same command to resume.
+
+    Writes RUN_DIR/model (EMA weights; gtok.load_tokenizer(RUN_DIR) loads it), best/,
+    checkpoints/, metrics.jsonl, skipped.jsonl, samples/ and train.json.
+
+    Several processes: torchrun --nproc-per-node N $(which gtok) train ...
+
+    Example: gtok train data/train --val-shards data/val --preset tiny --steps 20000 -o runs/a
+    """
+    if not shards:
+        raise typer.BadParameter("give training shards (folders of .tar, .tar files or globs).")
+    if not preset:
+        raise typer.BadParameter("--preset is required (e.g. --preset tiny).")
+    if out is None:
+        raise typer.BadParameter("--out RUN_DIR is required.")
+    try:
+        cfg = TrainConfig(
+            preset=preset,
+            shards=tuple(shards),
+            val_shards=tuple(val_shards or ()),
+            steps=steps,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            image_size=image_size,
+            seed=seed,
+            device=device,
+            workers=workers,
+            precision=precision,
+            optimizer=optimizer,
+            grad_clip=grad_clip,
+            l1_weight=l1_weight,
+            lpips_weight=lpips_weight,
+            commit_weight=commit_weight,
+            gan_weight=gan_weight,
+            lecam_weight=lecam_weight,
+            gan_start_step=gan_start_step,
+            warmup_steps=warmup_steps,
+            ema_decay=ema_decay,
+            augment=augment,
+            crop_scale=crop_scale,
+            log_every=log_every,
+            eval_every=eval_every,
+            checkpoint_every=checkpoint_every,
+            sample_every=sample_every,
+            keep_last=keep_last,
+            val_images=val_images,
+            lpips_weights=lpips_weights,
+            vgg_weights=vgg_weights,
+            model=_model_overrides(model or []),
+        )
+    except GtokError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    result = run_training(cfg, out)
+    if result.rank != 0:  # the other processes of a torchrun job: rank 0 reports
+        return
+    document = {
+        "run_dir": str(result.run_dir),
+        "model_dir": str(result.run_dir / "model"),
+        "step": result.step,
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "stopped": result.stopped,
+        "images_per_s": round(result.images_per_s, 2),
+        "skipped_samples": result.skipped,
+        "lpips_loss": result.lpips,
+        "val": result.val,
+        "best": result.best,
+    }
+    if json_output:
+        print_json(document)
+        return
+    state = "stopped early" if result.stopped else "done"
+    print(f"{state}: step {result.step}/{result.steps}, model in {document['model_dir']}")
+    if result.val:
+        print(f"validation: PSNR {result.val['psnr']:.2f} dB, SSIM {result.val['ssim']:.4f}")
+    if result.skipped and not is_quiet():
+        console.print(f"{result.skipped} samples skipped; see {result.run_dir}/skipped.jsonl")

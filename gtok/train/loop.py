@@ -1,0 +1,245 @@
+"""`train`: the training loop of `gtok train`, on one process or under torchrun.
+
+Order of one step t (0-based): read batch t (stream t mod streams), set the learning rate,
+train tokenizer and discriminator (`TrainStep`), update the EMA; then, with s = t + 1 steps
+done: log every `log_every`, validate every `eval_every`, save samples every
+`sample_every`, and write a training state (and export the EMA model) every
+`checkpoint_every`, at a new best validation PSNR, at the end, and when stopped by
+SIGINT/SIGTERM (the first signal finishes the step and saves; a second SIGINT aborts).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gtok.console import console
+from gtok.data.shards import expand_shards
+from gtok.errors import GtokError
+from gtok.train.config import TrainConfig, tokenizer_config
+from gtok.train.data import count_samples, rank_shards, to_model_input, train_loader
+from gtok.train.distributed import Dist, start
+from gtok.train.progress import TrainProgress
+from gtok.train.rundir import RunDir
+from gtok.train.schedule import lr_at
+from gtok.train.session import Session
+from gtok.train.validate import evaluate, first_images, save_samples
+
+__all__ = ["TrainResult", "train"]
+
+SAMPLE_IMAGES = 8  # images in each sample grid
+
+
+@dataclass
+class TrainResult:
+    """What a call to `train` did (on this process: `rank`). `stopped` is None when the run
+    reached its last step; `best` ({"step", "psnr"}) is only known on rank 0."""
+
+    rank: int
+    run_dir: Path
+    step: int
+    steps: int
+    resumed_from: int | None
+    stopped: str | None
+    images_per_s: float
+    skipped: int
+    lpips: bool
+    val: dict[str, float] = field(default_factory=dict)
+    best: dict | None = None
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM -> finish the step, save, stop; a second SIGINT raises at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        console.print(
+            "[yellow]Stopping after this step and saving a checkpoint "
+            "(press Ctrl-C again to abort without saving).[/]"
+        )
+
+    def __enter__(self) -> _StopFlag:
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: signals stay as they are
+            self._previous.clear()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(cfg: TrainConfig, out: str | Path) -> TrainResult:
+    """Train (or resume) the run in directory `out` with settings `cfg`.
+
+    Raises GtokError for bad settings or data, for a resume with different settings, and
+    when a loss becomes NaN/inf (the last good checkpoint stays).
+    """
+    dist = start(cfg.device)
+    try:
+        return _train(cfg, RunDir(out), dist)
+    finally:
+        dist.close()
+
+
+def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
+    shards = expand_shards(cfg.shards)
+    val_shards = expand_shards(cfg.val_shards) if cfg.val_shards else []
+    num_samples = count_samples(shards) if cfg.epochs is not None else None
+    arch = tokenizer_config(cfg)
+    resolved = cfg.resolve(num_samples, dist.world).replace(image_size=arch.image_size)
+    session = Session(resolved, arch, dist, run)
+    step = session.step
+    steps = resolved.steps
+    streams = max(1, resolved.workers)
+    if dist.main:
+        session.write_run_record(shards, val_shards, num_samples)
+    loader = train_loader(
+        session.stream_spec(rank_shards(shards, dist.rank, dist.world)),
+        session.stream_positions(streams),
+        first_stream=step % streams,
+        workers=resolved.workers,
+        pin_memory=dist.device.type == "cuda",
+    )
+    batches = iter(loader)
+    fixed = None
+    if dist.main:
+        fixed = first_images(val_shards or shards, arch.image_size, SAMPLE_IMAGES)
+    session.restore_rng()
+    result = TrainResult(
+        rank=dist.rank,
+        run_dir=run.root,
+        step=step,
+        steps=steps,
+        resumed_from=session.resumed_from,
+        stopped=None,
+        images_per_s=0.0,
+        skipped=session.skipped,
+        lpips=session.lpips_used,
+    )
+    progress = TrainProgress(steps, step, enabled=dist.main)
+    window = _Window()
+    started, start_step = time.perf_counter(), step
+    with _StopFlag() as stop, progress:
+        while step < steps:
+            batch = next(batches)
+            if dist.any(batch.error is not None):
+                errors = [e for e in dist.gather(batch.error) if e]
+                raise GtokError(f"Training stopped at step {step}: {errors[0]}.")
+            session.note_skipped(batch.skipped, step)
+            images = to_model_input(batch.pixels, dist.device)
+            lr = lr_at(step, resolved.lr, resolved.warmup_steps, steps)
+            session.stepper.set_lr(lr)
+            output = session.stepper(images, step)
+            if not output.finite:
+                session.diverged(step + 1, output.values)
+            session.ema.update(session.model)
+            session.advance(batch.stream, batch.position)
+            step += 1
+            window.add(output.values, images.shape[0] * dist.world)
+            if _due(step, resolved.log_every, steps):
+                progress.show(step, session.log_train(step, lr, window.flush(dist)))
+            else:
+                progress.advance(step)
+            saved = _periodic(session, step, val_shards, fixed, result, progress)
+            if dist.any(stop.requested) and step < steps:
+                if not saved:
+                    session.save(step)
+                result.stopped = "interrupted"
+                break
+    images = (step - start_step) * resolved.batch_size * dist.world
+    result.step = step
+    result.images_per_s = images / max(time.perf_counter() - started, 1e-9)
+    result.skipped = session.skipped
+    result.best = run.checkpoints.best() if dist.main else None
+    return result
+
+
+def _due(step: int, every: int, steps: int) -> bool:
+    """Whether something done every `every` steps (and at the end) is due after `step`."""
+    return step % every == 0 or step == steps
+
+
+def _periodic(
+    session: Session,
+    step: int,
+    val_shards: list,
+    fixed: torch.Tensor | None,
+    result: TrainResult,
+    progress: TrainProgress,
+) -> bool:
+    """Validation, sample grid and checkpoint when due after `step`; whether it saved."""
+    cfg, run = session.cfg, session.run
+    best = None
+    if val_shards and _due(step, cfg.eval_every, cfg.steps):
+        best = _validate(session, val_shards, step, result, progress)
+    if fixed is not None and _due(step, cfg.sample_every, cfg.steps):
+        save_samples(session.ema.module, fixed, session.dist.device, run.sample_path(step))
+    if _due(step, cfg.checkpoint_every, cfg.steps) or best is not None:
+        session.save(step, best_psnr=best)
+        return True
+    return False
+
+
+def _validate(
+    session: Session, val_shards, step: int, result: TrainResult, progress: TrainProgress
+) -> float | None:
+    """Evaluate the EMA model, log and show it, and return its PSNR when it is a new best."""
+    cfg = session.cfg
+    metrics, skipped = evaluate(
+        session.ema.module,
+        val_shards,
+        cfg.image_size,
+        cfg.batch_size,
+        cfg.val_images,
+        session.dist,
+        session.lpips,
+    )
+    session.note_val_skipped(skipped, step)
+    if not metrics:
+        return None
+    result.val = metrics
+    session.log_val(step, metrics)
+    shown = f"PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}"
+    if "lpips" in metrics:
+        shown += f"  LPIPS {metrics['lpips']:.4f}"
+    progress.note(f"step {step}: validation ({metrics['images']} images) {shown}")
+    return session.new_best(step, metrics["psnr"])
+
+
+class _Window:
+    """Sums of the step values since the last log line."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.images = 0
+        self.since = time.perf_counter()
+
+    def add(self, values: dict[str, torch.Tensor], images: int) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps += 1
+        self.images += images
+
+    def flush(self, dist: Dist) -> dict[str, float]:
+        """Means over the window and the ranks, plus images/s of the whole job."""
+        keys = sorted(self.sums)
+        totals = dist.sum([float(self.sums[k]) for k in keys])
+        means = {k: t / (self.steps * dist.world) for k, t in zip(keys, totals, strict=True)}
+        now = time.perf_counter()
+        means["img_per_s"] = self.images / max(now - self.since, 1e-9)
+        self.sums, self.steps, self.images, self.since = {}, 0, 0, now
+        return means

@@ -1,0 +1,185 @@
+"""One optimizer step of tokenizer and discriminator (DESIGN.md 1.7).
+
+Tokenizer loss: l1 * L1 + lpips * LPIPS + commit * commitment + gan * generator loss (the
+last only from `gan_start_step`). Discriminator loss, from step 0: hinge + lecam * LeCam.
+Both networks are updated every step with their own optimizer, gradient clipping and (fp16
+only) gradient scaler. Under torch.distributed both are wrapped in DDP; the discriminator
+sees real and fake images in one DDP call (`_RealFake`) so each gets its own BatchNorm
+statistics, as in taming's VQGAN loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from gtok.errors import GtokError
+from gtok.train.config import TrainConfig
+from gtok.train.distributed import Dist
+from gtok.train.losses import LeCam, generator_loss, hinge_d_loss, l1_loss
+
+__all__ = ["StepOutput", "TrainStep", "make_optimizer", "resolve_precision"]
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """ "fp32", "bf16" or "fp16" for `requested` on `device` ("auto": bf16 on CUDA when the
+    GPU supports it, else fp32). Mixed precision is for CUDA only."""
+    if requested == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return "bf16" if cuda_bf16 else "fp32"
+    if requested != "fp32" and device.type != "cuda":
+        raise GtokError(f"Precision {requested} needs a CUDA device; use fp32 on {device.type}.")
+    return requested
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The resolved config's optimizer (Adam or AdamW) over `params` (fp32, on CPU or CUDA),
+    in its fused implementation (one kernel for all tensors; 10x faster than the default
+    per-tensor loop on the CPU)."""
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
+
+
+class _RealFake(nn.Module):
+    """Discriminator on real and fake batches in one forward: -> (logits_real, logits_fake)."""
+
+    def __init__(self, disc: nn.Module) -> None:
+        super().__init__()
+        self.disc = disc
+
+    def forward(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.disc(real), self.disc(fake)
+
+
+@dataclass
+class StepOutput:
+    """Detached scalars of one step (this rank), and whether everything stayed finite on
+    every rank. Losses are the unweighted terms; `loss` is the tokenizer's weighted total."""
+
+    values: dict[str, torch.Tensor]
+    reconstruction: torch.Tensor  # [B, 3, H, W], detached
+    finite: bool
+
+
+class TrainStep:
+    """Owns the optimizers, scalers and DDP wrappers; `__call__` trains one step."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        disc: nn.Module,
+        lecam: LeCam,
+        lpips: nn.Module | None,
+        cfg: TrainConfig,
+        dist: Dist,
+        precision: str,
+    ) -> None:
+        self.model, self.disc, self.lecam, self.lpips = model, disc, lecam, lpips
+        self.cfg, self.dist = cfg, dist
+        device = dist.device
+        self.autocast_dtype = _DTYPES.get(precision)
+        self.device_type = device.type
+        if dist.active:
+            ids = [device.index] if device.type == "cuda" else None
+            self.g = DistributedDataParallel(model, device_ids=ids)
+            self.d = DistributedDataParallel(_RealFake(disc), device_ids=ids)
+        else:
+            self.g, self.d = model, _RealFake(disc)
+        self.opt_g = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+        self.opt_d = make_optimizer([p for p in disc.parameters() if p.requires_grad], cfg)
+        fp16 = precision == "fp16"
+        self.scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
+        self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
+    def set_lr(self, lr: float) -> None:
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def _clip(self, params, scaler: torch.amp.GradScaler, opt) -> torch.Tensor:
+        scaler.unscale_(opt)
+        limit = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        return torch.nn.utils.clip_grad_norm_(params, limit)
+
+    def __call__(self, images: torch.Tensor, step: int) -> StepOutput:
+        """Train on images [B, 3, S, S] in [-1, 1]; `step` is the 0-based step index.
+
+        Nothing is updated when a loss or (outside fp16, where the scaler handles it) a
+        gradient norm is not finite on some rank: the caller stops the run.
+        """
+        cfg = self.cfg
+        use_gan = step >= cfg.gan_start_step and cfg.gan_weight > 0
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.disc.requires_grad_(False)
+        with self._autocast():
+            out = self.g(images)
+            recon = out.reconstruction
+            l1 = l1_loss(recon, images)
+            loss = cfg.l1_weight * l1 + cfg.commit_weight * out.commit_loss
+            values = {"l1": l1, "commit": out.commit_loss}
+            if self.lpips is not None:
+                perceptual = self.lpips(recon, images).mean()
+                loss = loss + cfg.lpips_weight * perceptual
+                values["lpips"] = perceptual
+            if use_gan:
+                gen = generator_loss(self.disc(recon))
+                loss = loss + cfg.gan_weight * gen
+                values["gen"] = gen
+        self.scaler_g.scale(loss).backward()
+        g_norm = self._clip(self.model.parameters(), self.scaler_g, self.opt_g)
+        self.disc.requires_grad_(True)
+        with self._autocast():
+            logits_real, logits_fake = self.d(images, recon.detach())
+            hinge = hinge_d_loss(logits_real, logits_fake)
+            lecam = self.lecam(logits_real, logits_fake)
+            d_loss = hinge + cfg.lecam_weight * lecam
+        self.scaler_d.scale(d_loss).backward()
+        d_norm = self._clip(self.disc.parameters(), self.scaler_d, self.opt_d)
+        values.update(
+            loss=loss,
+            d_loss=d_loss,
+            lecam=lecam,
+            logits_real=logits_real.float().mean(),
+            logits_fake=logits_fake.float().mean(),
+            usage=out.usage,
+            perplexity=out.perplexity,
+            g_grad_norm=g_norm,
+            d_grad_norm=d_norm,
+        )
+        values = {k: v.detach().float() for k, v in values.items()}
+        checked = [loss, d_loss] if self.scaler_g.is_enabled() else [loss, d_loss, g_norm, d_norm]
+        bad = not bool(torch.isfinite(torch.stack([v.detach().float() for v in checked])).all())
+        if self.dist.any(bad):
+            return StepOutput(values, recon.detach(), finite=False)
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
+        self.scaler_d.step(self.opt_d)
+        self.scaler_d.update()
+        return StepOutput(values, recon.detach(), finite=True)
+
+    def state_dict(self) -> dict:
+        return {
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.scaler_g.load_state_dict(state["scaler_g"])
+        self.scaler_d.load_state_dict(state["scaler_d"])
