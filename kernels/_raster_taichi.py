@@ -219,13 +219,6 @@ def _build(channels: int, double: bool, has_opacities: bool) -> RasterKernels:
         return ti.Vector([first, last, e, ratio], dt=ti.f64)
 
     @ti.func
-    def frame_coords(el, i, j):
-        """(u, v): pixel (i, j) in the Gaussian's frame, float64."""
-        dx = el[0] - ti.cast(j, ti.f64)
-        dy = el[1] - ti.cast(i, ti.f64)
-        return ti.Vector([el[2] * dx - el[3] * dy, el[3] * dx + el[2] * dy], dt=ti.f64)
-
-    @ti.func
     def splat(out: ti.template(), b, i, j, w, feat):
         if w >= real(MIN_WEIGHT):
             out[b, i, j] = out[b, i, j] + ti.min(w, 1.0) * feat
@@ -236,14 +229,16 @@ def _build(channels: int, double: bool, has_opacities: bool) -> RasterKernels:
         b,
         i,
         j,
-        el,
+        k,
+        w,
         e,
         feat,
         grad_feat: ti.template(),
-        moments: ti.template(),
+        sums: ti.template(),
     ):
-        """Adds pixel (i, j)'s terms to the Gaussian's feature gradient and moments."""
-        w = ti.cast(el[6] * e, real)
+        """Adds pixel (i, j), the k-th of its row's walk, with weight w = o e, to the
+        Gaussian's feature gradient and to the row's sums of gs, gs k, gs k^2 and gw e
+        (gw = dL/dw, gs = gw w; see `backward`)."""
         if w >= real(MIN_WEIGHT):
             go = grad_pixels[b, i, j]
             grad_feat += ti.min(w, 1.0) * go
@@ -255,18 +250,7 @@ def _build(channels: int, double: bool, has_opacities: bool) -> RasterKernels:
                     for ch in range(channels):
                         gw += ti.cast(go[ch] * feat[ch], ti.f64)
                 gs = gw * ti.cast(w, ti.f64)
-                uv = frame_coords(el, i, j)
-                moments += ti.Vector(
-                    [
-                        gs * uv[0],
-                        gs * uv[1],
-                        gs * uv[0] * uv[0],
-                        gs * uv[1] * uv[1],
-                        gs * uv[0] * uv[1],
-                        gw * e,
-                    ],
-                    dt=ti.f64,
-                )
+                sums += ti.Vector([gs, gs * k, gs * k * k, gw * e], dt=ti.f64)
 
     @ti.func
     def pack(
@@ -389,7 +373,9 @@ def _build(channels: int, double: bool, has_opacities: bool) -> RasterKernels:
           dL/dsx = (ix S_uu) (ix sx),   S_uu = sum gs u^2, and likewise
           dL/dsy = (iy S_vv) (iy sy),   S_vv = sum gs v^2.
         Five moments per Gaussian carry all of the geometry; the chain rule through the
-        frame runs once per Gaussian, not per pixel.
+        frame runs once per Gaussian, not per pixel. They are gathered as moments of
+        (dx, dy), u and v being linear in them, and along a row (dy fixed, dx = dx0 - k at
+        the k-th pixel) as sums of gs, gs k and gs k^2: three products per pixel.
         """
         n_b, n_g = params.shape[0], params.shape[1]
         height, width = grad_out.shape[2], grad_out.shape[3]
@@ -406,37 +392,58 @@ def _build(channels: int, double: bool, has_opacities: bool) -> RasterKernels:
             feat = pv[PARAMS:]
             el = ellipse(pv, height, width)
             grad_feat = ti.Vector.zero(real, channels)
-            moments = ti.Vector.zero(ti.f64, 6)  # S_u, S_v, S_uu, S_vv, S_uv, dL/do
+            moments = ti.Vector.zero(ti.f64, 6)  # S_x, S_y, S_xx, S_xy, S_yy of gs; dL/do
             mid, rem, step = el[11], el[12], el[13]
             for i in range(ti.cast(el[15], ti.i32), ti.cast(el[16], ti.i32) + 1):
                 rw = row(el, i, width, mid, rem)
                 e = rw[2]
                 ratio = rw[3]
-                for j in range(ti.cast(rw[0], ti.i32), ti.cast(rw[1], ti.i32) + 1):
-                    gather(scratch, b, i, j, el, e, feat, grad_feat, moments)
+                first = ti.cast(rw[0], ti.i32)
+                last = ti.cast(rw[1], ti.i32)
+                sums = ti.Vector.zero(ti.f64, 4)
+                k = ti.f64(0.0)
+                for j in range(first, last + 1):
+                    w = ti.cast(el[6] * e, real)
+                    gather(scratch, b, i, j, k, w, e, feat, grad_feat, sums)
                     e *= ratio
                     ratio *= el[8]
+                    k += 1
+                if last >= first:  # dx = dx0 - k along the row, dy is fixed
+                    dx0 = el[0] - ti.cast(first, ti.f64)
+                    dy = el[1] - ti.cast(i, ti.f64)
+                    s_dx = dx0 * sums[0] - sums[1]
+                    s_dxx = dx0 * dx0 * sums[0] - 2 * dx0 * sums[1] + sums[2]
+                    moments += ti.Vector(
+                        [s_dx, dy * sums[0], s_dxx, dy * s_dx, dy * dy * sums[0], sums[3]]
+                    )
                 mid += el[9]
                 rem += step
                 step += el[14]
             cos, sin, inv_x, inv_y = el[2], el[3], el[4], el[5]
+            # (dx, dy) moments to frame moments: u = cos dx - sin dy, v = sin dx + cos dy
+            s_u = cos * moments[0] - sin * moments[1]
+            s_v = sin * moments[0] + cos * moments[1]
+            cc, cs, ss = cos * cos, cos * sin, sin * sin
+            s_uu = cc * moments[2] - 2 * cs * moments[3] + ss * moments[4]
+            s_vv = ss * moments[2] + 2 * cs * moments[3] + cc * moments[4]
+            s_uv = cs * (moments[2] - moments[4]) + (cc - ss) * moments[3]
             sx = ti.cast(pv[_SCALE_X], ti.f64)
             sy = ti.cast(pv[_SCALE_Y], ti.f64)
             grad_sx = ti.f64(0.0)
             grad_sy = ti.f64(0.0)
             if sx * sx >= ti.f64(MIN_SCALE_SQ):
-                grad_sx = (inv_x * moments[2]) * (inv_x * sx)
+                grad_sx = (inv_x * s_uu) * (inv_x * sx)
             if sy * sy >= ti.f64(MIN_SCALE_SQ):
-                grad_sy = (inv_y * moments[3]) * (inv_y * sy)
+                grad_sy = (inv_y * s_vv) * (inv_y * sy)
             half_w = 0.5 * ti.cast(width, ti.f64)
             half_h = 0.5 * ti.cast(height, ti.f64)
             geometry = ti.Vector(
                 [
-                    -half_w * (inv_x * cos * moments[0] + inv_y * sin * moments[1]),
-                    -half_h * (inv_y * cos * moments[1] - inv_x * sin * moments[0]),
+                    -half_w * (inv_x * cos * s_u + inv_y * sin * s_v),
+                    -half_h * (inv_y * cos * s_v - inv_x * sin * s_u),
                     grad_sx,
                     grad_sy,
-                    -(inv_y - inv_x) * moments[4],
+                    -(inv_y - inv_x) * s_uv,
                     moments[5],
                 ],
                 dt=real,
