@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint
+.PHONY: setup test lint bench bench-gpu
 
 setup:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,3 +16,13 @@ test:
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Each benchmark script prints one JSON document on stdout (names on stderr). Modules
+# starting with _ are shared helpers; raster_gpu.py needs a CUDA GPU: `make bench-gpu`.
+BENCHES := $(filter-out bench/_% bench/raster_gpu.py,$(wildcard bench/*.py))
+
+bench:
+	@for script in $(BENCHES); do echo "== $$script" >&2; $(PY) $$script || exit 1; done
+
+bench-gpu:
+	$(PY) bench/raster_gpu.py

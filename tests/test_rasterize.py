@@ -4,6 +4,7 @@ import math
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -416,3 +417,13 @@ def test_importing_kernels_starts_and_compiles_nothing():
 
 def test_selfcheck_reports_ok():
     assert kernels.selfcheck("cpu") == "ok"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_reference_in_its_own_process():
+    """Taichi runs one arch per process (CPU here), so CUDA is checked in another one."""
+    script = Path(__file__).resolve().parent.parent / "bench" / "raster_gpu.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--repeats", "3"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr

@@ -1,0 +1,143 @@
+"""Check the rasterizer on a CUDA GPU against the reference and time it there.
+
+Prints one JSON document: for the `cifar` and `imagenet` shapes (see bench/raster.py), the
+largest differences between `kernels.rasterize` on CUDA (Taichi's cuda arch, zero-copy on
+torch's CUDA tensors) and `kernels.reference.rasterize` (map and every gradient, float32
+and float64), the median forward and forward+backward times of both (ms per batch of 64,
+CUDA events), and whether the imagenet forward+backward meets its goal (<= 0.5 ms).
+Exits with status 1 and one line on stderr when no CUDA device is present, or when a
+difference exceeds its tolerance (the JSON is printed first).
+
+Usage: python bench/raster_gpu.py [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _dense import rasterize_dense
+
+import kernels
+from kernels import reference
+
+SHAPES = {"cifar": (64, 64, 16, 16, 3), "imagenet": (64, 256, 32, 32, 8)}  # B, G, H, W, C
+GOAL_IMAGENET_FWD_BWD_MS = 0.5
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}  # relative to the largest value
+
+
+def gaussians(n_b, n_g, n_c, dtype, device, seed=0):
+    """Realistic Gaussians (as bench/raster.py draws them), with opacities in [0.2, 1.8]."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = (
+        torch.rand(n_b, n_g, 2, generator=gen) * 2 - 1,
+        0.1 + 3.9 * torch.sigmoid(torch.randn(n_b, n_g, 2, generator=gen)),
+        torch.rand(n_b, n_g, generator=gen) * math.pi,
+        torch.randn(n_b, n_g, n_c, generator=gen),
+        0.2 + 1.6 * torch.rand(n_b, n_g, generator=gen),
+    )
+    return [t.to(device=device, dtype=dtype) for t in tensors]
+
+
+def run(raster, inputs, height, width, upstream):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = raster(*leaves[:4], height, width, leaves[4])
+    return [out, *torch.autograd.grad(out, leaves, upstream)]
+
+
+def check(name: str, dtype: torch.dtype) -> dict:
+    n_b, n_g, height, width, n_c = SHAPES[name]
+    inputs = gaussians(n_b, n_g, n_c, dtype, "cuda")
+    upstream = torch.randn(n_b, n_c, height, width, dtype=dtype, device="cuda")
+    got = run(kernels.rasterize, inputs, height, width, upstream)
+    want = run(reference.rasterize, inputs, height, width, upstream)
+    names = ("map", "means", "scales", "rotations", "features", "opacities")
+    return {
+        label: ((g - w).abs().max() / w.abs().max().clamp_min(1e-12)).item()
+        for label, g, w in zip(names, got, want, strict=True)
+    }
+
+
+def cuda_ms(fn, repeats: int) -> float:
+    """Median milliseconds of fn() on the GPU, by CUDA events, after two warm-up calls."""
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def timings(name: str, repeats: int) -> dict:
+    n_b, n_g, height, width, n_c = SHAPES[name]
+    inputs = gaussians(n_b, n_g, n_c, torch.float32, "cuda")[:4]
+    upstream = torch.randn(n_b, n_c, height, width, device="cuda")
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    result = {}
+    rasterizers = {
+        "taichi": kernels.rasterize,
+        "torch_dense_gemm": rasterize_dense,
+        "torch_reference": reference.rasterize,
+    }
+    for label, raster in rasterizers.items():
+        result[label] = {
+            "forward_ms": round(cuda_ms(lambda r=raster: r(*inputs, height, width), repeats), 4),
+            "forward_backward_ms": round(
+                cuda_ms(lambda r=raster: r(*leaves, height, width).backward(upstream), repeats),
+                4,
+            ),
+        }
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print(
+            "error: no CUDA device is visible to torch; run this on a machine with an NVIDIA GPU.",
+            file=sys.stderr,
+        )
+        return 1
+    kernels.start("cuda")
+    report = {
+        "device": torch.cuda.get_device_name(0),
+        "max_relative_error": {
+            f"{name}_{str(dtype).removeprefix('torch.')}": check(name, dtype)
+            for name in SHAPES
+            for dtype in (torch.float32, torch.float64)
+        },
+        "timings": {name: timings(name, args.repeats) for name in SHAPES},
+        "goal_imagenet_forward_backward_ms": GOAL_IMAGENET_FWD_BWD_MS,
+    }
+    imagenet = report["timings"]["imagenet"]["taichi"]["forward_backward_ms"]
+    report["goal_met"] = imagenet <= GOAL_IMAGENET_FWD_BWD_MS
+    print(json.dumps(report, indent=2))
+    worst = [
+        (case, label, err)
+        for case, errs in report["max_relative_error"].items()
+        for label, err in errs.items()
+        if not err <= TOLERANCE[torch.float64 if case.endswith("float64") else torch.float32]
+    ]
+    if worst:
+        print(f"error: CUDA results differ from the reference: {worst}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
