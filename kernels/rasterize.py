@@ -61,7 +61,7 @@ class _RasterizeFunction(torch.autograd.Function):
         else:
             kernels = kernels_for(KernelKey(n_c, features.dtype, opacities is not None))
             inputs = [t.contiguous() for t in (means, scales, rotations, features)]
-            inputs.append(rotations if opacities is None else opacities.contiguous())
+            inputs.append(inputs[2] if opacities is None else opacities.contiguous())
             with runtime.kernel_lock:
                 if features.is_cuda:
                     kernels.forward_gather(*inputs, params, out)
