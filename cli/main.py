@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cli import convert as convert_cmd
+from cli import decode as decode_cmd
 from cli import encode as encode_cmd
 from cli import env as env_cmd
 from cli import info as info_cmd
@@ -51,6 +52,7 @@ app.command("convert-official")(convert_cmd.convert_official)
 app.command("encode")(encode_cmd.encode)
 app.command("info")(info_cmd.info)
 app.command("verify")(verify_cmd.verify)
+app.command("decode")(decode_cmd.decode)
 app.command("train")(train_cmd.train)
 
 

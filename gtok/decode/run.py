@@ -1,0 +1,154 @@
+"""`decode_store`: token store rows -> reconstructed images on disk (what `gtok decode` runs).
+
+Rows are read in batches (`TokenStore.batch`, one read per array), decoded with
+`tokenizer.decode(Tokens(indices, geometry))` on the chosen device, quantized to uint8 with
+`gtok.metrics.to_uint8` and written by a `PngFolder` or `WdsShards` writer. A row whose key
+cannot become a file name is recorded in `failed` with the reason; the others are written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from gtok.console import console, is_quiet, progress
+from gtok.decode.model import model_for_store
+from gtok.decode.pictures import gaussians_pictures, png_bytes, uint8_images
+from gtok.decode.select import select_rows
+from gtok.decode.writers import PngFolder, SampleWriter, WdsShards
+from gtok.encode.model import EncodingModel
+from gtok.errors import GtokError
+from gtok.store import TokenStore
+
+__all__ = ["FORMATS", "DecodeSummary", "decode_batch", "decode_store"]
+
+FORMATS = ("png", "wds")
+
+
+@dataclass
+class DecodeSummary:
+    """What one `decode_store` call wrote. written + len(failed) == rows."""
+
+    store: str
+    out: str
+    format: str
+    model: str
+    weights_sha256: str
+    weights_match_store: bool  # False only with force
+    rows: int  # rows selected
+    written: int = 0
+    files: int = 0
+    gaussians: bool = False
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    failed: list[dict] = field(default_factory=list)  # {"key", "reason"}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decode_batch(model: EncodingModel, batch: dict) -> torch.Tensor:
+    """Reconstruct a `TokenStore(format="torch")` batch: indices [B, G] (+ geometry
+    [B, G, 5]) -> images float [B, 3, H, W] on the model's device (unclamped, ~[-1, 1])."""
+    from gtok.model import Tokens
+
+    geometry = batch.get("geometry")
+    tokens = Tokens(
+        batch["indices"].to(model.device),
+        None if geometry is None else geometry.to(model.device),
+    )
+    with torch.inference_mode():
+        return model.tokenizer.decode(tokens)
+
+
+def decode_store(
+    store: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    model: str | os.PathLike | None = None,
+    force: bool = False,
+    format: str = "png",
+    keys: Sequence[str] | None = None,
+    start: int | None = None,
+    stop: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    gaussians: bool = False,
+    shard_size: int = 10000,
+) -> DecodeSummary:
+    """Reconstruct rows of the token store `store` into `out`.
+
+    model: None = the model recorded in the store; a path must hold the store's weights
+        (sha256) unless `force`. format: "png" (a folder tree, `OUT/<key path>.png`) or "wds"
+        (tar shards of `shard_size` samples). keys / start / stop / limit: the rows
+        (`select_rows`). gaussians: also write each image's Gaussians picture.
+    """
+    if format not in FORMATS:
+        raise GtokError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}.")
+    if batch_size < 1:
+        raise GtokError(f"--batch-size must be at least 1, got {batch_size}.")
+    started = time.perf_counter()
+    tokens = TokenStore(store, format="torch")
+    loaded = model_for_store(tokens, model, force=force, device=device)
+    if gaussians and loaded.config.kind != "gaussian":
+        raise GtokError(
+            f"--gaussians needs a GaussianToken model; {loaded.path} is a "
+            f"{loaded.config.kind} model without Gaussians."
+        )
+    rows = select_rows(tokens, keys=keys, start=start, stop=stop, limit=limit)
+    reader = TokenStore(store, format="torch", fields=[*tokens.fields, "keys"])
+    writer: SampleWriter = PngFolder(out) if format == "png" else WdsShards(out, shard_size)
+    summary = DecodeSummary(
+        store=str(store),
+        out=str(out),
+        format=format,
+        model=str(loaded.path),
+        weights_sha256=loaded.weights_sha256,
+        weights_match_store=loaded.weights_sha256 == tokens.weights_sha256,
+        rows=len(rows),
+        gaussians=gaussians,
+    )
+    if not summary.weights_match_store and not is_quiet():
+        console.print(f"[yellow]--force: decoding with other weights than {store} was made with")
+    with progress("img") as bar:
+        task = bar.add_task("decode", total=len(rows))
+        for begin in range(0, len(rows), batch_size):
+            batch = reader.batch(rows[begin : begin + batch_size])
+            _write_batch(writer, loaded, batch, gaussians, summary)
+            bar.advance(task, len(batch["keys"]))
+    summary.files = len(writer.close())
+    summary.seconds = time.perf_counter() - started
+    summary.images_per_second = summary.written / summary.seconds if summary.seconds else 0.0
+    if summary.failed and not is_quiet():
+        console.print(f"[yellow]{len(summary.failed)} rows not written[/] (reasons in the summary)")
+    return summary
+
+
+def _write_batch(
+    writer: SampleWriter,
+    model: EncodingModel,
+    batch: dict,
+    gaussians: bool,
+    summary: DecodeSummary,
+) -> None:
+    images = decode_batch(model, batch)
+    pixels = uint8_images(images)
+    pictures = None
+    if gaussians:
+        pictures = gaussians_pictures(
+            images, batch["indices"], batch["geometry"], model.config.map_size
+        )
+    labels = batch.get("labels", torch.full((len(pixels),), -1))
+    for i, key in enumerate(batch["keys"]):
+        picture = png_bytes(pictures[i]) if pictures is not None else None
+        try:
+            writer.write(key, png_bytes(pixels[i]), picture, int(labels[i]))
+        except ValueError as exc:  # a key that cannot be a file name
+            summary.failed.append({"key": key, "reason": str(exc)})
+            continue
+        summary.written += 1
