@@ -10,6 +10,7 @@ from cli import convert as convert_cmd
 from cli import decode as decode_cmd
 from cli import encode as encode_cmd
 from cli import env as env_cmd
+from cli import eval as eval_cmd
 from cli import info as info_cmd
 from cli import train as train_cmd
 from cli import verify as verify_cmd
@@ -53,6 +54,7 @@ app.command("encode")(encode_cmd.encode)
 app.command("info")(info_cmd.info)
 app.command("verify")(verify_cmd.verify)
 app.command("decode")(decode_cmd.decode)
+app.command("eval")(eval_cmd.eval_command)
 app.command("train")(train_cmd.train)
 
 

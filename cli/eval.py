@@ -1,0 +1,216 @@
+"""`gtok eval`: score a tokenizer (or saved reconstructions) by the standard protocol."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli._common import ConfigOption, JsonFlag, print_json
+from cli._tokens import ShardsArgument
+from gtok.console import console
+
+
+class Metric(StrEnum):
+    lpips_vgg = "lpips-vgg"
+    lpips_alex = "lpips-alex"
+    rfid = "rfid"
+
+
+def _weights_option(key: str, filename: str) -> typer.models.OptionInfo:
+    return typer.Option(
+        f"--{key}-weights", help=f"Path of {filename}. [default: looked up, see `gtok env`]"
+    )
+
+
+def eval_command(
+    config: ConfigOption = None,
+    shards: ShardsArgument = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Tokenizer to evaluate (with SHARDS), or to decode a store."
+        ),
+    ] = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(help="A second tokenizer, scored on the same images side by side."),
+    ] = None,
+    reference: Annotated[
+        list[str] | None,
+        typer.Option(help="Original shards to score --reconstructed against (repeatable)."),
+    ] = None,
+    reconstructed: Annotated[
+        str | None,
+        typer.Option(
+            help="Folder of <key>.png reconstructions (as `gtok decode` writes) or a token store."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Decode --reconstructed STORE with --model anyway.")
+    ] = False,
+    size: Annotated[
+        int | None,
+        typer.Option(help="Crop originals to this for a folder. [default: the PNGs' size]"),
+    ] = None,
+    resize: Annotated[
+        int | None,
+        typer.Option(help="Resize originals' shorter side to this before the crop."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N usable images.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Decoding processes (0: decode in this process). [default: cores - 1]"),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    vgg16_weights: Annotated[
+        Path | None, _weights_option("vgg16", "vgg16-397923af.pth (LPIPS-VGG backbone)")
+    ] = None,
+    lpips_vgg_weights: Annotated[
+        Path | None, _weights_option("lpips-vgg", "vgg.pth (LPIPS v0.1 VGG heads)")
+    ] = None,
+    alexnet_weights: Annotated[
+        Path | None, _weights_option("alexnet", "alexnet-owt-7be5be79.pth (LPIPS-Alex backbone)")
+    ] = None,
+    lpips_alex_weights: Annotated[
+        Path | None, _weights_option("lpips-alex", "alex.pth (LPIPS v0.1 AlexNet heads)")
+    ] = None,
+    inception_weights: Annotated[
+        Path | None, _weights_option("inception", "pt_inception-2015-12-05-6726825d.pth (rFID)")
+    ] = None,
+    skip: Annotated[
+        list[Metric] | None, typer.Option(help="Do not compute this metric (repeatable).")
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write metrics.json, grid.png and per_image.csv into this folder."),
+    ] = None,
+    grid_images: Annotated[int, typer.Option(help="Images in the report grid.")] = 8,
+    json_output: JsonFlag = False,
+) -> None:
+    """Reconstruct and score: PSNR, SSIM, LPIPS (VGG, Alex), rFID, codebook usage, geometry.
+
+    A metric whose weight file is missing is reported unavailable (with the file name and
+    where to put it); the others still run. Samples that cannot be decoded are skipped and
+    listed with their reasons.
+
+    Example: gtok eval ./val-shards --model runs/cifar --limit 1000 --report report/
+
+    Example: gtok eval ./val-shards -m runs/cifar --compare runs/vq-cifar --json
+
+    Example: gtok eval --reference ./val-shards --reconstructed recon/
+
+    Example: gtok eval --reference ./val-shards --reconstructed tokens.zarr
+    """
+    from gtok.encode import default_workers
+    from gtok.evaluate import evaluate_model, evaluate_pairs, write_report
+
+    paths = {
+        "vgg16": vgg16_weights,
+        "lpips-vgg": lpips_vgg_weights,
+        "alexnet": alexnet_weights,
+        "lpips-alex": lpips_alex_weights,
+        "inception": inception_weights,
+    }
+    common = {
+        "weights": paths,
+        "skip_metrics": [m.name for m in skip or ()],
+        "batch_size": batch_size,
+        "workers": default_workers() if workers is None else workers,
+        "limit": limit,
+        "device": device,
+        "grid_images": grid_images if report is not None else 0,
+    }
+    if reference or reconstructed:
+        if shards or compare:
+            raise typer.BadParameter(
+                "--reference/--reconstructed score saved reconstructions; SHARDS and "
+                "--compare belong to scoring a --model."
+            )
+        if not (reference and reconstructed):
+            raise typer.BadParameter("give both --reference SHARDS and --reconstructed DIR.")
+        result = evaluate_pairs(
+            reference, reconstructed, model=model, force=force, size=size, resize=resize, **common
+        )
+    else:
+        if not shards:
+            raise typer.BadParameter(
+                "give SHARDS and --model, or --reference SHARDS --reconstructed DIR_OR_STORE."
+            )
+        if size is not None:
+            raise typer.BadParameter("--size applies to --reconstructed folders only.")
+        result = evaluate_model(shards, model, compare=compare, resize=resize, **common)
+    if report is not None:
+        written = write_report(result, report)
+        console.print(f"report: {', '.join(str(p) for p in written.values())}")
+    if json_output:
+        print_json(result.document)
+        return
+    typer.echo(render(result.document))
+
+
+# (label, key path in the document, format)
+_ROWS = [
+    ("PSNR (dB)", ("psnr",), "{:.3f}"),
+    ("SSIM", ("ssim",), "{:.4f}"),
+    ("LPIPS-VGG", ("lpips_vgg",), "{:.4f}"),
+    ("LPIPS-Alex", ("lpips_alex",), "{:.4f}"),
+    ("rFID", ("rfid",), "{:.3f}"),
+    ("codes used", ("codebook", "used"), "{:d}"),
+    ("codebook usage", ("codebook", "usage"), "{:.1%}"),
+    ("code perplexity", ("codebook", "perplexity"), "{:.1f}"),
+    ("code entropy (bits)", ("codebook", "entropy_bits"), "{:.3f}"),
+    ("Gaussian scale, mean (map px)", ("geometry", "scale", "mean"), "{:.3f}"),
+    ("anisotropy, median", ("geometry", "anisotropy", "p50"), "{:.3f}"),
+    ("centre coverage per image", ("geometry", "coverage_per_image"), "{:.1%}"),
+]
+
+
+def _get(document: dict, path: tuple[str, ...]) -> float | None:
+    value: object = document
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value if isinstance(value, int | float) else None
+
+
+def render(document: dict) -> str:
+    """The results as a table, then the reasons of unavailable metrics and of skipped samples."""
+    other = document.get("compare")
+    table = Table(title=f"gtok eval: {document['n']} images")
+    table.add_column("metric", style="bold")
+    table.add_column(_name(document["model"]), justify="right")
+    if other is not None:
+        table.add_column(_name(other["model"]), justify="right")
+        table.add_column("difference", justify="right")
+    for label, path, fmt in _ROWS:
+        values = [_get(d, path) for d in (document, other) if d is not None]
+        headline = len(path) == 1 and path[0] in document["unavailable"]
+        if all(v is None for v in values) and not headline:
+            continue  # a group (codebook, geometry) that does not apply: reason below
+        cells = [fmt.format(v) if v is not None else "unavailable" for v in values]
+        if other is not None:
+            a, b = values
+            signed = fmt.replace("{:", "{:+")
+            cells.append(signed.format(b - a) if a is not None and b is not None else "")
+        table.add_row(label, *cells)
+    with console.capture() as capture:
+        console.print(table)
+    lines = [capture.get().rstrip()]
+    for name, reason in document["unavailable"].items():
+        lines.append(f"{name} unavailable: {reason}")
+    if document["skipped"]:
+        lines.append(f"{document['skipped']} samples not scored:")
+        lines += [f"  {s['key']}: {s['reason']}" for s in document["skipped_samples"][:20]]
+        if document["skipped"] > 20:
+            lines.append(f"  ... and {document['skipped'] - 20} more (all in --json / --report)")
+    return "\n".join(lines)
+
+
+def _name(model: dict) -> str:
+    return Path(model.get("path") or model.get("reconstructions", "?")).name or "?"

@@ -1,0 +1,72 @@
+"""The metric networks an evaluation uses (LPIPS-VGG, LPIPS-Alex, FID Inception), or why not.
+
+Each is loaded with `gtok.metrics.try_load`: from an explicit path (the `--*-weights` flags),
+its environment variable, `$GTOK_WEIGHTS` or the torch hub cache. A network whose files are
+missing or malformed is recorded as unavailable with the reason (the file name and where to
+put it) and the evaluation goes on without it. The sha256 of every file used is recorded, so
+a result says exactly which weights produced it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from gtok.metrics import LPIPS, FIDInceptionV3, Loaded, sha256_file, try_load
+
+__all__ = ["LPIPS_MIN_SIZE", "METRIC_NAMES", "MetricNets", "load_metric_nets"]
+
+# result key -> gtok.metrics.try_load name
+METRIC_NAMES: dict[str, str] = {"lpips_vgg": "lpips-vgg", "lpips_alex": "lpips-alex", "rfid": "fid"}
+LPIPS_MIN_SIZE = {"lpips_vgg": 16, "lpips_alex": 31}  # smallest image side each backbone takes
+
+
+@dataclass
+class MetricNets:
+    """Loaded networks by result key, the reasons of the others, and the files used."""
+
+    lpips: dict[str, LPIPS] = field(default_factory=dict)  # "lpips_vgg", "lpips_alex"
+    inception: FIDInceptionV3 | None = None
+    unavailable: dict[str, str] = field(default_factory=dict)  # result key -> reason
+    weights: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+    # result key -> weight key -> {"file": path, "sha256": hex}
+
+
+def load_metric_nets(
+    paths: Mapping[str, str | os.PathLike | None] | None = None,
+    *,
+    skip: Iterable[str] = (),
+    device: str | torch.device = "cpu",
+) -> MetricNets:
+    """Load every weight-backed metric that can run here.
+
+    paths: explicit files by weight key ("vgg16", "lpips-vgg", "alexnet", "lpips-alex",
+        "inception"); the rest are looked up (`gtok.weights`).
+    skip: result keys ("lpips_vgg", "lpips_alex", "rfid") not to compute.
+    """
+    skip = set(skip)
+    if unknown := skip - set(METRIC_NAMES):
+        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {sorted(METRIC_NAMES)}")
+    nets = MetricNets()
+    for key, name in METRIC_NAMES.items():
+        if key in skip:
+            nets.unavailable[key] = "skipped on request"
+            continue
+        result = try_load(name, paths=paths, device=device)
+        if not isinstance(result, Loaded):
+            nets.unavailable[key] = result.reason
+            continue
+        nets.weights[key] = {
+            weight: {"file": str(path), "sha256": sha256_file(path)}
+            for weight, path in result.files.items()
+        }
+        if key == "rfid":
+            assert isinstance(result.model, FIDInceptionV3)
+            nets.inception = result.model
+        else:
+            assert isinstance(result.model, LPIPS)
+            nets.lpips[key] = result.model
+    return nets

@@ -1,0 +1,322 @@
+"""`evaluate_model` and `evaluate_pairs`: what `gtok eval` runs.
+
+- `evaluate_model(shards, model, compare=None)`: every usable image of the shards is
+  tokenized and reconstructed by the model (and by `compare`, on the same crops), and scored.
+- `evaluate_pairs(reference, reconstructed)`: originals from the reference shards are paired
+  by key with reconstructions in a folder (`<key path>.png`, as `gtok decode` writes) or a
+  token store (decoded with its model), and scored.
+
+Both return one JSON-ready document: the metrics of the (first) tokenizer at top level
+(`n`, `psnr`, `ssim`, `lpips_vgg`, `lpips_alex`, `rfid`, `codebook`, `geometry`, each present
+when it could be computed, else its reason under `unavailable`), the samples that could not
+be scored with their reasons, the protocol (preprocessing, image size, metric definitions,
+gtok version, weights sha256 of the model(s) and of the metric networks) and, with
+`compare`, the second tokenizer's metrics under `compare`. `EvalResult.grid` keeps the first
+images for `write_report`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gtok._version import __version__
+from gtok.console import console, is_quiet, progress
+from gtok.data import Preprocess
+from gtok.data.images import DEFAULT_MAX_PIXELS
+from gtok.decode import model_for_store
+from gtok.encode.model import load_encoding_model, pick_device
+from gtok.errors import GtokError
+from gtok.evaluate.nets import load_metric_nets
+from gtok.evaluate.scores import Scorer
+from gtok.evaluate.sources import (
+    FolderReconstructor,
+    ModelReconstructor,
+    Reconstruction,
+    Reconstructor,
+    StoreReconstructor,
+    folder_image_size,
+    reference_batches,
+)
+from gtok.store import TokenStore
+
+__all__ = ["PROTOCOL", "EvalResult", "GridSample", "evaluate_model", "evaluate_pairs"]
+
+PROTOCOL = {
+    "pixels": "metrics compare uint8 images; reconstructions are quantized as a saved PNG "
+    "holds them: round(clamp((x + 1) / 2, 0, 1) * 255)",
+    "psnr": "per image: 10 log10(255^2 / MSE) over all channels and pixels, capped at 100 dB; "
+    "mean over images",
+    "ssim": "per image, as skimage.metrics.structural_similarity(gaussian_weights=True, "
+    "sigma=1.5, data_range=255, channel_axis=-1) (11x11 window, K1 0.01, K2 0.03, sample "
+    "covariance); mean over images",
+    "lpips": "LPIPS v0.1 (lpips package, VGG16 / AlexNet, linear heads) on u / 127.5 - 1 per "
+    "image; mean over images",
+    "rfid": "as pytorch-fid: FID Inception-v3 (pt_inception-2015-12-05) 2048-d pool features, "
+    "u / 255 bilinearly resized to 299x299, Frechet distance between the Gaussians fitted to "
+    "the originals' and the reconstructions' features (biased for small n)",
+    "codebook": "usage, entropy (bits) and perplexity of the histogram of every token's code",
+    "geometry": "distributions of the tokens' Gaussian scales (map pixels), anisotropy, "
+    "rotation (radians), centres ([-1, 1]) and grid coverage",
+}
+
+
+@dataclass
+class GridSample:
+    """One image for the report grid: original and reconstruction(s), uint8 [3, S, S], and each
+    reconstruction's tokens (indices [G], geometry [G, 5]) when it has Gaussians."""
+
+    key: str
+    original: torch.Tensor
+    reconstructions: list[torch.Tensor]
+    tokens: list[tuple[torch.Tensor, torch.Tensor] | None]
+
+
+@dataclass
+class EvalResult:
+    document: dict  # the JSON document (see the module doc)
+    per_image: list[dict]  # {"key", "psnr", "ssim", ...} per scored image, of each tokenizer
+    grid: list[GridSample] = field(default_factory=list)
+    map_sizes: list[int | None] = field(default_factory=list)  # per tokenizer
+
+
+def _model_info(reconstructor: Reconstructor) -> dict:
+    model = reconstructor.model
+    if model is None:
+        return {"reconstructions": reconstructor.name}
+    info = {"path": str(model.path), "weights_sha256": model.weights_sha256}
+    info.update(preset=model.config.preset, kind=model.config.kind)
+    return info
+
+
+def _evaluate(
+    shards: Sequence[str | os.PathLike],
+    preprocess: Preprocess,
+    reconstructors: list[Reconstructor],
+    *,
+    weights: Mapping[str, str | os.PathLike | None] | None,
+    skip_metrics: Iterable[str],
+    batch_size: int,
+    workers: int,
+    limit: int | None,
+    device: torch.device,
+    grid_images: int,
+) -> EvalResult:
+    if batch_size < 1:
+        raise GtokError(f"--batch-size must be at least 1, got {batch_size}.")
+    if limit is not None and limit < 1:
+        raise GtokError(f"--limit must be at least 1, got {limit}.")
+    started = time.perf_counter()
+    nets = load_metric_nets(weights, skip=skip_metrics, device=device)
+    scorers: list[Scorer] = []
+    for r in reconstructors:
+        scorers.append(
+            Scorer(
+                nets,
+                codebook_size=r.codebook_size,
+                has_geometry=r.has_geometry,
+                reference=scorers[0] if scorers else None,
+                device=device,
+            )
+        )
+    skipped: list[dict] = []
+    grid: list[GridSample] = []
+    batches = reference_batches(
+        shards, preprocess, batch_size=batch_size, workers=workers, limit=limit
+    )
+    with progress("img") as bar:
+        task = bar.add_task("eval", total=limit)
+        for batch in batches:
+            skipped += [{"key": k, "reason": r} for k, r in batch.skipped]
+            if not batch.keys:
+                continue
+            outs = [r.reconstruct(batch.keys, batch.images) for r in reconstructors]
+            kept = sorted(set.intersection(*(set(o.kept) for o in outs)))
+            for out in outs:
+                skipped += [{"key": k, "reason": r} for k, r in out.missing]
+            keys = [batch.keys[i] for i in kept]
+            originals = batch.images[kept]
+            for out, scorer in zip(outs, scorers, strict=True):
+                rows = [out.kept.index(i) for i in kept]
+                indices = None if out.indices is None else out.indices[rows]
+                geometry = None if out.geometry is None else out.geometry[rows]
+                scorer.add(keys, originals, out.images[rows], indices, geometry)
+            if len(grid) < grid_images:
+                grid += _grid_samples(keys, originals, outs, kept, grid_images - len(grid))
+            bar.advance(task, len(batch.keys))
+    if scorers[0].n == 0:
+        raise GtokError(
+            f"no image could be scored ({len(skipped)} samples skipped"
+            + (f", e.g. {skipped[0]['key']}: {skipped[0]['reason']}" if skipped else "")
+            + "); check the shards and the reconstructions."
+        )
+    seconds = time.perf_counter() - started
+    document = scorers[0].result()
+    document["model"] = _model_info(reconstructors[0])
+    if len(scorers) > 1:
+        document["compare"] = scorers[1].result() | {"model": _model_info(reconstructors[1])}
+    document["skipped"] = len(skipped)
+    document["skipped_samples"] = skipped
+    unmatched = getattr(reconstructors[0], "unmatched", None)
+    if unmatched is not None and limit is None:
+        document["unmatched_reconstructions"] = unmatched()
+    document["seconds"] = seconds
+    document["images_per_second"] = scorers[0].n / seconds if seconds else 0.0
+    document["protocol"] = {
+        "images": scorers[0].n,
+        "image_size": preprocess.image_size,
+        "preprocessing": preprocess.to_dict(),
+        "limit": limit,
+        "gtok_version": __version__,
+        "device": str(device),
+        "metric_weights": nets.weights,
+        **PROTOCOL,
+    }
+    if skipped and not is_quiet():
+        console.print(f"[yellow]{len(skipped)} samples not scored[/] (reasons in the results)")
+    per_image = [
+        {"tokenizer": t, "key": key, **{m: v[i] for m, v in s.per_image.items()}}
+        for t, s in enumerate(scorers)
+        for i, key in enumerate(s.keys)
+    ]
+    return EvalResult(document, per_image, grid, [r.map_size for r in reconstructors])
+
+
+def _grid_samples(
+    keys: list[str],
+    originals: torch.Tensor,
+    outs: list[Reconstruction],
+    kept: list[int],
+    count: int,
+) -> list[GridSample]:
+    """The first `count` scored images of a batch, for the report grid."""
+    samples = []
+    for j in range(min(count, len(kept))):
+        recons, tokens = [], []
+        for out in outs:
+            row = out.kept.index(kept[j])
+            recons.append(out.images[row])
+            has = out.indices is not None and out.geometry is not None
+            tokens.append((out.indices[row], out.geometry[row]) if has else None)
+        samples.append(GridSample(keys[j], originals[j], recons, tokens))
+    return samples
+
+
+def evaluate_model(
+    shards: Sequence[str | os.PathLike],
+    model: str | os.PathLike | None,
+    *,
+    compare: str | os.PathLike | None = None,
+    resize: int | None = None,
+    background: tuple[int, int, int] = (255, 255, 255),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    weights: Mapping[str, str | os.PathLike | None] | None = None,
+    skip_metrics: Iterable[str] = (),
+    batch_size: int = 32,
+    workers: int = 0,
+    limit: int | None = None,
+    device: str = "auto",
+    grid_images: int = 8,
+) -> EvalResult:
+    """Reconstruct every usable image of `shards` with `model` (and `compare`) and score it.
+
+    Images are resized (shorter side to `resize`, default the model's image size) and
+    centre-cropped as `gtok encode` does. weights: explicit metric weight files by key
+    ("vgg16", "lpips-vgg", "alexnet", "lpips-alex", "inception"); skip_metrics: result keys
+    not to compute ("lpips_vgg", "lpips_alex", "rfid").
+    """
+    chosen = pick_device(device)
+    first = load_encoding_model(model, chosen)
+    reconstructors: list[Reconstructor] = [ModelReconstructor(first)]
+    if compare is not None:
+        second = load_encoding_model(compare, chosen)
+        if second.config.image_size != first.config.image_size:
+            raise GtokError(
+                f"--compare: {second.path} takes {second.config.image_size} px images but "
+                f"{first.path} takes {first.config.image_size} px; compare models of one size."
+            )
+        reconstructors.append(ModelReconstructor(second))
+    size = first.config.image_size
+    if resize is not None and resize < size:
+        raise GtokError(f"--resize {resize} is smaller than the model's image size {size}.")
+    preprocess = Preprocess(size, resize, background=background, max_pixels=max_pixels)
+    return _evaluate(
+        shards,
+        preprocess,
+        reconstructors,
+        weights=weights,
+        skip_metrics=skip_metrics,
+        batch_size=batch_size,
+        workers=workers,
+        limit=limit,
+        device=chosen,
+        grid_images=grid_images,
+    )
+
+
+def _is_store(path: str | os.PathLike) -> bool:
+    return (Path(path) / "zarr.json").is_file() or "://" in str(path)
+
+
+def evaluate_pairs(
+    reference: Sequence[str | os.PathLike],
+    reconstructed: str | os.PathLike,
+    *,
+    model: str | os.PathLike | None = None,
+    force: bool = False,
+    size: int | None = None,
+    resize: int | None = None,
+    background: tuple[int, int, int] = (255, 255, 255),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    weights: Mapping[str, str | os.PathLike | None] | None = None,
+    skip_metrics: Iterable[str] = (),
+    batch_size: int = 32,
+    workers: int = 0,
+    limit: int | None = None,
+    device: str = "auto",
+    grid_images: int = 8,
+) -> EvalResult:
+    """Score the reconstructions in `reconstructed` against the originals in `reference`.
+
+    reconstructed: a folder of `<key path>.png` files (the originals are then centre-cropped
+    to `size`, default the first reconstruction's side, after resizing the shorter side to
+    `resize`), or a token store (decoded with its model, or `model` checked against its
+    weights hash unless `force`; the originals are preprocessed as the store records).
+    """
+    chosen = pick_device(device)
+    reconstructor: Reconstructor
+    if _is_store(reconstructed):
+        if size is not None or resize is not None:
+            raise GtokError(
+                "--size and --resize do not apply to a token store: it records its "
+                "preprocessing, which the originals get."
+            )
+        store = TokenStore(reconstructed, format="torch")
+        loaded = model_for_store(store, model, force=force, device=chosen)
+        reconstructor = StoreReconstructor(store, loaded)
+        preprocess = Preprocess.from_dict(store.preprocessing)
+    else:
+        if model is not None:
+            raise GtokError("--model applies to a token store; reconstructions in a folder.")
+        reconstructor = FolderReconstructor(reconstructed)
+        side = size if size is not None else folder_image_size(reconstructed)
+        if resize is not None and resize < side:
+            raise GtokError(f"--resize {resize} is smaller than the image size {side}.")
+        preprocess = Preprocess(side, resize, background=background, max_pixels=max_pixels)
+    return _evaluate(
+        reference,
+        preprocess,
+        [reconstructor],
+        weights=weights,
+        skip_metrics=skip_metrics,
+        batch_size=batch_size,
+        workers=workers,
+        limit=limit,
+        device=chosen,
+        grid_images=grid_images,
+    )
