@@ -3,9 +3,8 @@
 Prints one JSON document: for the `cifar` (B=64, G=64, 16x16, C=3) and `imagenet` (B=64,
 G=256, 32x32, C=8) shapes, the median forward and forward+backward wall times (ms) of
 `kernels.rasterize` and of `bench/_dense.py`, measured interleaved in one process, with
-their ratios (and the same for the process CPU time, steadier on a busy machine); the
-first-call times of fresh processes with a cold and a warm offline kernel cache; and the
-GPU figures of `bench/raster_gpu.py`, or why there are none.
+their ratios; the first-call times of fresh processes with a cold and a warm offline
+kernel cache; and the GPU figures of `bench/raster_gpu.py`, or why there are none.
 
 Gaussians are drawn as the model produces them: means uniform in [-1, 1], rotations
 uniform in [0, pi], scales 0.1 + 3.9 * sigmoid(N(0, 1)) map pixels, features N(0, 1).
@@ -65,11 +64,11 @@ def gaussians(n_b: int, n_g: int, n_c: int, seed: int = 0) -> tuple[torch.Tensor
     return means, scales, rotations, features
 
 
-def timed(fn) -> tuple[float, float]:
-    """(wall, process CPU) milliseconds of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
+def timed(fn) -> float:
+    """Wall-clock milliseconds of one call."""
+    start = time.perf_counter()
     fn()
-    return (time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3
+    return (time.perf_counter() - start) * 1e3
 
 
 def forward_and_backward(raster, inputs, height, width, grad):
@@ -92,7 +91,7 @@ def pick_dense_config(inputs, height, width, grad) -> tuple[int, int]:
                 lambda *a, c=chunk: rasterize_dense(*a, chunk=c), inputs, height, width, grad
             )
             run()
-            ms = min(timed(run)[0] for _ in range(2))
+            ms = min(timed(run) for _ in range(2))
             if ms < best_ms:
                 best, best_ms = (n_threads, chunk), ms
     return best
@@ -120,12 +119,11 @@ def bench_shape(name: str, repeats: int) -> dict:
     for rep in range(repeats + 1):  # the first round warms up (compiles) and is dropped
         for key, run in runs.items():
             torch.set_num_threads(n_threads if key[0] == "torch" else taichi_threads)
-            wall_cpu = timed(run)
+            ms = timed(run)
             if rep:
-                times[key].append(wall_cpu)
+                times[key].append(ms)
     torch.set_num_threads(taichi_threads)
-    wall = {key: statistics.median(v[0] for v in values) for key, values in times.items()}
-    cpu = {key: statistics.median(v[1] for v in values) for key, values in times.items()}
+    med = {key: statistics.median(values) for key, values in times.items()}
     diff = (kernels.rasterize(*inputs, height, width) - dense(*inputs, height, width)).abs()
     result = {
         "shape": {"B": n_b, "G": n_g, "H": height, "W": width, "C": n_c},
@@ -136,13 +134,11 @@ def bench_shape(name: str, repeats: int) -> dict:
     for impl in ("taichi", "torch"):
         result[impl] = {}
         for stage in ("forward", "forward_backward"):
-            walls = [v[0] for v in times[(impl, stage)]]
-            result[impl][f"{stage}_ms"] = round(wall[(impl, stage)], 3)
-            result[impl][f"{stage}_ms_min_max"] = [round(min(walls), 3), round(max(walls), 3)]
-            result[impl][f"{stage}_cpu_ms"] = round(cpu[(impl, stage)], 3)
+            values = times[(impl, stage)]
+            result[impl][f"{stage}_ms"] = round(med[(impl, stage)], 3)
+            result[impl][f"{stage}_ms_min_max"] = [round(min(values), 3), round(max(values), 3)]
     for stage in ("forward", "forward_backward"):
-        result[f"ratio_{stage}"] = round(wall[("taichi", stage)] / wall[("torch", stage)], 4)
-        result[f"ratio_{stage}_cpu_time"] = round(cpu[("taichi", stage)] / cpu[("torch", stage)], 4)
+        result[f"ratio_{stage}"] = round(med[("taichi", stage)] / med[("torch", stage)], 4)
     return result
 
 

@@ -31,7 +31,10 @@ from kernels import reference
 
 SHAPES = {"cifar": (64, 64, 16, 16, 3), "imagenet": (64, 256, 32, 32, 8)}  # B, G, H, W, C
 GOAL_IMAGENET_FWD_BWD_MS = 0.5
-TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}  # relative to the largest value
+# Relative to the largest value. In float32 a weight within rounding of the 1/255 cut-off
+# can land on either side in the two implementations (a jump of 1/255 of a feature), so
+# float32 gets room for a few such pixels; an error in the kernels is of order 1.
+TOLERANCE = {torch.float32: 1e-2, torch.float64: 1e-10}
 
 
 def gaussians(n_b, n_g, n_c, dtype, device, seed=0):
