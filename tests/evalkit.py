@@ -45,11 +45,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def save_model(folder: Path, seed: int) -> Path:
-    """A SMALL32 tokenizer with a k-means-initialized codebook, saved in `folder`."""
+VQ32 = {k: SMALL32[k] for k in ("image_size", "ch", "ch_mult", "map_size", "num_res_blocks")}
+VQ32["codebook_size"] = SMALL32["codebook_size"]
+
+
+def save_model(folder: Path, seed: int, preset: str = "tiny", **config) -> Path:
+    """A tokenizer (default: SMALL32) with a k-means-initialized codebook, saved in `folder`."""
     import gtok
 
-    tok = gtok.build_tokenizer("tiny", seed=seed, **SMALL32)
+    tok = gtok.build_tokenizer(preset, seed=seed, **(config or SMALL32))
     images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
     tok.train()
     with torch.no_grad():
@@ -90,6 +94,12 @@ def model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory) -> Path:
     return save_model(tmp_path_factory.mktemp("other"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def vq_model(tmp_path_factory) -> Path:
+    """The VQGAN baseline at 32 px: an 8x8 map of 64 tokens, no Gaussians."""
+    return save_model(tmp_path_factory.mktemp("vq"), seed=0, preset="vq-tiny", **VQ32)
 
 
 @pytest.fixture(scope="module")

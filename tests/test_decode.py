@@ -14,7 +14,16 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 import torch
-from evalkit import _encode, model, one_thread, other_model, read_png, shards, store  # noqa: F401
+from evalkit import (  # noqa: F401
+    _encode,
+    model,
+    one_thread,
+    other_model,
+    read_png,
+    shards,
+    store,
+    vq_model,
+)
 from PIL import Image
 
 import gtok
@@ -29,10 +38,11 @@ from gtok.viz import code_color
 
 def expected_pixels(store_path: Path, model_path: Path) -> dict[str, torch.Tensor]:
     """key -> uint8 [3, S, S]: every row decoded in one batch by `tok.decode`, quantized."""
-    tokens = TokenStore(store_path, format="torch", fields=("indices", "geometry", "keys"))
+    fields = [f for f in TokenStore(store_path).fields if f != "labels"]
+    tokens = TokenStore(store_path, format="torch", fields=[*fields, "keys"])
     batch = tokens[0 : len(tokens)]
     tok = gtok.load_tokenizer(model_path)
-    images = tok.decode(Tokens(batch["indices"], batch["geometry"]))
+    images = tok.decode(Tokens(batch["indices"], batch.get("geometry")))
     return dict(zip(batch["keys"], to_uint8(images), strict=True))
 
 
@@ -189,3 +199,16 @@ def test_key_paths_are_one_to_one():
     assert len(set(paths)) == len(keys)
     with pytest.raises(ValueError, match="too long"):
         key_path("s.tar/" + "x" * 300)
+
+
+def test_vq_store_decodes_and_refuses_gaussians(tmp_path, shards, vq_model, runner):
+    vq_store = _encode(shards / "shard-0000.tar", tmp_path / "vq.zarr", vq_model)
+    result, summary = decode_cli(runner, str(vq_store), "-o", str(tmp_path / "vq"))
+    assert result.exit_code == 0 and summary["written"] == 5, result.stderr
+    expected = expected_pixels(vq_store, vq_model)
+    for key, pixels in expected.items():
+        assert torch.equal(read_png(png_path(tmp_path / "vq", key)), pixels), key
+    refused = runner.invoke(
+        app, ["decode", str(vq_store), "-o", str(tmp_path / "g"), "--gaussians"]
+    )
+    assert refused.exit_code == 1 and "needs a GaussianToken model" in refused.stderr

@@ -29,6 +29,7 @@ from evalkit import (  # noqa: F401
     standin_folder,
     standin_weights,
     store,
+    vq_model,
 )
 from PIL import Image
 from skimage.metrics import structural_similarity
@@ -269,3 +270,29 @@ def test_explicit_weight_paths(no_weights, standin_folder, shards, model, runner
     bad = run_eval(runner, str(shards), "-m", str(model), "--limit", "2",
                    "--inception-weights", str(no_weights / "nowhere.pth"))  # fmt: skip
     assert "was not found" in bad["unavailable"]["rfid"] and "psnr" in bad
+
+
+def test_vq_baseline_has_codes_but_no_gaussians(tmp_path, no_weights, shards, vq_model, runner):
+    report = tmp_path / "report"
+    document = run_eval(runner, str(shards), "-m", str(vq_model), "--report", str(report))
+    assert document["codebook"]["tokens"] == 11 * 64 and "geometry" not in document
+    assert document["unavailable"]["geometry"] == "the tokenizer has no Gaussians"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["grid"]["columns"] == ["original", "reconstruction"]
+    assert metrics["model"]["kind"] == "vq"
+
+
+def test_chunks_come_back_in_shard_order():
+    from gtok.data import ShardChunk, ShardEnd
+    from gtok.evaluate.sources import in_shard_order
+
+    def chunk(shard: int, part: int, last: bool = False) -> ShardChunk:
+        c = ShardChunk(shard, torch.empty(0, 4, 4, 3), keys=[f"{shard}-{part}"])
+        c.end = ShardEnd(samples=part + 1) if last else None
+        return c
+
+    # two workers: shards 0 and 2 on one, 1 and 3 on the other, interleaved by the loader
+    interleaved = [chunk(1, 0), chunk(0, 0), chunk(1, 1, True), chunk(0, 1), chunk(3, 0, True),
+                   chunk(0, 2, True), chunk(2, 0, True)]  # fmt: skip
+    order = [c.keys[0] for c in in_shard_order(interleaved)]
+    assert order == ["0-0", "0-1", "0-2", "1-0", "1-1", "2-0", "3-0"]

@@ -14,7 +14,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -22,7 +23,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from gtok.data import EncodeStream, Preprocess, expand_shards, loader, to_model_input
+from gtok.data import (
+    EncodeStream,
+    Preprocess,
+    ShardChunk,
+    expand_shards,
+    loader,
+    to_model_input,
+)
 from gtok.data.images import ImageRejected, decode_rgb
 from gtok.decode import GAUSSIANS_SUFFIX, RECON_SUFFIX, decode_batch, path_key, uint8_images
 from gtok.encode.model import EncodingModel
@@ -37,6 +45,7 @@ __all__ = [
     "ReferenceBatch",
     "StoreReconstructor",
     "folder_image_size",
+    "in_shard_order",
     "reference_batches",
 ]
 
@@ -61,11 +70,13 @@ def reference_batches(
     limit: int | None = None,
 ) -> Iterator[ReferenceBatch]:
     """Batches of at most `batch_size` originals from `shards`, in input order (shards by
-    name, samples in tar order), stopping after `limit` usable images."""
+    name, samples in tar order, whatever the number of `workers`), stopping after `limit`
+    usable images."""
     refs = expand_shards(shards)
     stream = EncodeStream(refs, preprocess, batch_size)
     seen = 0
-    for chunk in loader(stream, workers=min(workers, len(refs))):
+    chunks = loader(stream, workers=min(workers, len(refs)))
+    for chunk in in_shard_order(chunks):
         name = refs[chunk.shard].name
         skipped = [(f"{name}/{s.key}", s.reason) for s in chunk.skipped]
         if chunk.end is not None and chunk.end.problem:
@@ -76,6 +87,26 @@ def reference_batches(
         seen += take
         if limit is not None and seen >= limit:
             return
+
+
+def in_shard_order(chunks: Iterable[ShardChunk]) -> Iterator[ShardChunk]:
+    """The chunks of a DataLoader over `EncodeStream` in shard order.
+
+    With W workers the loader interleaves the workers' chunks (worker w reads shards w,
+    w + W, ...); putting them back in shard order makes `limit` and the report grid pick the
+    same images whatever the worker count. Chunks of later shards wait here until every
+    earlier shard has ended (about one shard per other worker).
+    """
+    pending: dict[int, deque[ShardChunk]] = {}
+    current = 0
+    for chunk in chunks:
+        pending.setdefault(chunk.shard, deque()).append(chunk)
+        while pending.get(current):
+            ready = pending[current].popleft()
+            yield ready
+            if ready.end is not None:
+                del pending[current]
+                current += 1
 
 
 @dataclass
