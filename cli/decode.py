@@ -48,8 +48,8 @@ def decode(
         typer.Option(
             "--model",
             "-m",
-            help="Model to decode with. [default: the one the store records; "
-            "another is refused unless it has the same weights sha256, or --force]",
+            help="Model to decode with (default: the one the store records; another is "
+            "refused unless it has the same weights sha256, or with --force).",
         ),
     ] = None,
     force: Annotated[

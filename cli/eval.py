@@ -22,7 +22,7 @@ class Metric(StrEnum):
 
 def _weights_option(key: str, filename: str) -> typer.models.OptionInfo:
     return typer.Option(
-        f"--{key}-weights", help=f"Path of {filename}. [default: looked up, see `gtok env`]"
+        f"--{key}-weights", help=f"Path of {filename} (default: looked up, see `gtok env`)."
     )
 
 
@@ -54,7 +54,7 @@ def eval_command(
     ] = False,
     size: Annotated[
         int | None,
-        typer.Option(help="Crop originals to this for a folder. [default: the PNGs' size]"),
+        typer.Option(help="Crop originals to this for a folder (default: the PNGs' size)."),
     ] = None,
     resize: Annotated[
         int | None,
@@ -64,7 +64,7 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
     workers: Annotated[
         int | None,
-        typer.Option(help="Decoding processes (0: decode in this process). [default: cores - 1]"),
+        typer.Option(help="Decoding processes (0: decode in this process; default: cores - 1)."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     vgg16_weights: Annotated[
