@@ -1,8 +1,9 @@
 """`rasterize`: the differentiable Taichi rasterizer behind the decoder.
 
-Checks its arguments, packs the Gaussians into one tensor and runs hand-written Taichi
-forward and backward kernels (`kernels._raster_taichi`) through a `torch.autograd.Function`.
-Same numbers as `kernels.reference.rasterize`, whose docstring states the conventions.
+Checks its arguments and runs hand-written Taichi forward and backward kernels
+(`kernels._raster_taichi`) through a `torch.autograd.Function`; the forward kernel also
+packs the Gaussians into the one tensor the backward needs. Same numbers as
+`kernels.reference.rasterize`, whose docstring states the conventions.
 """
 
 from __future__ import annotations
