@@ -137,6 +137,7 @@ def test_thirty_steps_of_tiny_lower_the_loss_through_the_cli(data, tmp_path, run
     assert record["settings"]["optimizer"] == "adamw"
     assert record["data"]["train_preprocess"].endswith("centre crop 32x32")  # --no-augment
     assert (run_dir / "samples" / "step-000030.png").is_file()
+    assert document["best"]["step"] == 30 and (run_dir / "best" / "model.safetensors").is_file()
     model = load_tokenizer(run_dir)  # the exported EMA model
     ema = _final_state(run_dir)["ema"]
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
@@ -195,7 +196,10 @@ def test_a_kill_while_writing_a_checkpoint_keeps_the_last_one_and_resume_finishe
     _assert_same_training(_final_state(run_dir), _final_state(reference))
 
 
-def test_a_resume_with_other_settings_is_refused_naming_them(data, reference):
+def test_a_resume_with_other_settings_is_refused_naming_them(data, reference, tmp_path):
+    moved = shutil.copytree(data["train"], tmp_path / "moved")  # same shards elsewhere: fine
+    done = train(_config(data, shards=(str(moved),), log_every=2), reference)
+    assert (done.resumed_from, done.step) == (4, 4)
     with pytest.raises(GtokError, match=r"lr: 0\.0002 -> 0\.001; .*seed: 0 -> 5"):
         train(_config(data, lr=1e-3, seed=5, workers=1, log_every=2), reference)
 

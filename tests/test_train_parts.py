@@ -168,7 +168,9 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
 def test_checkpoints_keep_the_last_k_and_the_best(tmp_path):
     folder = CheckpointDir(tmp_path)
     for step in (1, 2, 3, 4, 5):
-        folder.save({"step": step}, step, keep_last=2, best_psnr=30.0 if step == 2 else None)
+        folder.save({"step": step}, step, keep_last=2)
+        if step == 2:
+            folder.mark_best(2, 30.0)
     assert folder.steps() == [2, 4, 5]
     assert folder.best() == {"step": 2, "psnr": 30.0}
     assert torch.load(folder.path(5), weights_only=True) == {"step": 5}

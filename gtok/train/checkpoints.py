@@ -43,18 +43,18 @@ class CheckpointDir:
         path = self.folder / "best.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def save(
-        self, state: dict[str, Any], step: int, keep_last: int, best_psnr: float | None = None
-    ) -> Path:
-        """Write the state of `step`; with `best_psnr` (dB) record it as the best so far.
-        Then delete states beyond the last `keep_last`, except the best one."""
+    def save(self, state: dict[str, Any], step: int, keep_last: int) -> Path:
+        """Write the state of `step`, then delete states beyond the last `keep_last` (never
+        the best one)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path = atomic_torch_save(state, self.path(step))
-        if best_psnr is not None:
-            record = json.dumps({"step": step, "psnr": best_psnr}).encode()
-            atomic_write_bytes(self.folder / "best.json", record)
         self.prune(keep_last)
         return path
+
+    def mark_best(self, step: int, psnr: float) -> None:
+        """Record the state of `step` (already on disk) as the best by validation PSNR (dB)."""
+        record = json.dumps({"step": step, "psnr": psnr}).encode()
+        atomic_write_bytes(self.folder / "best.json", record)
 
     def prune(self, keep_last: int) -> None:
         best = self.best()

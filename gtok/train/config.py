@@ -48,6 +48,7 @@ FREE_ON_RESUME = frozenset(
         "checkpoint_every",
         "sample_every",
         "keep_last",
+        "shards",  # the paths may move; the shard file names are compared instead
         "val_shards",
         "val_images",
         "lpips_weights",

@@ -2,10 +2,11 @@
 
 Order of one step t (0-based): read batch t (stream t mod streams), set the learning rate,
 train tokenizer and discriminator (`TrainStep`), update the EMA; then, with s = t + 1 steps
-done: log every `log_every`, validate every `eval_every`, save samples every
-`sample_every`, and write a training state (and export the EMA model) every
-`checkpoint_every`, at a new best validation PSNR, at the end, and when stopped by
-SIGINT/SIGTERM (the first signal finishes the step and saves; a second SIGINT aborts).
+done: log every `log_every`; write a training state (and export the EMA model) every
+`checkpoint_every`, before each validation and at the end; validate every `eval_every`
+(a new best PSNR marks the state just written as the best and exports it to `best/`);
+save a sample grid every `sample_every`. SIGINT/SIGTERM stop the run after the current
+step with a saved state (a second SIGINT aborts at once).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
     num_samples = count_samples(shards) if cfg.epochs is not None else None
     arch = tokenizer_config(cfg)
     resolved = cfg.resolve(num_samples, dist.world).replace(image_size=arch.image_size)
-    session = Session(resolved, arch, dist, run)
+    session = Session(resolved, arch, dist, run, shards)
     step = session.step
     steps = resolved.steps
     streams = max(1, resolved.workers)
@@ -180,23 +181,25 @@ def _periodic(
     result: TrainResult,
     progress: TrainProgress,
 ) -> bool:
-    """Validation, sample grid and checkpoint when due after `step`; whether it saved."""
+    """Checkpoint, validation and sample grid when due after `step`; whether it saved.
+    The state is written before validating, so a failure there loses no training."""
     cfg, run = session.cfg, session.run
-    best = None
-    if val_shards and _due(step, cfg.eval_every, cfg.steps):
-        best = _validate(session, val_shards, step, result, progress)
+    evaluate_now = bool(val_shards) and _due(step, cfg.eval_every, cfg.steps)
+    saved = _due(step, cfg.checkpoint_every, cfg.steps) or evaluate_now
+    if saved:
+        session.save(step)
+    if evaluate_now:
+        _validate(session, val_shards, step, result, progress)
     if fixed is not None and _due(step, cfg.sample_every, cfg.steps):
         save_samples(session.ema.module, fixed, session.dist.device, run.sample_path(step))
-    if _due(step, cfg.checkpoint_every, cfg.steps) or best is not None:
-        session.save(step, best_psnr=best)
-        return True
-    return False
+    return saved
 
 
 def _validate(
     session: Session, val_shards, step: int, result: TrainResult, progress: TrainProgress
-) -> float | None:
-    """Evaluate the EMA model, log and show it, and return its PSNR when it is a new best."""
+) -> None:
+    """Evaluate the EMA model, log and show it, and mark the state of `step` as the best
+    when its PSNR beats every earlier validation."""
     cfg = session.cfg
     metrics, skipped = evaluate(
         session.ema.module,
@@ -209,14 +212,16 @@ def _validate(
     )
     session.note_val_skipped(skipped, step)
     if not metrics:
-        return None
+        return
     result.val = metrics
     session.log_val(step, metrics)
     shown = f"PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f}"
     if "lpips" in metrics:
         shown += f"  LPIPS {metrics['lpips']:.4f}"
     progress.note(f"step {step}: validation ({metrics['images']} images) {shown}")
-    return session.new_best(step, metrics["psnr"])
+    if session.best_psnr is None or metrics["psnr"] > session.best_psnr:
+        session.best_psnr = metrics["psnr"]
+        session.mark_best(step, metrics["psnr"])
 
 
 class _Window:

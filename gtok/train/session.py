@@ -6,8 +6,9 @@ A training state (`checkpoints/step-NNNNNN.pt`, loadable with `weights_only=True
     format, step, settings (resolved TrainConfig + architecture + world size), model
     (tokenizer parameters and buffers: codebook and its EMA statistics, r_max), model_extra
     (training-only state of model parts, e.g. the scale scheduler's running mean), ema,
-    disc, lecam, optim (both optimizers and gradient scalers), scheduler (step and lr),
-    rng (per rank), data (seed and per-rank stream positions), skipped (count), best.
+    disc, lecam, optim (both optimizers and gradient scalers), scheduler (step and the
+    schedule), rng (per rank), data (seed and per-rank stream positions), skipped (per-rank
+    counts). The best validation PSNR so far is in `checkpoints/best.json`.
 
 Every rank builds the same networks and reads the same state; only rank 0 writes.
 """
@@ -28,7 +29,7 @@ from gtok._version import __version__
 from gtok.console import console
 from gtok.data.shards import ShardRef
 from gtok.errors import GtokError
-from gtok.metrics import try_load
+from gtok.metrics import Unavailable, try_load
 from gtok.model.config import TokenizerConfig
 from gtok.model.gaussian_embed import GaussianEmbed
 from gtok.model.tokenizer import build_from_config
@@ -51,12 +52,20 @@ STATE_FORMAT = 1
 class Session:
     """Builds (or restores) everything a training process holds."""
 
-    def __init__(self, cfg: TrainConfig, arch: TokenizerConfig, dist: Dist, run: RunDir) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        arch: TokenizerConfig,
+        dist: Dist,
+        run: RunDir,
+        shards: list[ShardRef],
+    ) -> None:
         self.cfg, self.arch, self.dist, self.run = cfg, arch, dist, run
         self.precision = resolve_precision(cfg.precision, dist.device)
         self.lpips, self.lpips_status = self._load_lpips()
         self.settings = {
             **cfg.to_dict(),
+            "train_shard_names": [s.name for s in shards],  # what resume compares, not paths
             "architecture": arch.to_dict(),
             "world_size": dist.world,
             "lpips_loss": self.lpips is not None,
@@ -103,7 +112,7 @@ class Session:
             if path is not None:
                 find_weights(key, path)  # GtokError when the given file does not exist
         loaded = try_load("lpips-vgg", paths=explicit, device=self.dist.device)
-        if hasattr(loaded, "reason"):
+        if isinstance(loaded, Unavailable):
             if self.dist.main:
                 console.print(
                     f"[yellow]warning:[/] training without the LPIPS loss: {loaded.reason}",
@@ -164,7 +173,8 @@ class Session:
         self.step = self.resumed_from = int(saved["step"])
         self._local_skipped = int(saved["skipped"][self.dist.rank])
         self.skipped = sum(int(n) for n in saved["skipped"])
-        self.best_psnr = saved["best_psnr"]
+        best = self.run.checkpoints.best()
+        self.best_psnr = None if best is None else float(best["psnr"])
         self.data_seed = int(saved["data"]["seed"])
         rank = self.dist.rank
         self.positions = [tuple(p) for p in saved["data"]["positions"][rank]]
@@ -254,22 +264,15 @@ class Session:
         if self.dist.main:
             self.run.log({"kind": "val", "step": step, **metrics})
 
-    def new_best(self, step: int, psnr: float) -> float | None:
-        """`psnr` if it beats every earlier validation of the run, else None."""
-        if self.best_psnr is None or psnr > self.best_psnr:
-            self.best_psnr = psnr
-            return psnr
-        return None
-
     # -- saving -------------------------------------------------------------------------
 
     def advance(self, stream: int, position: tuple[int, int]) -> None:
         """Record that a batch of `stream` was consumed, leaving it at `position`."""
         self.positions[stream] = tuple(position)
 
-    def save(self, step: int, best_psnr: float | None = None) -> None:
-        """Write the training state of `step` and export the EMA model (and, for a new
-        best, `best/`). Collective: every rank must call it."""
+    def save(self, step: int) -> None:
+        """Write the training state of `step` and export the EMA model to `model/`.
+        Collective: every rank must call it."""
         skipped = self._flush_skipped()
         self._check_ranks_agree(step)
         rngs = self.dist.gather(get_rng_state())
@@ -295,11 +298,14 @@ class Session:
             "rng": rngs,
             "data": {"seed": self.data_seed, "positions": positions},
             "skipped": skipped,
-            "best_psnr": self.best_psnr,
         }
-        self.run.checkpoints.save(state, step, self.cfg.keep_last, best_psnr)
+        self.run.checkpoints.save(state, step, self.cfg.keep_last)
         self.ema.module.save_pretrained(self.run.model_dir)
-        if best_psnr is not None:
+
+    def mark_best(self, step: int, psnr: float) -> None:
+        """The state of `step` (saved) validated best: record it and export `best/`."""
+        if self.dist.main:
+            self.run.checkpoints.mark_best(step, psnr)
             self.ema.module.save_pretrained(self.run.best_dir)
 
     def _check_ranks_agree(self, step: int) -> None:
