@@ -1,0 +1,148 @@
+"""Throughput of every tokenizer preset on this machine's CPU; prints one JSON document.
+
+For each preset: forward images/s (eval mode, no grad: the encode/decode path) and
+forward+backward images/s (training mode, loss = mean |reconstruction| + commitment; no
+optimizer step), the median over a few timed iterations after one warm-up, and for the
+GaussianToken presets the share of one profiled forward+backward spent in the rasterizer
+(`kernels.rasterize` forward + backward, from torch.profiler). torch's default thread count.
+Process CPU milliseconds per image are reported beside the rates: on a machine shared with
+other jobs (see the load averages) wall-clock rates drop, CPU time much less.
+
+`imagenet` and `vq-imagenet` run at batch 1 without warm-up, once each (about 3 TFLOP per
+image forward+backward): enough for an order of magnitude, not for a precise figure. Pass
+`--skip-imagenet` to leave them out. The whole run takes about 2-3 minutes on 2 cores.
+
+Usage: .venv/bin/python bench/model.py [--skip-imagenet] [--presets tiny vq-tiny] > out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import gtok
+
+# preset -> (batch, timed iterations, warm-up iterations)
+PLAN = {
+    "tiny": (32, 3, 1),
+    "vq-tiny": (32, 3, 1),
+    "cifar": (8, 2, 1),
+    "vq-cifar": (8, 2, 1),
+    "imagenet": (1, 1, 0),
+    "vq-imagenet": (1, 1, 0),
+}
+RASTER_EVENTS = (
+    "_RasterizeFunction",  # forward
+    "autograd::engine::evaluate_function: _RasterizeFunctionBackward",
+)
+
+
+def _train_step(model: torch.nn.Module, images: torch.Tensor) -> None:
+    out = model(images)
+    (out.reconstruction.abs().mean() + out.commit_loss).backward()
+
+
+def _rates(fn, images: torch.Tensor, iters: int, warmup: int) -> dict[str, float]:
+    """Images/s (median and best iteration) and process CPU milliseconds per image."""
+    for _ in range(warmup):
+        fn(images)
+    times = []
+    cpu_start = time.process_time()
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn(images)
+        times.append(time.perf_counter() - start)
+    batch = images.shape[0]
+    return {
+        "median": batch / statistics.median(times),
+        "best": batch / min(times),
+        "cpu_ms": 1e3 * (time.process_time() - cpu_start) / (iters * batch),
+    }
+
+
+def _profiled_step(model: torch.nn.Module, images: torch.Tensor) -> tuple[float, float]:
+    """Wall seconds of one profiled forward+backward, and the share spent in the rasterizer."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        _train_step(model, images)
+        total = time.perf_counter() - start
+    raster_us = sum(e.time_range.elapsed_us() for e in prof.events() if e.name in RASTER_EVENTS)
+    return total, raster_us / 1e6 / total
+
+
+def bench_preset(name: str, batch: int, iters: int, warmup: int) -> dict:
+    """Rates of one preset; with one iteration and no warm-up (the 256px presets) the single
+    forward+backward is the profiled one."""
+    model = gtok.build_tokenizer(name, seed=0)
+    size = model.config.image_size
+    images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    result: dict = {
+        "batch": batch,
+        "image_size": size,
+        "tokens": model.config.num_tokens,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "timed_iterations": iters,
+    }
+    model.train()
+    with torch.no_grad():  # the first training forward runs the codebook's k-means init
+        model(images[:1])
+    gaussian = model.config.kind == "gaussian"
+    if iters == 1 and warmup == 0:
+        cpu_start = time.process_time()
+        seconds, share = _profiled_step(model, images)
+        cpu_ms = 1e3 * (time.process_time() - cpu_start) / batch
+        train = {"median": batch / seconds, "best": batch / seconds, "cpu_ms": cpu_ms}
+    else:
+        train = _rates(lambda x: _train_step(model, x), images, iters, warmup)
+        share = _profiled_step(model, images)[1]
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        infer = _rates(model, images, iters, warmup)
+    result["forward_img_s"] = round(infer["median"], 2)
+    result["forward_img_s_best"] = round(infer["best"], 2)
+    result["forward_backward_img_s"] = round(train["median"], 2)
+    result["forward_backward_img_s_best"] = round(train["best"], 2)
+    result["forward_cpu_ms_per_img"] = round(infer["cpu_ms"], 1)
+    result["forward_backward_cpu_ms_per_img"] = round(train["cpu_ms"], 1)
+    if gaussian:
+        result["rasterizer_share_of_forward_backward"] = round(share, 4)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-imagenet", action="store_true", help="leave out the 256px presets")
+    parser.add_argument("--presets", nargs="+", choices=list(PLAN), default=list(PLAN))
+    args = parser.parse_args()
+    report: dict = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "presets": {},
+    }
+    began = time.perf_counter()
+    for name in args.presets:
+        batch, iters, warmup = PLAN[name]
+        if args.skip_imagenet and name.endswith("imagenet"):
+            report["presets"][name] = {"skipped": "--skip-imagenet"}
+            continue
+        print(f"bench: {name} (batch {batch})", file=sys.stderr, flush=True)
+        report["presets"][name] = bench_preset(name, batch, iters, warmup)
+    report["seconds"] = round(time.perf_counter() - began, 1)
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
