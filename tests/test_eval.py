@@ -296,3 +296,22 @@ def test_chunks_come_back_in_shard_order():
                    chunk(0, 2, True), chunk(2, 0, True)]  # fmt: skip
     order = [c.keys[0] for c in in_shard_order(interleaved)]
     assert order == ["0-0", "0-1", "0-2", "1-0", "1-1", "2-0", "3-0"]
+
+
+def test_lpips_too_small_images_are_unavailable_not_an_error():
+    from gtok.evaluate import MetricNets, Scorer
+    from gtok.metrics import LPIPS
+
+    nets = MetricNets(lpips={"lpips_alex": LPIPS("alex")})  # AlexNet needs 31 px
+    scorer = Scorer(nets, codebook_size=None, has_geometry=False)
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    scorer.add(["a", "b"], images, images.flip(-1))
+    result = scorer.result()
+    assert "31 px" in result["unavailable"]["lpips_alex"] and "lpips_alex" not in result
+    assert result["psnr"] == pytest.approx(float(psnr_reference(images, images.flip(-1))))
+    assert [set(row) for row in scorer.rows()] == [{"key", "psnr", "ssim"}] * 2
+    assert "needs tokens" in result["unavailable"]["codebook"]
+
+
+def psnr_reference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(np.mean([numpy_psnr(x, y) for x, y in zip(a, b, strict=True)]))

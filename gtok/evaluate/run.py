@@ -39,6 +39,7 @@ from gtok.evaluate.sources import (
     ModelReconstructor,
     Reconstruction,
     Reconstructor,
+    ReferenceBatch,
     StoreReconstructor,
     folder_image_size,
     reference_batches,
@@ -107,6 +108,7 @@ def _evaluate(
     device: torch.device,
     grid_images: int,
 ) -> EvalResult:
+    """Score every reconstructor on the originals of `shards` (the shared driver)."""
     if batch_size < 1:
         raise GtokError(f"--batch-size must be at least 1, got {batch_size}.")
     if limit is not None and limit < 1:
@@ -114,21 +116,66 @@ def _evaluate(
     started = time.perf_counter()
     nets = load_metric_nets(weights, skip=skip_metrics, device=device)
     scorers: list[Scorer] = []
-    for r in reconstructors:
+    for r in reconstructors:  # the second shares the first's Inception statistics
+        reference = scorers[0] if scorers else None
         scorers.append(
             Scorer(
                 nets,
                 codebook_size=r.codebook_size,
                 has_geometry=r.has_geometry,
-                reference=scorers[0] if scorers else None,
+                reference=reference,
                 device=device,
             )
         )
-    skipped: list[dict] = []
-    grid: list[GridSample] = []
     batches = reference_batches(
         shards, preprocess, batch_size=batch_size, workers=workers, limit=limit
     )
+    skipped, grid = _score(batches, reconstructors, scorers, limit, grid_images)
+    if scorers[0].n == 0:
+        raise GtokError(
+            f"no image could be scored ({len(skipped)} samples skipped"
+            + (f", e.g. {skipped[0]['key']}: {skipped[0]['reason']}" if skipped else "")
+            + "); check the shards and the reconstructions."
+        )
+    document = scorers[0].result()
+    document["model"] = _model_info(reconstructors[0])
+    if len(scorers) > 1:
+        document["compare"] = scorers[1].result() | {"model": _model_info(reconstructors[1])}
+    document["skipped"] = len(skipped)
+    document["skipped_samples"] = skipped
+    unmatched = getattr(reconstructors[0], "unmatched", None)
+    if unmatched is not None and limit is None:
+        document["unmatched_reconstructions"] = unmatched()
+    seconds = time.perf_counter() - started
+    document["seconds"] = seconds
+    document["images_per_second"] = scorers[0].n / seconds if seconds else 0.0
+    document["protocol"] = {
+        "images": scorers[0].n,
+        "image_size": preprocess.image_size,
+        "preprocessing": preprocess.to_dict(),
+        "limit": limit,
+        "gtok_version": __version__,
+        "device": str(device),
+        "metric_weights": nets.weights,
+        **PROTOCOL,
+    }
+    if skipped and not is_quiet():
+        console.print(f"[yellow]{len(skipped)} samples not scored[/] (reasons in the results)")
+    per_image = [{"tokenizer": t} | row for t, s in enumerate(scorers) for row in s.rows()]
+    return EvalResult(document, per_image, grid, [r.map_size for r in reconstructors])
+
+
+def _score(
+    batches: Iterable[ReferenceBatch],
+    reconstructors: list[Reconstructor],
+    scorers: list[Scorer],
+    limit: int | None,
+    grid_images: int,
+) -> tuple[list[dict], list[GridSample]]:
+    """Reconstruct and score each batch with every reconstructor, on the originals all of
+    them could reconstruct; returns (skipped samples {"key", "reason"}, grid samples)."""
+    skipped: list[dict] = []
+    grid: list[GridSample] = []
     with progress("img") as bar:
         task = bar.add_task("eval", total=limit)
         for batch in batches:
@@ -149,42 +196,7 @@ def _evaluate(
             if len(grid) < grid_images:
                 grid += _grid_samples(keys, originals, outs, kept, grid_images - len(grid))
             bar.advance(task, len(batch.keys))
-    if scorers[0].n == 0:
-        raise GtokError(
-            f"no image could be scored ({len(skipped)} samples skipped"
-            + (f", e.g. {skipped[0]['key']}: {skipped[0]['reason']}" if skipped else "")
-            + "); check the shards and the reconstructions."
-        )
-    seconds = time.perf_counter() - started
-    document = scorers[0].result()
-    document["model"] = _model_info(reconstructors[0])
-    if len(scorers) > 1:
-        document["compare"] = scorers[1].result() | {"model": _model_info(reconstructors[1])}
-    document["skipped"] = len(skipped)
-    document["skipped_samples"] = skipped
-    unmatched = getattr(reconstructors[0], "unmatched", None)
-    if unmatched is not None and limit is None:
-        document["unmatched_reconstructions"] = unmatched()
-    document["seconds"] = seconds
-    document["images_per_second"] = scorers[0].n / seconds if seconds else 0.0
-    document["protocol"] = {
-        "images": scorers[0].n,
-        "image_size": preprocess.image_size,
-        "preprocessing": preprocess.to_dict(),
-        "limit": limit,
-        "gtok_version": __version__,
-        "device": str(device),
-        "metric_weights": nets.weights,
-        **PROTOCOL,
-    }
-    if skipped and not is_quiet():
-        console.print(f"[yellow]{len(skipped)} samples not scored[/] (reasons in the results)")
-    per_image = [
-        {"tokenizer": t, "key": key, **{m: v[i] for m, v in s.per_image.items()}}
-        for t, s in enumerate(scorers)
-        for i, key in enumerate(s.keys)
-    ]
-    return EvalResult(document, per_image, grid, [r.map_size for r in reconstructors])
+    return skipped, grid
 
 
 def _grid_samples(

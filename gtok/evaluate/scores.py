@@ -123,6 +123,15 @@ class Scorer:
         if geometry is not None and self.has_geometry:
             self._geometry.append(geometry.float().cpu().numpy())
 
+    def rows(self) -> list[dict]:
+        """Per scored image: {"key", "psnr", "ssim", "lpips_vgg", "lpips_alex"} (the LPIPS
+        values when computed for every image)."""
+        complete = {m: v for m, v in self.per_image.items() if len(v) == self.n}
+        return [
+            {"key": key, **{m: v[i] for m, v in complete.items()}}
+            for i, key in enumerate(self.keys)
+        ]
+
     def result(self) -> dict:
         """{"n", "psnr", "ssim", "lpips_vgg", "lpips_alex", "rfid", "codebook", "geometry",
         "unavailable"}: each metric present when it could be computed, else its reason is
