@@ -261,6 +261,15 @@ def test_decode_of_encode_equals_the_forward_reconstruction_in_eval(preset):
         assert torch.equal(tokens.geometry, expected)
 
 
+def test_decode_takes_stored_token_dtypes():
+    """Token stores keep uint16 ids and float16 geometry: decode takes them as they are."""
+    model = _trained_once("tiny")
+    tokens = model.encode(_images(model.config, 2))
+    stored = gtok.Tokens(tokens.indices.to(torch.uint16), tokens.geometry.half())
+    expected = model.decode(gtok.Tokens(stored.indices.long(), stored.geometry.float()))
+    assert torch.equal(model.decode(stored), expected)
+
+
 @pytest.mark.parametrize("preset", ["tiny", "vq-tiny"])
 def test_a_seed_makes_building_and_training_forwards_deterministic(preset):
     a, b = (gtok.build_tokenizer(preset, seed=3) for _ in range(2))

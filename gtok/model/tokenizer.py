@@ -107,17 +107,20 @@ class BaseTokenizer(nn.Module):
                 f"got {list(images.shape)}"
             )
 
-    def _check_indices(self, indices: torch.Tensor) -> None:
+    def _checked_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Token ids of any integer dtype and device -> int64 on the model's device."""
         count = self.config.num_tokens
         if indices.ndim != 2 or indices.shape[1] != count:
             raise ValueError(f"indices must be [B, {count}], got {list(indices.shape)}")
         if indices.dtype.is_floating_point or indices.dtype == torch.bool:
             raise ValueError(f"indices must be integers, got {indices.dtype}")
+        indices = indices.to(self.quantize.embed.device, torch.int64)
         if indices.numel() and (indices.min() < 0 or indices.max() >= self.config.codebook_size):
             raise ValueError(
                 f"indices must be in [0, {self.config.codebook_size}), got values in "
                 f"[{int(indices.min())}, {int(indices.max())}]"
             )
+        return indices
 
 
 class GaussianTokenizer(BaseTokenizer):
@@ -173,15 +176,18 @@ class GaussianTokenizer(BaseTokenizer):
 
     @torch.no_grad()
     def decode(self, tokens: Tokens) -> torch.Tensor:
-        """Tokens(indices [B, G], geometry [B, G, 5]) -> images [B, 3, H, W] (unclamped)."""
-        indices, geometry = tokens
-        self._check_indices(indices)
+        """Tokens(indices [B, G], geometry [B, G, 5]) -> images [B, 3, H, W] (unclamped).
+
+        Tokens may be on any device and geometry in any float dtype (token stores keep
+        float16); they are moved to the model's device and float32."""
+        indices = self._checked_indices(tokens.indices)
+        geometry = tokens.geometry
         expected = (indices.shape[0], self.config.num_gaussians, 5)
         if geometry is None or tuple(geometry.shape) != expected:
             got = None if geometry is None else list(geometry.shape)
             raise ValueError(f"geometry must be {list(expected)}, got {got}")
-        geometry = geometry.float()
-        features = self.quantize.lookup(indices.long())  # [B, G, z]
+        geometry = geometry.to(indices.device, torch.float32)
+        features = self.quantize.lookup(indices)  # [B, G, z]
         return self._render_decode(
             geometry[..., 0:2], geometry[..., 2:4], geometry[..., 4], features
         )
@@ -231,9 +237,10 @@ class VQTokenizer(BaseTokenizer):
 
     @torch.no_grad()
     def decode(self, tokens: Tokens) -> torch.Tensor:
-        """Tokens(indices [B, map^2], geometry ignored) -> images [B, 3, H, W] (unclamped)."""
-        self._check_indices(tokens.indices)
-        return self.decoder(self._to_map(self.quantize.lookup(tokens.indices.long())))
+        """Tokens(indices [B, map^2], geometry ignored) -> images [B, 3, H, W] (unclamped).
+        Indices may be on any device."""
+        indices = self._checked_indices(tokens.indices)
+        return self.decoder(self._to_map(self.quantize.lookup(indices)))
 
     def _quantize(self, images: torch.Tensor) -> QuantizerOutput:
         z = self.encoder(images)  # [B, z, map, map]
