@@ -334,10 +334,14 @@ def test_empty_batch_and_no_gaussians():
         assert means.grad.shape == means.shape and not means.grad.any()
 
 
-def test_non_contiguous_inputs():
-    g = gaussians(3, 8, 4, opacities=True, seed=6)
-    strided = {k: torch.stack([v, -v], dim=-1)[..., 0] for k, v in g.items()}  # stride 2
-    assert not any(t.is_contiguous() for t in strided.values())
+@pytest.mark.parametrize("opacities", [True, False])
+def test_non_contiguous_inputs(opacities):
+    g = gaussians(3, 8, 4, opacities=opacities, seed=6)
+    strided = {
+        k: None if v is None else torch.stack([v, -v], dim=-1)[..., 0]  # stride 2
+        for k, v in g.items()
+    }
+    assert not any(t.is_contiguous() for t in strided.values() if t is not None)
     want = render(reference.rasterize, g, 9, 9)
     got = render(kernels.rasterize, strided, 9, 9)
     assert max_rel_err(got, want) <= 1e-5
