@@ -61,8 +61,10 @@ class _RasterizeFunction(torch.autograd.Function):
             out.zero_()
         else:
             kernels = kernels_for(KernelKey(n_c, features.dtype, opacities is not None))
-            inputs = [t.contiguous() for t in (means, scales, rotations, features)]
-            inputs.append(inputs[2] if opacities is None else opacities.contiguous())
+            # Detached: Taichi reads `.grad` of tensors that require grad, which warns for
+            # non-leaf tensors (the model's scales and means are computed).
+            inputs = [t.detach().contiguous() for t in (means, scales, rotations, features)]
+            inputs.append(inputs[2] if opacities is None else opacities.detach().contiguous())
             with runtime.kernel_lock:
                 if features.is_cuda:
                     kernels.forward_gather(*inputs, params, out)

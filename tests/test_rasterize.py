@@ -179,6 +179,17 @@ def test_gradients_only_for_inputs_that_require_them():
     assert g["scales"].grad is None and g["rotations"].grad is None
 
 
+def test_computed_inputs_raise_no_warning(recwarn):
+    """Inputs that are outputs of other ops (as in the model) must not make Taichi touch their
+    `.grad` (torch warns about reading `.grad` of non-leaf tensors)."""
+    g = gaussians(2, 5, 3)
+    leaves = {k: v.clone().requires_grad_() for k, v in g.items() if v is not None}
+    computed = {k: v * 1.0 for k, v in leaves.items()}
+    kernels.rasterize(**computed, height=8, width=8).sum().backward()
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+    assert all(v.grad is not None for v in leaves.values())
+
+
 def test_no_input_requires_grad_gives_a_plain_tensor():
     g = gaussians(2, 5, 3)
     out = render(kernels.rasterize, g, 8, 8)
