@@ -94,13 +94,13 @@ def decode_store(
         raise GtokError(f"--batch-size must be at least 1, got {batch_size}.")
     started = time.perf_counter()
     tokens = TokenStore(store, format="torch")
+    rows = select_rows(tokens, keys=keys, start=start, stop=stop, limit=limit)
     loaded = model_for_store(tokens, model, force=force, device=device)
     if gaussians and loaded.config.kind != "gaussian":
         raise GtokError(
             f"--gaussians needs a GaussianToken model; {loaded.path} is a "
             f"{loaded.config.kind} model without Gaussians."
         )
-    rows = select_rows(tokens, keys=keys, start=start, stop=stop, limit=limit)
     reader = TokenStore(store, format="torch", fields=[*tokens.fields, "keys"])
     writer: SampleWriter = PngFolder(out) if format == "png" else WdsShards(out, shard_size)
     summary = DecodeSummary(
