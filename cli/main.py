@@ -12,6 +12,7 @@ from cli import encode as encode_cmd
 from cli import env as env_cmd
 from cli import eval as eval_cmd
 from cli import info as info_cmd
+from cli import pack as pack_cmd
 from cli import train as train_cmd
 from cli import verify as verify_cmd
 from cli._common import new_app, state
@@ -56,6 +57,7 @@ app.command("verify")(verify_cmd.verify)
 app.command("decode")(decode_cmd.decode)
 app.command("eval")(eval_cmd.eval_command)
 app.command("train")(train_cmd.train)
+app.command("pack")(pack_cmd.pack)
 
 
 def main() -> None:

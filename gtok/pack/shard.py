@@ -1,0 +1,115 @@
+"""One output shard: a WebDataset tar and its stats file, each written whole or not at all.
+
+`SHARDS_DIR/shard-000000.tar` holds, per packed file in pack order, the members
+`<key>.<jpg|png|webp>` (the image), `<key>.cls` (its class id as decimal text, with labels)
+and `<key>.json` (`{"path": relative path, "width", "height", "format", "converted"[,
+"class"]}`). Members carry fixed metadata (mtime 0, mode 0644, no owner), so packing the
+same files twice gives the same bytes. `SHARDS_DIR/shard-000000_stats.json` (as img2dataset
+names them) says what became of every file given to the shard; it is written after the tar,
+so a shard counts as done when its stats file is there.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gtok.data.samples import NO_LABEL
+
+__all__ = ["ShardStats", "ShardWriter", "reason_kind", "shard_name", "stats_name"]
+
+TEMP_SUFFIX = ".partial"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def stats_name(index: int) -> str:
+    return f"shard-{index:06d}_stats.json"
+
+
+def reason_kind(reason: str) -> str:
+    """The fixed part of a skip reason, to count by: `"truncated or corrupt image data (...)"`
+    -> `"truncated or corrupt image data"`, `"not an image: ..."` -> `"not an image"`."""
+    return reason.split(" (", 1)[0].split(":", 1)[0].strip()
+
+
+@dataclass
+class ShardStats:
+    """What became of the files given to one shard. files == count + skipped."""
+
+    shard: str
+    files: int = 0  # entries of the input folder assigned to this shard
+    count: int = 0  # samples written
+    skipped: int = 0
+    converted: int = 0  # stored as PNG (not JPEG, PNG or WebP originally)
+    image_bytes: int = 0  # sum of the stored image members
+    bytes: int = 0  # size of the tar file
+    seconds: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)  # reason_kind -> files
+    skipped_files: list[dict] = field(default_factory=list)  # {"path", "key", "reason"}
+
+    def add(self, image_bytes: int, converted: bool) -> None:
+        """Count a file written as a sample of `image_bytes` bytes."""
+        self.files += 1
+        self.count += 1
+        self.converted += int(converted)
+        self.image_bytes += image_bytes
+
+    def skip(self, path: str, key: str, reason: str) -> None:
+        """Count a file not written, with the reason."""
+        self.files += 1
+        self.skipped += 1
+        self.skipped_files.append({"path": path, "key": key, "reason": reason})
+        kind = reason_kind(reason)
+        self.reasons[kind] = self.reasons.get(kind, 0) + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def read(cls, path: Path) -> ShardStats:
+        return cls(**json.loads(path.read_text()))
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_name(path.name + TEMP_SUFFIX)
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+class ShardWriter:
+    """Writes samples into `folder/shard_name(index)` under a temporary name; `close` renames
+    it into place and returns its size in bytes."""
+
+    def __init__(self, folder: Path, index: int) -> None:
+        self.path = folder / shard_name(index)
+        self._tmp = folder / (shard_name(index) + TEMP_SUFFIX)
+        # closed by `close` or `abort`, which the caller calls in a try/except
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def add(self, key: str, ext: str, image: bytes, label: int, meta: dict) -> None:
+        """One sample: the image bytes, the label (unless `NO_LABEL`) and the metadata."""
+        self._add(f"{key}.{ext}", image)
+        if label != NO_LABEL:
+            self._add(f"{key}.cls", str(label).encode())
+        self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode())
+
+    def close(self) -> int:
+        self._tar.close()
+        os.replace(self._tmp, self.path)
+        return self.path.stat().st_size
+
+    def abort(self) -> None:
+        """Drop the unfinished tar (an interrupted run leaves nothing under the final name)."""
+        self._tar.close()
+        self._tmp.unlink(missing_ok=True)
