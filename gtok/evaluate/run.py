@@ -90,7 +90,7 @@ def _model_info(reconstructor: Reconstructor) -> dict:
     model = reconstructor.model
     if model is None:
         return {"reconstructions": reconstructor.name}
-    info = {"path": str(model.path), "weights_sha256": model.weights_sha256}
+    info = {"path": str(model.path.resolve()), "weights_sha256": model.weights_sha256}
     info.update(preset=model.config.preset, kind=model.config.kind)
     return info
 
