@@ -38,7 +38,12 @@ def encode(
     ] = ...,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="A gtok model directory or training run directory."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="A gtok model directory or training run directory (default: the default "
+            "model shipped with gtok).",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model forward.")] = 64,
     workers: Annotated[
@@ -84,6 +89,8 @@ def encode(
     N-th shard; then one `gtok encode --finalize -o STORE` builds the final arrays.
 
     Example: gtok encode ./shards -o tokens.zarr --model runs/cifar
+
+    Example (the default model shipped with gtok): gtok encode ./shards -o tokens.zarr
 
     Example: gtok encode 'data/train-{000000..000099}.tar' -o train.zarr -m model/
 

@@ -32,7 +32,10 @@ def eval_command(
     model: Annotated[
         str | None,
         typer.Option(
-            "--model", "-m", help="Tokenizer to evaluate (with SHARDS), or to decode a store."
+            "--model",
+            "-m",
+            help="Tokenizer to evaluate (with SHARDS; default: the default model shipped "
+            "with gtok), or to decode a store.",
         ),
     ] = None,
     compare: Annotated[
@@ -139,7 +142,7 @@ def eval_command(
     else:
         if not shards:
             raise typer.BadParameter(
-                "give SHARDS and --model, or --reference SHARDS --reconstructed DIR_OR_STORE."
+                "give SHARDS (and --model), or --reference SHARDS --reconstructed DIR_OR_STORE."
             )
         if size is not None:
             raise typer.BadParameter("--size applies to --reconstructed folders only.")

@@ -1,12 +1,11 @@
 """Encoding datasets into token stores: `encode_shards` (what `gtok encode` runs), the model
 resolution behind `--model`, and the worker split behind `--shard-id/--num-shards`."""
 
-from gtok.encode.model import DEFAULT_MODEL, load_encoding_model, pick_device, resolve_model
+from gtok.encode.model import load_encoding_model, pick_device, resolve_model
 from gtok.encode.run import EncodeSummary, default_workers, encode_shards
 from gtok.encode.split import WorkerSlice, worker_slice
 
 __all__ = [
-    "DEFAULT_MODEL",
     "EncodeSummary",
     "WorkerSlice",
     "default_workers",

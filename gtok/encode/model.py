@@ -8,24 +8,29 @@ from pathlib import Path
 
 import torch
 
+from gtok.console import console, is_quiet
 from gtok.errors import GtokError
 
-__all__ = ["DEFAULT_MODEL", "EncodingModel", "load_encoding_model", "pick_device", "resolve_model"]
-
-# The model `--model` falls back to. Issue 8 ships one in the package; until then, none.
-DEFAULT_MODEL: str | os.PathLike | None = None
+__all__ = ["EncodingModel", "load_encoding_model", "pick_device", "resolve_model"]
 
 
 def resolve_model(model: str | os.PathLike | None) -> Path:
-    """The model directory for `--model` (a model directory or a training run directory)."""
-    from gtok.model.io import resolve_model_dir
+    """The model directory for `--model` (a model directory or a training run directory);
+    None: the default model (`gtok.model.default_model_dir`), announced on stderr."""
+    from gtok.model.default import default_model_dir
+    from gtok.model.io import read_config, resolve_model_dir
 
-    model = DEFAULT_MODEL if model is None else model
-    if model is None:
-        raise GtokError(
-            "No model given; pass --model with a gtok model directory or training run directory."
+    if model is not None:
+        return resolve_model_dir(model)
+    path = default_model_dir()
+    if not is_quiet():
+        config = read_config(path)
+        console.print(
+            f"no --model given: using the default model {path} ({config.preset}, "
+            f"{config.image_size} px, {config.num_tokens} tokens per image)",
+            soft_wrap=True,
         )
-    return resolve_model_dir(model)
+    return path
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

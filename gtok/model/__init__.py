@@ -1,5 +1,6 @@
 """The tokenizer models: config and presets, CNN encoder/decoder, GaussianEmbed, quantizer,
-the two tokenizers, the model directory format and the official-checkpoint converter.
+the two tokenizers, the model directory format, the shipped default model and the
+official-checkpoint converter.
 
 Names are imported on first use, so `gtok.model.config` (and `gtok.PRESETS`) stay cheap to
 import: nothing here imports torch until a model name is asked for.
@@ -25,6 +26,7 @@ __all__ = [
     "VQTokenizer",
     "VectorQuantizer",
     "build_tokenizer",
+    "default_model_dir",
     "load_tokenizer",
     "save_pretrained",
     "weights_sha256",
@@ -45,6 +47,7 @@ _HOME = {
     "Gaussians": "gtok.model.gaussian_embed",
     "QuantizerOutput": "gtok.model.quantizer",
     "VectorQuantizer": "gtok.model.quantizer",
+    "default_model_dir": "gtok.model.default",
     "load_tokenizer": "gtok.model.io",
     "save_pretrained": "gtok.model.io",
     "weights_sha256": "gtok.model.io",
