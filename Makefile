@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint bench bench-gpu
+.PHONY: setup test lint demo bench bench-gpu
 
 setup:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,6 +16,11 @@ test:
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Packs, encodes (default model), decodes and evaluates the photographs shipped in
+# gtok/demo_photos; the report is in demo-out/report/ (a rerun replaces demo-out/).
+demo:
+	$(VENV)/bin/gtok demo -o demo-out
 
 # Each benchmark script prints one JSON document on stdout (names on stderr). Modules
 # starting with _ are shared helpers; raster_gpu.py needs a CUDA GPU: `make bench-gpu`.

@@ -8,6 +8,7 @@ import typer
 
 from cli import convert as convert_cmd
 from cli import decode as decode_cmd
+from cli import demo as demo_cmd
 from cli import encode as encode_cmd
 from cli import env as env_cmd
 from cli import eval as eval_cmd
@@ -58,6 +59,7 @@ app.command("decode")(decode_cmd.decode)
 app.command("eval")(eval_cmd.eval_command)
 app.command("train")(train_cmd.train)
 app.command("pack")(pack_cmd.pack)
+app.command("demo")(demo_cmd.demo)
 
 
 def main() -> None:

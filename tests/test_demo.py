@@ -1,0 +1,106 @@
+"""`gtok demo` end to end on the shipped photographs with a stand-in default model (the fast
+variant of `make demo` that `make test` runs): every part of the output folder exists and
+agrees with the others, a rerun replaces it, a folder of other files is refused."""
+
+from __future__ import annotations
+
+# ruff: noqa: F811  (fixtures imported from defaultkit / evalkit are redefined as test arguments)
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from defaultkit import (  # noqa: F401
+    standin_default,
+    standin_model,
+)
+from evalkit import (  # noqa: F401
+    no_weights,
+    one_thread,
+)
+from PIL import Image
+
+from cli.main import app
+from gtok.data import center_crop, decode_rgb
+from gtok.demo import DEMO_PHOTOS, run_demo
+from gtok.errors import GtokError
+from gtok.store import TokenStore
+
+PHOTOS = sorted(DEMO_PHOTOS.glob("*.jpg"))
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return min(100.0, 10 * np.log10(255.0**2 / mse)) if mse else 100.0
+
+
+def test_demo_end_to_end(runner, tmp_path, standin_default, no_weights):
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert f"using the default model {standin_default}" in result.stderr
+    demo = json.loads(result.stdout)
+    assert demo == json.loads((out / "demo.json").read_text())
+    assert (demo["images"], demo["skipped"], demo["tokens_per_image"]) == (36, 0, 64)
+    assert demo["model"] == str(standin_default)
+    assert set(demo["unavailable"]) == {"lpips_vgg", "lpips_alex", "rfid"}
+    assert set(demo["steps"]) == {"pack", "encode", "decode", "eval"}
+    # the shards hold the 36 photographs, the store one row of tokens per photograph
+    assert len(PHOTOS) == 36
+    assert sorted(p.name for p in (out / "shards").glob("*.tar")) == [
+        "shard-000000.tar",
+        "shard-000001.tar",
+        "shard-000002.tar",
+    ]
+    store = TokenStore(out / "tokens.zarr")
+    assert len(store) == 36
+    assert store.model_path == str(standin_default.resolve())
+    # report: metrics, a grid of the six whole photographs, one CSV row per photograph
+    metrics = json.loads(Path(demo["metrics_file"]).read_text())
+    assert metrics["n"] == 36 and metrics["psnr"] == demo["psnr"]
+    assert metrics["grid"]["keys"] == [f"shard-000000.tar/01-{n}" for n in _names()]
+    assert metrics["grid"]["columns"] == ["original", "reconstruction", "gaussians"]
+    grid = Image.open(demo["grid_file"])
+    assert grid.height > 6 * 256 and grid.width > 3 * 256
+    with open(out / "report" / "per_image.csv") as f:
+        assert len(list(csv.DictReader(f))) == 36
+    # the decoded PNGs score as the report says, computed here from the photographs
+    scores = []
+    for photo in PHOTOS:
+        shard = f"shard-{PHOTOS.index(photo) // 12:06d}.tar"
+        recon = out / "recon" / shard / f"{photo.stem}.png"
+        assert recon.with_name(f"{photo.stem}.gaussians.png").is_file()
+        original, _ = center_crop(decode_rgb(photo.read_bytes()), 64)
+        scores.append(_psnr(np.asarray(original), np.asarray(Image.open(recon).convert("RGB"))))
+    assert np.mean(scores) == pytest.approx(demo["psnr"], abs=0.05)
+
+
+def _names() -> list[str]:
+    return sorted(p.stem.split("-", 1)[1] for p in PHOTOS if p.stem.startswith("01-"))
+
+
+def test_demo_rerun_replaces_and_refuses_other_folders(
+    runner, tmp_path, standin_default, no_weights
+):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for photo in PHOTOS[:3]:
+        shutil.copy(photo, mine / photo.name)
+    out = tmp_path / "demo"
+    first = run_demo(out, photos=mine)
+    (mine / PHOTOS[0].name).unlink()
+    args = ["demo", "-o", str(out), "--photos", str(mine)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    assert first.images == 3
+    assert result.stdout.startswith("2 images, 64 tokens each: PSNR ")
+    assert "not computed: lpips_vgg, lpips_alex, rfid (their weight files" in result.stdout
+    assert f"{out}/report/grid.png" in result.stdout
+    assert len(TokenStore(out / "tokens.zarr")) == 2
+    assert not list((out / "recon").rglob(f"{PHOTOS[0].stem}.png"))  # the old run is gone
+    (out / "notes.txt").write_text("keep")
+    with pytest.raises(GtokError, match=r"notes\.txt"):
+        run_demo(out, photos=mine)
+    assert (out / "notes.txt").exists() and (out / "tokens.zarr").exists()
