@@ -15,7 +15,8 @@
 Model: the `tiny` preset (64 px, 64 Gaussians), randomly initialized with a k-means codebook;
 images: the first `--images` samples of /work/shared/data/photos64 when present, else
 generated 64x64 JPEGs (both as in bench/encode.py, whose helpers are reused). Each figure
-is the median of `--repeats` runs.
+is the median of `--repeats` runs; the runs compared with each other alternate, so that
+both see the same machine load (this machine is shared: note `load_average_1min`).
 """
 
 from __future__ import annotations
@@ -53,10 +54,6 @@ def _standin_lpips_vgg(folder: Path) -> None:
     torch.save({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")},
                folder / "vgg16-397923af.pth")  # fmt: skip
     torch.save({k: v for k, v in state.items() if k.startswith("lin")}, folder / "vgg.pth")
-
-
-def _median_rate(run, repeats: int) -> float:
-    return round(statistics.median(run() for _ in range(repeats)), 2)
 
 
 def _decode_forward_rate(model_dir: Path, store: Path, batch_size: int) -> float:
@@ -113,9 +110,11 @@ def main() -> None:
                  for _ in range(args.repeats)]  # fmt: skip
         decode = round(statistics.median(r[0] for r in rates), 2)
         forward = round(statistics.median(r[1] for r in rates), 2)
-        plain = _median_rate(lambda: eval_rate(["lpips_vgg", "lpips_alex", "rfid"]), args.repeats)
         _standin_lpips_vgg(weights)
-        with_lpips = _median_rate(lambda: eval_rate(["lpips_alex", "rfid"]), args.repeats)
+        evals = [(eval_rate(["lpips_vgg", "lpips_alex", "rfid"]), eval_rate(["lpips_alex", "rfid"]))
+                 for _ in range(args.repeats)]  # fmt: skip
+        plain = round(statistics.median(r[0] for r in evals), 2)
+        with_lpips = round(statistics.median(r[1] for r in evals), 2)
     print(
         json.dumps(
             {
