@@ -20,6 +20,7 @@ from evalkit import (  # noqa: F401
     one_thread,
     shards,
 )
+from PIL import Image
 
 import gtok
 from cli.main import app
@@ -131,3 +132,8 @@ def test_the_shipped_model_loads_is_tiny_and_small(monkeypatch):
     assert tok.config.preset == "tiny"
     assert (tok.config.image_size, tok.config.num_tokens) == (64, 64)
     assert sum(p.stat().st_size for p in SHIPPED_FILES) <= MAX_BYTES
+    drawn_with = Image.open(REPO / "docs" / "token.png").text.get("gtok-weights-sha256")
+    assert drawn_with == gtok.model.weights_sha256(SHIPPED_MODEL_DIR), (
+        "docs/token.png was drawn with other weights than the shipped model's; "
+        "run .venv/bin/python tools/make_token_figure.py"
+    )
