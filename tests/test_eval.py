@@ -214,14 +214,18 @@ def test_compare_scores_both_models_on_the_same_images(
     assert "lpips_vgg unavailable" in table.stdout
 
 
-def test_limit_and_usage_errors(no_weights, shards, model, runner):
+def test_limit_default_model_and_usage_errors(no_weights, shards, model, runner, monkeypatch):
     assert run_eval(runner, str(shards), "-m", str(model), "--limit", "4")["n"] == 4
+    monkeypatch.setenv("GTOK_DEFAULT_MODEL", str(model))  # what runs without --model
+    default = run_eval(runner, str(shards), "--limit", "2")
+    assert default["model"]["path"] == str(model.resolve()) and default["n"] == 2
     nothing = runner.invoke(app, ["eval"])
     assert nothing.exit_code == 2
     mixed = runner.invoke(app, ["eval", str(shards), "--reference", str(shards)])
     assert mixed.exit_code == 2 and "--reconstructed" in mixed.stderr
+    monkeypatch.setenv("GTOK_DEFAULT_MODEL", str(no_weights / "no-model"))
     no_model = runner.invoke(app, ["eval", str(shards), "--workers", "0"])
-    assert no_model.exit_code == 1 and "--model" in no_model.stderr
+    assert no_model.exit_code == 1 and "does not exist" in no_model.stderr
 
 
 def test_standin_weights_make_lpips_and_rfid_available(standin_weights, shards, model, runner):
