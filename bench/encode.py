@@ -4,11 +4,18 @@ Prints one JSON document:
 - forward_images_per_s: `tok.encode` alone on decoded images already in memory, same batch
   size and device (the ceiling); encode_images_per_s: `encode_shards` end to end on the
   same images from their tar shards (decode + crop in `--workers` spawned processes, model,
-  writing parts, finalize), for each worker count in `--workers`; ratio = encode / forward
-  (target >= 0.9). decode_images_per_s: the decoding pipeline alone, no model.
+  writing parts, finalize; model loading and hashing included), for each worker count in
+  `--workers`; ratio = encode / forward (target >= 0.9). Forward and encode runs alternate
+  `--repeats` times and medians are reported, so both see the same machine load.
+  decode_images_per_s_one_core: the decoding pipeline alone in this process, no model.
+  cpu_seconds_per_image: CPU time of this process per image, forward alone vs encode with
+  `--workers 0` (all work in-process), and their ratio: on a shared, loaded machine wall
+  clock rates swing by 2x between runs, CPU time much less.
 - bytes_per_image on disk (every file of the finished store) vs raw_token_bytes_per_image
   (uint16 ids + float16 geometry, uncompressed).
-- random-batch reads (rows/s, batches of `--read-batch` random rows): TokenStore from Zarr,
+- random-batch reads (rows/s of indices + geometry, batches of `--read-batch` random rows)
+  from a store of `--read-rows` rows (the encoded rows repeated, written like any store):
+  TokenStore from the Zarr files (its direct shard reader, and zarr-python's path),
   TokenStore(in_memory=True), and numpy memmaps of the same arrays as .npy files (warm page
   cache, like a store read twice).
 
@@ -17,7 +24,10 @@ when present, else generated 64x64 JPEGs. Model: `--model DIR`, else the `tiny` 
 (64 px, 64 Gaussians) randomly initialized with its codebook k-means-initialized on one
 batch, so tokens use many codes as a trained model's do.
 
-Usage: .venv/bin/python bench/encode.py [--images 2000] [--workers 0 1] > bench-encode.json
+On a machine shared with other jobs, pass `--threads 1`: with more torch threads than free
+cores, OpenMP threads spin while they wait and both wall and CPU time swing by 2-5x.
+
+Usage: .venv/bin/python bench/encode.py [--images 1024] [--workers 0 1] [--threads 1] > out.json
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gtok.data import EncodeStream, Preprocess, expand_shards, loader, to_model_input
 from gtok.data.tario import read_tar
-from gtok.encode import encode_shards, load_encoding_model
+from gtok.encode import default_workers, encode_shards, load_encoding_model
 from gtok.store import TokenStore
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos64"
@@ -101,27 +111,62 @@ def _decoded(shards: list[Path], preprocess: Preprocess, batch_size: int, worker
     return batches, sum(len(b) for b in batches) / elapsed
 
 
-def _forward_rate(model, batches: list[torch.Tensor]) -> float:
+def _forward_rate(model, batches: list[torch.Tensor]) -> tuple[float, float]:
+    """(images/s, CPU seconds of this process per image) of the model alone."""
     with torch.inference_mode():
         model.tokenizer.encode(to_model_input(batches[0].to(model.device)))  # warm-up
         if model.device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for batch in batches:
             tokens = model.tokenizer.encode(to_model_input(batch.to(model.device)))
             tokens.indices.cpu()
-        elapsed = time.perf_counter() - start
-    return sum(len(b) for b in batches) / elapsed
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    images = sum(len(b) for b in batches)
+    return images / elapsed, cpu / images
+
+
+def _tiled_store(source: Path, out: Path, rows: int) -> Path:
+    """A store of `rows` rows made by repeating `source`'s rows, written like any store."""
+    from dataclasses import replace
+
+    from gtok.store import Location, Part, StoreWriter, finalize_store
+    from gtok.store.writer import open_root, read_header
+
+    small = TokenStore(source, fields=("indices", "geometry", "keys"))
+    everything = small[0 : len(small)]
+    header, _ = read_header(open_root(Location(str(source))))
+    per_part = 16384
+    names = tuple(f"tile-{i:04d}.tar" for i in range(-(-rows // per_part)))
+    writer = StoreWriter.open(str(out), replace(header, shard_names=names, shard_urls=names))
+    for number, name in enumerate(names):
+        count = min(per_part, rows - number * per_part)
+        take = np.arange(count) % len(small)
+        writer.write_part(
+            Part(
+                shard=name,
+                indices=everything["indices"][take],
+                geometry=everything["geometry"][take],
+                keys=[f"{name}/{i:06d}" for i in range(count)],
+                labels=np.full(count, -1, np.int32),
+                samples=count,
+            )
+        )
+    finalize_store(str(out))
+    return out
 
 
 def _read_rates(store_path: Path, scratch: Path, batch: int, batches: int) -> dict:
-    """Rows/s of random batches: Zarr TokenStore, in-memory TokenStore, numpy memmap."""
-    store = TokenStore(store_path)
-    memory = TokenStore(store_path, in_memory=True)
-    arrays = {name: store[0 : len(store)][name] for name in ("indices", "geometry")}
+    """Rows/s of random batches (indices + geometry): TokenStore from the Zarr files (direct
+    shard reader, and zarr-python's path), TokenStore(in_memory=True), numpy memmaps."""
+    from gtok.store import rowread
+
+    fields = ("indices", "geometry")
+    store = TokenStore(store_path, fields=fields)
+    memory = TokenStore(store_path, fields=fields, in_memory=True)
     maps = {}
-    for name, values in arrays.items():
-        np.save(scratch / f"{name}.npy", values)
+    for name in fields:
+        np.save(scratch / f"{name}.npy", store[0 : len(store)][name])
         maps[name] = np.load(scratch / f"{name}.npy", mmap_mode="r")
     rng = np.random.default_rng(0)
     picks = [rng.integers(0, len(store), batch) for _ in range(batches)]
@@ -133,56 +178,87 @@ def _read_rates(store_path: Path, scratch: Path, batch: int, batches: int) -> di
             read(rows)
         return batch * batches / (time.perf_counter() - start)
 
-    zarr_rate = rate(lambda rows: store[rows])
-    memory_rate = rate(lambda rows: memory[rows])
-    memmap_rate = rate(lambda rows: {n: np.asarray(m[rows]) for n, m in maps.items()})
+    direct = rate(lambda rows: store[rows])
+    original = rowread.RowReader.open
+    rowread.RowReader.open = classmethod(lambda cls, folder, array: None)
+    try:
+        via_zarr_store = TokenStore(store_path, fields=fields)
+        via_zarr = rate(lambda rows: via_zarr_store[rows])
+    finally:
+        rowread.RowReader.open = original
+    in_memory = rate(lambda rows: memory[rows])
+    memmap = rate(lambda rows: {n: np.asarray(m[rows]) for n, m in maps.items()})
     return {
+        "rows_in_store": len(store),
         "batch_rows": batch,
         "batches": batches,
-        "tokenstore_zarr_rows_per_s": round(zarr_rate),
-        "tokenstore_in_memory_rows_per_s": round(memory_rate),
-        "numpy_memmap_rows_per_s": round(memmap_rate),
-        "zarr_vs_memmap": round(zarr_rate / memmap_rate, 3),
+        "tokenstore_rows_per_s": round(direct),
+        "tokenstore_via_zarr_python_rows_per_s": round(via_zarr),
+        "tokenstore_in_memory_rows_per_s": round(in_memory),
+        "numpy_memmap_rows_per_s": round(memmap),
+        "tokenstore_vs_memmap": round(direct / memmap, 4),
+        "in_memory_vs_memmap": round(in_memory / memmap, 3),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--per-shard", type=int, default=500)
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--per-shard", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--workers", type=int, nargs="+", default=[default_workers()])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model", default=None)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
     parser.add_argument("--read-batch", type=int, default=256)
+    parser.add_argument("--read-rows", type=int, default=200_000)
     parser.add_argument("--read-batches", type=int, default=50)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="gtok-bench-encode-") as tmp:
         scratch = Path(tmp)
         model_dir = Path(args.model) if args.model else _bench_model(scratch / "model")
         shards, origin = _write_shards(scratch, args.images, args.per_shard)
         model = load_encoding_model(model_dir, args.device)
         preprocess = Preprocess(model.config.image_size)
-        batches, decode_rate = _decoded(shards, preprocess, args.batch_size, max(args.workers))
-        forward = _forward_rate(model, batches)
-        runs = {}
-        for workers in args.workers:
-            out = scratch / f"tokens-w{workers}.zarr"
-            summary = encode_shards(
-                shards,
-                out,
-                model_dir,
-                batch_size=args.batch_size,
-                workers=workers,
-                device=args.device,
-            )
-            runs[str(workers)] = {
-                "encode_images_per_s": round(summary.images_per_second, 1),
-                "ratio_to_forward": round(summary.images_per_second / forward, 3),
-                "seconds": round(summary.seconds, 2),
+        batches, decode_rate = _decoded(shards, preprocess, args.batch_size, 0)
+        forward_rates: list[float] = []
+        forward_cpu: list[float] = []
+        encode_rates: dict[int, list[float]] = {w: [] for w in args.workers}
+        encode_cpu: list[float] = []
+        for repeat in range(args.repeats):  # interleaved: both see the same machine load
+            rate, cpu = _forward_rate(model, batches)
+            forward_rates.append(rate)
+            forward_cpu.append(cpu)
+            for workers in args.workers:
+                out = scratch / f"tokens-w{workers}-{repeat}.zarr"
+                cpu_start = time.process_time()
+                summary = encode_shards(
+                    shards,
+                    out,
+                    model_dir,
+                    batch_size=args.batch_size,
+                    workers=workers,
+                    device=args.device,
+                )
+                encode_rates[workers].append(summary.images_per_second)
+                if workers == 0:  # everything in this process: its CPU time is the whole cost
+                    encode_cpu.append((time.process_time() - cpu_start) / summary.encoded)
+        forward = float(np.median(forward_rates))
+        runs = {
+            str(w): {
+                "encode_images_per_s": round(float(np.median(rates)), 1),
+                "ratio_to_forward": round(float(np.median(rates)) / forward, 3),
+                "each_run": [round(r, 1) for r in rates],
             }
+            for w, rates in encode_rates.items()
+        }
         best = max(runs, key=lambda w: runs[w]["encode_images_per_s"])
-        info_store = scratch / f"tokens-w{best}.zarr"
+        info_store = scratch / f"tokens-w{best}-0.zarr"
         files = [p for p in info_store.rglob("*") if p.is_file()]
         store = TokenStore(info_store)
         raw = store.num_tokens * (2 + 5 * 2)
@@ -201,16 +277,28 @@ def main() -> None:
             },
             "batch_size": args.batch_size,
             "forward_images_per_s": round(forward, 1),
-            "decode_images_per_s": round(decode_rate, 1),
-            "decode_workers": max(args.workers),
+            "forward_each_run": [round(r, 1) for r in forward_rates],
+            "decode_images_per_s_one_core": round(decode_rate, 1),
             "encode_by_workers": runs,
             "best_ratio": runs[best]["ratio_to_forward"],
+            "cpu_seconds_per_image": {
+                "forward": round(float(np.median(forward_cpu)), 4),
+                "encode_workers_0": round(float(np.median(encode_cpu)), 4) if encode_cpu else None,
+                "ratio": round(float(np.median(forward_cpu) / np.median(encode_cpu)), 3)
+                if encode_cpu
+                else None,
+            },
             "store": {
                 "bytes_per_image": round(sum(p.stat().st_size for p in files) / len(store), 1),
                 "raw_token_bytes_per_image": raw,
                 "files": len(files),
             },
-            "random_reads": _read_rates(info_store, scratch, args.read_batch, args.read_batches),
+            "random_reads": _read_rates(
+                _tiled_store(info_store, scratch / "tiled.zarr", args.read_rows),
+                scratch,
+                args.read_batch,
+                args.read_batches,
+            ),
         }
     json.dump(report, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -151,6 +151,7 @@ def odd_samples() -> list[tuple[Sample, str | None]]:
         (("empty", {"jpg": b""}), "empty image member"),
         (("bomb", {"png": bomb_png()}), "decompression bomb"),
         (("no_image", {"json": b"{}", "txt": b"caption"}), "no image member"),
+        (("sliver", {"png": encode(Image.new("1", (1, 400_000)), "PNG")}), "extreme aspect ratio"),
         (("bad_label", {"jpg": good_jpeg, "cls": b"cat"}), "unreadable .cls label"),
         (("plain", {"jpg": good_jpeg}), "duplicate key"),
     ]

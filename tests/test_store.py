@@ -21,6 +21,7 @@ from gtok.store import (
     schema,
 )
 from gtok.store import finalize as finalize_module
+from gtok.store.info import store_info
 from gtok.store.rowread import RowReader
 
 G = 4  # tokens per image in these tests
@@ -126,6 +127,8 @@ def test_unfinished_store_is_refused_and_finalize_lists_missing(tmp_path):
     with pytest.raises(GtokError, match="not finished"):
         TokenStore(tmp_path / "s.zarr")
     assert writer.completed() == {"a.tar"}
+    info = store_info(tmp_path / "s.zarr")
+    assert (info["state"], info["shards_done"], info["input_shards"]) == ("encoding", 1, 3)
 
 
 def test_part_without_completion_mark_is_redone(tmp_path, monkeypatch):

@@ -104,7 +104,15 @@ class _CenterPrepare:
             max_pixels=self.preprocess.max_pixels,
             background=self.preprocess.background,
         )
-        crop, upscaled = center_crop(img, self.preprocess.image_size, self.preprocess.resize_to)
+        resize = self.preprocess.resize_to
+        width, height = img.size
+        resized = resize * int(resize * max(width, height) / min(width, height))
+        if resized > self.preprocess.max_pixels:
+            raise ImageRejected(
+                f"extreme aspect ratio: {width}x{height} resized to a shorter side of {resize} "
+                f"would have {resized} pixels, over the limit of {self.preprocess.max_pixels}"
+            )
+        crop, upscaled = center_crop(img, self.preprocess.image_size, resize)
         return Decoded(raw.key, _pixels(crop), label, upscaled)
 
 
@@ -129,7 +137,10 @@ def decode_shard(url: str, prepare: Prepare) -> Iterator[Decoded | Skipped | Sha
             yield Skipped(item.key, item.problem)
             continue
         try:
-            yield prepare(item, index)
+            decoded = prepare(item, index)
         except ImageRejected as exc:
-            yield Skipped(item.key, str(exc))
+            decoded = Skipped(item.key, str(exc))
+        except Exception as exc:  # one odd sample must not end a long run: record it instead
+            decoded = Skipped(item.key, f"unexpected {type(exc).__name__} ({exc})")
+        yield decoded
     yield ShardEnd(samples, problem)

@@ -69,6 +69,11 @@ class ShardChunk:
     upscaled: int = 0
     end: ShardEnd | None = None
 
+    def pin_memory(self) -> ShardChunk:
+        """Called by a DataLoader with `pin_memory=True`: page-lock the pixels for fast H2D."""
+        self.images = self.images.pin_memory()
+        return self
+
 
 class EncodeStream(IterableDataset):
     """Decoded, centre-cropped samples of `shards`, as `ShardChunk`s of at most `batch_size`."""
