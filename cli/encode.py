@@ -9,7 +9,7 @@ import typer
 
 from cli._common import ConfigOption, JsonFlag, print_json
 from cli._tokens import ShardsArgument
-from gtok.console import console
+from gtok.console import console, is_quiet
 from gtok.data.images import DEFAULT_MAX_PIXELS
 
 
@@ -137,8 +137,8 @@ def encode(
     )
     if summary.store_counts is not None:
         _print_counts(summary.store, summary.store_counts)
-    if summary.next_step:
-        console.print(summary.next_step)
+    if summary.next_step and not is_quiet():
+        console.print(summary.next_step, soft_wrap=True)
 
 
 def _print_counts(store: str, counts: dict) -> None:

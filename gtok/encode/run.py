@@ -195,7 +195,7 @@ def encode_shards(
     todo = [r for r in mine if r.name not in done]
     summary = EncodeSummary(
         store=str(writer.location),
-        model=str(loaded.path),
+        model=str(loaded.path.resolve()),
         weights_sha256=loaded.weights_sha256,
         worker=asdict(part_of),
         shards_total=len(refs),
