@@ -8,6 +8,11 @@ GaussianToken presets the share of one profiled forward+backward spent in the ra
 Process CPU milliseconds per image are reported beside the rates: on a machine shared with
 other jobs (see the load averages) wall-clock rates drop, CPU time much less.
 
+OpenMP threads spin while they wait by default; when other jobs share the cores, a spinning
+thread steals the time its partner needs and a 2-thread run on this machine fell to a third
+of its 1-thread speed. So unless OMP_WAIT_POLICY is already set, this script sets it to
+PASSIVE (threads sleep while they wait) before torch starts; the JSON records the policy.
+
 `imagenet` and `vq-imagenet` run at batch 1 without warm-up, once each (about 3 TFLOP per
 image forward+backward): enough for an order of magnitude, not for a precise figure. Pass
 `--skip-imagenet` to leave them out. The whole run takes about 2-3 minutes on 2 cores.
@@ -24,6 +29,8 @@ import platform
 import statistics
 import sys
 import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -126,6 +133,7 @@ def main() -> None:
     report: dict = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],

@@ -8,12 +8,13 @@ Presets:
   its table): 32x32 -> 16x16 map, 64 Gaussians, z = 3; 256x256 -> 32x32 map,
   256 Gaussians, z = 8; codebook 1024; ch 128, 4 ResBlocks per level.
 - `tiny`: 64x64 input, 64 Gaussians on a 16x16 map (the cifar preset's render size, so
-  GaussianEmbed and the rasterizer run at the authors' cifar scale), small enough to train on
-  a 2-core CPU: `bench/model.py` measures it (target: 25 images/s forward+backward at batch
-  32). The CNN dominates the cost and most of it is at full resolution, so the base width
-  is 32 (the least with 32 GroupNorm groups), the first two levels keep it (ch_mult
-  (1, 1, 2)), and each level has one ResBlock. On one core this trains at about 48 ms per
-  image (ch_mult (1, 2, 2): 70 ms; the GaussianEmbed alone takes about 20 ms).
+  GaussianEmbed and the rasterizer run unchanged at the authors' cifar scale), z = 8,
+  codebook 1024; small enough to train on a 2-core CPU (target: 25 images/s
+  forward+backward at batch 32, `bench/model.py`). GaussianEmbed costs about 20 ms of CPU
+  per image there whatever the CNN, so the CNN is cut to fit the rest: base width 32 (the
+  least with 32 GroupNorm groups) at every level (ch_mult (1, 1, 1)) and one ResBlock per
+  level. Forward+backward on one core of the 2-core machine takes 42 ms of CPU per image
+  (ch_mult (1, 1, 2): 47; (1, 2, 2): 70), 24 images/s, so two cores need to add only 5%.
 - `vq-tiny`, `vq-cifar`, `vq-imagenet`: plain VQGAN baselines from the same encoder/decoder
   family that quantize every cell of a feature map with as many cells as the matching
   preset has Gaussians (8x8 = 64, 8x8 = 64, 16x16 = 256), with the same codebook and z. The
@@ -195,7 +196,7 @@ PRESETS: dict[str, TokenizerConfig] = {
             preset="tiny",
             image_size=64,
             ch=32,
-            ch_mult=(1, 1, 2),
+            ch_mult=(1, 1, 1),
             num_res_blocks=1,
             map_size=16,
             z_dim=8,
@@ -223,7 +224,7 @@ PRESETS: dict[str, TokenizerConfig] = {
             preset="vq-tiny",
             image_size=64,
             ch=32,
-            ch_mult=(1, 1, 2, 2),
+            ch_mult=(1, 1, 1, 1),
             num_res_blocks=1,
             embed_dim=8,
             map_size=8,
