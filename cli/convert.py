@@ -29,9 +29,9 @@ def convert_official(
 ) -> None:
     """Convert a GaussianToken checkpoint released by the paper's authors.
 
-    Reads it without unpickling (torch.load weights_only), checks every key and shape against
-    the authors' model, takes the EMA weights, and writes config.json + model.safetensors.
-    Numeric agreement with the authors' own code is not verified yet.
+    Reads it without unpickling and checks every key and shape against the authors' model.
+
+    Writes their EMA weights as config.json + model.safetensors (numbers not yet verified).
 
     Example: gtok convert-official cifar-gqgan-gs64-cb1024/last.ckpt -o models/cifar
     """
