@@ -204,6 +204,25 @@ def test_a_resume_with_other_settings_is_refused_naming_them(data, reference, tm
         train(_config(data, lr=1e-3, seed=5, workers=1, log_every=2), reference)
 
 
+def test_lpips_weight_files_given_by_flag_make_it_a_loss_and_a_metric(data, tmp_path):
+    """Random weights in the torchvision and lpips layouts: the files load, LPIPS enters the
+    loss and the validation, and the run records which files it used."""
+    from gtok.metrics.lpips import LPIPS
+
+    untrained = LPIPS("vgg")
+    vgg, heads = tmp_path / "vgg16-features.pth", tmp_path / "heads.pth"
+    torch.save(untrained.net.state_dict(), vgg)
+    torch.save({k: v for k, v in untrained.state_dict().items() if k.startswith("lin")}, heads)
+    config = _config(data, steps=2, lpips_weights=str(heads), vgg_weights=str(vgg))
+    result = train(config, tmp_path / "run")
+    assert result.lpips is True and "lpips" in result.val
+    assert all("lpips" in r for r in _records(tmp_path / "run", "train"))
+    record = json.loads((tmp_path / "run" / "train.json").read_text())["lpips"]
+    assert record == {"used": True, "files": {"vgg16": str(vgg), "lpips-vgg": str(heads)}}
+    with pytest.raises(GtokError, match=r"vgg\.pth was not found at .*missing\.pth"):
+        train(_config(data, lpips_weights=str(tmp_path / "missing.pth")), tmp_path / "other")
+
+
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
     calls = []
     real_l1 = step_module.l1_loss

@@ -116,6 +116,12 @@ class TrainBatch:
     skipped: list[SkipRecord]
     error: str | None = None
 
+    def pin_memory(self) -> TrainBatch:
+        """Called by a DataLoader with pin_memory=True (CUDA): page-lock the pixels."""
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
+
 
 @dataclass(frozen=True)
 class _RandomPrepare:

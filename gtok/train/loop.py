@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from gtok.console import console
+from gtok.console import console, is_quiet
 from gtok.data.shards import expand_shards
 from gtok.errors import GtokError
 from gtok.train.config import TrainConfig, tokenizer_config
@@ -107,6 +107,8 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
     streams = max(1, resolved.workers)
     if dist.main:
         session.write_run_record(shards, val_shards, num_samples)
+    if step >= steps:
+        return _already_done(session, run)
     loader = train_loader(
         session.stream_spec(rank_shards(shards, dist.rank, dist.world)),
         session.stream_positions(streams),
@@ -166,6 +168,24 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
     result.skipped = session.skipped
     result.best = run.checkpoints.best() if dist.main else None
     return result
+
+
+def _already_done(session: Session, run: RunDir) -> TrainResult:
+    """The result of rerunning a finished run: nothing to train."""
+    if session.dist.main and not is_quiet():
+        console.print(f"{run.root} already finished its {session.cfg.steps} steps.")
+    return TrainResult(
+        rank=session.dist.rank,
+        run_dir=run.root,
+        step=session.step,
+        steps=session.cfg.steps,
+        resumed_from=session.resumed_from,
+        stopped=None,
+        images_per_s=0.0,
+        skipped=session.skipped,
+        lpips=session.lpips_used,
+        best=run.checkpoints.best() if session.dist.main else None,
+    )
 
 
 def _due(step: int, every: int, steps: int) -> bool:
@@ -232,6 +252,7 @@ class _Window:
         self.steps = 0
         self.images = 0
         self.since = time.perf_counter()
+        self.cpu_since = time.process_time()
 
     def add(self, values: dict[str, torch.Tensor], images: int) -> None:
         for key, value in values.items():
@@ -240,11 +261,13 @@ class _Window:
         self.images += images
 
     def flush(self, dist: Dist) -> dict[str, float]:
-        """Means over the window and the ranks, plus images/s of the whole job."""
+        """Means over the window and the ranks, images/s of the whole job, and the CPU
+        seconds this process (all its threads, not its data workers) used in the window."""
         keys = sorted(self.sums)
         totals = dist.sum([float(self.sums[k]) for k in keys])
         means = {k: t / (self.steps * dist.world) for k, t in zip(keys, totals, strict=True)}
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         means["img_per_s"] = self.images / max(now - self.since, 1e-9)
-        self.sums, self.steps, self.images, self.since = {}, 0, 0, now
+        means["process_cpu_s"] = cpu - self.cpu_since
+        self.sums, self.steps, self.images, self.since, self.cpu_since = {}, 0, 0, now, cpu
         return means
