@@ -194,6 +194,9 @@ def test_a_kill_while_writing_a_checkpoint_keeps_the_last_one_and_resume_finishe
     resumed = train(_config(data), run_dir)
     assert (resumed.resumed_from, resumed.step) == (2, 4)
     _assert_same_training(_final_state(run_dir), _final_state(reference))
+    for folder in (run_dir, reference):  # skip records of steps 3-4 written once, not twice
+        lines = (folder / "skipped.jsonl").read_text().splitlines()
+        assert len(lines) == resumed.skipped
 
 
 def test_a_resume_with_other_settings_is_refused_naming_them(data, reference, tmp_path):

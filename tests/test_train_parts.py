@@ -162,6 +162,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
         assert torch.equal(state["w"], torch.full((2_000_000,), float(state["step"])))
         for step in folder.steps():  # no half-written file under a final name
             assert torch.load(folder.path(step), weights_only=True)["step"] == step
+        folder.remove_stale()
         assert not [p for p in (tmp_path / "ck").iterdir() if ".tmp-" in p.name]
 
 

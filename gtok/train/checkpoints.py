@@ -65,14 +65,15 @@ class CheckpointDir:
             if step not in protected:
                 self.path(step).unlink(missing_ok=True)
 
-    def load_latest(self) -> dict[str, Any] | None:
-        """The newest state that loads, or None when there is none.
-
-        Leftover temporary files of a killed writer are removed first. A state file that
-        cannot be read (a damaged disk: atomic writes never leave half a file under a final
-        name) is reported and the next older one is tried.
-        """
+    def remove_stale(self) -> None:
+        """Delete the temporary files of a writer that was killed (rank 0, at start)."""
         remove_stale(self.folder)
+
+    def load_latest(self) -> dict[str, Any] | None:
+        """The newest state that loads, or None when there is none (temporary files of a
+        killed writer are never read). A state file that cannot be read (a damaged disk:
+        atomic writes never leave half a file under a final name) is reported and the next
+        older one is tried."""
         for step in reversed(self.steps()):
             path = self.path(step)
             try:

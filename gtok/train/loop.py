@@ -141,7 +141,7 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
             if dist.any(batch.error is not None):
                 errors = [e for e in dist.gather(batch.error) if e]
                 raise GtokError(f"Training stopped at step {step}: {errors[0]}.")
-            session.note_skipped(batch.skipped, step)
+            session.note_skipped(batch.skipped, step + 1)
             images = to_model_input(batch.pixels, dist.device)
             lr = lr_at(step, resolved.lr, resolved.warmup_steps, steps)
             session.stepper.set_lr(lr)

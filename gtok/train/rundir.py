@@ -61,7 +61,9 @@ class RunDir:
         return self.root / "samples" / f"step-{step:06d}.png"
 
     def create(self) -> None:
+        """Make the folders and delete what a killed writer left half-written."""
         (self.root / "samples").mkdir(parents=True, exist_ok=True)
+        self.checkpoints.remove_stale()
 
     def write_settings(self, document: dict[str, Any]) -> None:
         atomic_write_bytes(self.settings_path, (json.dumps(document, indent=2) + "\n").encode())
@@ -72,6 +74,12 @@ class RunDir:
 
     def log_skipped(self, records: list[dict[str, Any]]) -> None:
         _append(self.skipped_path, records)
+
+    def has_val_skips(self) -> bool:
+        """Whether skipped.jsonl already lists the validation samples passed over."""
+        if not self.skipped_path.is_file():
+            return False
+        return any('"split": "val"' in line for line in self.skipped_path.open())
 
     def truncate_logs(self, step: int) -> None:
         """Drop log lines of steps after `step` (from a run interrupted after its last

@@ -92,7 +92,7 @@ class Session:
         self.positions: list[tuple[int, int]] | None = None
         self._rng: dict | None = None
         self._pending: list[dict[str, Any]] = []
-        self._val_skips_logged = False
+        self._val_skips_logged = False  # rank 0: skipped.jsonl lists the validation skips
         if saved is not None:
             self._restore(saved)
 
@@ -222,10 +222,13 @@ class Session:
             },
         }
         run.write_settings(document)
+        self._val_skips_logged = run.has_val_skips()
         event = "resume" if self.resumed_from is not None else "start"
         run.log({"kind": "event", "event": event, "step": self.step, "time": time.time()})
 
     def note_skipped(self, records: list[SkipRecord], step: int) -> None:
+        """Training samples passed over in the batch of step number `step` (1-based, as
+        the train records count steps, so a resume drops exactly the later ones)."""
         self._local_skipped += len(records)
         self._pending += [
             {"step": step, "split": "train", "shard": s, "key": k, "reason": r}
@@ -233,14 +236,11 @@ class Session:
         ]
 
     def note_val_skipped(self, records: list[SkipRecord], step: int) -> None:
-        """Record validation samples passed over (the same ones at every evaluation: logged
-        once per process)."""
-        if not self._val_skips_logged:
-            self._pending += [
-                {"step": step, "split": "val", "shard": s, "key": k, "reason": r}
-                for s, k, r in records
-            ]
-            self._val_skips_logged = True
+        """Validation samples passed over (the same ones at every evaluation: rank 0 writes
+        them once per run)."""
+        self._pending += [
+            {"step": step, "split": "val", "shard": s, "key": k, "reason": r} for s, k, r in records
+        ]
 
     def _flush_skipped(self) -> list[int]:
         """Gather every rank's skip records to rank 0 and append them to skipped.jsonl;
@@ -248,7 +248,11 @@ class Session:
         gathered = self.dist.gather((self._pending, self._local_skipped))
         self._pending = []
         if self.dist.main:
-            self.run.log_skipped([r for records, _ in gathered for r in records])
+            records = [r for pending, _ in gathered for r in pending]
+            if self._val_skips_logged:
+                records = [r for r in records if r["split"] != "val"]
+            self._val_skips_logged |= any(r["split"] == "val" for r in records)
+            self.run.log_skipped(records)
         counts = [count for _, count in gathered]
         self.skipped = sum(counts)
         return counts
