@@ -244,6 +244,27 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_p
     assert events[-1]["event"] == "diverged" and events[-1]["step"] == 3
 
 
+def test_the_save_refuses_when_ranks_hold_different_weights():
+    """The check every save runs under torchrun, fed another rank's different digest."""
+    from types import SimpleNamespace
+
+    from gtok.train.ema import ModelEMA
+
+    model = torch.nn.Linear(2, 2)
+
+    class TwoRanks:
+        active, world = True, 2
+
+        def gather(self, digest):
+            return [digest, digest.replace(digest[0], "x")]
+
+    fake = SimpleNamespace(model=model, ema=ModelEMA(model), disc=model, dist=TwoRanks())
+    with pytest.raises(RuntimeError, match="2 processes hold different weights at step 7"):
+        Session._check_ranks_agree(fake, 7)
+    TwoRanks.gather = lambda self, digest: [digest, digest]
+    Session._check_ranks_agree(fake, 7)  # equal digests pass
+
+
 def test_two_gloo_processes_under_torchrun_agree(data, tmp_path):
     run_dir = tmp_path / "run"
     torchrun = Path(sys.executable).parent / "torchrun"
