@@ -43,6 +43,7 @@ from gtok.data.samples import (
     image_member,
 )
 from gtok.data.shards import ShardRef
+from gtok.data.stream import to_model_input as pixels_to_input
 from gtok.data.tario import RawSample, split_member_name
 from gtok.data.transforms import Preprocess, center_crop, random_resized_crop
 
@@ -63,9 +64,9 @@ SkipRecord = tuple[str, str, str]  # (shard file name, sample key or "" for the 
 
 
 def to_model_input(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 [B, S, S, 3] -> float32 [B, 3, S, S] in [-1, 1] on `device` (0 -> -1, 255 -> 1)."""
-    images = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    return images.div_(127.5).sub_(1.0)
+    """uint8 [B, S, S, 3] -> float32 [B, 3, S, S] in [-1, 1] on `device` (0 -> -1, 255 -> 1):
+    `gtok.data.to_model_input` after the move to `device`."""
+    return pixels_to_input(pixels.to(device, non_blocking=True))
 
 
 def rank_shards(shards: Sequence[ShardRef], rank: int, world: int) -> tuple[ShardRef, ...]:
