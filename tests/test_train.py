@@ -24,8 +24,14 @@ import gtok.train.step as step_module
 from cli.main import app
 from gtok.errors import GtokError
 from gtok.model.io import load_tokenizer
+from gtok.model.tokenizer import build_from_config
 from gtok.train import TrainConfig, train
+from gtok.train.config import tokenizer_config
+from gtok.train.discriminator import PatchDiscriminator
+from gtok.train.distributed import Dist
+from gtok.train.losses import LeCam
 from gtok.train.session import Session
+from gtok.train.step import TrainStep
 
 SMALL = {"num_gaussians": 16, "codebook_size": 64}
 BAD = [(f"broken-{i}", {"jpg": b"not a jpeg"}) for i in range(3)]
@@ -224,6 +230,20 @@ def test_lpips_weight_files_given_by_flag_make_it_a_loss_and_a_metric(data, tmp_
     assert record == {"used": True, "files": {"vgg16": str(vgg), "lpips-vgg": str(heads)}}
     with pytest.raises(GtokError, match=r"vgg\.pth was not found at .*missing\.pth"):
         train(_config(data, lpips_weights=str(tmp_path / "missing.pth")), tmp_path / "other")
+
+
+@pytest.mark.parametrize("gan_weight", [0.0, 0.1])
+def test_the_discriminator_trains_only_when_the_gan_loss_has_a_weight(data, gan_weight):
+    cfg = _config(data, gan_weight=gan_weight, gan_start_step=0).resolve(None, 1)
+    torch.manual_seed(0)
+    model = build_from_config(tokenizer_config(cfg)).train()
+    disc = PatchDiscriminator().train()
+    before = [p.detach().clone() for p in disc.parameters()]
+    step = TrainStep(model, disc, LeCam(), None, cfg, Dist(0, 1, torch.device("cpu")), "fp32")
+    out = step(torch.rand(2, 3, 32, 32) * 2 - 1, 0)
+    changed = any(not torch.equal(a, b) for a, b in zip(before, disc.parameters(), strict=True))
+    assert out.finite and changed == (gan_weight > 0)
+    assert ("d_loss" in out.values) == ("gen" in out.values) == (gan_weight > 0)
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):

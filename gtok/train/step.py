@@ -3,9 +3,9 @@
 Tokenizer loss: l1 * L1 + lpips * LPIPS + commit * commitment + gan * generator loss (the
 last only from `gan_start_step`). Discriminator loss, from step 0: hinge + lecam * LeCam.
 Both networks are updated every step with their own optimizer, gradient clipping and (fp16
-only) gradient scaler. Under torch.distributed both are wrapped in DDP; the discriminator
-sees real and fake images in one DDP call (`_RealFake`) so each gets its own BatchNorm
-statistics, as in taming's VQGAN loss.
+only) gradient scaler; with a GAN weight of 0 the discriminator is left untrained. Under
+torch.distributed both are wrapped in DDP; the discriminator sees real and fake images in one
+DDP call (`_RealFake`) so each gets its own BatchNorm statistics, as in taming's VQGAN loss.
 """
 
 from __future__ import annotations
@@ -116,13 +116,37 @@ class TrainStep:
     def __call__(self, images: torch.Tensor, step: int) -> StepOutput:
         """Train on images [B, 3, S, S] in [-1, 1]; `step` is the 0-based step index.
 
-        Nothing is updated when a loss or (outside fp16, where the scaler handles it) a
-        gradient norm is not finite on some rank: the caller stops the run.
+        The discriminator is trained only when the GAN loss has a weight: with
+        `gan_weight` 0 it would never be used. Nothing is updated when a loss or (outside
+        fp16, where the scaler handles it) a gradient norm is not finite on some rank: the
+        caller stops the run.
         """
-        cfg = self.cfg
-        use_gan = step >= cfg.gan_start_step and cfg.gan_weight > 0
+        train_disc = self.cfg.gan_weight > 0
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_d.zero_grad(set_to_none=True)
+        values, recon = self._generator_backward(images, step)
+        if train_disc:
+            values.update(self._discriminator_backward(images, recon))
+        values = {k: v.detach().float() for k, v in values.items()}
+        checked = [k for k in ("loss", "d_loss", "g_grad_norm", "d_grad_norm") if k in values]
+        if self.scaler_g.is_enabled():  # fp16: the scalers skip steps whose gradients overflow
+            checked = [k for k in checked if not k.endswith("grad_norm")]
+        bad = not bool(torch.isfinite(torch.stack([values[k] for k in checked])).all())
+        if self.dist.any(bad):
+            return StepOutput(values, recon, finite=False)
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
+        if train_disc:
+            self.scaler_d.step(self.opt_d)
+            self.scaler_d.update()
+        return StepOutput(values, recon, finite=True)
+
+    def _generator_backward(
+        self, images: torch.Tensor, step: int
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Tokenizer loss and gradients (clipped) -> (values, detached reconstruction)."""
+        cfg = self.cfg
+        use_gan = step >= cfg.gan_start_step and cfg.gan_weight > 0
         self.disc.requires_grad_(False)
         with self._autocast():
             out = self.g(images)
@@ -141,34 +165,28 @@ class TrainStep:
         self.scaler_g.scale(loss).backward()
         g_norm = self._clip(self.model.parameters(), self.scaler_g, self.opt_g)
         self.disc.requires_grad_(True)
+        values.update(loss=loss, usage=out.usage, perplexity=out.perplexity, g_grad_norm=g_norm)
+        return values, recon.detach()
+
+    def _discriminator_backward(
+        self, images: torch.Tensor, recon: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Discriminator loss (hinge + LeCam) on real images and detached reconstructions,
+        and its gradients (clipped) -> values."""
         with self._autocast():
-            logits_real, logits_fake = self.d(images, recon.detach())
+            logits_real, logits_fake = self.d(images, recon)
             hinge = hinge_d_loss(logits_real, logits_fake)
             lecam = self.lecam(logits_real, logits_fake)
-            d_loss = hinge + cfg.lecam_weight * lecam
+            d_loss = hinge + self.cfg.lecam_weight * lecam
         self.scaler_d.scale(d_loss).backward()
         d_norm = self._clip(self.disc.parameters(), self.scaler_d, self.opt_d)
-        values.update(
-            loss=loss,
-            d_loss=d_loss,
-            lecam=lecam,
-            logits_real=logits_real.float().mean(),
-            logits_fake=logits_fake.float().mean(),
-            usage=out.usage,
-            perplexity=out.perplexity,
-            g_grad_norm=g_norm,
-            d_grad_norm=d_norm,
-        )
-        values = {k: v.detach().float() for k, v in values.items()}
-        checked = [loss, d_loss] if self.scaler_g.is_enabled() else [loss, d_loss, g_norm, d_norm]
-        bad = not bool(torch.isfinite(torch.stack([v.detach().float() for v in checked])).all())
-        if self.dist.any(bad):
-            return StepOutput(values, recon.detach(), finite=False)
-        self.scaler_g.step(self.opt_g)
-        self.scaler_g.update()
-        self.scaler_d.step(self.opt_d)
-        self.scaler_d.update()
-        return StepOutput(values, recon.detach(), finite=True)
+        return {
+            "d_loss": d_loss,
+            "lecam": lecam,
+            "logits_real": logits_real.float().mean(),
+            "logits_fake": logits_fake.float().mean(),
+            "d_grad_norm": d_norm,
+        }
 
     def state_dict(self) -> dict:
         return {
