@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 from shardmaker import clean_samples, jpeg, write_clean_shards, write_tar
-from test_encode import SMALL
+from test_encode import SMALL, one_thread  # noqa: F401  (re-exported: autouse fixture)
 
 from gtok.data import center_crop, decode_rgb, to_tensor
 from gtok.encode import encode_shards
@@ -34,15 +34,6 @@ WEIGHT_VARS = (
     "GTOK_LPIPS_ALEX_WEIGHTS",
     "GTOK_INCEPTION_WEIGHTS",
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is shared: one torch thread is many times faster than two here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 VQ32 = {k: SMALL32[k] for k in ("image_size", "ch", "ch_mult", "map_size", "num_res_blocks")}

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 from defaultkit import (  # noqa: F401
-    save_standin,
     standin_default,
     standin_model,
 )
@@ -35,6 +34,7 @@ from evalkit import (  # noqa: F401
 )
 from shardmaker import write_tar
 
+import gtok
 from cli.main import app
 from gtok.demo import DEMO_PHOTOS
 from gtok.store import TokenStore
@@ -132,8 +132,6 @@ def workspace(tmp_path, runner, standin_model, no_weights) -> Path:
         args = ["pack", str(tmp_path / "photos"), "-o", str(tmp_path / name), "--per-shard", "1"]
         assert runner.invoke(app, args).exit_code == 0
     shutil.copytree(standin_model, tmp_path / "runs" / "cifar")
-    import gtok
-
     vq = gtok.build_tokenizer("vq-tiny", seed=1)
     vq.eval().save_pretrained(tmp_path / "runs" / "vq-cifar")
     return tmp_path
