@@ -77,7 +77,12 @@ def train(
     l1_weight: Annotated[float, _opt("Weight of the L1 loss.", _LOSS)] = 1.0,
     lpips_weight: Annotated[float, _opt("Weight of the LPIPS-VGG loss.", _LOSS)] = 1.0,
     commit_weight: Annotated[float, _opt("Weight of the commitment loss.", _LOSS)] = 0.25,
-    gan_weight: Annotated[float, _opt("Weight of the generator (GAN) loss.", _LOSS)] = 0.1,
+    gan_weight: Annotated[
+        float,
+        _opt(
+            "Weight of the generator (GAN) loss; 0 also leaves the discriminator untrained.", _LOSS
+        ),
+    ] = 0.1,
     lecam_weight: Annotated[float, _opt("Weight of the LeCam regularizer.", _LOSS)] = 0.05,
     gan_start_step: Annotated[
         int | None, _opt("First step with the GAN loss (default: 1/6 of the steps).", _LOSS)
