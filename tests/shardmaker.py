@@ -156,3 +156,61 @@ def odd_samples() -> list[tuple[Sample, str | None]]:
         (("plain", {"jpg": good_jpeg}), "duplicate key"),
     ]
     return cases
+
+
+# ---- hostile tars, written block by block ------------------------------------------------
+
+_BLOCK = 512
+
+
+def _padded(data: bytes) -> bytes:
+    return data + bytes(-len(data) % _BLOCK)
+
+
+def tar_member(name: str, data: bytes) -> bytes:
+    """One GNU-format member (header + data padded to blocks). `name` may hold surrogate
+    escapes (`"a\\udcff.jpg"`): they are written as the raw bytes they stand for."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    header = info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
+    return header + _padded(data)
+
+
+def sparse_member(name: str, claimed: int, stored: bytes = b"\xff\xd8") -> bytes:
+    """An old-GNU sparse member (type `S`) of `claimed` bytes (< 8 GiB) that stores only
+    `stored` at offset 0: a few bytes on disk, `claimed` bytes when read."""
+    header = bytearray(_BLOCK)
+    header[0:100] = name.encode().ljust(100, b"\0")
+    header[100:108] = b"0000644\0"
+    header[108:124] = b"0000000\0" * 2  # uid, gid
+    header[124:136] = b"%011o\0" % len(stored)
+    header[136:148] = b"%011o\0" % 0  # mtime
+    header[156:157] = b"S"
+    header[257:265] = b"ustar  \0"
+    header[386:410] = b"%011o\0%011o\0" % (0, len(stored))  # the one data region
+    header[483:495] = b"%011o\0" % claimed  # real size
+    header[148:156] = b"%06o\0 " % (sum(header) + 8 * ord(" "))
+    return bytes(header) + _padded(stored)
+
+
+def pax_size_member(name: str, claimed: int, stored: bytes = b"\xff\xd8") -> bytes:
+    """A PAX member whose `size` record claims `claimed` bytes, followed by only `stored`."""
+    info = tarfile.TarInfo(name)
+    info.size = claimed
+    return info.tobuf(tarfile.PAX_FORMAT) + _padded(stored)
+
+
+def huge_pax_header(claimed: int) -> bytes:
+    """A PAX extended header (type `x`) that claims to be `claimed` bytes long itself."""
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type = tarfile.XHDTYPE
+    info.size = claimed
+    return info.tobuf(tarfile.GNU_FORMAT) + _padded(b"30 path=never-read-anyway.jpg\n")
+
+
+def write_raw_tar(path: str | Path, members: list[bytes], *, end: bool = True) -> Path:
+    """Concatenate member blocks into a tar, with the end-of-archive blocks when `end`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(members) + (bytes(2 * _BLOCK) if end else b""))
+    return path

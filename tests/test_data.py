@@ -8,15 +8,23 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 from shardmaker import (
     clean_samples,
     encode,
     exif_rotated_jpeg,
+    huge_pax_header,
+    jpeg,
     odd_samples,
+    pax_size_member,
     pixels,
     png16_rgb,
+    sparse_member,
+    tar_member,
     write_clean_shards,
+    write_raw_tar,
     write_tar,
 )
 
@@ -41,7 +49,9 @@ from gtok.data import (
     to_tensor,
 )
 from gtok.data.samples import center_prepare
+from gtok.data.tario import escape_name, unescape_name
 from gtok.errors import GtokError
+from gtok.train.data import count_samples
 
 # ---- shard specs ------------------------------------------------------------------------
 
@@ -153,6 +163,82 @@ def test_read_tar_empty_garbage_and_missing(tmp_path):
         assert isinstance(problem, TarProblem) and words in problem.reason
     (problem,) = list(read_tar(str(tmp_path / "gone.tar")))
     assert "cannot read" in problem.reason
+
+
+def _around(tmp_path, hostile: bytes, *, end: bool = True) -> str:
+    """A tar: sample 000 (jpg + cls), the hostile member, sample 002 (jpg)."""
+    before = tar_member("000.jpg", jpeg(0)) + tar_member("000.cls", b"0")
+    after = tar_member("002.jpg", jpeg(2))
+    return str(write_raw_tar(tmp_path / "hostile.tar", [before, hostile, after], end=end))
+
+
+def test_a_huge_sparse_member_is_skipped_unread_and_reading_goes_on(tmp_path):
+    # 300 MiB: over the default limit, yet harmless if a regression read it (tests/
+    # test_hostile_inputs.py reads 6 GB ones under a memory limit)
+    url = _around(tmp_path, sparse_member("001.jpg", 300 << 20))
+    got = list(read_tar(url))
+    assert [(s.key, sorted(s.files)) for s in got] == [
+        ("000", ["cls", "jpg"]),
+        ("001", []),
+        ("002", ["jpg"]),
+    ]
+    assert [s.problem for s in got] == [
+        None,
+        "member 001.jpg is 314572800 bytes, over the limit of 268435456 bytes per member "
+        "(--max-member-bytes)",
+        None,
+    ]
+    # a limit above the member's real size reads it (zeros where the sparse map has holes)
+    small = tmp_path / "small"
+    url = _around(small, sparse_member("001.jpg", 3000, b"\xff\xd8"))
+    middle = list(read_tar(url, max_member_bytes=3000))[1]
+    assert middle.problem is None and middle.files["jpg"] == b"\xff\xd8" + bytes(2998)
+    assert "over the limit of 2999 bytes" in list(read_tar(url, max_member_bytes=2999))[1].problem
+
+
+def test_a_pax_size_of_10_to_the_12_is_skipped_and_the_tar_is_truncated(tmp_path):
+    got = list(read_tar(_around(tmp_path, pax_size_member("001.jpg", 10**12))))
+    assert [s.key for s in got[:-1]] == ["000", "001"]
+    assert got[0].problem is None
+    assert got[1].problem.startswith("member 001.jpg is 1000000000000 bytes, over the limit")
+    assert isinstance(got[-1], TarProblem) and "truncated or corrupt" in got[-1].reason
+
+
+def test_a_pax_header_claiming_10_to_the_12_bytes_ends_the_tar_as_corrupt(tmp_path):
+    url = _around(tmp_path, huge_pax_header(10**12))
+    sample, problem = list(read_tar(url))
+    assert sample.key == "000" and "incomplete" in sample.problem
+    assert problem.reason == (
+        "tar is truncated or corrupt (a tar header claims 1000000000000 bytes, over the limit "
+        "of 268435456 bytes per member (--max-member-bytes))"
+    )
+    (problem,) = list(
+        read_tar(str(write_raw_tar(tmp_path / "first.tar", [huge_pax_header(10**12)])))
+    )
+    assert problem.reason.startswith("not a readable tar (a tar header claims")
+    assert count_samples(expand_shards([url])) == 1  # training's count reads no more
+
+
+def test_non_utf8_member_names_give_reversible_utf8_keys(tmp_path):
+    members = [("a\udcff.jpg", jpeg(1)), ("100%.jpg", jpeg(2)), ("x%41y.jpg", jpeg(3))]
+    url = write_raw_tar(tmp_path / "names.tar", [tar_member(n, d) for n, d in members])
+    got = list(read_tar(str(url)))
+    assert [(s.key, s.problem) for s in got] == [("a%FF", None), ("100%", None), ("x%2541y", None)]
+    assert [unescape_name(s.key) for s in got] == [b"a\xff", b"100%", b"x%41y"]
+    assert count_samples(expand_shards([url])) == 3
+
+
+@given(st.binary(max_size=40) | st.text(alphabet="%aF0/.\xff\udcff", max_size=12).map(os.fsencode))
+def test_escape_name_is_reversible_valid_utf8(raw):
+    text = escape_name(raw)
+    assert unescape_name(text) == raw
+    text.encode("utf-8")  # strict: no surrogates
+    try:
+        plain = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    if "%" not in plain:
+        assert text == plain  # valid UTF-8 without "%" keeps its name as it is
 
 
 # ---- image decoding ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from gtok.data.images import IMAGE_EXTENSIONS, ImageRejected, decode_rgb
-from gtok.data.tario import RawSample, TarProblem, read_tar
+from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, RawSample, TarProblem, read_tar
 from gtok.data.transforms import Preprocess, center_crop
 
 __all__ = [
@@ -120,15 +120,18 @@ def _pixels(img: Image.Image) -> np.ndarray:
     return np.array(img, dtype=np.uint8)  # writable: torch.from_numpy needs that
 
 
-def decode_shard(url: str, prepare: Prepare) -> Iterator[Decoded | Skipped | ShardEnd]:
+def decode_shard(
+    url: str, prepare: Prepare, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+) -> Iterator[Decoded | Skipped | ShardEnd]:
     """Decode every sample of the tar at `url`; never raises for bad data.
 
     `prepare(raw, index)` turns sample number `index` (0-based, in tar order) into a
-    `Decoded` or raises `ImageRejected` with the reason.
+    `Decoded` or raises `ImageRejected` with the reason. A sample with a member over
+    `max_member_bytes` is skipped without reading that member (`read_tar`).
     """
     samples = 0
     problem = None
-    for item in read_tar(url):
+    for item in read_tar(url, max_member_bytes):
         if isinstance(item, TarProblem):
             problem = item.reason
             continue

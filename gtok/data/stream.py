@@ -35,7 +35,7 @@ from gtok.data.samples import (
     parse_label,
 )
 from gtok.data.shards import ShardRef
-from gtok.data.tario import RawSample
+from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, RawSample
 from gtok.data.transforms import Preprocess, random_resized_crop, sample_rng
 
 __all__ = ["EncodeStream", "ImageDataset", "ShardChunk", "loader", "to_model_input"]
@@ -76,14 +76,22 @@ class ShardChunk:
 
 
 class EncodeStream(IterableDataset):
-    """Decoded, centre-cropped samples of `shards`, as `ShardChunk`s of at most `batch_size`."""
+    """Decoded, centre-cropped samples of `shards`, as `ShardChunk`s of at most `batch_size`;
+    samples with a member over `max_member_bytes` are skipped without reading it."""
 
-    def __init__(self, shards: Sequence[ShardRef], preprocess: Preprocess, batch_size: int):
+    def __init__(
+        self,
+        shards: Sequence[ShardRef],
+        preprocess: Preprocess,
+        batch_size: int,
+        max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.shards = list(shards)
         self.preprocess = preprocess
         self.batch_size = batch_size
+        self.max_member_bytes = max_member_bytes
 
     def _empty(self) -> torch.Tensor:
         size = self.preprocess.image_size
@@ -107,7 +115,7 @@ class EncodeStream(IterableDataset):
         prepare = center_prepare(self.preprocess)
         decoded: list[Decoded] = []
         skipped: list[Skipped] = []
-        for item in decode_shard(self.shards[index].url, prepare):
+        for item in decode_shard(self.shards[index].url, prepare, self.max_member_bytes):
             if isinstance(item, ShardEnd):
                 chunk = self._chunk(index, decoded, skipped)
                 chunk.end = item

@@ -10,17 +10,46 @@ read to its end, one final `TarProblem`. A tar that stops without its end-of-arc
 (the writer died, or a copy was cut short) or with garbage where a header should be is a
 problem too, and then the sample being read when it stopped is reported as incomplete
 rather than guessed complete. Python's `tarfile` would otherwise end such a tar silently.
+
+Memory stays bounded by `max_member_bytes`, whatever the headers claim: a member larger than
+that (a sparse member that unpacks to gigabytes, a PAX `size` of 10^12) is not read: its
+sample gets the reason and the reading goes on past it. No single read from the tar is
+larger either, so a PAX or GNU long-name header that claims to be huge ends the tar as
+corrupt instead of being read whole.
+
+Names are bytes in a tar. `escape_name` turns them into text that is always valid UTF-8 (so
+keys can be stored) and that `unescape_name` turns back into the same bytes: valid UTF-8
+stays as it is, each byte that is not valid UTF-8 becomes `%XX` (upper-case hex), and a `%`
+that is followed by two hex digits becomes `%25`. Only names holding such a `%` (`a%20b`)
+get other keys than gtok versions before this escaping gave them.
 """
 
 from __future__ import annotations
 
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["RawSample", "TarProblem", "read_tar", "split_member_name"]
+__all__ = [
+    "DEFAULT_MAX_MEMBER_BYTES",
+    "RawSample",
+    "TarProblem",
+    "escape_name",
+    "member_name",
+    "open_tar",
+    "read_tar",
+    "split_member_name",
+    "unescape_name",
+]
+
+DEFAULT_MAX_MEMBER_BYTES = 256 << 20  # far above any real image, far below any machine's memory
 
 _BLOCK = 512
+_CUT = "incomplete: the tar is cut inside this sample"
+_TO_ESCAPE = re.compile("%(?=[0-9A-Fa-f]{2})|[\udc80-\udcff]")
+_ESCAPED = re.compile("%([0-9A-Fa-f]{2})")
+_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # a name's bytes <-> its str
 
 
 @dataclass
@@ -43,6 +72,31 @@ class TarProblem:
     reason: str
 
 
+def _escape_one(match: re.Match) -> str:
+    char = match.group()
+    return "%25" if char == "%" else f"%{ord(char) - 0xDC00:02X}"
+
+
+def escape_name(raw: bytes) -> str:
+    """A tar member name's bytes as valid UTF-8 text that `unescape_name` reverses (module doc)."""
+    return _TO_ESCAPE.sub(_escape_one, raw.decode(**_ENCODING))
+
+
+def _unescape_one(match: re.Match) -> str:
+    byte = int(match.group(1), 16)
+    return chr(byte) if byte < 0x80 else chr(0xDC00 + byte)
+
+
+def unescape_name(text: str) -> bytes:
+    """The bytes `escape_name` made `text` from."""
+    return _ESCAPED.sub(_unescape_one, text).encode(**_ENCODING)
+
+
+def member_name(member: tarfile.TarInfo) -> str:
+    """The escaped name of a member of a tar opened with `open_tar`."""
+    return escape_name(member.name.encode(**_ENCODING))
+
+
 def split_member_name(name: str) -> tuple[str, str]:
     """(key, extension) of a member path: the key runs up to the first dot of the file name."""
     folder, _, base = name.rpartition("/")
@@ -51,16 +105,54 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, ext.lower() if dot else ""
 
 
+def _over(limit: int) -> str:
+    return f"over the limit of {limit} bytes per member (--max-member-bytes)"
+
+
+class _BoundedReads:
+    """A binary file whose reads are at most `limit` bytes (rounded up to whole tar blocks);
+    a larger one raises `tarfile.ReadError` instead of allocating what a header claims."""
+
+    def __init__(self, fileobj, limit: int) -> None:
+        self.fileobj = fileobj
+        self.limit = limit
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0 or size > -(-self.limit // _BLOCK) * _BLOCK:
+            raise tarfile.ReadError(f"a tar header claims {size} bytes, {_over(self.limit)}")
+        return self.fileobj.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.fileobj.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.fileobj.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+
+def open_tar(fileobj, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> tarfile.TarFile:
+    """`tarfile` reading the seekable binary `fileobj` with reads of at most `max_member_bytes`
+    and member names decoded so that `member_name` can escape them."""
+    return tarfile.open(fileobj=_BoundedReads(fileobj, max_member_bytes), mode="r:", **_ENCODING)
+
+
 def _ended_cleanly(fileobj, offset: int) -> bool:
     """Whether a zero block (the end-of-archive marker) sits at `offset`."""
     fileobj.seek(offset)
     return fileobj.read(_BLOCK) == bytes(_BLOCK)
 
 
-def _members(tar: tarfile.TarFile) -> Iterator[tuple[str, bytes | None]]:
-    """(name, data) of each file member; data None for a member cut short, then ReadError."""
+def _members(tar: tarfile.TarFile, limit: int) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """(escaped name, data, problem) of each file member. A member over `limit` bytes is not
+    read: data None and the reason. A member cut short: data None, `_CUT`, then ReadError."""
     while (member := tar.next()) is not None:
         if not member.isfile():
+            continue
+        name = member_name(member)
+        if member.size > limit:
+            yield name, None, f"member {name} is {member.size} bytes, {_over(limit)}"
             continue
         handle = tar.extractfile(member)
         try:
@@ -68,17 +160,17 @@ def _members(tar: tarfile.TarFile) -> Iterator[tuple[str, bytes | None]]:
         except tarfile.ReadError:
             data = None
         if data is None or len(data) != member.size:
-            yield member.name, None
+            yield name, None, _CUT
             raise tarfile.ReadError("unexpected end of data")
-        yield member.name, data
+        yield name, data, None
 
 
-def _group(tar: tarfile.TarFile) -> Iterator[RawSample]:
+def _group(tar: tarfile.TarFile, limit: int) -> Iterator[RawSample]:
     """Consecutive members with one key -> one sample; a cut sample is yielded, then re-raised."""
     seen: set[str] = set()
     current: RawSample | None = None
     try:
-        for name, data in _members(tar):
+        for name, data, problem in _members(tar, limit):
             key, ext = split_member_name(name)
             if current is None or key != current.key:
                 if current is not None:
@@ -87,33 +179,36 @@ def _group(tar: tarfile.TarFile) -> Iterator[RawSample]:
                 if key in seen:
                     current.problem = "duplicate key: it already appeared in this tar"
                 seen.add(key)
-            if data is None:
-                current.problem = "incomplete: the tar is cut inside this sample"
+            if problem is not None:
+                current.problem = problem
             else:
                 current.files.setdefault(ext, data)
     except tarfile.ReadError:
         if current is not None:
-            current.problem = current.problem or "incomplete: the tar is cut inside this sample"
+            current.problem = current.problem or _CUT
             yield current
         raise
     if current is not None:
         yield current
 
 
-def read_tar(url: str) -> Iterator[RawSample | TarProblem]:
+def read_tar(
+    url: str, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+) -> Iterator[RawSample | TarProblem]:
     """Yield the samples of the tar at `url` (a path or fsspec URL) in tar order.
 
     A key that comes back after other keys (not consecutive) is yielded again as its own
-    sample with `problem` set, since keys must be unique within a shard.
+    sample with `problem` set, since keys must be unique within a shard. A sample with a
+    member over `max_member_bytes` has `problem` set and that member is never read.
     """
     import fsspec
 
     pending: RawSample | None = None  # held back until we know the tar goes on past it
     problem: str | None = None
     try:
-        with fsspec.open(url, "rb") as fileobj, tarfile.open(fileobj=fileobj, mode="r:") as tar:
+        with fsspec.open(url, "rb") as fileobj, open_tar(fileobj, max_member_bytes) as tar:
             try:
-                for sample in _group(tar):
+                for sample in _group(tar, max_member_bytes):
                     if pending is not None:
                         yield pending
                     pending = sample

@@ -44,7 +44,7 @@ from gtok.data.samples import (
 )
 from gtok.data.shards import ShardRef
 from gtok.data.stream import to_model_input as pixels_to_input
-from gtok.data.tario import RawSample, split_member_name
+from gtok.data.tario import RawSample, member_name, open_tar, split_member_name
 from gtok.data.transforms import Preprocess, center_crop, random_resized_crop
 
 __all__ = [
@@ -300,9 +300,9 @@ def count_samples(shards: Sequence[ShardRef]) -> int:
         last = None
         with fsspec.open(shard.url, "rb") as handle:
             try:
-                with tarfile.open(fileobj=handle, mode="r:") as tar:
+                with open_tar(handle) as tar:
                     for member in tar:
-                        key = split_member_name(member.name)[0]
+                        key = split_member_name(member_name(member))[0]
                         if member.isfile() and key != last:
                             total, last = total + 1, key
             except tarfile.TarError:
