@@ -11,6 +11,7 @@ from cli._common import ConfigOption, JsonFlag, print_json
 from cli._tokens import ShardsArgument
 from gtok.console import console, is_quiet
 from gtok.data.images import DEFAULT_MAX_PIXELS
+from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
 
 
 class GeometryDtype(StrEnum):
@@ -64,6 +65,13 @@ def encode(
     max_pixels: Annotated[
         int, typer.Option(help="Skip images with more pixels than this (decompression bombs).")
     ] = DEFAULT_MAX_PIXELS,
+    max_member_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Skip samples with a tar member larger than this, without reading it "
+            "(e.g. a sparse member that unpacks to gigabytes)."
+        ),
+    ] = DEFAULT_MAX_MEMBER_BYTES,
     geometry_dtype: Annotated[
         GeometryDtype, typer.Option(help="Dtype of the stored Gaussian geometry.")
     ] = GeometryDtype.float16,
@@ -121,6 +129,7 @@ def encode(
         resize=resize,
         background=_background(background),
         max_pixels=max_pixels,
+        max_member_bytes=max_member_bytes,
         geometry_dtype=geometry_dtype.value,
         overwrite=overwrite,
         shard_id=shard_id,

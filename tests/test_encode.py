@@ -310,3 +310,27 @@ def test_readme_training_snippet_runs(tmp_path, model, shards):
     assert namespace["row"]["indices"].shape == (SMALL["num_gaussians"],)
     first = next(iter(namespace["loader"]))
     assert first["indices"].shape[1:] == (SMALL["num_gaussians"],)
+
+
+def test_max_member_bytes_skips_larger_members_unread(tmp_path, model, runner):
+    samples = clean_samples(3)
+    sizes = [len(files["jpg"]) for _, files in samples]
+    limit = sorted(sizes)[1]  # the largest image is over it, the others not
+    shards = tmp_path / "shards"
+    write_tar(shards / "s.tar", samples)
+    out = tmp_path / "t.zarr"
+    args = ["encode", str(shards), "-o", str(out), "-m", str(model), "--workers", "0"]
+    result = runner.invoke(app, [*args, "--max-member-bytes", str(limit), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    big = max(range(3), key=sizes.__getitem__)
+    assert summary["encoded"] == 2 and summary["skipped_examples"] == [
+        {
+            "shard": "s.tar",
+            "key": f"{big:06d}",
+            "reason": f"member {big:06d}.jpg is {sizes[big]} bytes, over the limit of {limit} "
+            "bytes per member (--max-member-bytes)",
+        }
+    ]
+    bad = runner.invoke(app, [*args, "--max-member-bytes", "0", "--overwrite"])
+    assert bad.exit_code == 1 and "--max-member-bytes must be at least 1" in bad.output

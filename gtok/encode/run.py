@@ -21,6 +21,7 @@ from gtok.console import console, is_quiet, progress
 from gtok.data import EncodeStream, Preprocess, ShardChunk, expand_shards, loader, to_model_input
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.shards import ShardRef, split_for_worker
+from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
 from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.encode.split import WorkerSlice, worker_slice
 from gtok.errors import GtokError
@@ -155,6 +156,7 @@ def encode_shards(
     resize: int | None = None,
     background: tuple[int, int, int] = (255, 255, 255),
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     geometry_dtype: str = "float16",
     overwrite: bool = False,
     shard_id: int | None = None,
@@ -165,6 +167,7 @@ def encode_shards(
     shards: folders, .tar files, globs, brace patterns or fsspec URLs (`expand_shards`).
     model: a model directory or training run directory (None: the default model, if any).
     resize: shorter side before the centre crop (default: the model's image size).
+    max_member_bytes: a sample with a larger tar member is skipped without reading it.
     shard_id/num_shards: encode only that slice of the input shards (default: from torchrun
         or Slurm variables, else everything); a single process finalizes the store itself,
         parallel workers leave that to `finalize_store` / `gtok encode --finalize`.
@@ -182,6 +185,8 @@ def encode_shards(
         raise GtokError(f"--geometry-dtype must be one of {', '.join(schema.GEOMETRY_DTYPES)}.")
     if batch_size < 1:
         raise GtokError(f"--batch-size must be at least 1, got {batch_size}.")
+    if max_member_bytes < 1:
+        raise GtokError(f"--max-member-bytes must be at least 1, got {max_member_bytes}.")
     loaded = load_encoding_model(model, device)
     size = loaded.config.image_size
     if resize is not None and resize < size:
@@ -203,7 +208,8 @@ def encode_shards(
         shards_already_done=len(done),
         shards_encoded=0,
     )
-    _run(writer, loaded, todo, preprocess, geometry_dtype, batch_size, workers, summary)
+    stream = EncodeStream(todo, preprocess, batch_size, max_member_bytes)
+    _run(writer, loaded, stream, geometry_dtype, workers, summary)
     summary.seconds = time.perf_counter() - started
     summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
     finished_mine = summary.shards_already_done + summary.shards_encoded == len(mine)
@@ -220,18 +226,16 @@ def encode_shards(
 def _run(
     writer: StoreWriter,
     model: EncodingModel,
-    todo: list[ShardRef],
-    preprocess: Preprocess,
+    stream: EncodeStream,
     geometry_dtype: str,
-    batch_size: int,
     workers: int | None,
     summary: EncodeSummary,
 ) -> None:
+    todo = stream.shards
     if not todo:
         return
     workers = default_workers() if workers is None else workers
     workers = min(workers, len(todo))
-    stream = EncodeStream(todo, preprocess, batch_size)
     pin = model.device.type == "cuda"
     header = writer.header
     buffers: dict[int, _PartBuffer] = {}
