@@ -98,3 +98,29 @@ def test_non_utf8_member_names_give_a_finished_store_and_reruns_stay_fine(tmp_pa
     assert again.finalized and again.shards_already_done == 1 and again.encoded == 0
     assert TokenStore(store).keys() == keys
     _verified(store, shards)
+
+
+def test_pack_skips_symlink_loops_with_reasons(tmp_path):
+    src = tmp_path / "images"
+    (src / "sub").mkdir(parents=True)
+    (src / "01.jpg").write_bytes(jpeg(1))
+    (src / "sub" / "02.jpg").write_bytes(jpeg(2))
+    (src / "sub" / "up").symlink_to("..", target_is_directory=True)  # to an ancestor
+    (src / "self.jpg").symlink_to("self.jpg")
+    (src / "loop-a").symlink_to("loop-b")
+    (src / "loop-b").symlink_to("loop-a")
+    (src / "dangling.jpg").symlink_to("nowhere.jpg")
+    (src / "link.jpg").symlink_to("01.jpg")
+    out = tmp_path / "shards"
+    summary = _ok(run_gtok("pack", src, "-o", out, "--workers", "0", "--json"))
+    assert (summary["packed"], summary["skipped"]) == (3, 5)
+    (stats,) = [json.loads(p.read_text()) for p in out.glob("shard-*_stats.json")]
+    assert {s["path"]: s["reason"] for s in stats["skipped_files"]} == {
+        "dangling.jpg": "broken symbolic link",
+        "loop-a": "symbolic link loop: not followed",
+        "loop-b": "symbolic link loop: not followed",
+        "self.jpg": "symbolic link loop: not followed",
+        "sub/up": "symbolic link to a folder: not followed",
+    }
+    assert stats["reasons"]["symbolic link loop"] == 3
+    assert_no_temp_files(out)

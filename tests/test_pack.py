@@ -337,3 +337,20 @@ def test_cli_pack(runner, tmp_path):
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and "--overwrite" in result.stderr
     assert os.listdir(out)  # nothing was deleted
+
+
+def test_a_folder_that_cannot_be_listed_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    src = tmp_path / "images"
+    _write(src, {"01.jpg": jpeg(1), "locked/02.jpg": jpeg(2)})
+    listing = os.scandir
+
+    def scandir(path):  # root ignores permissions, so deny the listing here
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr("gtok.pack.scan.os.scandir", scandir)
+    summary = pack_images(src, tmp_path / "shards")
+    assert (summary.packed, summary.skipped) == (1, 1)
+    assert summary.skipped_examples[0]["path"] == "locked"
+    assert summary.skipped_examples[0]["reason"] == "unreadable folder (Permission denied)"

@@ -6,7 +6,8 @@
 - Names starting with `.` (hidden files and folders such as `.DS_Store` or `.git`) are not
   walked; they are counted and listed in the summary, not packed.
 - Symbolic links to files are read as files; links to folders are not followed, and they,
-  broken links and other non-regular files become entries skipped with the reason.
+  broken links, link loops (`a -> b -> a`, `a -> a`), sub-folders that cannot be listed and
+  other non-regular files become entries skipped with the reason.
 - A folder to leave out (the output folder, when it lies inside the input) is not walked.
 - With `labels`, the class of a file is its first-level sub-folder; class ids are the
   sorted names of the (non-hidden) first-level sub-folders numbered from 0, as torchvision's
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -58,26 +60,50 @@ class Scan:
         return digest.hexdigest()
 
 
+_FOLDER, _FILE = "folder", "file"
+
+
+def _kind(child: os.DirEntry) -> str:
+    """`_FOLDER` (walk it), `_FILE` (an entry to read) or the reason to skip the entry."""
+    try:
+        if child.is_symlink() and child.is_dir():
+            return "symbolic link to a folder: not followed"
+        if child.is_dir(follow_symlinks=False):
+            return _FOLDER
+        if child.is_file():
+            return _FILE
+    except OSError as exc:  # ELOOP: a link loop; anything else the entry's own problem
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop: not followed"
+        return f"unreadable entry ({exc.strerror or exc})"
+    if child.is_symlink():
+        return "broken symbolic link"
+    return "not a regular file (a device, socket or pipe)"
+
+
 def _walk(root: Path, relative: tuple[str, ...], skip: Path | None, out: list, hidden: list):
     """Append (relative parts, problem or None) of every entry under root/relative."""
-    folder = root.joinpath(*relative)
-    with os.scandir(folder) as listing:
+    with os.scandir(root.joinpath(*relative)) as listing:
         children = sorted(listing, key=lambda d: d.name)
     for child in children:
         parts = (*relative, child.name)
         if child.name.startswith("."):
             hidden.append("/".join(parts))
-        elif child.is_symlink() and child.is_dir():
-            out.append((parts, "symbolic link to a folder: not followed"))
-        elif child.is_dir(follow_symlinks=False):
+            continue
+        kind = _kind(child)
+        if kind == _FOLDER:
             if skip is None or Path(child.path).resolve() != skip:
-                _walk(root, parts, skip, out, hidden)
-        elif child.is_file():
-            out.append((parts, None))
-        elif child.is_symlink():
-            out.append((parts, "broken symbolic link"))
+                _walk_folder(root, parts, skip, out, hidden)
         else:
-            out.append((parts, "not a regular file (a device, socket or pipe)"))
+            out.append((parts, None if kind == _FILE else kind))
+
+
+def _walk_folder(root: Path, parts: tuple[str, ...], skip: Path | None, out: list, hidden: list):
+    """`_walk` a sub-folder; one that cannot be listed becomes an entry skipped with why."""
+    try:
+        _walk(root, parts, skip, out, hidden)
+    except OSError as exc:
+        out.append((parts, f"unreadable folder ({exc.strerror or exc})"))
 
 
 def scan_folder(root: str | os.PathLike, *, labels: bool = False, skip: Path | None = None) -> Scan:
