@@ -12,8 +12,9 @@ A spec is one of
 
 Shards are returned sorted by file name, and file names must be unique across the whole
 list: a row's key is `"<shard file name>/<sample key>"`, so two `000000.tar` from two folders
-would give two rows the same key. A spec that names nothing is a `GtokError` raised before
-any work starts.
+would give two rows the same key. A shard's name is its file name escaped as tar member
+names are (`gtok.data.tario.escape_name`: bytes that are not UTF-8 become `%XX`). A spec
+that names nothing is a `GtokError` raised before any work starts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from gtok.data.tario import escape_name
 from gtok.errors import GtokError
 
 __all__ = ["ShardRef", "brace_expand", "expand_shards", "split_for_worker"]
@@ -95,7 +97,12 @@ def _expand_one(spec: str) -> list[ShardRef]:
         found = [path]
     else:
         raise GtokError(f"{spec} does not exist; pass folders of .tar shards, .tar files or globs.")
-    return [ShardRef(name=os.path.basename(p.rstrip("/")), url=_url(fs, p, spec)) for p in found]
+    return [ShardRef(name=_name(p), url=_url(fs, p, spec)) for p in found]
+
+
+def _name(path: str) -> str:
+    """A shard's name: its file name, escaped as member names are (valid UTF-8, `%XX`)."""
+    return escape_name(os.fsencode(os.path.basename(path.rstrip("/"))))
 
 
 def expand_shards(specs: Iterable[str | os.PathLike]) -> list[ShardRef]:

@@ -41,6 +41,7 @@ __all__ = [
     "read_tar",
     "split_member_name",
     "unescape_name",
+    "utf8_text",
 ]
 
 DEFAULT_MAX_MEMBER_BYTES = 256 << 20  # far above any real image, far below any machine's memory
@@ -90,6 +91,12 @@ def _unescape_one(match: re.Match) -> str:
 def unescape_name(text: str) -> bytes:
     """The bytes `escape_name` made `text` from."""
     return _ESCAPED.sub(_unescape_one, text).encode(**_ENCODING)
+
+
+def utf8_text(text: str) -> str:
+    """`text` (a path) with the bytes of a path that are not UTF-8 written `\\xff`, so that it
+    can be stored; for showing, not reversible like `escape_name`."""
+    return text.encode(**_ENCODING).decode("utf-8", "backslashreplace")
 
 
 def member_name(member: tarfile.TarInfo) -> str:

@@ -21,7 +21,7 @@ from gtok.console import console, is_quiet, progress
 from gtok.data import EncodeStream, Preprocess, ShardChunk, expand_shards, loader, to_model_input
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.shards import ShardRef, split_for_worker
-from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
+from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, utf8_text
 from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.encode.split import WorkerSlice, worker_slice
 from gtok.errors import GtokError
@@ -126,7 +126,7 @@ def _header(
         preprocessing=preprocess.to_dict(),
         geometry_dtype=geometry_dtype,
         shard_names=tuple(s.name for s in shards),
-        shard_urls=tuple(s.url for s in shards),
+        shard_urls=tuple(utf8_text(s.url) for s in shards),
         model_path=str(model.path.resolve()),
     )
 
