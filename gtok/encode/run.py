@@ -191,29 +191,32 @@ def encode_shards(
         str(out), _header(loaded, preprocess, geometry_dtype, refs), overwrite=overwrite
     )
     mine = split_for_worker(refs, part_of.shard_id, part_of.num_shards)
-    done = writer.completed([r.name for r in mine])
-    todo = [r for r in mine if r.name not in done]
-    summary = EncodeSummary(
-        store=str(writer.location),
-        model=str(loaded.path.resolve()),
-        weights_sha256=loaded.weights_sha256,
-        worker=asdict(part_of),
-        shards_total=len(refs),
-        shards_mine=len(mine),
-        shards_already_done=len(done),
-        shards_encoded=0,
-    )
-    _run(writer, loaded, todo, preprocess, geometry_dtype, batch_size, workers, summary)
-    summary.seconds = time.perf_counter() - started
-    summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
-    finished_mine = summary.shards_already_done + summary.shards_encoded == len(mine)
-    if not part_of.parallel and finished_mine:
-        summary.store_counts = finalize_store(str(out))
-        summary.finalized = True
-    elif part_of.parallel:
-        summary.next_step = (
-            f"when every worker has finished, run: gtok encode --finalize -o {writer.location}"
+    with writer:  # releases the parts' locks however this ends
+        if writer.state != schema.STATE_COMPLETE:
+            writer.claim([r.name for r in mine])
+        done = writer.completed([r.name for r in mine])
+        todo = [r for r in mine if r.name not in done]
+        summary = EncodeSummary(
+            store=str(writer.location),
+            model=str(loaded.path.resolve()),
+            weights_sha256=loaded.weights_sha256,
+            worker=asdict(part_of),
+            shards_total=len(refs),
+            shards_mine=len(mine),
+            shards_already_done=len(done),
+            shards_encoded=0,
         )
+        _run(writer, loaded, todo, preprocess, geometry_dtype, batch_size, workers, summary)
+        summary.seconds = time.perf_counter() - started
+        summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
+        finished_mine = summary.shards_already_done + summary.shards_encoded == len(mine)
+        if not part_of.parallel and finished_mine:
+            summary.store_counts = finalize_store(str(out))
+            summary.finalized = True
+        elif part_of.parallel:
+            summary.next_step = (
+                f"when every worker has finished, run: gtok encode --finalize -o {writer.location}"
+            )
     return summary
 
 
