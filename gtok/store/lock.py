@@ -49,13 +49,14 @@ from gtok.console import console, is_quiet
 from gtok.errors import GtokError
 from gtok.store.location import Location
 
-__all__ = ["FOLDER", "STORE", "Holder", "LockBusy", "Locks", "remove_part_locks"]
+__all__ = ["FOLDER", "STORE", "Holder", "LockBusy", "Locks", "key", "remove_part_locks"]
 
 FOLDER = "locks"
 STORE = "_store"  # the store-wide lock (creating, overwriting, finalizing); parts: part name
 
 
-def _key(name: str) -> str:
+def key(name: str) -> str:
+    """The object key of lock `name` below the store."""
     return f"{FOLDER}/{name}.lock"
 
 
@@ -157,17 +158,21 @@ class Locks:
         raises `LockBusy`: "<what> is in use by <holder>; <advice>"."""
         created: list[str] = []
         borrowed: list[str] = []
+        stale: list[tuple[str, Holder | None]] = []  # (what, dead holder) of locks taken over
         try:
             for name, what in names.items():
                 if name in self.held:
                     continue
-                (created if self._take(name, what, advice, wait) else borrowed).append(name)
+                taken = self._take(name, what, advice, wait, stale)
+                (created if taken else borrowed).append(name)
                 self.held.add(name)
         except BaseException:
             self._delete(created)
             self.held.difference_update(created + borrowed)
             raise
         self.taken += created
+        if stale and not is_quiet():
+            console.print(_stale_message(stale), soft_wrap=True)
 
     def release(self) -> None:
         """Delete the lock files this object created (then `locks/` if that leaves it empty)."""
@@ -178,42 +183,46 @@ class Locks:
     def _delete(self, names: list[str]) -> None:
         for name in names:
             if self._is_mine(name):
-                self.location.remove(_key(name))
+                self.location.remove(key(name))
         if names and self.location.is_local:
             with contextlib.suppress(OSError):  # not empty (other holders) or already gone
                 (self.location.path / FOLDER).rmdir()
 
     def _is_mine(self, name: str) -> bool:
-        raw = self.location.read(_key(name))
+        raw = self.location.read(key(name))
         holder = None if raw is None else Holder.from_bytes(raw)
         return holder is not None and holder.token == self.me.token
 
-    def _take(self, name: str, what: str, advice: str, wait: float) -> bool:
-        """True: this call created the lock; False: this process already holds it."""
+    def _take(
+        self, name: str, what: str, advice: str, wait: float, stale: list[tuple[str, Holder | None]]
+    ) -> bool:
+        """True: this call created the lock; False: this process already holds it. Locks of
+        dead holders are taken over and listed in `stale`."""
         deadline = time.monotonic() + wait
         while True:
-            if self.location.create(_key(name), self.me.to_bytes()):
+            if self.location.create(key(name), self.me.to_bytes()):
                 return True
-            raw = self.location.read(_key(name))
+            raw = self.location.read(key(name))
             if raw is None:  # released between our two looks: try again
                 continue
             holder = Holder.from_bytes(raw)
             if holder is not None and holder.same_process(self.me):
                 return False
             if holder is None or holder.is_gone():
-                self._take_over(name, what, raw, holder)
+                self._take_over(name, raw)
+                stale.append((what, holder))
             elif time.monotonic() < deadline:
                 time.sleep(0.05)
             else:
                 raise LockBusy(_busy_message(self.location, name, what, holder, advice))
 
-    def _take_over(self, name: str, what: str, raw: bytes, holder: Holder | None) -> None:
+    def _take_over(self, name: str, raw: bytes) -> None:
         """Delete the stale lock file `name` whose bytes were `raw`, unless it changed."""
         if not self.location.is_local:
-            if self.location.read(_key(name)) == raw:
-                self.location.remove(_key(name))
+            if self.location.read(key(name)) == raw:
+                self.location.remove(key(name))
         else:
-            path = self.location.path / _key(name)
+            path = self.location.path / key(name)
             moved = path.with_name(f".{path.name}.{uuid.uuid4().hex}.stale")
             try:
                 path.rename(moved)  # atomic: of several processes taking over, one moves it
@@ -223,9 +232,6 @@ class Locks:
                 with contextlib.suppress(FileExistsError):
                     os.link(moved, path)
             moved.unlink()
-        if not is_quiet():
-            who = "an unreadable lock" if holder is None else holder.describe()
-            console.print(f"taking over the stale lock of {what}: {who} is gone", soft_wrap=True)
 
 
 def remove_part_locks(location: Location) -> None:
@@ -236,8 +242,15 @@ def remove_part_locks(location: Location) -> None:
             location.remove(f"{FOLDER}/{name}")
 
 
+def _stale_message(stale: list[tuple[str, Holder | None]]) -> str:
+    what, holder = stale[0]
+    who = "an unreadable lock file" if holder is None else holder.describe()
+    more = f" and {len(stale) - 1} more" if len(stale) > 1 else ""
+    return f"took over the stale lock of {what}{more}: {who} is gone"
+
+
 def _busy_message(location: Location, name: str, what: str, holder: Holder, advice: str) -> str:
     message = f"{what} is in use by {holder.describe()}; {advice}"
     if not holder.on_this_host():
-        message += f" (if that process is gone, delete {location}/{_key(name)})"
+        message += f" (if that process is gone, delete {location}/{key(name)})"
     return message + "."

@@ -256,13 +256,19 @@ def _create(location: Location, header: schema.StoreHeader) -> None:
     """Write the store's root group with `header`, once, however many processes try at once."""
     import zarr
 
-    if not _is_free(location):
-        raise GtokError(f"{location} exists and is not a gtok token store; choose another output.")
+    refusal = f"{location} exists and is not a gtok token store; choose another output."
+    # a first look, to leave foreign folders untouched; the look under the lock decides
+    being_made = location.has(lock.key(lock.STORE))  # by a creator or an --overwrite
+    if not (being_made or _is_free(location) or location.has("zarr.json")):
+        raise GtokError(refusal)
     fresh = header.to_attrs(state=schema.STATE_ENCODING, gtok_version=__version__)
     with lock.Locks(location, "creating the store") as locks:
         locks.acquire({lock.STORE: str(location)}, advice="wait for it to finish", wait=30.0)
-        if not location.has("zarr.json"):  # else another process created it a moment ago
-            zarr.create_group(location.zarr_store(), attributes={schema.ATTR_ROOT: fresh})
+        if location.has("zarr.json"):  # another process created it a moment ago
+            return
+        if not _is_free(location):
+            raise GtokError(refusal)
+        zarr.create_group(location.zarr_store(), attributes={schema.ATTR_ROOT: fresh})
 
 
 def _start_over(location: Location, header: schema.StoreHeader) -> None:
