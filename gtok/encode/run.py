@@ -65,6 +65,9 @@ class EncodeSummary:
         return asdict(self)
 
 
+NON_FINITE = "the model produced non-finite geometry (NaN or inf) for this image"
+
+
 class _PartBuffer:
     """Rows of one input shard collected batch by batch until its last chunk."""
 
@@ -79,12 +82,18 @@ class _PartBuffer:
         self.upscaled = 0
 
     def add(self, chunk: ShardChunk, indices: np.ndarray, geometry: np.ndarray | None) -> None:
-        self.indices.append(indices)
+        """The chunk's rows; a row whose geometry is not finite (in the stored dtype) is
+        skipped with its reason instead."""
+        ok = np.ones(len(chunk.keys), bool)
         if geometry is not None:
-            self.geometry.append(geometry)
-        self.keys += [f"{self.shard.name}/{k}" for k in chunk.keys]
-        self.labels.append(chunk.labels)
+            ok = np.isfinite(geometry).all(axis=(1, 2))
+            self.geometry.append(geometry[ok])
+        self.indices.append(indices[ok])
+        self.labels.append(chunk.labels[ok])
+        marked = list(zip(chunk.keys, ok, strict=True))
+        self.keys += [f"{self.shard.name}/{k}" for k, good in marked if good]
         self.skipped += [(s.key, s.reason) for s in chunk.skipped]
+        self.skipped += [(k, NON_FINITE) for k, good in marked if not good]
         self.upscaled += chunk.upscaled
 
     def finish(self, chunk: ShardChunk, num_tokens: int, has_geometry: bool) -> Part:
