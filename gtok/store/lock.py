@@ -98,11 +98,12 @@ class Holder:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Holder | None:
-        """The holder recorded in a lock file, or None when it is not a valid record."""
+        """The holder recorded in a lock file (extra fields ignored), or None when it is not
+        a valid record."""
         try:
             record = json.loads(data)
-            return cls(**record) if isinstance(record, dict) else None
-        except (ValueError, TypeError):
+            return cls(**{name: record[name] for name in cls.__dataclass_fields__})
+        except (ValueError, TypeError, KeyError):
             return None
 
     def same_process(self, other: Holder) -> bool:
