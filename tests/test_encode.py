@@ -243,6 +243,7 @@ def test_kill_during_a_run_then_resume_gives_the_same_store(tmp_path, model):
     resumed = _gtok("encode", *args, "--json")
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr.decode()
+    assert "took over the stale lock of input shard" in stderr.decode()  # the killed run's
     summary = json.loads(stdout)
     assert summary["shards_already_done"] >= done and summary["finalized"]
     encode_shards([data], tmp_path / "clean.zarr", model, batch_size=4, workers=0)
@@ -334,3 +335,52 @@ def test_max_member_bytes_skips_larger_members_unread(tmp_path, model, runner):
     ]
     bad = runner.invoke(app, [*args, "--max-member-bytes", "0", "--overwrite"])
     assert bad.exit_code == 1 and "--max-member-bytes must be at least 1" in bad.output
+
+
+# ---- non-finite model outputs -------------------------------------------------------------------
+
+
+def test_a_model_with_nan_weights_is_refused(tmp_path, model, shards, runner):
+    import gtok
+
+    tok = gtok.load_tokenizer(model)
+    with torch.no_grad():
+        next(tok.parameters()).fill_(float("nan"))
+    tok.save_pretrained(tmp_path / "nan")
+    out = tmp_path / "t.zarr"
+    args = ["encode", str(shards / "shard-0000.tar"), "-o", str(out), "-m", str(tmp_path / "nan")]
+    result = runner.invoke(app, [*args, "--workers", "0"])
+    assert result.exit_code == 1
+    assert (
+        result.stderr.startswith("error: the model ") and "NaN or infinite weights" in result.stderr
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()  # refused before a store was made, let alone marked complete
+
+
+def test_rows_with_non_finite_geometry_are_skipped_with_the_reason(
+    tmp_path, model, shards, monkeypatch
+):
+    from gtok.encode import run
+
+    tokens = run._tokens
+
+    def first_row_nan(*args):  # a model that breaks on one image of each batch
+        indices, geometry = tokens(*args)
+        geometry[0, 1, 2] = np.inf
+        return indices, geometry
+
+    subset = [shards / "shard-0000.tar", shards / "shard-0001.tar"]
+    encode_shards(subset, tmp_path / "clean.zarr", model, batch_size=4, workers=0)
+    monkeypatch.setattr(run, "_tokens", first_row_nan)
+    summary = encode_shards(subset, tmp_path / "t.zarr", model, batch_size=4, workers=0)
+    store, clean = TokenStore(tmp_path / "t.zarr"), TokenStore(tmp_path / "clean.zarr")
+    first_of_batches = {f"shard-000{s}.tar/{k:06d}" for s in (0, 1) for k in (5 * s, 5 * s + 4)}
+    assert set(clean.keys()) - set(store.keys()) == first_of_batches
+    assert summary.skipped == 4 and summary.encoded + summary.skipped == summary.samples_read
+    reasons = {f"{shard}/{key}": reason for shard, key, reason in store.skipped()}
+    assert set(reasons) == first_of_batches and set(reasons.values()) == {run.NON_FINITE}
+    kept = store.keys()
+    rows = [clean.index(k) for k in kept]
+    assert np.array_equal(store[0 : len(store)]["geometry"], clean[np.array(rows)]["geometry"])
+    assert np.isfinite(store[0 : len(store)]["geometry"]).all()

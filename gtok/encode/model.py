@@ -69,4 +69,19 @@ def load_encoding_model(
     path = resolve_model(model)
     chosen = pick_device(device)
     tokenizer = load_tokenizer(path, device=chosen).eval()
+    _check_finite(tokenizer, path)
     return EncodingModel(tokenizer, path, weights_sha256(path), chosen)
+
+
+def _check_finite(tokenizer: torch.nn.Module, path: Path) -> None:
+    """Refuse a model with NaN or inf weights: every token it made would be garbage (a VQ
+    model's NaN distances even pick code 0 and look valid)."""
+    tensors = [*tokenizer.named_parameters(), *tokenizer.named_buffers()]
+    broken = [
+        name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if broken:
+        raise GtokError(
+            f"the model {path} has NaN or infinite weights ({len(broken)} tensors, e.g. "
+            f"{broken[0]}); it cannot encode, so retrain or re-export it."
+        )

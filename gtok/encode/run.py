@@ -66,6 +66,9 @@ class EncodeSummary:
         return asdict(self)
 
 
+NON_FINITE = "the model produced non-finite geometry (NaN or inf) for this image"
+
+
 class _PartBuffer:
     """Rows of one input shard collected batch by batch until its last chunk."""
 
@@ -80,12 +83,18 @@ class _PartBuffer:
         self.upscaled = 0
 
     def add(self, chunk: ShardChunk, indices: np.ndarray, geometry: np.ndarray | None) -> None:
-        self.indices.append(indices)
+        """The chunk's rows; a row whose geometry is not finite (in the stored dtype) is
+        skipped with its reason instead."""
+        ok = np.ones(len(chunk.keys), bool)
         if geometry is not None:
-            self.geometry.append(geometry)
-        self.keys += [f"{self.shard.name}/{k}" for k in chunk.keys]
-        self.labels.append(chunk.labels)
+            ok = np.isfinite(geometry).all(axis=(1, 2))
+            self.geometry.append(geometry[ok])
+        self.indices.append(indices[ok])
+        self.labels.append(chunk.labels[ok])
+        marked = list(zip(chunk.keys, ok, strict=True))
+        self.keys += [f"{self.shard.name}/{k}" for k, good in marked if good]
         self.skipped += [(s.key, s.reason) for s in chunk.skipped]
+        self.skipped += [(k, NON_FINITE) for k, good in marked if not good]
         self.upscaled += chunk.upscaled
 
     def finish(self, chunk: ShardChunk, num_tokens: int, has_geometry: bool) -> Part:
@@ -196,30 +205,33 @@ def encode_shards(
         str(out), _header(loaded, preprocess, geometry_dtype, refs), overwrite=overwrite
     )
     mine = split_for_worker(refs, part_of.shard_id, part_of.num_shards)
-    done = writer.completed([r.name for r in mine])
-    todo = [r for r in mine if r.name not in done]
-    summary = EncodeSummary(
-        store=str(writer.location),
-        model=str(loaded.path.resolve()),
-        weights_sha256=loaded.weights_sha256,
-        worker=asdict(part_of),
-        shards_total=len(refs),
-        shards_mine=len(mine),
-        shards_already_done=len(done),
-        shards_encoded=0,
-    )
-    stream = EncodeStream(todo, preprocess, batch_size, max_member_bytes)
-    _run(writer, loaded, stream, geometry_dtype, workers, summary)
-    summary.seconds = time.perf_counter() - started
-    summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
-    finished_mine = summary.shards_already_done + summary.shards_encoded == len(mine)
-    if not part_of.parallel and finished_mine:
-        summary.store_counts = finalize_store(str(out))
-        summary.finalized = True
-    elif part_of.parallel:
-        summary.next_step = (
-            f"when every worker has finished, run: gtok encode --finalize -o {writer.location}"
+    with writer:  # releases the parts' locks however this ends
+        if writer.state != schema.STATE_COMPLETE:
+            writer.claim([r.name for r in mine])
+        done = writer.completed([r.name for r in mine])
+        todo = [r for r in mine if r.name not in done]
+        summary = EncodeSummary(
+            store=str(writer.location),
+            model=str(loaded.path.resolve()),
+            weights_sha256=loaded.weights_sha256,
+            worker=asdict(part_of),
+            shards_total=len(refs),
+            shards_mine=len(mine),
+            shards_already_done=len(done),
+            shards_encoded=0,
         )
+        stream = EncodeStream(todo, preprocess, batch_size, max_member_bytes)
+        _run(writer, loaded, stream, geometry_dtype, workers, summary)
+        summary.seconds = time.perf_counter() - started
+        summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
+        finished_mine = summary.shards_already_done + summary.shards_encoded == len(mine)
+        if not part_of.parallel and finished_mine:
+            summary.store_counts = finalize_store(str(out))
+            summary.finalized = True
+        elif part_of.parallel:
+            summary.next_step = (
+                f"when every worker has finished, run: gtok encode --finalize -o {writer.location}"
+            )
     return summary
 
 

@@ -1,8 +1,12 @@
 """Finalize: concatenate every part, in input order, into the flat root arrays.
 
 Runs in one process after all writers finished (automatically at the end of a single-process
-encode; `gtok encode --finalize -o STORE` after parallel workers). It writes each root array
-in whole Zarr shards, one after another, so no shard is ever written twice or concurrently.
+encode; `gtok encode --finalize -o STORE` after parallel workers). It holds the store-wide
+lock and every part's lock (`gtok.store.lock`) throughout, so it refuses, with one sentence
+naming the holder, while a worker still writes a part or another finalize runs, and no writer
+can start meanwhile. It refuses a part that is not complete, or whose arrays hold unwritten
+rows (fill values), rather than copy them. It writes each root array in whole Zarr shards,
+one after another, so no shard is ever written twice or concurrently.
 Crash-safe: the header's `state` turns "complete" only once every array is written; parts
 are deleted after that, then metadata is consolidated. Rerunning an interrupted finalize
 starts it over (or just finishes the clean-up when `state` is already "complete").
@@ -17,9 +21,9 @@ import numpy as np
 
 from gtok._version import __version__
 from gtok.errors import GtokError
-from gtok.store import schema
+from gtok.store import lock, schema
 from gtok.store.location import Location
-from gtok.store.writer import open_root, part_counts, read_header
+from gtok.store.writer import open_root, part_counts, part_locks, read_header
 
 __all__ = ["finalize_store"]
 
@@ -90,14 +94,27 @@ def _count_table(group, name: str, values: list[int]) -> None:
 def finalize_store(out: str) -> dict:
     """Build the root arrays of the store at `out` from its parts; returns its counts.
 
-    Raises `GtokError` when input shards are still missing or a part belongs to another model.
+    Raises `GtokError` when input shards are still missing, a part belongs to another model or
+    holds unwritten rows, or (`lock.LockBusy`) another live process holds one of its locks.
     """
     location = Location(str(out))
-    root = open_root(location, mode="r+")
-    header, attrs = read_header(root)
-    if attrs["state"] == schema.STATE_COMPLETE:
-        _clean_up(location)
-        return attrs["counts"]
+    read_header(open_root(location))  # refuses what is not a gtok store before locking it
+    with lock.Locks(location, "finalizing") as locks:
+        locks.acquire({lock.STORE: str(location)}, advice="wait for it to finish")
+        root = open_root(location, mode="r+")
+        header, attrs = read_header(root)
+        if attrs["state"] == schema.STATE_COMPLETE:
+            _clean_up(location)
+            return attrs["counts"]
+        locks.acquire(
+            part_locks(location, header.shard_names),
+            advice="wait for that worker to finish, then finalize",
+        )
+        return _finalize(location, root, header)
+
+
+def _finalize(location: Location, root, header: schema.StoreHeader) -> dict:
+    """Build the root arrays from the parts; the caller holds every lock of the store."""
     names = header.shard_names
     counts = {name: part_counts(root, name) for name in names}
     if missing := [n for n, c in counts.items() if c is None]:
@@ -139,6 +156,7 @@ def finalize_store(out: str) -> dict:
         part = root[f"{schema.PARTS}/{schema.part_name(name)}"]
         for spec_name, writer in writers.items():
             block = part[spec_name][...]
+            _check_written(location, name, spec_name, block)
             writer.add(block.astype(object) if spec_name == schema.KEYS else block)
         keys = part[schema.PART_SKIPPED_KEYS][...].tolist()
         reasons = part[schema.PART_SKIPPED_REASONS][...].tolist()
@@ -177,11 +195,32 @@ def finalize_store(out: str) -> dict:
     return totals
 
 
+def _check_written(location: Location, shard: str, name: str, block: np.ndarray) -> None:
+    """Refuse a part whose indices or keys hold fill values: rows that were never written
+    (a part marked complete whose arrays were deleted or replaced) must not become tokens."""
+    if name == schema.INDICES:
+        unwritten = block.size and (block == schema.INDEX_FILL).any()
+    elif name == schema.KEYS:
+        unwritten = any(str(k) == "" for k in block)
+    else:
+        return
+    if unwritten:
+        where = f"{schema.PARTS}/{schema.part_name(shard)}"
+        raise GtokError(
+            f"the part of {shard} in {location} has unwritten rows in {name}; delete {where} "
+            "there and rerun its worker."
+        )
+
+
 def _clean_up(location: Location) -> None:
     """Delete the parts of a complete store and consolidate its metadata."""
     import zarr
 
     location.remove(schema.PARTS)
-    with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec yet": known
+    lock.remove_part_locks(location)
+    with warnings.catch_warnings():
+        # "consolidated metadata is not in the v3 spec yet": known; "Object at locks is not
+        # recognized": our lock files, held while this runs
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Object at ", category=UserWarning)
         zarr.consolidate_metadata(location.zarr_store())

@@ -1,9 +1,11 @@
 """Where a store lives: a local folder or an fsspec URL, and the few file operations the
-writer needs beyond Zarr (delete a subtree, make a subtree durable)."""
+writer needs beyond Zarr (delete a subtree, make a subtree durable, create a small file only
+if it does not exist yet, read one back, list a folder)."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +49,8 @@ class Location:
         """Whether the object `key` (relative, `/`-separated) exists."""
         if self.is_local:
             return (self.path / key).is_file()
-        fs, root = self._fs()
-        return fs.isfile(f"{root.rstrip('/')}/{key}")
+        fs, _ = self._fs()
+        return fs.isfile(self._key(key))
 
     def exists(self) -> bool:
         if self.is_local:
@@ -62,6 +64,53 @@ class Location:
         fs, root = self._fs()
         return fs.isdir(root) and not fs.ls(root)
 
+    def _key(self, key: str) -> str:
+        """The fsspec path of `key` (non-local stores only)."""
+        return f"{self._fs()[1].rstrip('/')}/{key}"
+
+    def names(self, sub: str = "") -> list[str]:
+        """The names directly below `sub` (the store itself when empty); [] when absent."""
+        if self.is_local:
+            folder = self.path / sub
+            return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        fs, _ = self._fs()
+        target = self._key(sub).rstrip("/")
+        if not fs.isdir(target):
+            return []
+        return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(target, detail=False))
+
+    def read(self, key: str) -> bytes | None:
+        """The bytes of the object `key`, or None when there is none."""
+        try:
+            if self.is_local:
+                return (self.path / key).read_bytes()
+            fs, _ = self._fs()
+            return fs.cat_file(self._key(key))
+        except FileNotFoundError:
+            return None
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write the object `key` only if it does not exist yet; whether this call made it.
+
+        Local disks: the bytes go to a temporary file that is hard-linked to `key` (atomic,
+        and never visible half-written, also on NFS). fsspec: open mode "xb" where the
+        filesystem supports it, else check-then-write, which two writers can both pass.
+        """
+        if self.is_local:
+            return _create_local(self.path / key, data)
+        fs, _ = self._fs()
+        path = self._key(key)
+        try:
+            with fs.open(path, "xb") as file:
+                file.write(data)
+        except FileExistsError:
+            return False
+        except (NotImplementedError, ValueError):  # no exclusive create on this filesystem
+            if fs.exists(path):
+                return False
+            fs.pipe_file(path, data)
+        return True
+
     def remove(self, sub: str = "") -> None:
         """Delete `sub` (a folder or object below the store; everything when empty)."""
         if self.is_local:
@@ -70,11 +119,11 @@ class Location:
             target = self.path / sub if sub else self.path
             if target.is_dir():
                 shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+            else:
+                target.unlink(missing_ok=True)
             return
         fs, root = self._fs()
-        target = f"{root.rstrip('/')}/{sub}" if sub else root
+        target = self._key(sub) if sub else root
         if fs.exists(target):
             fs.rm(target, recursive=True)
 
@@ -107,3 +156,24 @@ class Location:
         fs, root = self._fs()
         sizes = [info["size"] for info in fs.find(root, detail=True).values()]
         return sum(sizes), len(sizes)
+
+
+def _create_local(target: Path, data: bytes) -> bool:
+    """`Location.create` on a local disk: write a temporary file, hard-link it to `target`."""
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    while True:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileNotFoundError:  # another process removed the folder as it emptied it
+            continue
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.link(temporary, target)
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink(missing_ok=True)
+    return True

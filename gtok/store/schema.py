@@ -25,8 +25,11 @@ readers refuse a store that is not "complete". Rows are the encoded samples in i
 
 While encoding, each input shard's rows live in `parts/<part name>/` (same arrays, one
 chunk each, written by exactly one process), completed by the part's `complete` attribute,
-which is written only after its arrays are on disk. Finalize concatenates the parts into the
-root arrays and deletes `parts/`.
+which is written only after its arrays are on disk. That one process holds the part's lock
+file `locks/<part name>.lock` (JSON: pid, host, since when; see `gtok.store.lock`) while it
+works; `locks/_store.lock` is held while a process creates, overwrites or finalizes the
+store. Finalize takes every lock, concatenates the parts into the root arrays and deletes
+`parts/`; a finished store has neither `parts/` nor `locks/`.
 
 Unwritten rows never read as tokens: the fill values (65535, NaN, "", -1) are not values a
 model produces, and `state` stays "encoding" until every row is written.

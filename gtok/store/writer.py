@@ -4,29 +4,34 @@ Rules this module keeps (see `schema` for the layout):
 - The first writer creates the store with its header; every later writer (a resumed run, or
   another worker of a parallel run) must bring the same model weights, preprocessing,
   geometry dtype and shard list, or is refused with one sentence saying what differs.
-- An input shard's rows go to its own part, written by the one worker that owns the shard,
-  so no two processes ever write the same Zarr object. The part's `complete` attribute is
-  written after its arrays are durable (fsync on local disks); a part without it is
-  leftovers of an interrupted attempt and is deleted and redone.
-- `--overwrite` deletes the store first, but only a gtok store (or an empty folder): any
-  other existing path is refused rather than deleted.
+- An input shard's rows go to its own part, written by the one process that holds the part's
+  lock file (`gtok.store.lock`: `locks/<part name>.lock`), so no two processes ever write the
+  same Zarr object; a second writer of a locked part is refused with one sentence naming the
+  holder, and a lock whose holder died on this host is taken over. `claim` locks a worker's
+  parts before it starts; `close` (or `with`) releases them, also on errors and Ctrl-C.
+- The part's `complete` attribute is written after its arrays are durable (fsync on local
+  disks); a part without it is leftovers of an interrupted attempt and is deleted and redone.
+- Creating the store (its root `zarr.json` with the header) happens under the store-wide lock
+  (`locks/_store.lock`), so processes that start together create it once and then compare
+  headers; finalize and `--overwrite` hold that lock and every part's lock too.
+- `--overwrite` deletes the store first, but only a gtok store (or an empty folder), and not
+  while another process holds one of its locks: any other existing path is refused rather
+  than deleted.
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from gtok._version import __version__
 from gtok.errors import GtokError
-from gtok.store import schema
+from gtok.store import lock, schema
 from gtok.store.location import Location
 
-__all__ = ["Part", "StoreWriter", "open_root", "read_header"]
+__all__ = ["Part", "StoreWriter", "open_root", "part_locks", "read_header"]
 
 
 @dataclass
@@ -121,34 +126,40 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
     return None
 
 
+def part_locks(location: Location, shards: Sequence[str]) -> Mapping[str, str]:
+    """Lock name -> what it guards, for the parts of `shards` (input shard names)."""
+    return {schema.part_name(s): f"input shard {s} of {location}" for s in shards}
+
+
 class StoreWriter:
-    """Writes parts into a store whose header matches this run's."""
+    """Writes parts into a store whose header matches this run's; holds their locks until
+    `close` (use it as a context manager)."""
 
     def __init__(self, location: Location, root, header: schema.StoreHeader, state: str):
         self.location = location
         self.root = root
         self.header = header
         self.state = state
+        self.locks = lock.Locks(location, "encoding")
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the locks of the parts this writer claimed."""
+        self.locks.release()
 
     @classmethod
     def open(cls, out: str, header: schema.StoreHeader, *, overwrite: bool = False) -> StoreWriter:
         """Create the store at `out`, or reopen it to resume; see the module rules."""
-        import zarr
-        from zarr.errors import ContainsGroupError
-
         location = Location(str(out))
         if overwrite and location.has("zarr.json"):
-            read_header(open_root(location))  # refuses to delete anything but a gtok store
-            location.remove()
-        if not location.has("zarr.json"):
-            if location.exists() and not location.is_empty_dir():
-                _wait_for_creator(location)
-            else:
-                fresh = header.to_attrs(state=schema.STATE_ENCODING, gtok_version=__version__)
-                attrs = {schema.ATTR_ROOT: fresh}
-                # another worker may create it a moment before us: then it is checked below
-                with contextlib.suppress(ContainsGroupError, FileExistsError):
-                    zarr.open_group(location.zarr_store(), mode="w-", attributes=attrs)
+            _start_over(location, header)
+        elif not location.has("zarr.json"):
+            _create(location, header)
         root = open_root(location, mode="r+")
         existing, attrs = read_header(root)
         if (problem := _difference(existing, header)) is not None:
@@ -157,6 +168,16 @@ class StoreWriter:
                 "--overwrite to start over."
             )
         return cls(location, root, existing, attrs["state"])
+
+    def claim(self, shards: Sequence[str]) -> None:
+        """Lock the parts of `shards` for this process, all or none (`lock.LockBusy` names a
+        live holder), then reread the store's state, which a finalize may have changed."""
+        self.locks.acquire(
+            part_locks(self.location, shards),
+            advice="wait for it to finish, or give each parallel worker its own --shard-id",
+        )
+        self.root = open_root(self.location, mode="r+")
+        self.state = read_header(self.root)[1]["state"]
 
     def completed(self, names: Sequence[str] | None = None) -> set[str]:
         """Which of `names` (default: all input shards) are already encoded."""
@@ -169,9 +190,11 @@ class StoreWriter:
         """Write `part` durably, then mark it complete (replacing any earlier attempt)."""
         if part.shard not in self.header.shard_names:
             raise ValueError(f"{part.shard} is not one of this store's input shards")
+        name = schema.part_name(part.shard)
+        if name not in self.locks.held:
+            self.claim([part.shard])
         if self.state == schema.STATE_COMPLETE:
             raise GtokError(f"{self.location} is already complete; nothing can be added to it.")
-        name = schema.part_name(part.shard)
         path = f"{schema.PARTS}/{name}"
         self.location.remove(path)
         parts = self.root.require_group(schema.PARTS)
@@ -217,20 +240,50 @@ def _write_whole(group, name: str, data: np.ndarray, dtype, fill) -> None:
         array[...] = data
 
 
-def _wait_for_creator(location: Location, seconds: float = 10.0) -> None:
-    """A folder without zarr.json: refuse it, unless all it holds is the temporary file of a
-    zarr.json that another worker is writing right now (then wait for that)."""
-    deadline = time.monotonic() + seconds
-    while not location.has("zarr.json"):
-        being_written = location.is_local and all(
-            p.name.startswith("zarr.") and p.name.endswith(".partial")  # LocalStore temp name
-            for p in location.path.iterdir()
-        )
-        if not being_written or time.monotonic() > deadline:
-            raise GtokError(
-                f"{location} exists and is not a gtok token store; choose another output."
-            )
-        time.sleep(0.05)
+def _is_free(location: Location) -> bool:
+    """Nothing there, an empty folder, or only what a store being created holds: lock files
+    and the temporary file of Zarr's `zarr.json`."""
+    if not location.exists() or location.is_empty_dir():
+        return True
+    names = location.names()
+    return bool(names) and all(
+        n == lock.FOLDER or (n.startswith("zarr.") and n.endswith(".partial"))  # LocalStore temp
+        for n in names
+    )
+
+
+def _create(location: Location, header: schema.StoreHeader) -> None:
+    """Write the store's root group with `header`, once, however many processes try at once."""
+    import zarr
+
+    refusal = f"{location} exists and is not a gtok token store; choose another output."
+    # a first look, to leave foreign folders untouched; the look under the lock decides
+    being_made = location.has(lock.key(lock.STORE))  # by a creator or an --overwrite
+    if not (being_made or _is_free(location) or location.has("zarr.json")):
+        raise GtokError(refusal)
+    fresh = header.to_attrs(state=schema.STATE_ENCODING, gtok_version=__version__)
+    with lock.Locks(location, "creating the store") as locks:
+        locks.acquire({lock.STORE: str(location)}, advice="wait for it to finish", wait=30.0)
+        if location.has("zarr.json"):  # another process created it a moment ago
+            return
+        if not _is_free(location):
+            raise GtokError(refusal)
+        zarr.create_group(location.zarr_store(), attributes={schema.ATTR_ROOT: fresh})
+
+
+def _start_over(location: Location, header: schema.StoreHeader) -> None:
+    """`--overwrite`: delete the gtok store at `location` (refused while another process
+    holds one of its locks, and for anything but a gtok store), then create it afresh."""
+    old, _ = read_header(open_root(location))
+    advice = "wait for it to finish before overwriting the store"
+    with lock.Locks(location, "overwriting the store") as locks:
+        locks.acquire({lock.STORE: str(location)}, advice=advice)
+        locks.acquire(part_locks(location, old.shard_names), advice=advice)
+        for name in location.names():  # zarr.json last: an interrupted delete is still a store
+            if name not in (lock.FOLDER, "zarr.json"):
+                location.remove(name)
+        location.remove("zarr.json")
+        _create(location, header)
 
 
 def part_counts(root, shard: str) -> dict | None:
