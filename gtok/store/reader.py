@@ -340,7 +340,9 @@ def _row_of(batch: dict[str, Any], i: int) -> dict[str, Any]:
 
 
 def _row_list(rows: np.ndarray) -> str:
-    """Row numbers for a message: "3, 7, 9" or "3, 7, 9, ... (40 rows)"."""
+    """Row numbers for a message: "3-42" (consecutive), "3, 7, 9" or "3, 7, 9, ... (40 rows)"."""
+    if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+        return f"{rows[0]}-{rows[-1]}"
     shown = ", ".join(str(int(r)) for r in rows[:3])
     return shown + (f", ... ({len(rows)} rows)" if len(rows) > 3 else "")
 

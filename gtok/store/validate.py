@@ -73,6 +73,15 @@ def _model_tokens(config: dict) -> tuple[str, Any, Any]:
     return kind, tokens, config.get("codebook_size")
 
 
+def _check_preprocessing(store: str, record: dict) -> None:
+    from gtok.data import Preprocess
+
+    try:
+        Preprocess.from_dict(record)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _damaged(store, f"its header's preprocessing record is unusable ({exc!r})") from exc
+
+
 def check_header(store: str, attrs: dict) -> None:
     """The root attribute `gtok` (format and version already checked) is well formed."""
     state = _field(store, attrs, "state", str)
@@ -87,7 +96,7 @@ def check_header(store: str, attrs: dict) -> None:
         store, attrs, "model.codebook_size", schema.MIN_CODEBOOK_SIZE, schema.INDEX_FILL
     )
     has_geometry = _field(store, attrs, "model.has_geometry", bool)
-    _field(store, attrs, "preprocessing", dict)
+    _check_preprocessing(store, _field(store, attrs, "preprocessing", dict))
     if has_geometry:
         dtype = _field(store, attrs, "geometry_dtype", str)
         if dtype not in schema.GEOMETRY_DTYPES:
@@ -207,8 +216,9 @@ def _check_layout(store: str, path: str, array, wanted: dict, fill: Any) -> None
                 store, f"its {path} array has {what} {found[what]}, the gtok format says {value}"
             )
     if not _same_fill(array.fill_value, fill):
+        shown = [repr(v) if isinstance(v, str) else str(v) for v in (array.fill_value, fill)]
         raise _damaged(
-            store, f"its {path} array has fill value {array.fill_value!r}, the format says {fill!r}"
+            store, f"its {path} array has fill value {shown[0]}, the gtok format says {shown[1]}"
         )
 
 
