@@ -32,7 +32,12 @@ ROWS = {"a.tar": 5, "b.tar": 0, "c.tar": 7}
 
 def header(**changes) -> StoreHeader:
     fields = {
-        "model_config": {"kind": "gaussian", "preset": "test", "num_gaussians": G, "codebook_size": 16},
+        "model_config": {
+            "kind": "gaussian",
+            "preset": "test",
+            "num_gaussians": G,
+            "codebook_size": 16,
+        },
         "weights_sha256": "ab" * 32,
         "num_tokens": G,
         "codebook_size": 16,

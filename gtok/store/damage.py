@@ -56,6 +56,15 @@ def read_block(store: str, name: str, array, start: int, stop: int) -> np.ndarra
         return np.asarray(array[start:stop])
 
 
+def _non_finite_rows(geometry: np.ndarray) -> np.ndarray:
+    """bool [B]: rows of geometry [B, ...] holding a NaN or an infinity."""
+    flat = geometry.reshape(len(geometry), -1)
+    if flat.dtype == np.float16:  # numpy's float16 isfinite is ~10x slower than this bit test
+        exponent = flat.view(np.uint16) & 0x7C00
+        return (exponent == 0x7C00).any(axis=1)
+    return ~np.isfinite(flat).all(axis=1)
+
+
 def row_damage(
     rows: np.ndarray,
     codebook_size: int,
@@ -82,8 +91,10 @@ def row_damage(
             lambda i: f"code id {int(top[i])} outside the codebook of {codebook_size}",
         )
     if geometry is not None and len(geometry):
-        finite = np.isfinite(np.asarray(geometry)).reshape(len(geometry), -1).all(axis=1)
-        flag(~finite, lambda i: "non-finite geometry (NaN marks a row never written)")
+        flag(
+            _non_finite_rows(np.asarray(geometry)),
+            lambda i: "non-finite geometry (NaN marks a row never written)",
+        )
     if keys is not None and len(keys):
         flag(np.array([str(k) == "" for k in keys]), lambda i: "an empty key")
     return [(int(rows[i]), ", ".join(problems[i])) for i in sorted(problems)]

@@ -30,6 +30,11 @@ root arrays and deletes `parts/`.
 
 Unwritten rows never read as tokens: the fill values (65535, NaN, "", -1) are not values a
 model produces, and `state` stays "encoding" until every row is written.
+
+Readers trust nothing of this on disk: `gtok.store.validate` checks the header and every
+array's dtype, shape, chunking and codecs against the specs here before any data is read,
+`zstdguard` bounds what a chunk may decompress to, and `damage.row_damage` refuses rows
+holding fill values or ids outside the codebook.
 """
 
 from __future__ import annotations
