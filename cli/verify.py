@@ -1,4 +1,5 @@
-"""`gtok verify`: is every source sample in the store, encoded or skipped with a reason?"""
+"""`gtok verify`: does every row hold a token, and is every source sample in the store,
+encoded or skipped with a reason?"""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def verify(
     ],
     json_output: JsonFlag = False,
 ) -> None:
-    """Check the store against its source shards sample by sample; exit 1 when they disagree.
+    """Check every row's tokens and the store against its source shards sample by sample;
+    exit 1 when they disagree.
 
     Example: gtok verify tokens.zarr --against ./shards
 

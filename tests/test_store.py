@@ -10,6 +10,7 @@ import torch
 import zarr
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+from gtok.data import Preprocess
 from gtok.errors import GtokError
 from gtok.store import (
     Location,
@@ -31,12 +32,17 @@ ROWS = {"a.tar": 5, "b.tar": 0, "c.tar": 7}
 
 def header(**changes) -> StoreHeader:
     fields = {
-        "model_config": {"kind": "gaussian", "preset": "test"},
+        "model_config": {
+            "kind": "gaussian",
+            "preset": "test",
+            "num_gaussians": G,
+            "codebook_size": 16,
+        },
         "weights_sha256": "ab" * 32,
         "num_tokens": G,
         "codebook_size": 16,
         "has_geometry": True,
-        "preprocessing": {"image_size": 8, "resize": 8},
+        "preprocessing": Preprocess(8).to_dict(),
         "geometry_dtype": "float16",
         "shard_names": NAMES,
         "shard_urls": tuple(f"/data/{n}" for n in NAMES),
@@ -179,7 +185,7 @@ def test_writer_refuses_what_does_not_belong(tmp_path):
     with pytest.raises(GtokError, match="another model"):
         StoreWriter.open(out, header(weights_sha256="cd" * 32))
     with pytest.raises(GtokError, match=r"different preprocessing .*resize"):
-        StoreWriter.open(out, header(preprocessing={"image_size": 8, "resize": 9}))
+        StoreWriter.open(out, header(preprocessing=Preprocess(8, 9).to_dict()))
     with pytest.raises(GtokError, match="another list of input shards"):
         StoreWriter.open(out, header(shard_names=NAMES[:2], shard_urls=("x", "y")))
     with pytest.raises(GtokError, match="float16, not float32"):

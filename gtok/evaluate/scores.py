@@ -155,6 +155,9 @@ class Scorer:
                 NO_TOKENS if self.codebook_size is None else "the tokenizer has no Gaussians"
             )
         elif self._geometry:
-            out["geometry"] = geometry_stats(np.concatenate(self._geometry)).to_dict()
+            try:
+                out["geometry"] = geometry_stats(np.concatenate(self._geometry)).to_dict()
+            except ValueError as exc:  # non-finite or non-positive values from the tokenizer
+                unavailable["geometry"] = f"the tokens' geometry cannot be summarized: {exc}"
         out["unavailable"] = unavailable
         return out

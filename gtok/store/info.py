@@ -10,22 +10,27 @@ from collections import Counter
 import numpy as np
 
 from gtok.store import schema
+from gtok.store.damage import blocks, read_block
 from gtok.store.location import Location
-from gtok.store.writer import open_root, part_counts, read_header
+from gtok.store.validate import get_array, open_checked
+from gtok.store.writer import part_counts
 
 __all__ = ["code_usage", "store_info"]
 
 
-def code_usage(indices, codebook_size: int, block_rows: int = schema.SHARD_ROWS) -> dict:
-    """Histogram summary of code ids over all rows of `indices` ([N, G], read in blocks).
+def code_usage(
+    indices, codebook_size: int, block_rows: int = schema.SHARD_ROWS, store: str = "the store"
+) -> dict:
+    """Histogram summary of code ids over all rows of `indices` ([N, G], read in blocks of
+    `block_rows`; `store` names it in the error a damaged block raises).
 
     used: codes that occur at least once; perplexity: exp(entropy) of the code frequencies
     (codebook_size when all codes are equally frequent); top: the 5 most frequent codes and
     their share of all tokens.
     """
     counts = np.zeros(max(codebook_size, schema.INDEX_FILL + 1), np.int64)
-    for start in range(0, indices.shape[0], block_rows):
-        block = np.asarray(indices[start : start + block_rows]).ravel()
+    for start, stop in blocks(indices.shape[0], block_rows):
+        block = read_block(store, schema.INDICES, indices, start, stop).ravel()
         counts += np.bincount(block, minlength=counts.size)[: counts.size]
     total = int(counts.sum())
     in_book = counts[:codebook_size]
@@ -45,7 +50,7 @@ def code_usage(indices, codebook_size: int, block_rows: int = schema.SHARD_ROWS)
     }
 
 
-def _sizes(location: Location, root, names: list[str]) -> dict:
+def _sizes(location: Location, names: list[str]) -> dict:
     out = {}
     if not location.is_local:
         total, files = location.disk_usage()
@@ -61,8 +66,8 @@ def _sizes(location: Location, root, names: list[str]) -> dict:
 def store_info(path: str | os.PathLike, *, usage: bool = True) -> dict:
     """Everything `gtok info` shows, as one JSON-ready dict."""
     location = Location(os.fspath(path))
-    root = open_root(location)
-    header, attrs = read_header(root)
+    checked = open_checked(location)
+    root, header, attrs, store = checked.root, checked.header, checked.attrs, str(location)
     info: dict = {
         "store": str(location),
         "state": attrs["state"],
@@ -80,7 +85,7 @@ def store_info(path: str | os.PathLike, *, usage: bool = True) -> dict:
         "geometry_dtype": attrs["geometry_dtype"],
         "input_shards": len(header.shard_names),
     }
-    if attrs["state"] != schema.STATE_COMPLETE:
+    if not checked.complete:
         done = [n for n in header.shard_names if part_counts(root, n) is not None]
         info["shards_done"] = len(done)
         info["next_step"] = (
@@ -89,24 +94,29 @@ def store_info(path: str | os.PathLike, *, usage: bool = True) -> dict:
         )
         return info
     counts = attrs["counts"]
-    rows = int(root[schema.KEYS].shape[0])
-    arrays = [n for n in (schema.INDICES, schema.GEOMETRY, schema.KEYS, schema.LABELS) if n in root]
-    sizes = _sizes(location, root, [*arrays, schema.SKIPPED, schema.INPUTS])
+    rows = checked.rows
+    names = [n for n in (schema.INDICES, schema.GEOMETRY, schema.KEYS, schema.LABELS) if n in root]
+    arrays = {n: get_array(root, n, store) for n in names}
+    sizes = _sizes(location, [*arrays, schema.SKIPPED, schema.INPUTS])
     raw = header.num_tokens * schema.INDEX_DTYPE.itemsize
     if header.has_geometry:
         raw += header.num_tokens * 5 * np.dtype(header.geometry_dtype).itemsize
     info.update(
         rows=rows,
         counts=counts,
-        arrays={n: {"shape": list(root[n].shape), "dtype": str(root[n].dtype)} for n in arrays},
+        arrays={n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in arrays.items()},
         sizes=sizes,
         bytes_per_image=sizes["total_bytes"] / rows if rows else None,
         raw_token_bytes_per_image=raw,
     )
-    reasons = Counter(_reason_kind(r) for r in root[schema.SKIPPED]["reason"][...].tolist())
+    path = f"{schema.SKIPPED}/reason"
+    reason = get_array(root, path, store)
+    reasons: Counter = Counter()
+    for start, stop in blocks(int(reason.shape[0])):
+        reasons.update(_reason_kind(r) for r in read_block(store, path, reason, start, stop))
     info["skipped_reasons"] = dict(reasons.most_common())
     if usage:
-        info["code_usage"] = code_usage(root[schema.INDICES], header.codebook_size)
+        info["code_usage"] = code_usage(arrays[schema.INDICES], header.codebook_size, store=store)
     return info
 
 

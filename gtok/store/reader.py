@@ -36,9 +36,11 @@ from torch.utils.data import Dataset
 
 from gtok.errors import GtokError
 from gtok.store import schema
+from gtok.store.damage import blocks, read_block, read_errors, row_damage
 from gtok.store.location import Location
 from gtok.store.rowread import RowReader
-from gtok.store.writer import open_root, read_header
+from gtok.store.validate import get_array, open_checked
+from gtok.store.writer import open_root
 
 __all__ = ["TokenStore"]
 
@@ -62,9 +64,9 @@ class TokenStore(Dataset):
         self.format = format
         self.in_memory = in_memory
         self._location = Location(self.path)
-        root = open_root(self._location)
-        self.header, self.attrs = read_header(root)
-        if self.attrs["state"] != schema.STATE_COMPLETE:
+        checked = open_checked(self._location)
+        root, self.header, self.attrs = checked.root, checked.header, checked.attrs
+        if checked.rows is None:
             raise GtokError(
                 f"{self._location} is not finished (state: {self.attrs['state']}); rerun the "
                 "encode command to resume it, or run `gtok encode --finalize -o "
@@ -75,7 +77,7 @@ class TokenStore(Dataset):
         for name in self.fields:
             if name not in (*available, schema.KEYS):
                 raise ValueError(f"{name!r} is not an array of this store ({[*available, 'keys']})")
-        self._length = int(root[schema.KEYS].shape[0])
+        self._length = checked.rows
         self._arrays: dict[str, Any] | None = None
         self._key_index: dict[str, int] | None = None
 
@@ -132,17 +134,18 @@ class TokenStore(Dataset):
             root = open_root(self._location)
             arrays: dict[str, Any] = {}
             for name in {*self.fields, schema.KEYS}:
-                array = root[name]
+                array = get_array(root, name, self.path)
                 fast = None
                 if self._location.is_local and name != schema.KEYS:
                     fast = RowReader.open(self._location.path / name, array)
                 arrays[name] = fast or array
             if self.in_memory:
                 everything = np.arange(len(self))
-                arrays = {
-                    n: a.take(everything) if isinstance(a, RowReader) else a[...]
-                    for n, a in arrays.items()
-                }
+                with read_errors(self.path, f"the {len(self)} rows of {sorted(arrays)}"):
+                    arrays = {
+                        n: a.take(everything) if isinstance(a, RowReader) else a[...]
+                        for n, a in arrays.items()
+                    }
             self._arrays = arrays
         return self._arrays
 
@@ -176,6 +179,15 @@ class TokenStore(Dataset):
         return rows, False
 
     def _read(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
+        """Rows `rows` of array `name`; a `GtokError` naming them when they cannot be read."""
+        if isinstance(rows, slice):
+            what = f"{name} rows {rows.start}-{rows.stop - 1}"
+        else:
+            what = f"{name} rows {_row_list(rows)}"
+        with read_errors(self.path, what):
+            return self._read_unchecked(name, rows)
+
+    def _read_unchecked(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
         array = self._open()[name]
         if isinstance(array, np.ndarray):  # in memory
             return array[rows]
@@ -206,7 +218,25 @@ class TokenStore(Dataset):
         }
         for name in self.fields:
             out[name] = self._read(name, rows)
+        self._refuse_damage(out)
         return self._convert(out)
+
+    def _refuse_damage(self, batch: dict[str, Any]) -> None:
+        """A `GtokError` when a row of `batch` holds no token (`damage.row_damage`)."""
+        damage = row_damage(
+            batch["row"],
+            self.codebook_size,
+            batch.get(schema.INDICES),
+            batch.get(schema.GEOMETRY),
+            batch.get(schema.KEYS),
+        )
+        if damage:
+            row, what = damage[0]
+            more = f" (and {len(damage) - 1} more rows of this batch)" if len(damage) > 1 else ""
+            raise GtokError(
+                f"{self.path} is damaged: row {row} holds {what}{more}; run `gtok verify` on "
+                "it and re-encode it, or restore it from a copy."
+            )
 
     def _convert(self, batch: dict[str, Any]) -> dict[str, Any]:
         if schema.KEYS in batch:
@@ -260,7 +290,14 @@ class TokenStore(Dataset):
 
     def keys(self) -> list[str]:
         """Every row's key "<shard file name>/<sample key>", in row order."""
-        return [str(k) for k in self._open()[schema.KEYS][...]]
+        array = self._open()[schema.KEYS]
+        if isinstance(array, np.ndarray):  # in memory
+            return [str(k) for k in array]
+        return [
+            str(k)
+            for start, stop in blocks(len(self))
+            for k in read_block(self.path, schema.KEYS, array, start, stop)
+        ]
 
     def index(self, key: str) -> int:
         """The row of `key`; a KeyError when it is not in the store."""
@@ -278,22 +315,36 @@ class TokenStore(Dataset):
     def skipped(self) -> list[tuple[str, str, str]]:
         """(shard, key, reason) of every sample that was read but not encoded; key "" marks
         a tar that could not be read to its end."""
-        root = open_root(self._location)
-        table = root[schema.SKIPPED]
-        columns = [table[c][...].tolist() for c in ("shard", "key", "reason")]
+        columns = [self._column(schema.SKIPPED, c) for c in schema.SKIPPED_COLUMNS]
         return [tuple(str(v) for v in row) for row in zip(*columns, strict=True)]
 
     def inputs(self) -> list[dict[str, Any]]:
         """Per input shard: name, url, first_row, rows, samples, skipped, problem."""
-        root = open_root(self._location)
-        table = root[schema.INPUTS]
-        names = ("name", "url", "first_row", "rows", "samples", "skipped", "problem")
-        columns = {c: table[c][...].tolist() for c in names}
+        names = tuple(schema.INPUT_COLUMNS)
+        columns = {c: self._column(schema.INPUTS, c) for c in names}
         return [{c: _plain(columns[c][i]) for c in names} for i in range(len(columns["name"]))]
+
+    def _column(self, table: str, column: str) -> list:
+        """Every value of column `column` of table `table`, read a block at a time."""
+        path = f"{table}/{column}"
+        array = get_array(open_root(self._location), path, self.path)
+        return [
+            value
+            for start, stop in blocks(int(array.shape[0]))
+            for value in read_block(self.path, path, array, start, stop).tolist()
+        ]
 
 
 def _row_of(batch: dict[str, Any], i: int) -> dict[str, Any]:
     return {name: value[i] for name, value in batch.items()}
+
+
+def _row_list(rows: np.ndarray) -> str:
+    """Row numbers for a message: "3-42" (consecutive), "3, 7, 9" or "3, 7, 9, ... (40 rows)"."""
+    if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+        return f"{rows[0]}-{rows[-1]}"
+    shown = ", ".join(str(int(r)) for r in rows[:3])
+    return shown + (f", ... ({len(rows)} rows)" if len(rows) > 3 else "")
 
 
 def _plain(value: Any) -> Any:

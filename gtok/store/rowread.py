@@ -8,6 +8,10 @@ a reader can follow the sharding spec (ZEP 2) directly: read each shard's index 
 (`n` little-endian uint64 (offset, nbytes) pairs + a crc32c), then `pread` and decompress
 only the inner chunks a batch needs.
 
+Chunks are bounded: the shard index must point inside the file, and each chunk's zstd
+header must declare exactly one chunk's bytes (`zstdguard.check_frame`) before it is
+decompressed; anything else raises `CorruptChunk`.
+
 `RowReader.open` returns None for any array not in exactly that layout (or not on a local
 disk), and `TokenStore` then reads through zarr; tests check both give the same rows.
 """
@@ -18,6 +22,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from gtok.store.zstdguard import CorruptChunk, check_frame
 
 __all__ = ["RowReader"]
 
@@ -96,12 +102,20 @@ class RowReader:
             size = 16 * self.per_shard + 4
             try:
                 with path.open("rb") as f:
-                    f.seek(-size, os.SEEK_END)
+                    data_bytes = f.seek(0, os.SEEK_END) - size
+                    if data_bytes < 0:
+                        raise CorruptChunk(f"{path} is shorter than its shard index")
+                    f.seek(data_bytes)
                     raw = f.read(size)
             except FileNotFoundError:
                 self._indexes[shard] = None
                 return None
-            self._indexes[shard] = np.frombuffer(raw[:-4], "<u8").reshape(self.per_shard, 2)
+            index = np.frombuffer(raw[:-4], "<u8").reshape(self.per_shard, 2)
+            present = index[:, 0] != _MISSING
+            ends = index[present, 0].astype(object) + index[present, 1].astype(object)
+            if len(ends) and max(ends) > data_bytes:
+                raise CorruptChunk(f"the shard index of {path} points past the end of its data")
+            self._indexes[shard] = index
         return self._indexes[shard]
 
     def _chunk(self, shard: int, handle, entry: np.ndarray) -> np.ndarray:
@@ -111,6 +125,7 @@ class RowReader:
         from numcodecs.zstd import decompress
 
         data = os.pread(handle, int(entry[1]), int(entry[0]))
+        check_frame(data, int(np.prod(shape)) * self.dtype.itemsize)
         return np.frombuffer(decompress(data), self.dtype).reshape(shape)
 
     def take(self, rows: np.ndarray) -> np.ndarray:

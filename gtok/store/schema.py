@@ -33,6 +33,11 @@ store. Finalize takes every lock, concatenates the parts into the root arrays an
 
 Unwritten rows never read as tokens: the fill values (65535, NaN, "", -1) are not values a
 model produces, and `state` stays "encoding" until every row is written.
+
+Readers trust nothing of this on disk: `gtok.store.validate` checks the header and every
+array's dtype, shape, chunking and codecs against the specs here before any data is read,
+`zstdguard` bounds what a chunk may decompress to, and `damage.row_damage` refuses rows
+holding fill values or ids outside the codebook.
 """
 
 from __future__ import annotations
@@ -47,14 +52,20 @@ import numpy as np
 __all__ = [
     "ATTR_ROOT",
     "CHUNK_ROWS",
+    "COUNT_KEYS",
     "FORMAT",
     "FORMAT_VERSION",
     "GEOMETRY_DTYPES",
     "INDEX_FILL",
+    "INPUT_COLUMNS",
+    "MAX_NUM_TOKENS",
+    "MAX_STRING_BYTES",
     "SHARD_ROWS",
+    "SKIPPED_COLUMNS",
     "ArraySpec",
     "StoreHeader",
     "compressors",
+    "data_type_name",
     "part_name",
     "row_arrays",
 ]
@@ -85,6 +96,24 @@ SHARD_ROWS = 16384  # rows per Zarr shard (one file): 1.28M rows -> 79 files per
 CHUNK_ROWS = 32  # rows per inner chunk: the unit a random read decompresses
 ZSTD_LEVEL = 3
 
+# what readers accept before they read any data (`gtok.store.validate`)
+MAX_NUM_TOKENS = 1 << 16  # G: tokens per image
+MIN_CODEBOOK_SIZE = 2  # codebook sizes 2..INDEX_FILL
+MAX_STRING_BYTES = 4096  # mean UTF-8 bytes per string a compressed string chunk may inflate to
+
+# the tables (1-D, one unsharded Zarr chunk per at most SHARD_ROWS rows, zstd), header counts
+SKIPPED_COLUMNS: dict[str, Any] = {"shard": str, "key": str, "reason": str}
+INPUT_COLUMNS: dict[str, Any] = {
+    "name": str,
+    "url": str,
+    "first_row": COUNT_DTYPE,
+    "rows": COUNT_DTYPE,
+    "samples": COUNT_DTYPE,
+    "skipped": COUNT_DTYPE,
+    "problem": str,
+}
+COUNT_KEYS = ("shards", "samples", "encoded", "skipped", "damaged_shards", "labeled", "upscaled")
+
 
 @dataclass(frozen=True)
 class ArraySpec:
@@ -107,6 +136,11 @@ def row_arrays(
     if has_labels:
         specs.append(ArraySpec(LABELS, LABEL_DTYPE, (), LABEL_FILL))
     return specs
+
+
+def data_type_name(dtype: Any) -> str:
+    """The Zarr v3 `data_type` of a spec's dtype: "string" for `str`, else the numpy name."""
+    return "string" if dtype is str else np.dtype(dtype).name
 
 
 def compressors():

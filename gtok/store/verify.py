@@ -1,10 +1,15 @@
-"""`gtok verify`: check a finished store against its source shards, sample by sample.
+"""`gtok verify`: check a finished store's tokens and its accounting of every source sample.
 
-Every sample of every source tar must be in the store exactly as often as the tar holds it,
-either as a row or as a skipped record with a reason; the store must hold nothing else; a
-tar that cannot be read to its end must be recorded as damaged; per-shard sample counts and
-the store's totals must agree. Only tar headers and member bytes are read: no image is
-decoded, so a verify is much faster than an encode.
+First the store is opened and checked against the format (`validate`: header fields, the
+arrays' names, dtypes, shapes and chunking, G as the model says); a store that fails that is
+a `GtokError`. Then every row is read, one Zarr shard at a time, and must hold a token: code
+ids below the codebook size (65535 marks a row never written), finite geometry, a non-empty
+key. Every sample of every source tar must be in the store exactly as often as the tar holds
+it, either as a row of its shard's row range or as a skipped record with a reason; the store
+must hold nothing else; a tar that cannot be read to its end must be recorded as damaged;
+the per-shard table and the header's counts must agree with the arrays. Only tar headers and
+member bytes are read: no image is decoded, so a verify is much faster than an encode.
+Memory holds one Zarr shard of rows, and the keys of one input shard, at a time.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
-from gtok.data.shards import expand_shards
+import numpy as np
+
+from gtok.data.shards import ShardRef, expand_shards
 from gtok.data.tario import RawSample, TarProblem, read_tar
 from gtok.store import schema
+from gtok.store.damage import blocks, read_block, row_damage
 from gtok.store.location import Location
-from gtok.store.writer import open_root, read_header
+from gtok.store.validate import CheckedStore, get_array, open_checked
 
 __all__ = ["VerifyReport", "verify_store"]
 
@@ -50,6 +58,14 @@ class VerifyReport:
         return {"ok": self.ok, **asdict(self)}
 
 
+@dataclass
+class _Skipped:
+    """The skipped table grouped by input shard: sample keys, and the damage record."""
+
+    keys: dict[str, Counter] = field(default_factory=dict)
+    damage: dict[str, str] = field(default_factory=dict)
+
+
 def _source(url: str) -> tuple[Counter, str | None]:
     """(occurrences of each sample key, the tar's problem or None)."""
     keys: Counter = Counter()
@@ -62,88 +78,174 @@ def _source(url: str) -> tuple[Counter, str | None]:
     return keys, problem
 
 
+def _column(store: CheckedStore, path: str) -> list:
+    """A whole table column (tables hold one value per input shard or skipped sample)."""
+    array = get_array(store.root, path, str(store.location))
+    return [
+        value
+        for start, stop in blocks(int(array.shape[0]))
+        for value in read_block(str(store.location), path, array, start, stop).tolist()
+    ]
+
+
+def _check_tokens(store: CheckedStore, report: VerifyReport) -> int:
+    """Every row holds a token (`damage.row_damage`); returns how many rows have a label."""
+    where, root, rows = str(store.location), store.root, store.rows or 0
+    names = [n for n in (schema.INDICES, schema.GEOMETRY, schema.KEYS) if n in root]
+    arrays = {n: get_array(root, n, where) for n in names}
+    labels = get_array(root, schema.LABELS, where) if schema.LABELS in root else None
+    labeled = 0
+    for start, stop in blocks(rows):
+        block = {n: read_block(where, n, a, start, stop) for n, a in arrays.items()}
+        keys = block.get(schema.KEYS)
+        for row, what in row_damage(
+            np.arange(start, stop),
+            store.header.codebook_size,
+            block.get(schema.INDICES),
+            block.get(schema.GEOMETRY),
+            keys,
+        ):
+            key = f" ({keys[row - start]})" if keys is not None and keys[row - start] else ""
+            report.add(f"row {row}{key}: {what}")
+        if labels is not None:
+            labeled += int((read_block(where, schema.LABELS, labels, start, stop) >= 0).sum())
+    return labeled
+
+
+def _read_skipped(store: CheckedStore, report: VerifyReport) -> _Skipped:
+    columns = [_column(store, f"{schema.SKIPPED}/{c}") for c in schema.SKIPPED_COLUMNS]
+    out = _Skipped()
+    for shard, key, reason in zip(*columns, strict=True):
+        shard, key, reason = str(shard), str(key), str(reason)
+        if not reason:
+            report.add(f"{shard}/{key}: skipped without a reason")
+        if key:
+            report.skipped += 1
+            out.keys.setdefault(shard, Counter())[key] += 1
+        else:
+            out.damage[shard] = reason
+    return out
+
+
+def _shard_rows(store: CheckedStore, ref_name: str, span: tuple[int, int], report) -> Counter:
+    """Sample keys of the rows `span` (start, stop) of input shard `ref_name`."""
+    where = str(store.location)
+    keys = get_array(store.root, schema.KEYS, where)
+    found: Counter = Counter()
+    start, stop = span
+    for begin, end in blocks(stop - start):
+        for offset, key in enumerate(
+            read_block(where, schema.KEYS, keys, start + begin, start + end)
+        ):
+            shard, _, sample = str(key).partition("/")
+            if shard == ref_name:
+                found[sample] += 1
+            elif key:  # an empty key is reported with the tokens
+                report.add(f"row {start + begin + offset} ({key}) lies in the rows of {ref_name}")
+    return found
+
+
+def _check_inputs(store: CheckedStore, table: dict[str, list], skipped: _Skipped, report) -> None:
+    """The per-shard table: contiguous row ranges covering every row, consistent counts."""
+    expected_first = 0
+    for i, name in enumerate(table["name"]):
+        name = str(name)
+        first, rows, samples = table["first_row"][i], table["rows"][i], table["samples"][i]
+        recorded = sum(skipped.keys.get(name, Counter()).values())
+        if first != expected_first:
+            report.add(f"{name}: its rows start at {first}, not after the previous shard's")
+        expected_first = first + rows
+        if table["skipped"][i] != recorded or rows + recorded != samples:
+            report.add(
+                f"{name}: the table says {rows} rows + {table['skipped'][i]} skipped = {samples} "
+                f"samples, the store holds {recorded} skipped records"
+            )
+        if bool(str(table["problem"][i])) != (name in skipped.damage):
+            report.add(f"{name}: the table and the skipped records disagree on its damage")
+    if table["name"] and [str(n) for n in table["name"]] != list(store.header.shard_names):
+        report.add("the input table does not list the header's input shards")
+    if expected_first != store.rows:
+        report.add(
+            f"the input table accounts for {expected_first} rows, the store has {store.rows}"
+        )
+
+
+def _check_counts(store: CheckedStore, report: VerifyReport, skipped: _Skipped, labeled: int):
+    counts = store.attrs["counts"]
+    found = {
+        "shards": len(store.header.shard_names),
+        "encoded": report.rows,
+        "skipped": report.skipped,
+        "samples": report.rows + report.skipped,
+        "damaged_shards": len(skipped.damage),
+        "labeled": labeled,
+    }
+    for key, value in found.items():
+        if counts[key] != value:
+            report.add(f"the header counts {key} {counts[key]}, the arrays hold {value}")
+
+
+def _check_source(
+    store: CheckedStore, ref: ShardRef, span: tuple[int, int], skipped: _Skipped, report
+) -> int:
+    """Compare one source tar with its rows and skipped records; returns its sample count."""
+    expected, problem = _source(ref.url)
+    found = _shard_rows(store, ref.name, span, report) + skipped.keys.get(ref.name, Counter())
+    for key in sorted(set(expected) | set(found)):
+        if expected[key] != found[key]:
+            report.add(
+                f"{ref.name}/{key}: {expected[key]} in the source, {found[key]} in the store "
+                "(rows + skipped)"
+            )
+    if (problem is None) != (ref.name not in skipped.damage):
+        report.add(
+            f"{ref.name}: the source tar is "
+            f"{'damaged (' + problem + ')' if problem else 'intact'} but the store records "
+            f"{'damage' if ref.name in skipped.damage else 'none'}"
+        )
+    return sum(expected.values())
+
+
 def verify_store(path: str | os.PathLike, shards: Iterable[str | os.PathLike]) -> VerifyReport:
-    """Compare the store at `path` with the source `shards` (see the module docstring)."""
+    """Check the store at `path` and compare it with the source `shards` (see the module doc).
+
+    A store that does not open or does not match the format raises `GtokError`; every other
+    problem is listed in the report.
+    """
     location = Location(os.fspath(path))
     report = VerifyReport(store=str(location))
-    root = open_root(location)
-    header, attrs = read_header(root)
-    if attrs["state"] != schema.STATE_COMPLETE:
-        report.add(f"the store is not finished (state: {attrs['state']})")
+    store = open_checked(location)
+    if not store.complete:
+        report.add(f"the store is not finished (state: {store.attrs['state']})")
         return report
+    report.rows = store.rows or 0
     sources = expand_shards(shards)
-    stored_names = set(header.shard_names)
+    stored_names = set(store.header.shard_names)
     for ref in sources:
         if ref.name not in stored_names:
             report.add(f"{ref.name}: a source shard the store does not include")
     for name in sorted(stored_names - {r.name for r in sources}):
         report.add(f"{name}: in the store but not among the given shards")
-    keys = [str(k) for k in root[schema.KEYS][...].tolist()]
-    report.rows = len(keys)
-    table = root[schema.SKIPPED]
-    skipped_rows = list(
-        zip(
-            *(table[c][...].tolist() for c in ("shard", "key", "reason")),
-            strict=True,
-        )
-    )
-    report.skipped = sum(1 for _, key, _ in skipped_rows if key)
-    rows_by_shard: dict[str, Counter] = {}
-    for key in keys:
-        shard, _, sample = key.partition("/")
-        rows_by_shard.setdefault(shard, Counter())[sample] += 1
-    skipped_by_shard: dict[str, Counter] = {}
-    damage: dict[str, str] = {}
-    for shard, key, reason in skipped_rows:
-        shard, key, reason = str(shard), str(key), str(reason)
-        if not reason:
-            report.add(f"{shard}/{key}: skipped without a reason")
-        if key:
-            skipped_by_shard.setdefault(shard, Counter())[key] += 1
-        else:
-            damage[shard] = reason
-    samples_by_name = dict(
-        zip(
-            [str(n) for n in root[schema.INPUTS]["name"][...].tolist()],
-            root[schema.INPUTS]["samples"][...].tolist(),
-            strict=True,
-        )
-    )
+    labeled = _check_tokens(store, report)
+    skipped = _read_skipped(store, report)
+    for shard in sorted((set(skipped.keys) | set(skipped.damage)) - stored_names):
+        report.add(f"{shard}: skipped records of a shard that is not an input shard")
+    table = {c: _column(store, f"{schema.INPUTS}/{c}") for c in schema.INPUT_COLUMNS}
+    _check_inputs(store, table, skipped, report)
+    _check_counts(store, report, skipped, labeled)
+    spans = {
+        str(n): (max(0, min(f, report.rows)), max(0, min(f + r, report.rows)))
+        for n, f, r in zip(table["name"], table["first_row"], table["rows"], strict=True)
+    }
     for ref in sources:
-        if ref.name not in stored_names:
-            continue
-        report.shards_checked += 1
-        expected, problem = _source(ref.url)
-        report.source_samples += sum(expected.values())
-        found = rows_by_shard.pop(ref.name, Counter()) + skipped_by_shard.pop(ref.name, Counter())
-        for key in sorted(set(expected) | set(found)):
-            if expected[key] != found[key]:
+        if ref.name in stored_names:
+            report.shards_checked += 1
+            samples = _check_source(store, ref, spans.get(ref.name, (0, 0)), skipped, report)
+            report.source_samples += samples
+            index = store.header.shard_names.index(ref.name)
+            if table["samples"][index] != samples:
                 report.add(
-                    f"{ref.name}/{key}: {expected[key]} in the source, {found[key]} in the store "
-                    "(rows + skipped)"
+                    f"{ref.name}: {samples} samples in the source, {table['samples'][index]} "
+                    "counted in the store"
                 )
-        if (problem is None) != (ref.name not in damage):
-            report.add(
-                f"{ref.name}: the source tar is "
-                f"{'damaged (' + problem + ')' if problem else 'intact'} but the store records "
-                f"{'damage' if ref.name in damage else 'none'}"
-            )
-        if samples_by_name.get(ref.name) != sum(expected.values()):
-            report.add(
-                f"{ref.name}: {sum(expected.values())} samples in the source, "
-                f"{samples_by_name.get(ref.name)} counted in the store"
-            )
-    for shard in sorted((set(rows_by_shard) | set(skipped_by_shard)) - stored_names):
-        report.add(f"{shard}: rows or skipped records of a shard that is not an input shard")
-    counts = attrs["counts"]
-    if counts["encoded"] != report.rows or counts["skipped"] != report.skipped:
-        report.add(
-            f"the store's counts (encoded {counts['encoded']}, skipped {counts['skipped']}) do "
-            f"not match its arrays ({report.rows} rows, {report.skipped} skipped records)"
-        )
-    if counts["encoded"] + counts["skipped"] != counts["samples"]:
-        report.add(
-            f"encoded {counts['encoded']} + skipped {counts['skipped']} != samples read "
-            f"{counts['samples']}"
-        )
     return report

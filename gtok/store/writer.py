@@ -78,24 +78,44 @@ class Part:
 
 
 def open_root(location: Location, mode: str = "r"):
-    """The store's root group; a `GtokError` when there is none."""
+    """The store's root group, its arrays' zstd bounded (`zstdguard`); a `GtokError` when
+    there is none or its metadata cannot be read."""
     import zarr
+
+    from gtok.store.zstdcodec import bounded_zstd
 
     if not location.has("zarr.json"):
         raise GtokError(f"{location} is not a gtok token store (no zarr.json there).")
-    return zarr.open_group(location.zarr_store(read_only=mode == "r"), mode=mode)
+    try:
+        with bounded_zstd():
+            return zarr.open_group(location.zarr_store(read_only=mode == "r"), mode=mode)
+    except Exception as exc:  # garbage JSON, a node of another kind, a Zarr v2 group, ...
+        raise GtokError(
+            f"{location} is damaged: its Zarr metadata cannot be read ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); restore it from a copy or "
+            "re-encode it."
+        ) from exc
+
+
+def _store_name(root) -> str:
+    local = getattr(root.store, "root", None)  # LocalStore: the folder
+    return str(local) if local is not None else str(root.store)
 
 
 def read_header(root) -> tuple[schema.StoreHeader, dict]:
-    """(header, raw attribute dict) of an opened root group, or a `GtokError`."""
+    """(header, raw attribute dict) of an opened root group, checked against the format
+    (`validate.check_header`), or a `GtokError`."""
+    from gtok.store.validate import check_header
+
     attrs = root.attrs.asdict().get(schema.ATTR_ROOT)
     if not isinstance(attrs, dict) or attrs.get("format") != schema.FORMAT:
-        raise GtokError(f"{root.store} is a Zarr group but not a gtok token store.")
+        raise GtokError(f"{_store_name(root)} is a Zarr group but not a gtok token store.")
     if attrs.get("format_version") != schema.FORMAT_VERSION:
         raise GtokError(
-            f"the store has format version {attrs.get('format_version')!r}; this gtok "
+            f"{_store_name(root)} has format version {attrs.get('format_version')!r}; this gtok "
             f"({__version__}) reads version {schema.FORMAT_VERSION}."
         )
+    check_header(_store_name(root), attrs)
     return schema.StoreHeader.from_attrs(attrs), attrs
 
 
