@@ -3,8 +3,11 @@
 Prints one JSON document: for the `cifar` and `imagenet` shapes (see bench/raster.py), the
 largest differences between `kernels.rasterize` on CUDA (Taichi's cuda arch, zero-copy on
 torch's CUDA tensors) and `kernels.reference.rasterize` (map and every gradient, float32
-and float64), the median forward and forward+backward times of both (ms per batch of 64,
-CUDA events), and whether the imagenet forward+backward meets its goal (<= 0.5 ms).
+and float64); per rasterizer the median forward and forward+backward time of one call (ms
+per batch of 64, CUDA events: for these small kernels mostly the host's launch overhead,
+about eleven tensor arguments per Taichi launch) and beside it the kernel time (`*_kernel_ms`:
+the GPU's time in kernels per call, by torch.profiler); and whether the imagenet
+forward+backward call meets its goal (<= 0.5 ms).
 Exits with status 1 and one line on stderr when no CUDA device is present, or when a
 difference exceeds its tolerance (the JSON is printed first).
 
@@ -21,6 +24,8 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -70,7 +75,9 @@ def check(name: str, dtype: torch.dtype) -> dict:
 
 
 def cuda_ms(fn, repeats: int) -> float:
-    """Median milliseconds of fn() on the GPU, by CUDA events, after two warm-up calls."""
+    """Median milliseconds of one fn() call on the GPU, by CUDA events, after two warm-up
+    calls. For small kernels this is mostly the host's launch overhead (the GPU waits for
+    the launches between the events)."""
     fn()
     fn()
     times = []
@@ -82,6 +89,20 @@ def cuda_ms(fn, repeats: int) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def kernel_ms(fn, repeats: int, activity=ProfilerActivity.CUDA) -> float:
+    """Mean milliseconds per fn() call that the device spends in kernels (the sum of every
+    kernel's duration, by the profiler): the time without host launch overhead."""
+    fn()
+    kind = DeviceType.CUDA if activity == ProfilerActivity.CUDA else DeviceType.CPU
+    with profile(activities=[activity]) as prof:
+        for _ in range(repeats):
+            fn()
+        if kind == DeviceType.CUDA:
+            torch.cuda.synchronize()
+    micros = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == kind)
+    return micros / 1000 / repeats
 
 
 def timings(name: str, repeats: int) -> dict:
@@ -96,13 +117,17 @@ def timings(name: str, repeats: int) -> dict:
         "torch_reference": reference.rasterize,
     }
     for label, raster in rasterizers.items():
-        result[label] = {
-            "forward_ms": round(cuda_ms(lambda r=raster: r(*inputs, height, width), repeats), 4),
-            "forward_backward_ms": round(
-                cuda_ms(lambda r=raster: r(*leaves, height, width).backward(upstream), repeats),
-                4,
+        calls = {
+            "forward": lambda r=raster: r(*inputs, height, width),
+            # autograd.grad: nothing accumulates in leaves' .grad across repeats
+            "forward_backward": lambda r=raster: torch.autograd.grad(
+                r(*leaves, height, width), leaves, upstream
             ),
         }
+        result[label] = {}
+        for call, fn in calls.items():
+            result[label][f"{call}_ms"] = round(cuda_ms(fn, repeats), 4)
+            result[label][f"{call}_kernel_ms"] = round(kernel_ms(fn, repeats), 4)
     return result
 
 

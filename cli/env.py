@@ -10,8 +10,9 @@ from gtok.envinfo import collect
 
 
 def env(json_output: JsonFlag = False) -> None:
-    """Show versions, devices, the Taichi arch that starts and whether the rasterizer's kernels
-    compile and agree with the reference on it, and which weight files are found.
+    """Show versions, devices, the Taichi arch that starts (and how to fix a CUDA driver
+    library Taichi cannot find), whether the rasterizer's kernels compile and agree with the
+    reference on it, and which weight files are found.
 
     Example: gtok env --json > env.json
     """
@@ -30,6 +31,8 @@ def env(json_output: JsonFlag = False) -> None:
     taichi = report["taichi"]
     arch = taichi["arch"] or f"[red]did not start[/] ({taichi.get('error')})"
     table.add_row("taichi arch", arch)
+    if taichi["libcuda_problem"]:
+        table.add_row("libcuda", f"[red]{taichi['libcuda_problem']}[/]")
     kernels = taichi["kernels"]
     table.add_row("taichi kernels", kernels if kernels == "ok" else f"[red]{kernels}[/]")
     table.add_row("kernel cache", taichi["cache_dir"])

@@ -55,8 +55,12 @@ def _torch_devices() -> list[str]:
 
 def _taichi() -> dict[str, Any]:
     from kernels import runtime, selfcheck
+    from kernels.libcuda import libcuda_problem
 
-    report: dict[str, Any] = {"cache_dir": str(runtime.cache_dir())}
+    report: dict[str, Any] = {
+        "cache_dir": str(runtime.cache_dir()),
+        "libcuda_problem": libcuda_problem(),  # None: libcuda.so loads, or no NVIDIA driver
+    }
     try:
         report["arch"] = runtime.start("auto")
     except Exception as exc:  # reported, not raised: `gtok env` must run on a broken install

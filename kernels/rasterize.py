@@ -8,6 +8,9 @@ packs the Gaussians into the one tensor the backward needs. Same numbers as
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -37,17 +40,12 @@ def rasterize(
     height, width: map size in pixels.
     Returns [B, C, height, width] in the inputs' dtype (float32 or float64, all alike),
     differentiable in every tensor argument. Tensors on the CPU run on Taichi's cpu arch,
-    CUDA tensors on its cuda arch, without copies; a device that does not match the arch
-    Taichi runs on in this process raises `kernels.ArchError`.
+    CUDA tensors on its cuda arch, without copies, ordered with torch's current CUDA
+    stream; a device that does not match the arch Taichi runs on in this process, or a CUDA
+    device other than cuda:0, raises `kernels.ArchError`.
     """
     _check(means, scales, rotations, features, height, width, opacities)
-    device = features.device
-    runtime.start(device)
-    if device.type == "cuda" and device.index not in (None, 0):
-        raise runtime.ArchError(
-            f"Taichi runs on the first CUDA device, but the tensors are on {device}; choose "
-            f"the GPU with CUDA_VISIBLE_DEVICES and keep the tensors on cuda:0."
-        )
+    runtime.start(features.device)  # refuses cuda:N (N > 0) before Taichi starts
     return _RasterizeFunction.apply(means, scales, rotations, features, opacities, height, width)
 
 
@@ -65,7 +63,7 @@ class _RasterizeFunction(torch.autograd.Function):
             # non-leaf tensors (the model's scales and means are computed).
             inputs = [t.detach().contiguous() for t in (means, scales, rotations, features)]
             inputs.append(inputs[2] if opacities is None else opacities.detach().contiguous())
-            with runtime.kernel_lock:
+            with runtime.kernel_lock, taichi_stream(features.device):
                 if features.is_cuda:
                     kernels.forward_gather(*inputs, params, out)
                 else:
@@ -86,7 +84,7 @@ class _RasterizeFunction(torch.autograd.Function):
             grads = torch.empty_like(params)
             scratch = params.new_empty((n_b, *grad_out.shape[2:], n_k - PARAMS))
             kernels = kernels_for(KernelKey(n_k - PARAMS, params.dtype, ctx.has_opacities))
-            with runtime.kernel_lock:
+            with runtime.kernel_lock, taichi_stream(params.device):
                 kernels.backward(params, grad_out.contiguous(), scratch, grads)
         need = ctx.needs_input_grad
         return (
@@ -98,6 +96,25 @@ class _RasterizeFunction(torch.autograd.Function):
             None,
             None,
         )
+
+
+@contextlib.contextmanager
+def taichi_stream(device: torch.device) -> Iterator[None]:
+    """Order Taichi's kernels, which it launches on CUDA's legacy default stream, with
+    torch's work on the current stream of `device`: the default stream waits for the
+    current one before the launches in the block, the current one for the default after.
+    Nothing to do on the CPU or when torch's current stream is the default one."""
+    if device.type != "cuda":
+        yield
+        return
+    current = torch.cuda.current_stream(device)
+    default = torch.cuda.default_stream(device)
+    if current == default:
+        yield
+        return
+    default.wait_stream(current)
+    yield
+    current.wait_stream(default)
 
 
 def _check(means, scales, rotations, features, height, width, opacities) -> None:

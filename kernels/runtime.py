@@ -3,7 +3,8 @@
 Taichi is started lazily (importing `kernels` compiles nothing), with
 `TI_SKIP_VERSION_CHECK=on` (no network call), no banner on stdout (stdout is for results),
 and an offline kernel cache so a second process reuses compiled kernels. Taichi silently
-falls back to the CPU when CUDA cannot start; `start` checks the arch it really got.
+falls back to the CPU when CUDA cannot start (e.g. without `libcuda.so`: `kernels.libcuda`);
+`start` checks the arch it really got. Taichi's CUDA context is on the first visible device.
 Taichi is not thread-safe: callers hold `kernel_lock` around every kernel launch.
 """
 
@@ -17,6 +18,8 @@ import threading
 from pathlib import Path
 
 import torch
+
+from kernels.libcuda import libcuda_problem
 
 os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")  # no network call at import
 os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")  # no banner on stdout
@@ -43,13 +46,20 @@ def cache_dir() -> Path:
 
 
 def resolve_arch(device: str | torch.device = "auto") -> str:
-    """Map a torch device (or `"auto"`) to the Taichi arch name `"cpu"` or `"cuda"`."""
+    """Map a torch device (or `"auto"`) to the Taichi arch name `"cpu"` or `"cuda"`.
+    Taichi computes on the first visible CUDA device only, so any other CUDA device is an
+    `ArchError` (before Taichi starts)."""
     if str(device) == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    kind = torch.device(device).type
-    if kind not in ("cpu", "cuda"):
-        raise ArchError(f"Taichi kernels run on cpu or cuda tensors, not on {kind}.")
-    return kind
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise ArchError(f"Taichi kernels run on cpu or cuda tensors, not on {device.type}.")
+    if device.type == "cuda" and device.index not in (None, 0):
+        raise ArchError(
+            f"Taichi runs on the first visible CUDA device, but the tensors are on {device}; "
+            "list that GPU first in CUDA_VISIBLE_DEVICES and keep the tensors on cuda:0."
+        )
+    return device.type
 
 
 def started_arch() -> str | None:
@@ -92,7 +102,8 @@ def _init_taichi(want: str) -> str:
     name = "cuda" if got == ti.cuda else "cpu" if got in (ti.x64, ti.arm64) else str(got)
     if name != want:
         raise ArchError(
-            f"Taichi was asked to start on {want} but started on {name}; check the CUDA "
+            libcuda_problem()
+            or f"Taichi was asked to start on {want} but started on {name}; check the CUDA "
             f"driver (`gtok env`) or use --device cpu."
         )
     return name

@@ -30,7 +30,7 @@ from gtok.train.config import tokenizer_config
 from gtok.train.discriminator import PatchDiscriminator
 from gtok.train.distributed import Dist
 from gtok.train.losses import LeCam
-from gtok.train.session import Session
+from gtok.train.session import Session, determinism
 from gtok.train.step import TrainStep
 
 SMALL = {"num_gaussians": 16, "codebook_size": 64}
@@ -153,16 +153,16 @@ def test_interrupted_run_resumed_with_the_same_command_matches_an_uninterrupted_
     data, reference, tmp_path, monkeypatch
 ):
     run_dir = tmp_path / "run"
-    original = Session.advance
+    original = step_module.l1_loss
     calls = []
 
-    def interrupt_in_step_two(self, stream, position):
-        original(self, stream, position)
-        calls.append(stream)
+    def interrupt_in_step_one(recon, target):
+        calls.append(1)
         if len(calls) == 1:
             os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C while step 1 runs
+        return original(recon, target)
 
-    monkeypatch.setattr(Session, "advance", interrupt_in_step_two)
+    monkeypatch.setattr(step_module, "l1_loss", interrupt_in_step_one)
     first = train(_config(data), run_dir)
     monkeypatch.undo()
     assert (first.step, first.stopped) == (1, "interrupted")
@@ -305,3 +305,38 @@ def test_two_gloo_processes_under_torchrun_agree(data, tmp_path):
         "step-000002.pt",
         "step-000003.pt",
     ]
+
+
+def test_each_step_reduces_its_stop_flags_once_and_train_json_says_deterministic(
+    data, tmp_path, monkeypatch
+):
+    """The NaN check, Ctrl-C and a failed data stream travel in one reduction per step (one
+    more for the first batch); on the CPU a resume is bitwise (`deterministic`)."""
+    calls = []
+    real = Dist.any_of
+    monkeypatch.setattr(Dist, "any_of", lambda self, *flags: calls.append(1) or real(self, *flags))
+    done = train(_config(data, steps=3, checkpoint_every=100), tmp_path / "run")
+    assert done.step == 3 and len(calls) == 1 + 3
+    resolved = json.loads((tmp_path / "run" / "train.json").read_text())["resolved"]
+    assert resolved["deterministic"] is True
+    assert set(resolved["tf32"]) == {"cudnn", "matmul"}
+    on_cuda = determinism(torch.device("cuda", 0))
+    assert on_cuda["deterministic"] is False and len(on_cuda["nondeterministic_ops"]) == 4
+
+
+def test_a_stream_that_fails_mid_run_stops_training_at_its_batch(data, tmp_path, monkeypatch):
+    """Batch t + 1's failure is reduced with step t's flags; training stops before step t + 1."""
+    import gtok.train.loop as loop_module
+    from gtok.train.data import TrainBatch
+
+    real_loader = loop_module.train_loader
+
+    def two_then_broken(*args, **kwargs):
+        batches = iter(real_loader(*args, **kwargs))
+        yield next(batches)
+        yield next(batches)
+        yield TrainBatch(None, 0, (9, 0), [], error="the shards went away")
+
+    monkeypatch.setattr(loop_module, "train_loader", two_then_broken)
+    with pytest.raises(GtokError, match="Training stopped at step 2: the shards went away"):
+        train(_config(data, checkpoint_every=100), tmp_path / "run")

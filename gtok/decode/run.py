@@ -20,6 +20,7 @@ from gtok.decode.model import model_for_store
 from gtok.decode.pictures import gaussians_pictures, png_bytes, uint8_images
 from gtok.decode.select import select_rows
 from gtok.decode.writers import PngFolder, SampleWriter, WdsShards
+from gtok.devices import exact_fp32
 from gtok.encode.model import EncodingModel
 from gtok.errors import GtokError
 from gtok.store import TokenStore
@@ -65,6 +66,7 @@ def decode_batch(model: EncodingModel, batch: dict) -> torch.Tensor:
         return model.tokenizer.decode(tokens)
 
 
+@exact_fp32()
 def decode_store(
     store: str | os.PathLike,
     out: str | os.PathLike,

@@ -9,9 +9,10 @@ from pathlib import Path
 import torch
 
 from gtok.console import console, is_quiet
+from gtok.devices import select_device
 from gtok.errors import GtokError
 
-__all__ = ["EncodingModel", "load_encoding_model", "pick_device", "resolve_model"]
+__all__ = ["EncodingModel", "load_encoding_model", "resolve_model"]
 
 
 def resolve_model(model: str | os.PathLike | None) -> Path:
@@ -33,19 +34,6 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     return path
 
 
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto` -> the first CUDA device when there is one, else the CPU; others are checked."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as exc:
-        raise GtokError(f"{device!r} is not a torch device; try cpu, cuda or cuda:1.") from exc
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise GtokError(f"--device {device}: this torch build or machine has no CUDA device.")
-    return chosen
-
-
 @dataclass
 class EncodingModel:
     """A loaded tokenizer in eval mode and what identifies it in a token store."""
@@ -63,11 +51,12 @@ class EncodingModel:
 def load_encoding_model(
     model: str | os.PathLike | None, device: str | torch.device = "auto"
 ) -> EncodingModel:
-    """Resolve, hash and load the model for encoding (eval mode, on `device`)."""
+    """Resolve, hash and load the model for encoding (eval mode, on `device`: "auto", "cpu",
+    "cuda" or "cuda:N", as `gtok.devices.select_device` places it)."""
     from gtok.model.io import load_tokenizer, weights_sha256
 
+    chosen = select_device(device)  # first: before anything starts CUDA
     path = resolve_model(model)
-    chosen = pick_device(device)
     tokenizer = load_tokenizer(path, device=chosen).eval()
     _check_finite(tokenizer, path)
     return EncodingModel(tokenizer, path, weights_sha256(path), chosen)

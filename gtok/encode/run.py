@@ -22,6 +22,7 @@ from gtok.data import EncodeStream, Preprocess, ShardChunk, expand_shards, loade
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.shards import ShardRef, split_for_worker
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, utf8_text
+from gtok.devices import exact_fp32, tf32_settings
 from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.encode.split import WorkerSlice, worker_slice
 from gtok.errors import GtokError
@@ -137,6 +138,7 @@ def _header(
         shard_names=tuple(s.name for s in shards),
         shard_urls=tuple(utf8_text(s.url) for s in shards),
         model_path=str(model.path.resolve()),
+        numerics={"tf32": tf32_settings()},
     )
 
 
@@ -154,6 +156,7 @@ def _tokens(
     return indices, tokens.geometry.to(dtype).cpu().numpy()
 
 
+@exact_fp32()
 def encode_shards(
     shards: Iterable[str | os.PathLike],
     out: str | os.PathLike,
@@ -180,7 +183,8 @@ def encode_shards(
     shard_id/num_shards: encode only that slice of the input shards (default: from torchrun
         or Slurm variables, else everything); a single process finalizes the store itself,
         parallel workers leave that to `finalize_store` / `gtok encode --finalize`.
-    Resumes by default: shards already in the store are not encoded again.
+    Resumes by default: shards already in the store are not encoded again. TF32 is off
+    while encoding (`gtok.devices.exact_fp32`), as the store records.
     """
     started = time.perf_counter()
     refs = expand_shards(shards)

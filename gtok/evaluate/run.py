@@ -30,7 +30,8 @@ from gtok.console import console, is_quiet, progress
 from gtok.data import Preprocess
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.decode import model_for_store
-from gtok.encode.model import load_encoding_model, pick_device
+from gtok.devices import exact_fp32, select_device, tf32_settings
+from gtok.encode.model import load_encoding_model
 from gtok.errors import GtokError
 from gtok.evaluate.nets import load_metric_nets
 from gtok.evaluate.scores import Scorer
@@ -156,6 +157,7 @@ def _evaluate(
         "limit": limit,
         "gtok_version": __version__,
         "device": str(device),
+        "tf32": tf32_settings(),
         "metric_weights": nets.weights,
         **PROTOCOL,
     }
@@ -219,6 +221,7 @@ def _grid_samples(
     return samples
 
 
+@exact_fp32()
 def evaluate_model(
     shards: Sequence[str | os.PathLike],
     model: str | os.PathLike | None,
@@ -242,11 +245,11 @@ def evaluate_model(
     ("vgg16", "lpips-vgg", "alexnet", "lpips-alex", "inception"); skip_metrics: result keys
     not to compute ("lpips_vgg", "lpips_alex", "rfid").
     """
-    chosen = pick_device(device)
-    first = load_encoding_model(model, chosen)
+    chosen = select_device(device)
+    first = load_encoding_model(model, device)
     reconstructors: list[Reconstructor] = [ModelReconstructor(first)]
     if compare is not None:
-        second = load_encoding_model(compare, chosen)
+        second = load_encoding_model(compare, device)
         if second.config.image_size != first.config.image_size:
             raise GtokError(
                 f"--compare: {second.path} takes {second.config.image_size} px images but "
@@ -275,6 +278,7 @@ def _is_store(path: str | os.PathLike) -> bool:
     return (Path(path) / "zarr.json").is_file() or "://" in str(path)
 
 
+@exact_fp32()
 def evaluate_pairs(
     reference: Sequence[str | os.PathLike],
     reconstructed: str | os.PathLike,
@@ -300,7 +304,7 @@ def evaluate_pairs(
     `resize`), or a token store (decoded with its model, or `model` checked against its
     weights hash unless `force`; the originals are preprocessed as the store records).
     """
-    chosen = pick_device(device)
+    chosen = select_device(device)
     reconstructor: Reconstructor
     if _is_store(reconstructed):
         if size is not None or resize is not None:
@@ -309,7 +313,7 @@ def evaluate_pairs(
                 "preprocessing, which the originals get."
             )
         store = TokenStore(reconstructed, format="torch")
-        loaded = model_for_store(store, model, force=force, device=chosen)
+        loaded = model_for_store(store, model, force=force, device=device)
         reconstructor = StoreReconstructor(store, loaded)
         preprocess = Preprocess.from_dict(store.preprocessing)
     else:

@@ -151,6 +151,11 @@ def _broadcast_from_rank0(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _forget_initted(module: VectorQuantizer, incompatible_keys) -> None:
+    """Load hook: the loaded `initted` buffer may say either; read it at the next step."""
+    module._known_initted = False
+
+
 class VectorQuantizer(nn.Module):
     """Euclidean VQ with an EMA codebook, k-means init and dead-code restarts.
 
@@ -165,7 +170,8 @@ class VectorQuantizer(nn.Module):
 
     Buffers (all persistent): `embed` [K, z] the codebook, `embed_avg` [K, z] EMA of summed
     assigned vectors, `cluster_size` [K] EMA of assignment counts, `initted` [1] (1.0 once
-    k-means has run). Names and meanings follow vector-quantize-pytorch's `_codebook.*`.
+    k-means has run; the host reads it once per process and after each load). Names and
+    meanings follow vector-quantize-pytorch's `_codebook.*`.
     """
 
     def __init__(
@@ -197,6 +203,10 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("embed_avg", torch.zeros(codebook_size, dim))
         self.register_buffer("cluster_size", torch.zeros(codebook_size))
         self.register_buffer("initted", torch.zeros(1))
+        # `initted` as a Python bool once known true, so a training step does not wait for
+        # the GPU to read it; forgotten when a state dict is loaded (read again next step).
+        self._known_initted = False
+        self.register_load_state_dict_post_hook(_forget_initted)
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -210,8 +220,10 @@ class VectorQuantizer(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
             flat = x.detach().reshape(-1, self.dim)  # [B*N, z]
-            if self.training and not bool(self.initted.item()):
-                self._init_codebook(flat)
+            if self.training and not self._known_initted:
+                if not bool(self.initted.item()):
+                    self._init_codebook(flat)
+                self._known_initted = True
             indices = _nearest(flat, self.embed)  # [B*N]
             codes = self.embed[indices].view_as(x)  # a copy: later updates don't touch it
             counts = torch.bincount(indices, minlength=self.codebook_size).float()  # [K] local

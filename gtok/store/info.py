@@ -82,6 +82,7 @@ def store_info(path: str | os.PathLike, *, usage: bool = True) -> dict:
             "weights_sha256": header.weights_sha256,
         },
         "preprocessing": header.preprocessing,
+        "numerics": header.numerics,
         "geometry_dtype": attrs["geometry_dtype"],
         "input_shards": len(header.shard_names),
     }

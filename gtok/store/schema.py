@@ -182,6 +182,9 @@ class StoreHeader:
     shard_names: tuple[str, ...]  # the plan: every input shard of the store, sorted
     shard_urls: tuple[str, ...]  # where they were read from when the store was created
     model_path: str | None = None  # absolute model directory at creation (decode finds it)
+    # How the tokens were computed, e.g. {"tf32": {"cudnn": False, "matmul": False}};
+    # optional (None in stores written before gtok recorded it), not compared on resume.
+    numerics: dict | None = None
 
     def __post_init__(self) -> None:
         if self.geometry_dtype not in GEOMETRY_DTYPES:
@@ -207,6 +210,7 @@ class StoreHeader:
             "geometry_dtype": self.geometry_dtype if self.has_geometry else None,
             "inputs": {"names": list(self.shard_names), "urls": list(self.shard_urls)},
             "counts": counts,
+            "numerics": self.numerics,
         }
 
     @classmethod
@@ -223,4 +227,5 @@ class StoreHeader:
             shard_names=tuple(inputs["names"]),
             shard_urls=tuple(inputs["urls"]),
             model_path=model.get("path"),
+            numerics=attrs.get("numerics"),
         )

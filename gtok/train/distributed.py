@@ -1,8 +1,9 @@
 """The process group of a training run: one process, or `torchrun --nproc-per-node N`.
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; when WORLD_SIZE > 1
-the group starts with NCCL on CUDA and gloo on CPU. Helpers here are no-ops (or identities)
-in a single process, so the training loop reads the same either way.
+the group starts with NCCL on CUDA and gloo on CPU. Each process computes on its own GPU
+(LOCAL_RANK), which `gtok.devices.select_device` makes its `cuda:0`. Helpers here are no-ops
+(or identities) in a single process, so the training loop reads the same either way.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gtok.errors import GtokError
+from gtok.devices import select_device
 
-__all__ = ["Dist", "resolve_device", "start"]
+__all__ = ["Dist", "start"]
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,26 @@ class Dist:
 
     def any(self, flag: bool) -> bool:
         """Whether `flag` is true on any rank (every rank gets the same answer)."""
-        if not self.active:
-            return flag
-        value = torch.tensor([float(flag)], device=self._collective_device())
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+        return self.any_of(flag)[0]
+
+    def any_of(self, *flags: bool | torch.Tensor) -> list[bool]:
+        """For each flag (a Python bool, or a 0-d/1-element tensor on this process's device
+        that is nonzero when true), whether it is true on any rank. One all-reduce and one
+        device-to-host copy for all of them, however many; none for Python bools alone in
+        one process."""
+        tensors = [f for f in flags if isinstance(f, torch.Tensor)]
+        if not self.active and not tensors:
+            return [bool(f) for f in flags]
+        device = self._collective_device() if self.active else tensors[0].device
+        values = torch.zeros(len(flags), device=device)  # filled on the device: no copy
+        for i, flag in enumerate(flags):
+            if isinstance(flag, torch.Tensor):
+                values[i] = flag.reshape(()).to(device, torch.float32)
+            elif flag:
+                values[i] = 1.0
+        if self.active:
+            dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return [v > 0 for v in values.tolist()]
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum of `values` over ranks (float64)."""
@@ -73,29 +89,10 @@ class Dist:
             dist.destroy_process_group()
 
 
-def resolve_device(requested: str, local_rank: int) -> torch.device:
-    """The torch device for `requested` ("auto", "cpu", "cuda", "cuda:N")."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(requested)
-    except RuntimeError as exc:
-        raise GtokError(f"Unknown device {requested!r}; use auto, cpu, cuda or cuda:N.") from exc
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise GtokError(f"Device {requested} was asked for but CUDA is not available.")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    elif device.type != "cpu":
-        raise GtokError(f"Training runs on cpu or cuda, not {device.type}.")
-    return device
-
-
 def start(requested_device: str, timeout_s: float = 1800.0) -> Dist:
     """Join the process group: one already started by the caller, torchrun's (WORLD_SIZE > 1),
     or none (a single process)."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(requested_device, local_rank)
+    device = select_device(requested_device)
     if dist.is_available() and dist.is_initialized():  # the caller started the group
         return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
     world = int(os.environ.get("WORLD_SIZE", "1"))

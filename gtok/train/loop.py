@@ -5,8 +5,13 @@ train tokenizer and discriminator (`TrainStep`), update the EMA; then, with s = 
 done: log every `log_every`; write a training state (and export the EMA model) every
 `checkpoint_every`, before each validation and at the end; validate every `eval_every`
 (a new best PSNR marks the state just written as the best and exports it to `best/`);
-save a sample grid every `sample_every`. SIGINT/SIGTERM stop the run after the current
-step with a saved state (a second SIGINT aborts at once).
+save a sample grid every `sample_every`. SIGINT/SIGTERM stop the run after the step whose
+flag check sees them (the current one, or the next when they arrive after its backward pass)
+with a saved state (a second SIGINT aborts at once).
+
+Batch t + 1 is read before step t's optimizer update, so whether any rank's stream failed,
+whether any rank was signalled and whether any loss or gradient is not finite travel in one
+all-reduce per step: the step's only wait of the host for the GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,7 +28,7 @@ from gtok.console import console, is_quiet
 from gtok.data.shards import expand_shards
 from gtok.errors import GtokError
 from gtok.train.config import TrainConfig, tokenizer_config
-from gtok.train.data import count_samples, rank_shards, to_model_input, train_loader
+from gtok.train.data import TrainBatch, count_samples, rank_shards, to_model_input, train_loader
 from gtok.train.distributed import Dist, start
 from gtok.train.progress import TrainProgress
 from gtok.train.rundir import RunDir
@@ -135,17 +141,20 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
     progress = TrainProgress(steps, step, enabled=dist.main)
     window = _Window()
     started, start_step = time.perf_counter(), step
+    batch = next(batches)
+    unusable = dist.any(batch.error is not None)  # later batches: checked with each step
     with _StopFlag() as stop, progress:
         while step < steps:
-            batch = next(batches)
-            if dist.any(batch.error is not None):
+            if unusable:
                 errors = [e for e in dist.gather(batch.error) if e]
                 raise GtokError(f"Training stopped at step {step}: {errors[0]}.")
             session.note_skipped(batch.skipped, step + 1)
             images = to_model_input(batch.pixels, dist.device)
             lr = lr_at(step, resolved.lr, resolved.warmup_steps, steps)
             session.stepper.set_lr(lr)
-            output = session.stepper(images, step)
+            upcoming = next(batches) if step + 1 < steps else None
+            output = session.stepper(images, step, partial(_stop_flags, stop, upcoming))
+            stopping, unusable = output.flags
             if not output.finite:
                 session.diverged(step + 1, output.values)
             session.ema.update(session.model)
@@ -157,7 +166,8 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
             else:
                 progress.advance(step)
             saved = _periodic(session, step, val_shards, fixed, result, progress)
-            if dist.any(stop.requested) and step < steps:
+            batch = upcoming
+            if stopping and step < steps:
                 if not saved:
                     session.save(step)
                 result.stopped = "interrupted"
@@ -168,6 +178,12 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
     result.skipped = session.skipped
     result.best = run.checkpoints.best() if dist.main else None
     return result
+
+
+def _stop_flags(stop: _StopFlag, upcoming: TrainBatch | None) -> tuple[bool, bool]:
+    """(a stop was requested, the next batch says its stream cannot give images); the
+    next batch is None after the last step."""
+    return stop.requested, upcoming is not None and upcoming.error is not None
 
 
 def _already_done(session: Session, run: RunDir) -> TrainResult:

@@ -28,6 +28,7 @@ from torch import nn
 from gtok._version import __version__
 from gtok.console import console
 from gtok.data.shards import ShardRef
+from gtok.devices import tf32_settings
 from gtok.errors import GtokError
 from gtok.metrics import Unavailable, try_load
 from gtok.model.config import TokenizerConfig
@@ -44,9 +45,18 @@ from gtok.train.rundir import RunDir
 from gtok.train.step import TrainStep, resolve_precision
 from gtok.weights import find_weights
 
-__all__ = ["STATE_FORMAT", "Session"]
+__all__ = ["NONDETERMINISTIC_CUDA_OPS", "STATE_FORMAT", "Session", "determinism"]
 
 STATE_FORMAT = 1
+# CUDA operations of a training step whose results vary from run to run (atomic adds in
+# an order that varies): a resumed run on CUDA ends close to, not bitwise at, an
+# uninterrupted one.
+NONDETERMINISTIC_CUDA_OPS = (
+    "index_add_ (quantizer codebook sums)",
+    "grid_sample backward (deformable attention)",
+    "multi-head attention backward (fused attention kernels)",
+    "cuDNN convolution weight gradients",
+)
 
 
 class Session:
@@ -204,6 +214,8 @@ class Session:
                 "precision": self.precision,
                 "device": str(self.dist.device),
                 "train_samples": num_samples,
+                "tf32": tf32_settings(),
+                **determinism(self.dist.device),
             },
             "data": {
                 "train_shards": [s.url for s in shards],
@@ -340,6 +352,15 @@ class Session:
             f"saving. The last good checkpoint ({kept}) is kept: lower --lr or --grad-clip "
             "and rerun the same command to resume from it."
         )
+
+
+def determinism(device: torch.device) -> dict[str, Any]:
+    """Whether a resumed run ends with bitwise the weights of an uninterrupted one on
+    `device` (`deterministic`), and when not, which operations make it differ. The ranks of
+    one run still agree bitwise (their gradients are all-reduced; `save` checks it)."""
+    if device.type == "cpu":
+        return {"deterministic": True}
+    return {"deterministic": False, "nondeterministic_ops": list(NONDETERMINISTIC_CUDA_OPS)}
 
 
 def _extra_state(model: nn.Module) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -60,12 +61,14 @@ class _RealFake(nn.Module):
 
 @dataclass
 class StepOutput:
-    """Detached scalars of one step (this rank), and whether everything stayed finite on
-    every rank. Losses are the unweighted terms; `loss` is the tokenizer's weighted total."""
+    """Detached scalars of one step (this rank), whether everything stayed finite on every
+    rank, and the caller's flags reduced over the ranks. Losses are the unweighted terms;
+    `loss` is the tokenizer's weighted total."""
 
     values: dict[str, torch.Tensor]
     reconstruction: torch.Tensor  # [B, 3, H, W], detached
     finite: bool
+    flags: list[bool] = field(default_factory=list)  # the caller's flags, true on any rank
 
 
 class TrainStep:
@@ -113,8 +116,17 @@ class TrainStep:
         limit = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         return torch.nn.utils.clip_grad_norm_(params, limit)
 
-    def __call__(self, images: torch.Tensor, step: int) -> StepOutput:
+    def __call__(
+        self,
+        images: torch.Tensor,
+        step: int,
+        flags: Callable[[], Sequence[bool]] = tuple,
+    ) -> StepOutput:
         """Train on images [B, 3, S, S] in [-1, 1]; `step` is the 0-based step index.
+
+        flags: this process's other reasons to stop (e.g. a signal), read after the
+        backward pass and reduced over the ranks together with the finite check, in the one
+        collective of the step; `StepOutput.flags` holds the results.
 
         The discriminator is trained only when the GAN loss has a weight: with
         `gan_weight` 0 it would never be used. Nothing is updated when a loss or (outside
@@ -131,15 +143,16 @@ class TrainStep:
         checked = [k for k in ("loss", "d_loss", "g_grad_norm", "d_grad_norm") if k in values]
         if self.scaler_g.is_enabled():  # fp16: the scalers skip steps whose gradients overflow
             checked = [k for k in checked if not k.endswith("grad_norm")]
-        bad = not bool(torch.isfinite(torch.stack([values[k] for k in checked])).all())
-        if self.dist.any(bad):
-            return StepOutput(values, recon, finite=False)
+        bad = ~torch.isfinite(torch.stack([values[k] for k in checked])).all()  # on the device
+        bad, *others = self.dist.any_of(bad, *flags())  # the step's one sync with the host
+        if bad:
+            return StepOutput(values, recon, finite=False, flags=others)
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
         if train_disc:
             self.scaler_d.step(self.opt_d)
             self.scaler_d.update()
-        return StepOutput(values, recon, finite=True)
+        return StepOutput(values, recon, finite=True, flags=others)
 
     def _generator_backward(
         self, images: torch.Tensor, step: int
