@@ -89,13 +89,16 @@ def refuse_reserved(photos: Iterable[Photo]) -> None:
 
 
 def debian_version(package: str) -> str | None:
-    """The installed version of a Debian package, or None."""
-    result = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Status}\t${Version}", package],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    """The installed version of a Debian package, or None (also without dpkg)."""
+    try:
+        result = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}\t${Version}", package],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except FileNotFoundError:
+        return None
     status, _, version = result.stdout.partition("\t")
     return version if result.returncode == 0 and status.endswith(" installed") else None
 
@@ -103,7 +106,11 @@ def debian_version(package: str) -> str | None:
 def install(packages: list[str]) -> None:
     """apt-get install the Debian packages (root and a reachable mirror needed)."""
     command = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
-    if subprocess.run(command, check=False).returncode != 0:
+    try:
+        failed = subprocess.run(command, check=False).returncode != 0
+    except FileNotFoundError:
+        failed = True
+    if failed:
         raise CorpusError(f"`{' '.join(command)}` failed; run it by hand and read its output.")
 
 
