@@ -102,6 +102,15 @@ def train(
     crop_scale: Annotated[
         tuple[float, float], _opt("Area range of the random-resized crop.", _DATA)
     ] = (0.08, 1.0),
+    hue_jitter: Annotated[
+        float, _opt("Colour augmentation: max hue rotation in turns (0-0.5; 0: off).", _DATA)
+    ] = 0.0,
+    saturation_jitter: Annotated[
+        float, _opt("Colour augmentation: saturation factor in [1-S, 1+S] (0: off).", _DATA)
+    ] = 0.0,
+    grayscale_p: Annotated[
+        float, _opt("Colour augmentation: probability of a grayscale crop (0: off).", _DATA)
+    ] = 0.0,
     val_images: Annotated[int, _opt("Validation images per evaluation (at most).", _DATA)] = 1000,
     log_every: Annotated[int, _opt("Steps between log lines.", _REPORT)] = 10,
     eval_every: Annotated[int, _opt("Steps between validations.", _REPORT)] = 500,
@@ -161,6 +170,9 @@ def train(
             ema_decay=ema_decay,
             augment=augment,
             crop_scale=crop_scale,
+            hue_jitter=hue_jitter,
+            saturation_jitter=saturation_jitter,
+            grayscale_p=grayscale_p,
             log_every=log_every,
             eval_every=eval_every,
             checkpoint_every=checkpoint_every,

@@ -205,6 +205,24 @@ def test_a_kill_while_writing_a_checkpoint_keeps_the_last_one_and_resume_finishe
         assert len(lines) == resumed.skipped
 
 
+def test_colour_augmentation_flags_are_recorded_in_train_json(data, tmp_path, runner):
+    run_dir = tmp_path / "run"
+    args = [str(data["train"]), "--preset", "tiny", "--out", str(run_dir), "--steps", "1"]
+    args += ["--batch-size", "2", "--image-size", "32", "--workers", "0", "--val-images", "2"]
+    args += ["--model", "num_gaussians=16", "--model", "codebook_size=64"]
+    args += ["--val-shards", str(data["val"]), "--hue-jitter", "0.1", "--grayscale-p", "0.5"]
+    result = runner.invoke(app, ["train", *args, "--saturation-jitter", "0.3"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((run_dir / "train.json").read_text())
+    settings = record["settings"]
+    assert (settings["hue_jitter"], settings["saturation_jitter"]) == (0.1, 0.3)
+    assert settings["grayscale_p"] == 0.5
+    assert record["data"]["train_preprocess"].endswith(
+        "hue rotation (YIQ) uniform in +-0.1 turns + saturation factor uniform in [0.7, 1.3]"
+        " + grayscale p=0.5"
+    )
+
+
 def test_a_resume_with_other_settings_is_refused_naming_them(data, reference, tmp_path):
     moved = shutil.copytree(data["train"], tmp_path / "moved")  # same shards elsewhere: fine
     done = train(_config(data, shards=(str(moved),), log_every=2), reference)

@@ -25,8 +25,9 @@ __all__ = ["ShardStats", "ShardWriter", "reason_kind", "shard_name", "stats_name
 TEMP_SUFFIX = ".partial"
 
 
-def shard_name(index: int) -> str:
-    return f"shard-{index:06d}.tar"
+def shard_name(index: int, prefix: str = "shard") -> str:
+    """`shard-000000.tar` for index 0 (`prefix` names other series: `val-000000.tar`)."""
+    return f"{prefix}-{index:06d}.tar"
 
 
 def stats_name(index: int) -> str:
@@ -83,12 +84,12 @@ class ShardStats:
 
 
 class ShardWriter:
-    """Writes samples into `folder/shard_name(index)` under a temporary name; `close` renames
-    it into place and returns its size in bytes."""
+    """Writes samples into `folder/shard_name(index, prefix)` under a temporary name; `close`
+    renames it into place and returns its size in bytes."""
 
-    def __init__(self, folder: Path, index: int) -> None:
-        self.path = folder / shard_name(index)
-        self._tmp = folder / (shard_name(index) + TEMP_SUFFIX)
+    def __init__(self, folder: Path, index: int, prefix: str = "shard") -> None:
+        self.path = folder / shard_name(index, prefix)
+        self._tmp = folder / (self.path.name + TEMP_SUFFIX)
         # closed by `close` or `abort`, which the caller calls in a try/except
         self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
 

@@ -11,7 +11,8 @@ Per-preset choices (DESIGN.md 1.7, 1.8):
   64x64); Adam lr 2e-4, betas (0.5, 0.9), no decay for `imagenet`, `vq-imagenet`. The
   discriminator gets the same optimizer.
 - training augmentation: none for CIFAR (the authors train CIFAR without it),
-  random-resized-crop + horizontal flip for every other preset.
+  random-resized-crop + horizontal flip for every other preset. Colour jitter (hue,
+  saturation, grayscale) is off for every preset; a user switches it on.
 - warm-up: one epoch of 30 in the paper, so 1/30 of the steps; GAN loss from epoch 5 of 30,
   so from 1/6 of the steps.
 """
@@ -25,6 +26,7 @@ from typing import Any, Literal
 
 from gtok.errors import GtokError
 from gtok.model.config import PRESETS, TokenizerConfig, preset_config
+from gtok.train.colour import ColourJitter
 
 __all__ = [
     "ADAM_PRESETS",
@@ -93,6 +95,9 @@ class TrainConfig:
     ema_decay: float = 0.999
     augment: bool | None = None  # None: per preset (see module docstring)
     crop_scale: tuple[float, float] = (0.08, 1.0)  # random-resized-crop area range
+    hue_jitter: float = 0.0  # max hue rotation in turns (0..0.5); 0: off
+    saturation_jitter: float = 0.0  # saturation factor in [1 - s, 1 + s]; 0: off
+    grayscale_p: float = 0.0  # probability of a grayscale training crop; 0: off
     log_every: int = 10
     eval_every: int = 500
     checkpoint_every: int = 500
@@ -145,7 +150,11 @@ class TrainConfig:
             out.append(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if self.image_size is not None and self.image_size < 1:
             out.append(f"image_size must be positive, got {self.image_size}")
-        return out
+        return out + self.colour_jitter().problems()
+
+    def colour_jitter(self) -> ColourJitter:
+        """The colour augmentation of the training crops (`gtok.train.colour`)."""
+        return ColourJitter(self.hue_jitter, self.saturation_jitter, self.grayscale_p)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -202,13 +211,16 @@ def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     """Descriptions `name: saved -> current` of every field that may not change on resume.
 
     Both are resolved configs as `to_dict` gives them, extended with any run facts the
-    caller compares as well (the tokenizer architecture, the world size).
+    caller compares as well (the tokenizer architecture, the world size). A setting that a
+    run saved by an older gtok lacks counts as its default (e.g. colour jitter off).
     """
+    fields = dataclasses.fields(TrainConfig)
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
     out = []
     for name in sorted(set(saved) | set(current)):
         if name in FREE_ON_RESUME:
             continue
-        before, after = saved.get(name), current.get(name)
+        before, after = saved.get(name, defaults.get(name)), current.get(name)
         if before != after:
             out.append(f"{name}: {before!r} -> {after!r}")
     return out

@@ -7,7 +7,8 @@ with replacement (resampled shards) from the rank's shards, decodes it in tar or
 `gtok.data.samples.decode_shard`, and passes the samples through a shuffle buffer. Every
 random choice is seeded by its position: the shard by (seed, rank, s, k), the shuffle by
 (seed, rank, s, k), each sample's random-resized crop and flip by (seed, rank, s, k, tar
-index). So a stream position is just (draw, items emitted from that draw), and a resumed
+index), its colour jitter (`gtok.train.colour`, off by default) by another key of the same
+place. So a stream position is just (draw, items emitted from that draw), and a resumed
 run replays exactly the batches the uninterrupted run would have seen: step t's batch comes
 from stream t mod streams, and each stream restarts from its recorded position.
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import tarfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
@@ -46,6 +47,7 @@ from gtok.data.shards import ShardRef
 from gtok.data.stream import to_model_input as pixels_to_input
 from gtok.data.tario import RawSample, member_name, open_tar, split_member_name
 from gtok.data.transforms import Preprocess, center_crop, random_resized_crop
+from gtok.train.colour import ColourJitter
 
 __all__ = [
     "SkipRecord",
@@ -83,6 +85,7 @@ class StreamSpec:
     image_size: side S of the crops (pixels). crop_scale: area range of the random crop.
     augment: random-resized-crop + horizontal flip; else resize + centre crop.
     shuffle_buffer: samples held for shuffling within a draw.
+    colour: hue / saturation / grayscale jitter after the crop (default: off).
     """
 
     shards: tuple[ShardRef, ...]
@@ -93,16 +96,19 @@ class StreamSpec:
     augment: bool
     crop_scale: tuple[float, float] = (0.08, 1.0)
     shuffle_buffer: int = 1000
+    colour: ColourJitter = field(default_factory=ColourJitter)
 
     def describe(self) -> str:
         """The training preprocessing in words (recorded in the run)."""
         size = self.image_size
         if self.augment:
-            return (
+            words = (
                 f"random-resized-crop to {size}x{size} (area {self.crop_scale[0]}-"
                 f"{self.crop_scale[1]}, aspect 3/4-4/3, PIL bicubic) + horizontal flip p=0.5"
             )
-        return f"shorter side resized to {size} (PIL bicubic) + centre crop {size}x{size}"
+        else:
+            words = f"shorter side resized to {size} (PIL bicubic) + centre crop {size}x{size}"
+        return words + (f" + {self.colour.describe()}" if self.colour.active else "")
 
 
 @dataclass
@@ -126,7 +132,8 @@ class TrainBatch:
 
 @dataclass(frozen=True)
 class _RandomPrepare:
-    """decode -> random-resized crop + flip (or centre crop) seeded by the sample's place."""
+    """decode -> random-resized crop + flip (or centre crop) -> colour jitter, each seeded
+    by the sample's place."""
 
     spec: StreamSpec
     stream: int
@@ -142,7 +149,11 @@ class _RandomPrepare:
             img = random_resized_crop(img, size, rng, scale=self.spec.crop_scale)
         else:
             img = center_crop(img, size)[0]
-        return Decoded(raw.key, np.asarray(img, dtype=np.uint8), -1)
+        pixels = np.asarray(img, dtype=np.uint8)
+        if self.spec.colour.active:
+            place = [self.spec.seed, self.spec.rank, self.stream, self.draw, 3, index]
+            pixels = self.spec.colour(pixels, np.random.default_rng(place))
+        return Decoded(raw.key, pixels, -1)
 
 
 def _draw_shard(spec: StreamSpec, stream: int, draw: int) -> ShardRef:

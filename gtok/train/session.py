@@ -142,6 +142,7 @@ class Session:
             rank=self.dist.rank,
             augment=cfg.augment,
             crop_scale=cfg.crop_scale,
+            colour=cfg.colour_jitter(),
         )
 
     def stream_positions(self, streams: int) -> list[tuple[int, int]]:
