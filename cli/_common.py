@@ -1,7 +1,9 @@
 """Conventions every command shares: errors, `--json`, `--config`, option aliases.
 
 - A `GtokError` (or a Taichi `ArchError`) raised anywhere below a command becomes one red
-  sentence on stderr and exit code 1; usage errors exit 2 as Click does; `gtok -v` (or
+  sentence on stderr and exit code 1, and so does an `OSError` of a refused write (full disk,
+  read-only or write-protected output, file size limit) that names its file
+  (`gtok.outputs.describe_write_failure`); usage errors exit 2 as Click does; `gtok -v` (or
   `GTOK_VERBOSE=1`) shows the traceback instead.
 - `--json` prints exactly one JSON document on stdout and nothing else there.
 - `--config FILE.toml` fills the command's defaults. Precedence: flag > environment
@@ -22,6 +24,7 @@ from typer.core import TyperGroup
 
 from gtok.console import console
 from gtok.errors import GtokError
+from gtok.outputs import describe_write_failure
 from kernels.runtime import ArchError
 
 __all__ = ["ConfigOption", "GtokGroup", "JsonFlag", "fail", "new_app", "print_json", "state"]
@@ -52,6 +55,11 @@ class GtokGroup(TyperGroup):
             if state.verbose:
                 raise
             fail(str(exc))
+        except OSError as exc:
+            message = describe_write_failure(exc)
+            if message is None or state.verbose:
+                raise
+            fail(message)
 
 
 def new_app(**kwargs: Any) -> typer.Typer:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli._common import ConfigOption, JsonFlag, print_json
+from cli._common import ConfigOption, JsonFlag, fail, print_json
 from cli._tokens import StoreArgument
+
+if TYPE_CHECKING:
+    from gtok.decode import DecodeSummary
 
 
 class OutputFormat(StrEnum):
@@ -112,7 +115,17 @@ def decode(
     )
     if json_output:
         print_json(summary.to_dict())
-        return
+    else:
+        _print_summary(summary)
+    if summary.failed:
+        where = 'under "failed" in the JSON' if json_output else "above"
+        fail(
+            f"{len(summary.failed)} of {summary.rows} rows were not written (listed {where}); "
+            "the other rows were."
+        )
+
+
+def _print_summary(summary: DecodeSummary) -> None:
     typer.echo(
         f"decoded {summary.written} of {summary.rows} rows into {summary.out} "
         f"({summary.format}, {summary.files} files) in {summary.seconds:.1f} s "

@@ -12,6 +12,7 @@ from cli._tokens import ShardsArgument
 from gtok.console import console, is_quiet
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
+from gtok.outputs import naming
 
 
 class GeometryDtype(StrEnum):
@@ -111,7 +112,8 @@ def encode(
     if finalize:
         if shards:
             raise typer.BadParameter("--finalize takes no SHARDS (the store knows them).")
-        counts = finalize_store(output)
+        with naming(output):  # a refused write (full disk) is named by the store
+            counts = finalize_store(output)
         if json_output:
             print_json({"store": output, "finalized": True, "store_counts": counts})
         else:
@@ -119,22 +121,23 @@ def encode(
         return
     if not shards:
         raise typer.BadParameter("give the SHARDS to encode (or --finalize).")
-    summary = encode_shards(
-        shards,
-        output,
-        model,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        resize=resize,
-        background=_background(background),
-        max_pixels=max_pixels,
-        max_member_bytes=max_member_bytes,
-        geometry_dtype=geometry_dtype.value,
-        overwrite=overwrite,
-        shard_id=shard_id,
-        num_shards=num_shards,
-    )
+    with naming(output):
+        summary = encode_shards(
+            shards,
+            output,
+            model,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            resize=resize,
+            background=_background(background),
+            max_pixels=max_pixels,
+            max_member_bytes=max_member_bytes,
+            geometry_dtype=geometry_dtype.value,
+            overwrite=overwrite,
+            shard_id=shard_id,
+            num_shards=num_shards,
+        )
     if json_output:
         print_json(summary.to_dict())
         return

@@ -14,6 +14,7 @@ so a map point u is drawn at (u + 0.5) f - 0.5 and lengths are multiplied by f.
 from __future__ import annotations
 
 import colorsys
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+from gtok.outputs import write_atomically
 
 __all__ = [
     "code_color",
@@ -134,10 +137,9 @@ def save_image_grid(
     path: str | os.PathLike, rows: Sequence[Sequence[Image.Image]], pad: int = 2
 ) -> None:
     """`image_grid(rows)` saved as PNG at `path` (written to a temporary name, then renamed)."""
-    grid = image_grid(rows, pad)
-    tmp = f"{os.fspath(path)}.tmp.png"
-    grid.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    image_grid(rows, pad).save(buffer, format="PNG")
+    write_atomically(path, buffer.getvalue(), f"{os.fspath(path)}.tmp.png")
 
 
 def comparison_rows(

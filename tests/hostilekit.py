@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -34,13 +35,19 @@ def run_gtok(
     env: dict[str, str] | None = None,
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
     timeout: float = 300,
+    file_size_limit: int | None = None,
 ) -> subprocess.CompletedProcess:
     """`gtok ARGS...` in a subprocess (text output captured), under `memory_limit` bytes of
-    address space (None: no limit)."""
+    address space (None: no limit) and, when given, `file_size_limit` bytes per written file
+    (RLIMIT_FSIZE with SIGXFSZ ignored: a write past it fails with EFBIG, as on a full disk;
+    it limits every file the process writes, so give it a private GTOK_KERNEL_CACHE)."""
 
     def limit() -> None:
         if memory_limit is not None:
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        if file_size_limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
     environment = {
         **os.environ,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import tempfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -24,12 +25,16 @@ from evalkit import (  # noqa: F401
     store,
     vq_model,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import gtok
 from cli.main import app
 from gtok.data.tario import read_tar
-from gtok.decode import key_path, path_key, wds_key_path
+from gtok.decode import PngFolder, key_path, path_key, wds_key_path
+from gtok.decode.keys import MAX_NAME_BYTES, fits
+from gtok.evaluate.sources import folder_index
 from gtok.metrics import to_uint8
 from gtok.model import Tokens
 from gtok.store import TokenStore
@@ -195,10 +200,48 @@ def test_key_paths_stay_inside_and_map_back(key):
 
 def test_key_paths_are_one_to_one():
     keys = ["a/b", "a%2Fb", "a/%", "a/", "a//", "a/.", "a/%2E", "a/b.gaussians", "a/b%2Egaussians"]
+    keys += ["a", "a.png/b", "a%2Epng/b", "a.PNG/b", "a.cls/b", "a/.b", "a/%2Eb", "a/..", ".a"]
     paths = [key_path(k) for k in keys]
     assert len(set(paths)) == len(keys)
-    with pytest.raises(ValueError, match="too long"):
-        key_path("s.tar/" + "x" * 300)
+    assert key_path("a.png/b") == PurePosixPath("a%2Epng/b")  # not the folder of key a's file
+    assert fits(key_path("s.tar/" + "x" * 200)) and not fits(key_path("s.tar/" + "x" * 250))
+    assert not fits(key_path("/".join(["y" * 200] * 6)))  # each part fits, the whole does not
+
+
+# keys as stores hold them: any text, with `/` separators, dots and case that collide
+_KEY_TEXT = st.text(alphabet=st.sampled_from("aA.%/\\:gnpc") | st.characters(), max_size=40)
+_KEYS = st.lists(_KEY_TEXT | st.builds(lambda n: "k/" + "x" * n, st.integers(200, 300)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_KEYS)
+def test_key_mapping_properties(keys):
+    """key_path: inside the folder, one-to-one, reversible, no folder named like a file; the
+    PNG writer writes every key (readable or hashed paths that fit a file system and differ
+    even ignoring case) and eval's folder index maps each file back to its key."""
+    paths = {}
+    for key in set(keys):
+        path = key_path(key)
+        assert not path.is_absolute() and path.parts and path_key(path) == key
+        assert all(p and not p.startswith(".") for p in path.parts)  # no "", ".", "..", hidden
+        assert not any(p.lower().endswith((".png", ".cls")) for p in path.parts[:-1])
+        assert path_key(PurePosixPath(wds_key_path(key))) == key
+        assert not PurePosixPath(wds_key_path(key)).parent.name.lower().endswith(".png")
+        paths[key] = path
+    assert len(set(paths.values())) == len(paths)
+    with tempfile.TemporaryDirectory() as out:
+        writer = PngFolder(out)
+        for key in paths:
+            writer.write(key, key.encode("utf-8", "surrogatepass"), b"g", -1)
+        files = writer.close()
+        assert len({str(f).casefold() for f in files}) == len(files) == 2 * len(paths)
+        parts = [p for f in files for p in PurePosixPath(f).relative_to(out).parts]
+        assert all(len(p.encode()) <= MAX_NAME_BYTES - len("..tmp") for p in parts)
+        found = folder_index(Path(out))
+        assert found.keys() == paths.keys()
+        for key, file in found.items():
+            assert file.read_bytes() == key.encode("utf-8", "surrogatepass")
+            assert (file == Path(out) / f"{paths[key]}.png") != (key in writer.hashed)
 
 
 def test_vq_store_decodes_and_refuses_gaussians(tmp_path, shards, vq_model, runner):

@@ -2,8 +2,10 @@
 
 Rows are read in batches (`TokenStore.batch`, one read per array), decoded with
 `tokenizer.decode(Tokens(indices, geometry))` on the chosen device, quantized to uint8 with
-`gtok.metrics.to_uint8` and written by a `PngFolder` or `WdsShards` writer. A row whose key
-cannot become a file name is recorded in `failed` with the reason; the others are written.
+`gtok.metrics.to_uint8` and written by a `PngFolder` or `WdsShards` writer. A row that
+cannot be written where its key says is recorded in `failed` with the reason and the others
+are still written; a write the machine refuses (full disk, read-only output) stops the run,
+removing the unfinished file and keeping the finished ones.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from gtok.console import console, is_quiet, progress
 from gtok.decode.model import model_for_store
 from gtok.decode.pictures import gaussians_pictures, png_bytes, uint8_images
 from gtok.decode.select import select_rows
-from gtok.decode.writers import PngFolder, SampleWriter, WdsShards
+from gtok.decode.writers import PngFolder, SampleNotWritten, SampleWriter, WdsShards
 from gtok.devices import exact_fp32
 from gtok.encode.model import EncodingModel
 from gtok.errors import GtokError
@@ -117,13 +119,17 @@ def decode_store(
     )
     if not summary.weights_match_store and not is_quiet():
         console.print(f"[yellow]--force: decoding with other weights than {store} was made with")
-    with progress("img") as bar:
-        task = bar.add_task("decode", total=len(rows))
-        for begin in range(0, len(rows), batch_size):
-            batch = reader.batch(rows[begin : begin + batch_size])
-            _write_batch(writer, loaded, batch, gaussians, summary)
-            bar.advance(task, len(batch["keys"]))
-    summary.files = len(writer.close())
+    try:
+        with progress("img") as bar:
+            task = bar.add_task("decode", total=len(rows))
+            for begin in range(0, len(rows), batch_size):
+                batch = reader.batch(rows[begin : begin + batch_size])
+                _write_batch(writer, loaded, batch, gaussians, summary)
+                bar.advance(task, len(batch["keys"]))
+        summary.files = len(writer.close())
+    except BaseException:
+        writer.abort()
+        raise
     summary.seconds = time.perf_counter() - started
     summary.images_per_second = summary.written / summary.seconds if summary.seconds else 0.0
     if summary.failed and not is_quiet():
@@ -150,7 +156,7 @@ def _write_batch(
         picture = png_bytes(pictures[i]) if pictures is not None else None
         try:
             writer.write(key, png_bytes(pixels[i]), picture, int(labels[i]))
-        except ValueError as exc:  # a key that cannot be a file name
+        except SampleNotWritten as exc:
             summary.failed.append({"key": key, "reason": str(exc)})
             continue
         summary.written += 1

@@ -2,29 +2,52 @@
 
 Both take one sample at a time (`write(key, png, gaussians_png, label)`) and never leave a
 half-written file under its final name (each file, or each tar, is written under a temporary
-name and renamed when complete).
+name and renamed when complete; `abort` removes what a failed run was writing). A sample that
+cannot be written where its key says (a name the file system refuses) raises
+`SampleNotWritten` and leaves none of its files; a write the machine refuses (full disk,
+read-only folder: `gtok.outputs.WRITE_FAILURES`) raises its `OSError`, naming the file.
 
 - `PngFolder`: `OUT/<key path>.png` and, with Gaussians, `OUT/<key path>.gaussians.png`,
-  where `<key path>` is `gtok.decode.keys.key_path(key)` (each `/` of the key a sub-folder).
+  where `<key path>` is `gtok.decode.keys.key_path(key)` (each `/` of the key a sub-folder),
+  or `hashed_path(key)` for a key whose path does not fit a file system (or differs from an
+  earlier key's only in case), recorded in `OUT/%hashed/keys.json`.
 - `WdsShards`: `OUT/recon-000000.tar`, ... of `shard_size` samples each; a sample's members
   are `<key path>.png`, `<key path>.gaussians.png` and `<key path>.cls` (its label, when
   the store has one), with every `.` of the key's last part written `%2E` so that WebDataset
-  readers (key = member path up to the first dot of the file name) read the key back.
+  readers (key = member path up to the first dot of the file name) read the key back. No
+  folder of a member path ends in `.png` or `.cls`, so no member is both a file and a folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from gtok.decode.keys import GAUSSIANS_SUFFIX, RECON_SUFFIX, key_path
+from gtok.decode.keys import (
+    GAUSSIANS_SUFFIX,
+    HASHED_DIR,
+    INDEX_FILE,
+    RECON_SUFFIX,
+    fits,
+    hashed_path,
+    index_document,
+    key_path,
+    read_index,
+)
+from gtok.outputs import WRITE_FAILURES, naming, write_atomically
 
-__all__ = ["PngFolder", "SampleWriter", "WdsShards", "wds_key_path"]
+__all__ = ["PngFolder", "SampleNotWritten", "SampleWriter", "WdsShards", "wds_key_path"]
 
 SHARD_PATTERN = "recon-{:06d}.tar"
+
+
+class SampleNotWritten(Exception):
+    """One sample could not be written; the message is the reason."""
 
 
 class SampleWriter(Protocol):
@@ -34,12 +57,13 @@ class SampleWriter(Protocol):
         """Finish writing; returns every file written."""
         ...
 
+    def abort(self) -> None:
+        """Stop after a failure: remove unfinished files, keep (and index) finished ones."""
+        ...
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
 
 
 class PngFolder:
@@ -47,21 +71,59 @@ class PngFolder:
 
     def __init__(self, out: str | os.PathLike) -> None:
         self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        with naming(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
         self.files: list[Path] = []
+        self.hashed = read_index(self.out)  # key -> hashed path, this run's and earlier ones
+        self._indexed = dict(self.hashed)
+        self._taken: dict[str, str] = {}  # case-folded path -> key, in this run
+
+    def _stem(self, key: str) -> PurePosixPath:
+        if key in self.hashed:  # hashed by an earlier run: stay there
+            return PurePosixPath(self.hashed[key])
+        path = key_path(key)
+        if fits(path) and self._taken.setdefault(str(path).casefold(), key) == key:
+            return path
+        path = hashed_path(key)
+        self.hashed[key] = str(path)
+        return path
 
     def write(self, key: str, png: bytes, gaussians_png: bytes | None, label: int) -> None:
-        stem = self.out / key_path(key)
-        recon = stem.with_name(stem.name + RECON_SUFFIX)
-        _atomic_write(recon, png)
-        self.files.append(recon)
+        stem = self.out / self._stem(key)
+        files = [(stem.with_name(stem.name + RECON_SUFFIX), png)]
         if gaussians_png is not None:
-            picture = stem.with_name(stem.name + GAUSSIANS_SUFFIX)
-            _atomic_write(picture, gaussians_png)
-            self.files.append(picture)
+            files.append((stem.with_name(stem.name + GAUSSIANS_SUFFIX), gaussians_png))
+        done: list[Path] = []
+        try:
+            for path, data in files:
+                with naming(path):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                done.append(write_atomically(path, data, _temporary(path)))
+        except OSError as exc:
+            for written in done:
+                written.unlink(missing_ok=True)
+            if exc.errno in WRITE_FAILURES:
+                raise
+            reason = f"cannot write {exc.filename or path}: {exc.strerror or exc}"
+            raise SampleNotWritten(reason) from exc
+        self.files += done
+
+    def _write_index(self) -> None:
+        if self.hashed == self._indexed:
+            return
+        path = self.out / HASHED_DIR / INDEX_FILE
+        path.parent.mkdir(exist_ok=True)
+        text = json.dumps(index_document(self.hashed), indent=1) + "\n"
+        write_atomically(path, text.encode(), _temporary(path))
+        self._indexed = dict(self.hashed)
 
     def close(self) -> list[Path]:
+        self._write_index()
         return list(self.files)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):  # the first failure is the one to report
+            self._write_index()  # the files already written stay findable
 
 
 def wds_key_path(key: str) -> str:
@@ -78,11 +140,12 @@ class WdsShards:
         if shard_size < 1:
             raise ValueError(f"shard_size must be at least 1, got {shard_size}")
         self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        with naming(self.out):
+            self.out.mkdir(parents=True, exist_ok=True)
         self.shard_size = shard_size
         self.files: list[Path] = []
         self._tar: tarfile.TarFile | None = None
-        self._tmp: Path | None = None
+        self._path = self.out / SHARD_PATTERN.format(0)  # the shard being written
         self._in_shard = 0
 
     def _add(self, name: str, data: bytes) -> None:
@@ -95,28 +158,38 @@ class WdsShards:
 
     def write(self, key: str, png: bytes, gaussians_png: bytes | None, label: int) -> None:
         if self._tar is None:
-            final = self.out / SHARD_PATTERN.format(len(self.files))
-            self._tmp = final.with_name(f".{final.name}.tmp")
-            self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+            self._path = self.out / SHARD_PATTERN.format(len(self.files))
+            with naming(self._path):
+                tmp = _temporary(self._path)
+                self._tar = tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         stem = wds_key_path(key)
-        self._add(stem + RECON_SUFFIX, png)
-        if gaussians_png is not None:
-            self._add(stem + GAUSSIANS_SUFFIX, gaussians_png)
-        if label >= 0:
-            self._add(f"{stem}.cls", str(label).encode())
+        with naming(self._path):
+            self._add(stem + RECON_SUFFIX, png)
+            if gaussians_png is not None:
+                self._add(stem + GAUSSIANS_SUFFIX, gaussians_png)
+            if label >= 0:
+                self._add(f"{stem}.cls", str(label).encode())
         self._in_shard += 1
         if self._in_shard == self.shard_size:
             self._finish_shard()
 
     def _finish_shard(self) -> None:
-        assert self._tar is not None and self._tmp is not None
-        self._tar.close()
-        final = self._tmp.with_name(self._tmp.name[1 : -len(".tmp")])
-        os.replace(self._tmp, final)
-        self.files.append(final)
-        self._tar, self._tmp, self._in_shard = None, None, 0
+        assert self._tar is not None
+        with naming(self._path):
+            self._tar.close()
+            os.replace(_temporary(self._path), self._path)
+        self.files.append(self._path)
+        self._tar, self._in_shard = None, 0
 
     def close(self) -> list[Path]:
         if self._tar is not None:
             self._finish_shard()
         return list(self.files)
+
+    def abort(self) -> None:
+        if self._tar is None:
+            return
+        with contextlib.suppress(OSError):  # flushes what it can; the file goes anyway
+            self._tar.close()
+        _temporary(self._path).unlink(missing_ok=True)
+        self._tar, self._in_shard = None, 0

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from gtok.evaluate.run import EvalResult, GridSample
+from gtok.outputs import naming, write_atomically
 from gtok.viz import comparison_rows, save_image_grid
 
 __all__ = ["grid_rows", "write_report"]
@@ -62,16 +63,15 @@ def grid_rows(
 
 
 def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, text.encode(), path.with_name(f".{path.name}.tmp"))
 
 
 def write_report(result: EvalResult, out: str | os.PathLike) -> dict[str, Path]:
     """Write metrics.json, grid.png and per_image.csv into `out` (created); returns the
     paths by name."""
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    with naming(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / name for name in ("metrics.json", "grid.png", "per_image.csv")}
     document = dict(result.document)
     if result.grid:

@@ -6,14 +6,17 @@
 - Reconstructors turn a batch of originals into reconstructions, matched by key:
   `ModelReconstructor` runs a tokenizer (encode, then decode the tokens);
   `FolderReconstructor` reads `<key path>.png` files (what `gtok decode` writes, or any
-  images laid out the same way); `StoreReconstructor` decodes a token store's rows with the
+  images laid out the same way; hidden files are not reconstructions) and the hashed paths
+  recorded in `%hashed/keys.json`; `StoreReconstructor` decodes a token store's rows with the
   store's model. A key without a usable reconstruction is recorded with the reason and left
-  out of the scores.
+  out of the scores: a reconstruction that is not a regular file (a FIFO, a link to a
+  device), is larger than `MAX_RECONSTRUCTION_BYTES` or is not a readable image.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from PIL import Image
 
 from gtok.data import (
     EncodeStream,
@@ -32,12 +36,21 @@ from gtok.data import (
     to_model_input,
 )
 from gtok.data.images import ImageRejected, decode_rgb
-from gtok.decode import GAUSSIANS_SUFFIX, RECON_SUFFIX, decode_batch, path_key, uint8_images
+from gtok.decode import (
+    GAUSSIANS_SUFFIX,
+    HASHED_DIR,
+    RECON_SUFFIX,
+    decode_batch,
+    path_key,
+    read_index,
+    uint8_images,
+)
 from gtok.encode.model import EncodingModel
 from gtok.errors import GtokError
 from gtok.store import TokenStore
 
 __all__ = [
+    "MAX_RECONSTRUCTION_BYTES",
     "FolderReconstructor",
     "ModelReconstructor",
     "Reconstruction",
@@ -45,7 +58,9 @@ __all__ = [
     "ReferenceBatch",
     "StoreReconstructor",
     "folder_image_size",
+    "folder_index",
     "in_shard_order",
+    "read_reconstruction",
     "reference_batches",
 ]
 
@@ -155,27 +170,68 @@ class ModelReconstructor:
         )
 
 
-def _folder_index(folder: Path) -> dict[str, Path]:
+MAX_RECONSTRUCTION_BYTES = 64 << 20  # a reconstruction PNG larger than this is not read
+
+
+def read_reconstruction(path: Path) -> Image.Image:
+    """The RGB image in the reconstruction file `path`; `ImageRejected` with the reason when
+    it is not a regular file, is larger than `MAX_RECONSTRUCTION_BYTES` or is not an image."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
+    except OSError as exc:
+        raise ImageRejected(f"cannot open it: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageRejected("not a regular file")
+        if info.st_size > MAX_RECONSTRUCTION_BYTES:
+            raise ImageRejected(
+                f"{info.st_size} bytes, more than the {MAX_RECONSTRUCTION_BYTES} read"
+            )
+        try:
+            data = handle.read(MAX_RECONSTRUCTION_BYTES + 1)
+        except OSError as exc:
+            raise ImageRejected(f"cannot read it: {exc.strerror}") from exc
+    if len(data) > MAX_RECONSTRUCTION_BYTES:
+        raise ImageRejected(f"more than the {MAX_RECONSTRUCTION_BYTES} bytes read")
+    return decode_rgb(data)
+
+
+def folder_index(folder: Path) -> dict[str, Path]:
+    """key -> reconstruction file: `<key path>.png` files, then the hashed ones indexed."""
     index = {}
     for path in sorted(folder.rglob(f"*{RECON_SUFFIX}")):
-        name = path.name
-        if name.endswith(GAUSSIANS_SUFFIX) or name.startswith("."):
+        relative = path.relative_to(folder)
+        if path.name.endswith(GAUSSIANS_SUFFIX) or relative.parts[0] == HASHED_DIR:
             continue
-        relative = path.relative_to(folder).as_posix()[: -len(RECON_SUFFIX)]
-        index[path_key(PurePosixPath(relative))] = path
+        if any(part.startswith(".") for part in relative.parts):
+            continue  # hidden: temporary files, other tools' files
+        index[path_key(PurePosixPath(relative.as_posix()[: -len(RECON_SUFFIX)]))] = path
+    for key, stem in read_index(folder).items():
+        index[key] = folder / f"{stem}{RECON_SUFFIX}"
     return index
 
 
 def folder_image_size(folder: str | os.PathLike) -> int:
-    """Side of the first reconstruction in `folder` (what the originals are cropped to)."""
-    index = _folder_index(Path(folder))
+    """Side of the first readable reconstruction in `folder` (what the originals are cropped
+    to); the unreadable ones before it are recorded as skipped when their keys come."""
+    index = folder_index(Path(folder))
     if not index:
         raise GtokError(f"{folder} holds no {RECON_SUFFIX} reconstructions.")
-    first = next(iter(index.values()))
-    image = decode_rgb(first.read_bytes())
-    if image.width != image.height:
-        raise GtokError(f"{first} is {image.width}x{image.height}, not square; pass --size.")
-    return image.width
+    problems = []
+    for path in index.values():
+        try:
+            image = read_reconstruction(path)
+        except ImageRejected as exc:
+            problems.append(f"{path}: {exc}")
+            continue
+        if image.width != image.height:
+            raise GtokError(f"{path} is {image.width}x{image.height}, not square; pass --size.")
+        return image.width
+    raise GtokError(
+        f"none of the {len(index)} reconstructions in {folder} is a readable image "
+        f"(e.g. {problems[0]}); check the folder."
+    )
 
 
 class FolderReconstructor:
@@ -185,7 +241,7 @@ class FolderReconstructor:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise GtokError(f"{folder} is not a folder of reconstructions or a token store.")
-        self.index = _folder_index(self.folder)
+        self.index = folder_index(self.folder)
         if not self.index:
             raise GtokError(f"{folder} holds no {RECON_SUFFIX} reconstructions.")
         self.name = str(folder)
@@ -205,8 +261,8 @@ class FolderReconstructor:
                 continue
             self.matched.add(key)
             try:
-                image = decode_rgb(path.read_bytes())
-            except (ImageRejected, OSError) as exc:
+                image = read_reconstruction(path)
+            except ImageRejected as exc:
                 missing.append((key, f"reconstruction {path}: {exc}"))
                 continue
             if (image.height, image.width) != size:

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from gtok._version import __version__
 from gtok.errors import GtokError
 from gtok.model.config import TokenizerConfig
+from gtok.outputs import naming, write_atomically
 
 if TYPE_CHECKING:
     from gtok.model.tokenizer import BaseTokenizer
@@ -56,10 +57,12 @@ def save_pretrained(model: BaseTokenizer, directory: str | os.PathLike) -> Path:
     """Write `model` as a model directory (created if needed); returns its path.
 
     Each file is written under a temporary name and renamed, so an interrupted save never
-    leaves a half-written file under the final name.
+    leaves a half-written file under the final name (a failed one removes it; the `OSError`
+    names the file, `gtok.outputs`).
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    with naming(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     config = model.config
     document = {
         "format_version": FORMAT_VERSION,
@@ -71,15 +74,17 @@ def save_pretrained(model: BaseTokenizer, directory: str | os.PathLike) -> Path:
         "architecture": config.to_dict(),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    weights_tmp = directory / f".{WEIGHTS_FILE}.tmp"
     # one metadata entry: safetensors writes several in a random order, which would make the
-    # bytes (and so `weights_sha256`) differ between two saves of the same weights
-    save_file(tensors, weights_tmp, metadata={"format": "pt"})
-    os.replace(weights_tmp, directory / WEIGHTS_FILE)
-    config_tmp = directory / f".{CONFIG_FILE}.tmp"
-    config_tmp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(config_tmp, directory / CONFIG_FILE)
+    # bytes (and so `weights_sha256`) differ between two saves of the same weights; serialized
+    # in memory, because `save_file`'s write errors carry no errno
+    weights = save(tensors, metadata={"format": "pt"})
+    for name, data in ((WEIGHTS_FILE, weights), (CONFIG_FILE, _json_bytes(document))):
+        write_atomically(directory / name, data, directory / f".{name}.tmp")
     return directory
+
+
+def _json_bytes(document: dict) -> bytes:
+    return (json.dumps(document, indent=2) + "\n").encode()
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:

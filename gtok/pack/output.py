@@ -12,12 +12,12 @@ folder is still refused, so a mistyped `-o` never deletes a user's files).
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from gtok._version import __version__
 from gtok.errors import GtokError
+from gtok.outputs import naming, write_atomically
 from gtok.pack.shard import TEMP_SUFFIX, ShardStats, shard_name, stats_name
 
 __all__ = ["CLASSES_FILE", "MANIFEST", "finish_manifest", "prepare_output", "write_json"]
@@ -46,9 +46,8 @@ _DESCRIBE = {
 
 def write_json(path: Path, document: dict) -> None:
     """`document` as indented JSON at `path`, written under a temporary name and renamed."""
-    tmp = path.with_name(path.name + TEMP_SUFFIX)
-    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(document, indent=2, default=str) + "\n"
+    write_atomically(path, text.encode(), path.with_name(path.name + TEMP_SUFFIX))
 
 
 def _ours(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -83,7 +82,8 @@ def prepare_output(
     returns the indices of the shards a previous run of the same pack finished."""
     if folder.exists() and not folder.is_dir():
         raise GtokError(f"{folder} is a file; give a new or empty folder for the shards.")
-    folder.mkdir(parents=True, exist_ok=True)
+    with naming(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     mine, other = _ours(folder)
     if other:
         raise GtokError(

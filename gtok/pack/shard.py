@@ -11,6 +11,7 @@ so a shard counts as done when its stats file is there.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gtok.data.samples import NO_LABEL
+from gtok.outputs import naming, write_atomically
 
 __all__ = ["ShardStats", "ShardWriter", "reason_kind", "shard_name", "stats_name"]
 
@@ -78,9 +80,8 @@ class ShardStats:
         return cls(**json.loads(path.read_text()))
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + TEMP_SUFFIX)
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        write_atomically(path, text.encode(), path.with_name(path.name + TEMP_SUFFIX))
 
 
 class ShardWriter:
@@ -91,12 +92,14 @@ class ShardWriter:
         self.path = folder / shard_name(index, prefix)
         self._tmp = folder / (self.path.name + TEMP_SUFFIX)
         # closed by `close` or `abort`, which the caller calls in a try/except
-        self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        with naming(self.path):
+            self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
 
     def _add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = len(data), 0, 0o644
-        self._tar.addfile(info, io.BytesIO(data))
+        with naming(self.path):
+            self._tar.addfile(info, io.BytesIO(data))
 
     def add(self, key: str, ext: str, image: bytes, label: int, meta: dict) -> None:
         """One sample: the image bytes, the label (unless `NO_LABEL`) and the metadata."""
@@ -106,11 +109,13 @@ class ShardWriter:
         self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode())
 
     def close(self) -> int:
-        self._tar.close()
-        os.replace(self._tmp, self.path)
+        with naming(self.path):
+            self._tar.close()
+            os.replace(self._tmp, self.path)
         return self.path.stat().st_size
 
     def abort(self) -> None:
         """Drop the unfinished tar (an interrupted run leaves nothing under the final name)."""
-        self._tar.close()
+        with contextlib.suppress(OSError):  # flushing it may fail as the write did: it goes
+            self._tar.close()
         self._tmp.unlink(missing_ok=True)
