@@ -42,8 +42,8 @@ def convert_official(
         print_json(report.to_dict())
         return
     console.print(
-        f"wrote {report.model_dir} ({report.preset}): {report.renamed} tensors, "
-        f"{report.from_ema} from EMA weights"
+        f"wrote {report.model_dir} ({report.preset}): {report.tensors_written} tensors, "
+        f"{report.taken_from_ema} from EMA weights"
     )
     for reason, count in sorted(report.dropped.items()):
         console.print(f"  dropped {count}: {reason}")

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cli._common import ConfigOption, JsonFlag, print_json
+from cli._options import resumable
 from cli._tokens import ShardsArgument
 from gtok.console import console, is_quiet
 from gtok.data.images import DEFAULT_MAX_PIXELS
@@ -45,10 +46,12 @@ def encode(
             "model shipped with gtok).",
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per model forward.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Images per model forward.", min=1)] = 64,
     workers: Annotated[
         int | None,
-        typer.Option(help="Decoding processes (0: decode in this process). [default: cores - 1]"),
+        typer.Option(
+            help="Decoding processes (0: decode in this process). [default: cores - 1]", min=0
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     resize: Annotated[
@@ -62,7 +65,8 @@ def encode(
         str, typer.Option(help="R,G,B that transparent pixels are composited on.")
     ] = "255,255,255",
     max_pixels: Annotated[
-        int, typer.Option(help="Skip images with more pixels than this (decompression bombs).")
+        int,
+        typer.Option(help="Skip images with more pixels than this (decompression bombs).", min=1),
     ] = DEFAULT_MAX_PIXELS,
     geometry_dtype: Annotated[
         GeometryDtype, typer.Option(help="Dtype of the stored Gaussian geometry.")
@@ -111,21 +115,22 @@ def encode(
         return
     if not shards:
         raise typer.BadParameter("give the SHARDS to encode (or --finalize).")
-    summary = encode_shards(
-        shards,
-        output,
-        model,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        resize=resize,
-        background=_background(background),
-        max_pixels=max_pixels,
-        geometry_dtype=geometry_dtype.value,
-        overwrite=overwrite,
-        shard_id=shard_id,
-        num_shards=num_shards,
-    )
+    with resumable():
+        summary = encode_shards(
+            shards,
+            output,
+            model,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            resize=resize,
+            background=_background(background),
+            max_pixels=max_pixels,
+            geometry_dtype=geometry_dtype.value,
+            overwrite=overwrite,
+            shard_id=shard_id,
+            num_shards=num_shards,
+        )
     if json_output:
         print_json(summary.to_dict())
         return

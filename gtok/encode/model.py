@@ -41,6 +41,8 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
         chosen = torch.device(device)
     except RuntimeError as exc:
         raise GtokError(f"{device!r} is not a torch device; try cpu, cuda or cuda:1.") from exc
+    if chosen.type not in ("cpu", "cuda"):
+        raise GtokError(f"--device {device}: gtok runs on cpu or cuda; try cpu, cuda or cuda:1.")
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise GtokError(f"--device {device}: this torch build or machine has no CUDA device.")
     return chosen

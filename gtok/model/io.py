@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from gtok._version import __version__
@@ -130,24 +130,53 @@ def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu") 
     from gtok.model.tokenizer import build_from_config
 
     model_dir = resolve_model_dir(path)
-    config = read_config(model_dir)
+    config = read_config(model_dir)  # within `LIMITS`: its meta-device model is cheap
     weights_path = model_dir / WEIGHTS_FILE
     if not weights_path.is_file():
         raise GtokError(f"{model_dir} has {CONFIG_FILE} but no {WEIGHTS_FILE}; re-export it.")
+    # names and shapes first, from the header and a model on the meta device: a config that
+    # does not fit its weights fails here, before either is allocated
+    _check_state(weights_path, _config_shapes(config), _header_shapes(weights_path))
     try:
         tensors = load_file(weights_path, device="cpu")
     except (SafetensorError, OSError) as exc:
-        raise GtokError(f"{weights_path} is not a readable safetensors file ({exc}).") from exc
+        raise _unreadable(weights_path, exc) from exc
     model = build_from_config(config)
-    _check_state(weights_path, model.state_dict(), tensors)
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval()
 
 
+def _header_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from the safetensors header (no tensor data is read; safetensors
+    checks that the header's offsets cover the file exactly)."""
+    try:
+        with safe_open(weights_path, framework="pt") as f:
+            names = f.keys()
+            return {name: tuple(f.get_slice(name).get_shape()) for name in names}
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(weights_path, exc) from exc
+
+
+def _unreadable(weights_path: Path, exc: Exception) -> GtokError:
+    return GtokError(f"{weights_path} is not a readable safetensors file ({exc}).")
+
+
+def _config_shapes(config: TokenizerConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor a model of `config` saves, built on the meta device
+    (which allocates nothing)."""
+    from gtok.model.tokenizer import build_from_config
+
+    with torch.device("meta"):
+        state = build_from_config(config).state_dict()
+    return {name: tuple(tensor.shape) for name, tensor in state.items()}
+
+
 def _check_state(
-    weights_path: Path, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]
+    weights_path: Path,
+    expected: dict[str, tuple[int, ...]],
+    found: dict[str, tuple[int, ...]],
 ) -> None:
-    """One sentence for missing, unexpected or wrongly shaped tensors."""
+    """One sentence for missing, unexpected or wrongly shaped tensors (name -> shape)."""
     missing = sorted(set(expected) - set(found))
     if missing:
         raise GtokError(
@@ -161,9 +190,9 @@ def _check_state(
             f"build ({_sample(unexpected)}); the two files do not belong together."
         )
     wrong = [
-        f"{k} {list(found[k].shape)} != {list(expected[k].shape)}"
+        f"{k} {list(found[k])} != {list(expected[k])}"
         for k in sorted(expected)
-        if found[k].shape != expected[k].shape
+        if found[k] != expected[k]
     ]
     if wrong:
         raise GtokError(

@@ -121,6 +121,22 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
     return None
 
 
+def _check_target(location: Location, overwrite: bool) -> None:
+    """A local output that is a file, or a symbolic link to delete, is refused up front."""
+    if not location.is_local:
+        return
+    if location.path.exists() and not location.path.is_dir():
+        raise GtokError(
+            f"{location} is a file; give a folder for the token store (a new one, or a store "
+            "to resume)."
+        )
+    if overwrite and location.path.is_symlink():
+        raise GtokError(
+            f"{location} is a symbolic link, and --overwrite deletes only a real folder; give "
+            f"the store's own path ({location.path.resolve()})."
+        )
+
+
 class StoreWriter:
     """Writes parts into a store whose header matches this run's."""
 
@@ -137,6 +153,7 @@ class StoreWriter:
         from zarr.errors import ContainsGroupError
 
         location = Location(str(out))
+        _check_target(location, overwrite)
         if overwrite and location.has("zarr.json"):
             read_header(open_root(location))  # refuses to delete anything but a gtok store
             location.remove()
