@@ -147,7 +147,7 @@ def test_authors_presets_follow_the_design_table():
         # bounds that keep a config file from building millions of modules or gigabytes
         ({"num_res_blocks": 100000}, "num_res_blocks must be an integer in [1, 16], got 100000"),
         ({"num_gaussians": 10**9}, "num_gaussians must be an integer in [1, 65536]"),
-        ({"num_gaussians": 1e9}, "num_gaussians must be an integer in [1, 65536], got 1000000000.0"),
+        ({"num_gaussians": 1e9}, "an integer in [1, 65536], got 1000000000.0"),
         ({"ch_mult": (1, 64)}, "ch * max(ch_mult) be at most 4096, got ch=128, ch_mult=(1, 64)"),
         ({"kmeans_iters": -1}, "kmeans_iters must be an integer in [0, 1000], got -1"),
         ({"num_rounds": 17}, "num_rounds must be an integer in [1, 16], got 17"),
