@@ -136,7 +136,7 @@ BREAKAGES = {
     "num_res_blocks": ({"num_res_blocks": 100000}, "num_res_blocks must be an integer in [1, 16]"),
     "weights": (
         {"ch": 1024, "ch_mult": [1, 4, 4], "num_res_blocks": 16},
-        "that its config.json needs",
+        "the two files do not belong together",
     ),
 }
 

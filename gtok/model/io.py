@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,8 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch.overrides import TorchFunctionMode
+from torch.utils._device import _device_constructors
 
 from gtok._version import __version__
 from gtok.errors import GtokError
@@ -130,20 +133,51 @@ def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu") 
     from gtok.model.tokenizer import build_from_config
 
     model_dir = resolve_model_dir(path)
-    config = read_config(model_dir)  # within `LIMITS`: its meta-device model is cheap
+    config = read_config(model_dir)  # within `LIMITS`: a bounded number of modules
     weights_path = model_dir / WEIGHTS_FILE
     if not weights_path.is_file():
         raise GtokError(f"{model_dir} has {CONFIG_FILE} but no {WEIGHTS_FILE}; re-export it.")
-    # names and shapes first, from the header and a model on the meta device: a config that
-    # does not fit its weights fails here, before either is allocated
-    _check_state(weights_path, _config_shapes(config), _header_shapes(weights_path))
+    # the config is built only as far as the weights file's size allows, and compared with
+    # the file's header before any weight is read
+    found = _header_shapes(weights_path)
+    with _CreationBudget(sum(math.prod(shape) for shape in found.values()), weights_path):
+        model = build_from_config(config)
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    _check_state(weights_path, expected, found)
     try:
         tensors = load_file(weights_path, device="cpu")
     except (SafetensorError, OSError) as exc:
         raise _unreadable(weights_path, exc) from exc
-    model = build_from_config(config)
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval()
+
+
+class _CreationBudget(TorchFunctionMode):
+    """Counts the values of the tensors that torch's factory functions create while a model is
+    built; past twice the `held` values of the weights file (plus `SLACK` for the small
+    temporaries of initialization) the build stops with a `GtokError`, so a config.json that
+    asks for far more weights than its model.safetensors holds never allocates them (the
+    header check after the build names the tensors of a smaller mismatch)."""
+
+    SLACK = 1 << 24
+
+    def __init__(self, held: int, weights_path: Path) -> None:
+        super().__init__()
+        self.held, self.weights_path, self.created = held, weights_path, 0
+        self.limit = 2 * held + self.SLACK
+        self.factories = _device_constructors()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func in self.factories and isinstance(result, torch.Tensor):
+            self.created += result.numel()
+            if self.created > self.limit:
+                raise GtokError(
+                    f"{self.weights_path.parent / CONFIG_FILE} builds a model of more than "
+                    f"{self.limit:,} values, but {self.weights_path} holds {self.held:,}; the "
+                    "two files do not belong together."
+                )
+        return result
 
 
 def _header_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
@@ -159,16 +193,6 @@ def _header_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
 
 def _unreadable(weights_path: Path, exc: Exception) -> GtokError:
     return GtokError(f"{weights_path} is not a readable safetensors file ({exc}).")
-
-
-def _config_shapes(config: TokenizerConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor a model of `config` saves, built on the meta device
-    (which allocates nothing)."""
-    from gtok.model.tokenizer import build_from_config
-
-    with torch.device("meta"):
-        state = build_from_config(config).state_dict()
-    return {name: tuple(tensor.shape) for name, tensor in state.items()}
 
 
 def _check_state(
