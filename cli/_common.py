@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from cli._options import read_text_file
 from gtok.console import console
 from gtok.errors import GtokError
 from gtok.outputs import describe_write_failure
@@ -84,9 +85,7 @@ def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | N
     if value is None:
         return None
     try:
-        data = tomllib.loads(value.read_text())
-    except OSError as exc:
-        raise typer.BadParameter(f"cannot read {value}: {exc.strerror}.") from exc
+        data = tomllib.loads(read_text_file(value, "config file"))
     except tomllib.TOMLDecodeError as exc:
         raise typer.BadParameter(f"{value} is not valid TOML: {exc}.") from exc
     section = data.get(ctx.info_name, data)

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from cli._common import JsonFlag, print_json
-from gtok.console import console
 
 
 def convert_official(
@@ -41,9 +40,9 @@ def convert_official(
     if json_output:
         print_json(report.to_dict())
         return
-    console.print(
-        f"wrote {report.model_dir} ({report.preset}): {report.renamed} tensors, "
-        f"{report.from_ema} from EMA weights"
+    typer.echo(
+        f"wrote {report.model_dir} ({report.preset}): {report.tensors_written} tensors, "
+        f"{report.taken_from_ema} from EMA weights"
     )
     for reason, count in sorted(report.dropped.items()):
-        console.print(f"  dropped {count}: {reason}")
+        typer.echo(f"  dropped {count}: {reason}")

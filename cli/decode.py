@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli._common import ConfigOption, JsonFlag, fail, print_json
+from cli._options import read_text_file
 from cli._tokens import StoreArgument
 
 if TYPE_CHECKING:
@@ -29,12 +30,7 @@ def _expand_keys(values: list[str] | None) -> list[str] | None:
         if not value.startswith("@"):
             keys.append(value)
             continue
-        try:
-            text = Path(value[1:]).read_text()
-        except OSError as exc:
-            raise typer.BadParameter(
-                f"cannot read the key file {value[1:]}: {exc.strerror}."
-            ) from exc
+        text = read_text_file(Path(value[1:]), "key file")
         keys += [line.strip() for line in text.splitlines() if line.strip()]
     return keys
 
@@ -84,7 +80,9 @@ def decode(
         ),
     ] = False,
     batch_size: Annotated[int, typer.Option(help="Images per decoder forward.")] = 64,
-    shard_size: Annotated[int, typer.Option(help="Samples per tar with --format wds.")] = 10000,
+    shard_size: Annotated[
+        int, typer.Option(help="Samples per tar with --format wds.", min=1)
+    ] = 10000,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     json_output: JsonFlag = False,
 ) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cli._common import ConfigOption, JsonFlag, print_json
+from cli._options import resumable
 from cli._tokens import ShardsArgument
 from gtok.console import console, is_quiet
 from gtok.data.images import DEFAULT_MAX_PIXELS
@@ -47,10 +48,12 @@ def encode(
             "model shipped with gtok).",
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per model forward.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Images per model forward.", min=1)] = 64,
     workers: Annotated[
         int | None,
-        typer.Option(help="Decoding processes (0: decode in this process). [default: cores - 1]"),
+        typer.Option(
+            help="Decoding processes (0: decode in this process). [default: cores - 1]", min=0
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     resize: Annotated[
@@ -64,7 +67,8 @@ def encode(
         str, typer.Option(help="R,G,B that transparent pixels are composited on.")
     ] = "255,255,255",
     max_pixels: Annotated[
-        int, typer.Option(help="Skip images with more pixels than this (decompression bombs).")
+        int,
+        typer.Option(help="Skip images with more pixels than this (decompression bombs).", min=1),
     ] = DEFAULT_MAX_PIXELS,
     max_member_bytes: Annotated[
         int,
@@ -121,7 +125,7 @@ def encode(
         return
     if not shards:
         raise typer.BadParameter("give the SHARDS to encode (or --finalize).")
-    with naming(output):
+    with naming(output), resumable():
         summary = encode_shards(
             shards,
             output,

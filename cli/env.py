@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typer
 from rich.table import Table
 
 from cli._common import JsonFlag, print_json
@@ -39,4 +40,6 @@ def env(json_output: JsonFlag = False) -> None:
     for key, weight in report["weights"].items():
         where = weight["found"] or f"[yellow]not found[/] ({weight['file']})"
         table.add_row(f"weights: {key}", where)
-    console.print(table)
+    with console.capture() as capture:  # a result: on stdout, laid out as on the terminal
+        console.print(table)
+    typer.echo(capture.get().rstrip())

@@ -64,10 +64,12 @@ def eval_command(
         typer.Option(help="Resize originals' shorter side to this before the crop."),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="Evaluate the first N usable images.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.", min=1)] = 32,
     workers: Annotated[
         int | None,
-        typer.Option(help="Decoding processes (0: decode in this process; default: cores - 1)."),
+        typer.Option(
+            help="Decoding processes (0: decode in this process; default: cores - 1).", min=0
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     vgg16_weights: Annotated[
@@ -90,7 +92,10 @@ def eval_command(
     ] = None,
     report: Annotated[
         Path | None,
-        typer.Option(help="Write metrics.json, grid.png and per_image.csv into this folder."),
+        typer.Option(
+            help="Write metrics.json, grid.png and per_image.csv into this folder.",
+            file_okay=False,
+        ),
     ] = None,
     grid_images: Annotated[int, typer.Option(help="Images in the report grid.")] = 8,
     json_output: JsonFlag = False,

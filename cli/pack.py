@@ -20,7 +20,7 @@ def pack(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="The folder to write the shards into.")
     ] = ...,
-    per_shard: Annotated[int, typer.Option(help="Input files per shard.")] = 1000,
+    per_shard: Annotated[int, typer.Option(help="Input files per shard.", min=1)] = 1000,
     labels: Annotated[
         bool,
         typer.Option(
@@ -33,10 +33,13 @@ def pack(
     ] = False,
     workers: Annotated[
         int | None,
-        typer.Option(help="Processes that read and check files (0: this one; default: cores - 1)."),
+        typer.Option(
+            help="Processes that read and check files (0: this one; default: cores - 1).", min=0
+        ),
     ] = None,
     max_pixels: Annotated[
-        int, typer.Option(help="Skip images with more pixels than this (decompression bombs).")
+        int,
+        typer.Option(help="Skip images with more pixels than this (decompression bombs).", min=1),
     ] = DEFAULT_MAX_PIXELS,
     json_output: JsonFlag = False,
 ) -> None:

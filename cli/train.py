@@ -20,8 +20,8 @@ _LOSS = "Loss and optimizer"
 _REPORT = "Logging and checkpoints"
 
 
-def _opt(help: str, panel: str, *names: str) -> Any:
-    return typer.Option(*names, help=help, rich_help_panel=panel)
+def _opt(help: str, panel: str, *names: str, **checks: Any) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=panel, **checks)
 
 
 def _model_overrides(items: list[str]) -> dict[str, Any]:
@@ -47,7 +47,10 @@ def train(
     ] = None,
     preset: Annotated[str, _opt("Model preset (tiny, vq-tiny, cifar, imagenet, ...).", _RUN)] = "",
     out: Annotated[
-        Path | None, _opt("Run directory; an existing run there is resumed.", _RUN, "--out", "-o")
+        Path | None,
+        _opt(
+            "Run directory; an existing run there is resumed.", _RUN, "--out", "-o", file_okay=False
+        ),
     ] = None,
     config: ConfigOption = None,
     steps: Annotated[int | None, _opt("Optimizer steps of the whole run.", _RUN)] = None,

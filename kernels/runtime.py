@@ -14,6 +14,9 @@ import atexit
 import contextlib
 import io
 import os
+import shutil
+import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -41,8 +44,29 @@ def cache_dir() -> Path:
     `$XDG_CACHE_HOME/gtok/taichi` (default `~/.cache/gtok/taichi`)."""
     if env := os.environ.get("GTOK_KERNEL_CACHE"):
         return Path(env).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
     return base / "gtok" / "taichi"
+
+
+def _usable_cache_dir() -> Path:
+    """`cache_dir()` when a file can be created in it, else a temporary folder removed at exit,
+    after one warning on stderr: Taichi writes its cache at exit, and crashes the interpreter
+    there (segfault) when it cannot."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        return folder
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    fallback = Path(tempfile.mkdtemp(prefix="gtok-taichi-"))
+    atexit.register(shutil.rmtree, fallback, ignore_errors=True)  # runs after `ti.reset`
+    print(
+        f"warning: the Taichi kernel cache {folder} is not writable ({reason}); using "
+        f"{fallback} for this run (set GTOK_KERNEL_CACHE to a writable folder).",
+        file=sys.stderr,
+    )
+    return fallback
 
 
 def resolve_arch(device: str | torch.device = "auto") -> str:
@@ -88,11 +112,12 @@ def _init_taichi(want: str) -> str:
     import taichi as ti
 
     arch = ti.cuda if want == "cuda" else ti.cpu
+    folder = _usable_cache_dir()
     with contextlib.redirect_stdout(io.StringIO()):  # drop "[Taichi] Starting on arch=..."
         ti.init(
             arch=arch,
             offline_cache=True,
-            offline_cache_file_path=str(cache_dir()),
+            offline_cache_file_path=str(folder),
             log_level=ti.ERROR,
         )
     # Taichi writes its offline cache when the program is finalized, which it does not

@@ -141,9 +141,16 @@ def test_authors_presets_follow_the_design_table():
     [
         ({"image_size": 48}, "image_size 48 must be map_size 16"),
         ({"ch": 48}, "multiples of 32"),
-        ({"codebook_size": 70000}, "codebook_size must be in"),
+        ({"codebook_size": 70000}, "codebook_size must be an integer in [2, 65536], got 70000"),
         ({"kind": "vae"}, "kind must be"),
-        ({"num_gaussians": 0}, "num_gaussians must be a positive integer, got 0"),
+        ({"num_gaussians": 0}, "num_gaussians must be an integer in [1, 65536], got 0"),
+        # bounds that keep a config file from building millions of modules or gigabytes
+        ({"num_res_blocks": 100000}, "num_res_blocks must be an integer in [1, 16], got 100000"),
+        ({"num_gaussians": 10**9}, "num_gaussians must be an integer in [1, 65536]"),
+        ({"num_gaussians": 1e9}, "an integer in [1, 65536], got 1000000000.0"),
+        ({"ch_mult": (1, 64)}, "ch * max(ch_mult) be at most 4096, got ch=128, ch_mult=(1, 64)"),
+        ({"kmeans_iters": -1}, "kmeans_iters must be an integer in [0, 1000], got -1"),
+        ({"num_rounds": 17}, "num_rounds must be an integer in [1, 16], got 17"),
         ({"scale_max_floor": 5.0}, "scale_max_floor <= scale_max_init"),
         ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
     ],

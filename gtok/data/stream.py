@@ -16,6 +16,8 @@ and Zarr's event loop does not survive a fork). See `loader()`.
 from __future__ import annotations
 
 import random
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -245,7 +247,27 @@ def to_tensor_from_array(pixels: np.ndarray) -> torch.Tensor:
     return to_model_input(torch.from_numpy(np.ascontiguousarray(pixels))[None])[0]
 
 
+class _SpawnLoader(DataLoader):
+    """A DataLoader whose worker processes ignore SIGINT.
+
+    Ctrl-C reaches the whole process group; a worker still importing torch (a spawned one
+    takes seconds) would print a traceback of its own. The main process alone turns it into
+    a KeyboardInterrupt, and its loader then shuts the workers down. Signal dispositions can
+    only be changed from the main thread; elsewhere the workers keep the default.
+    """
+
+    def _get_iterator(self):
+        if self.num_workers == 0 or threading.current_thread() is not threading.main_thread():
+            return super()._get_iterator()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by spawned children
+        try:
+            return super()._get_iterator()  # starts the workers
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 def loader(dataset: IterableDataset, *, workers: int, batch_size: int | None = None, **kw):
-    """A DataLoader over `dataset` with `spawn` workers (none when `workers` is 0)."""
+    """A DataLoader over `dataset` with `spawn` workers (none when `workers` is 0) that leave
+    Ctrl-C to the main process."""
     extra = {"multiprocessing_context": "spawn", "persistent_workers": False} if workers else {}
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, **extra, **kw)
+    return _SpawnLoader(dataset, batch_size=batch_size, num_workers=workers, **extra, **kw)

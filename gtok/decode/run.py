@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -94,8 +95,12 @@ def decode_store(
     """
     if format not in FORMATS:
         raise GtokError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}.")
-    if batch_size < 1:
-        raise GtokError(f"--batch-size must be at least 1, got {batch_size}.")
+    if batch_size < 1 or shard_size < 1:
+        raise GtokError(
+            f"--batch-size and --shard-size must be at least 1, got {batch_size}, {shard_size}."
+        )
+    if Path(out).expanduser().exists() and not Path(out).expanduser().is_dir():
+        raise GtokError(f"{out} is a file; give a folder to write the reconstructions into.")
     started = time.perf_counter()
     tokens = TokenStore(store, format="torch")
     rows = select_rows(tokens, keys=keys, start=start, stop=stop, limit=limit)

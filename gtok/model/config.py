@@ -28,10 +28,41 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["MAX_CODEBOOK_SIZE", "PRESETS", "TokenizerConfig", "preset_config"]
+__all__ = [
+    "LIMITS",
+    "MAX_CHANNELS",
+    "MAX_CODEBOOK_SIZE",
+    "PRESETS",
+    "TokenizerConfig",
+    "preset_config",
+]
 
 MAX_CODEBOOK_SIZE = 65536  # token ids are stored as uint16
 GROUPS = 32  # GroupNorm groups: every CNN channel count is a multiple of this
+MAX_CHANNELS = 4096  # widest CNN level, ch * max(ch_mult) (the presets reach 512)
+MAX_LEVELS = 8  # len(ch_mult): 2^7 = 128x downsampling (the presets use 2 to 5)
+
+# Upper bounds of the integer fields, far above any published tokenizer (the presets' values
+# in brackets) but low enough that a config file cannot make gtok build millions of modules
+# or allocate gigabytes before its weights are compared with it (`gtok.model.io`).
+LIMITS: dict[str, int] = {
+    "image_size": 8192,  # [32, 64, 256]
+    "ch": 1024,  # [32, 128]
+    "num_res_blocks": 16,  # [1, 4]
+    "embed_dim": 4096,  # [3, 8, 64]
+    "map_size": 1024,  # [8, 16, 32]
+    "z_dim": 1024,  # [3, 8]
+    "codebook_size": MAX_CODEBOOK_SIZE,  # [1024]
+    "num_gaussians": 65536,  # [64, 256]
+    "gaussian_dim": 1024,  # [64]
+    "num_heads": 64,  # [4]
+    "num_points": 64,  # [4]
+    "ffn_dim": 16384,  # [256]
+    "num_rounds": 16,  # [3]
+    "num_encoder_layers": 16,  # [2]
+    "num_decoder_layers": 16,  # [2]
+    "kmeans_iters": 1000,  # [10]
+}
 
 
 @dataclass(frozen=True)
@@ -82,14 +113,18 @@ class TokenizerConfig:
         out: list[str] = []
         if self.kind not in ("gaussian", "vq"):
             out.append(f"kind must be 'gaussian' or 'vq', got {self.kind!r}")
-        for name in ("image_size", "ch", "num_res_blocks", "embed_dim", "map_size", "z_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                out.append(f"{name} must be a positive integer, got {value!r}")
+        names = ("image_size", "ch", "num_res_blocks", "embed_dim", "map_size", "z_dim")
+        out.extend(filter(None, (_count_problem(name, getattr(self, name)) for name in names)))
         if out:
             return out
-        if not self.ch_mult or any(not isinstance(m, int) or m < 1 for m in self.ch_mult):
+        if not self.ch_mult or any(not _is_int(m) or m < 1 for m in self.ch_mult):
             out.append(f"ch_mult must be positive integers, got {self.ch_mult!r}")
+            return out
+        if len(self.ch_mult) > MAX_LEVELS or self.ch * max(self.ch_mult) > MAX_CHANNELS:
+            out.append(
+                f"ch_mult must have at most {MAX_LEVELS} levels and ch * max(ch_mult) be at "
+                f"most {MAX_CHANNELS}, got ch={self.ch}, ch_mult={self.ch_mult}"
+            )
             return out
         if any(self.ch * m % GROUPS for m in self.ch_mult):
             out.append(
@@ -102,9 +137,10 @@ class TokenizerConfig:
                 f"image_size {self.image_size} must be map_size {self.map_size} * "
                 f"2^(len(ch_mult) - 1) = {self.map_size * factor}"
             )
-        if not 2 <= self.codebook_size <= MAX_CODEBOOK_SIZE:
+        if not _is_int(self.codebook_size) or not 2 <= self.codebook_size <= MAX_CODEBOOK_SIZE:
             out.append(
-                f"codebook_size must be in [2, {MAX_CODEBOOK_SIZE}], got {self.codebook_size}"
+                f"codebook_size must be an integer in [2, {MAX_CODEBOOK_SIZE}], "
+                f"got {self.codebook_size!r}"
             )
         if self.kind == "vq":
             if self.num_gaussians is not None:
@@ -118,20 +154,19 @@ class TokenizerConfig:
             out.extend(self._gaussian_problems())
         if not 0 < self.codebook_decay < 1:
             out.append(f"codebook_decay must be in (0, 1), got {self.codebook_decay}")
-        if self.codebook_eps <= 0 or self.kmeans_iters < 0 or self.dead_threshold < 0:
+        if self.codebook_eps <= 0 or self.dead_threshold < 0:
             out.append(
-                f"codebook_eps must be > 0 and kmeans_iters, dead_threshold >= 0, got "
-                f"{self.codebook_eps}, {self.kmeans_iters}, {self.dead_threshold}"
+                f"codebook_eps must be > 0 and dead_threshold >= 0, got "
+                f"{self.codebook_eps}, {self.dead_threshold}"
             )
+        out.extend(filter(None, [_count_problem("kmeans_iters", self.kmeans_iters, low=0)]))
         return out
 
     def _gaussian_problems(self) -> list[str]:
         out: list[str] = []
         counts = ("num_gaussians", "gaussian_dim", "num_heads", "num_points", "ffn_dim")
-        for name in (*counts, "num_rounds", "num_encoder_layers", "num_decoder_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                out.append(f"{name} must be a positive integer, got {value!r}")
+        names = (*counts, "num_rounds", "num_encoder_layers", "num_decoder_layers")
+        out.extend(filter(None, (_count_problem(name, getattr(self, name)) for name in names)))
         if out:
             return out
         if self.gaussian_dim % GROUPS or self.gaussian_dim % self.num_heads:
@@ -178,6 +213,18 @@ class TokenizerConfig:
                 f"(known: {', '.join(sorted(names))})"
             )
         return dataclasses.replace(self, **overrides)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _count_problem(name: str, value: Any, low: int = 1) -> str | None:
+    """Why `value` is not an integer in [low, LIMITS[name]], or None when it is."""
+    high = LIMITS[name]
+    if not _is_int(value) or not low <= value <= high:
+        return f"{name} must be an integer in [{low}, {high}], got {value!r}"
+    return None
 
 
 PRESETS: dict[str, TokenizerConfig] = {

@@ -203,13 +203,18 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise GtokError(f"{path} has no state_dict of tensors; it is not a Lightning checkpoint.")
+    if odd := [k for k in state if not isinstance(k, str)][:3]:
+        raise GtokError(
+            f"{path} has a state_dict with keys that are not names (such as {odd}); it is not "
+            "a Lightning checkpoint."
+        )
     return state
 
 
 def _infer_preset(source: str, state: dict[str, torch.Tensor]) -> str:
     anchor = state.get("gs_embed.gaussian_lifter.anchor")
     by_count = {PRESETS[p].num_gaussians: p for p in CONVERTIBLE}
-    if anchor is None or anchor.shape[0] not in by_count:
+    if anchor is None or anchor.dim() != 2 or anchor.shape[0] not in by_count:
         shape = None if anchor is None else list(anchor.shape)
         raise GtokError(
             f"{source} is not a GaussianToken checkpoint of a known config (anchor shape "

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
+from torch.overrides import TorchFunctionMode
 
 from gtok._version import __version__
 from gtok.errors import GtokError
@@ -135,24 +137,83 @@ def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu") 
     from gtok.model.tokenizer import build_from_config
 
     model_dir = resolve_model_dir(path)
-    config = read_config(model_dir)
+    config = read_config(model_dir)  # within `LIMITS`: a bounded number of modules
     weights_path = model_dir / WEIGHTS_FILE
     if not weights_path.is_file():
         raise GtokError(f"{model_dir} has {CONFIG_FILE} but no {WEIGHTS_FILE}; re-export it.")
+    # the config is built only as far as the weights file's size allows, and compared with
+    # the file's header before any weight is read
+    found = _header_shapes(weights_path)
+    with _CreationBudget(sum(math.prod(shape) for shape in found.values()), weights_path):
+        model = build_from_config(config)
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    _check_state(weights_path, expected, found)
     try:
         tensors = load_file(weights_path, device="cpu")
     except (SafetensorError, OSError) as exc:
-        raise GtokError(f"{weights_path} is not a readable safetensors file ({exc}).") from exc
-    model = build_from_config(config)
-    _check_state(weights_path, model.state_dict(), tensors)
+        raise _unreadable(weights_path, exc) from exc
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval()
 
 
+# the torch functions that create a tensor from a size: how nn.Module parameters and buffers
+# come to be (each dimension is bounded by the config's LIMITS, so one call stays small)
+_FACTORIES = frozenset(
+    {
+        *(torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.eye),
+        *(torch.rand, torch.randn, torch.randint, torch.arange, torch.linspace, torch.tensor),
+    }
+)
+
+
+class _CreationBudget(TorchFunctionMode):
+    """Counts the values of the tensors that torch's factory functions create while a model is
+    built; past twice the `held` values of the weights file (plus `SLACK` for the small
+    temporaries of initialization) the build stops with a `GtokError`, so a config.json that
+    asks for far more weights than its model.safetensors holds never allocates them (the
+    header check after the build names the tensors of a smaller mismatch)."""
+
+    SLACK = 1 << 24
+
+    def __init__(self, held: int, weights_path: Path) -> None:
+        super().__init__()
+        self.held, self.weights_path, self.created = held, weights_path, 0
+        self.limit = 2 * held + self.SLACK
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func in _FACTORIES and isinstance(result, torch.Tensor):
+            self.created += result.numel()
+            if self.created > self.limit:
+                raise GtokError(
+                    f"{self.weights_path.parent / CONFIG_FILE} builds a model of more than "
+                    f"{self.limit:,} values, but {self.weights_path} holds {self.held:,}; the "
+                    "two files do not belong together."
+                )
+        return result
+
+
+def _header_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from the safetensors header (no tensor data is read; safetensors
+    checks that the header's offsets cover the file exactly)."""
+    try:
+        with safe_open(weights_path, framework="pt") as f:
+            names = f.keys()
+            return {name: tuple(f.get_slice(name).get_shape()) for name in names}
+    except (SafetensorError, OSError) as exc:
+        raise _unreadable(weights_path, exc) from exc
+
+
+def _unreadable(weights_path: Path, exc: Exception) -> GtokError:
+    return GtokError(f"{weights_path} is not a readable safetensors file ({exc}).")
+
+
 def _check_state(
-    weights_path: Path, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]
+    weights_path: Path,
+    expected: dict[str, tuple[int, ...]],
+    found: dict[str, tuple[int, ...]],
 ) -> None:
-    """One sentence for missing, unexpected or wrongly shaped tensors."""
+    """One sentence for missing, unexpected or wrongly shaped tensors (name -> shape)."""
     missing = sorted(set(expected) - set(found))
     if missing:
         raise GtokError(
@@ -166,9 +227,9 @@ def _check_state(
             f"build ({_sample(unexpected)}); the two files do not belong together."
         )
     wrong = [
-        f"{k} {list(found[k].shape)} != {list(expected[k].shape)}"
+        f"{k} {list(found[k])} != {list(expected[k])}"
         for k in sorted(expected)
-        if found[k].shape != expected[k].shape
+        if found[k] != expected[k]
     ]
     if wrong:
         raise GtokError(

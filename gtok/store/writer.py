@@ -151,6 +151,22 @@ def part_locks(location: Location, shards: Sequence[str]) -> Mapping[str, str]:
     return {schema.part_name(s): f"input shard {s} of {location}" for s in shards}
 
 
+def _check_target(location: Location, overwrite: bool) -> None:
+    """A local output that is a file, or a symbolic link to delete, is refused up front."""
+    if not location.is_local:
+        return
+    if location.path.exists() and not location.path.is_dir():
+        raise GtokError(
+            f"{location} is a file; give a folder for the token store (a new one, or a store "
+            "to resume)."
+        )
+    if overwrite and location.path.is_symlink():
+        raise GtokError(
+            f"{location} is a symbolic link, and --overwrite deletes only a real folder; give "
+            f"the store's own path ({location.path.resolve()})."
+        )
+
+
 class StoreWriter:
     """Writes parts into a store whose header matches this run's; holds their locks until
     `close` (use it as a context manager)."""
@@ -176,6 +192,7 @@ class StoreWriter:
     def open(cls, out: str, header: schema.StoreHeader, *, overwrite: bool = False) -> StoreWriter:
         """Create the store at `out`, or reopen it to resume; see the module rules."""
         location = Location(str(out))
+        _check_target(location, overwrite)
         if overwrite and location.has("zarr.json"):
             _start_over(location, header)
         elif not location.has("zarr.json"):

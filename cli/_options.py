@@ -1,0 +1,38 @@
+"""Checks of option values that several commands share, made before any work starts, and the
+one-line ending of an interrupted resumable command."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from gtok.console import console
+
+__all__ = ["INTERRUPTED", "read_text_file", "resumable"]
+
+INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells use
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of `path`; an unreadable or binary file is a usage error naming `what`."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read the {what} {path}: {exc.strerror}.") from exc
+    except UnicodeDecodeError as exc:
+        raise typer.BadParameter(
+            f"the {what} {path} is not UTF-8 text (byte {exc.start}); give a text file."
+        ) from exc
+
+
+@contextmanager
+def resumable() -> Iterator[None]:
+    """Ctrl-C inside ends the command with one line saying how to resume, exit code 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume.", soft_wrap=True)
+        raise typer.Exit(INTERRUPTED) from None

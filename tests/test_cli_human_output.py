@@ -1,0 +1,99 @@
+"""Every `gtok` command once without `--json`, on small inputs: exit 0 and its summary on stdout.
+
+The `--json` paths have their own tests; the plain text went untested, and
+`gtok convert-official` crashed there after writing the model (issue 12, point 3). The list of
+commands comes from the app, so a new command without a case here fails
+`test_every_command_has_a_case`.
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from evalkit import model, no_weights, one_thread, shards, store  # noqa: F401
+from shardmaker import jpeg, write_clean_shards
+from test_convert import _synthetic_state
+
+from cli.main import app
+from gtok.demo import DEMO_PHOTOS
+
+
+def _convert(tmp: Path, fixtures: dict) -> list:
+    torch.save({"state_dict": _synthetic_state("cifar")}, tmp / "last.ckpt")
+    return ["convert-official", tmp / "last.ckpt", "-o", tmp / "cifar"]
+
+
+def _train(tmp: Path, fixtures: dict) -> list:
+    write_clean_shards(tmp / "train", 1, 4)
+    overrides = ["--model", "num_gaussians=16", "--model", "codebook_size=64"]
+    return [
+        *("train", tmp / "train", "--preset", "tiny", "-o", tmp / "run", "--steps", "1"),
+        *("--batch-size", "2", "--image-size", "32", "--workers", "0", *overrides),
+    ]
+
+
+def _pack(tmp: Path, fixtures: dict) -> list:
+    (tmp / "images").mkdir()
+    for i in range(3):
+        (tmp / "images" / f"{i}.jpg").write_bytes(jpeg(i))
+    return ["pack", tmp / "images", "-o", tmp / "packed", "--workers", "0"]
+
+
+def _demo(tmp: Path, fixtures: dict) -> list:
+    (tmp / "photos").mkdir()
+    for photo in sorted(DEMO_PHOTOS.glob("*.jpg"))[:3]:
+        shutil.copy(photo, tmp / "photos")
+    return ["demo", "-o", tmp / "demo", "-m", fixtures["model"], "--photos", tmp / "photos"]
+
+
+# command -> (its arguments, given a temporary folder and the fixtures; text it prints)
+CASES: dict[str, tuple[Callable[[Path, dict], list], str]] = {
+    "env": (lambda tmp, f: ["env"], "taichi kernels"),
+    "convert-official": (_convert, "from EMA weights"),
+    "encode": (
+        lambda tmp, f: [
+            "encode",
+            f["shards"],
+            "-o",
+            tmp / "t.zarr",
+            "-m",
+            f["model"],
+            "--workers",
+            "0",
+        ],
+        "encoded 11 images",
+    ),
+    "info": (lambda tmp, f: ["info", f["store"]], "rows"),
+    "verify": (lambda tmp, f: ["verify", f["store"], "--against", f["shards"]], ": ok;"),
+    "decode": (
+        lambda tmp, f: ["decode", f["store"], "-o", tmp / "recon", "--limit", "2"],
+        "decoded 2",
+    ),
+    "eval": (
+        lambda tmp, f: ["eval", f["shards"], "-m", f["model"], "--workers", "0", "--limit", "2"],
+        "PSNR (dB)",
+    ),
+    "train": (_train, "done: step 1/1"),
+    "pack": (_pack, "packed 3 images"),
+    "demo": (_demo, "3 images, 8 tokens each"),
+}
+
+
+def test_every_command_has_a_case():
+    assert sorted(c.name for c in app.registered_commands) == sorted(CASES)
+
+
+@pytest.mark.parametrize("command", sorted(CASES))
+def test_plain_output(runner, tmp_path, command, model, shards, store, no_weights):
+    make_args, expected = CASES[command]
+    args = make_args(tmp_path, {"model": model, "shards": shards, "store": store})
+    result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+    detail = f"\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.exit_code == 0, f"{result.exception!r}{detail}"
+    assert expected in result.stdout, detail
+    assert "Traceback" not in result.stderr, detail
