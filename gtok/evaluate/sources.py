@@ -6,14 +6,15 @@
 - Reconstructors turn a batch of originals into reconstructions, matched by key:
   `ModelReconstructor` runs a tokenizer (encode, then decode the tokens);
   `FolderReconstructor` reads `<key path>.png` files (what `gtok decode` writes, or any
-  images laid out the same way); `StoreReconstructor` decodes a token store's rows with the
-  store's model. A key without a usable reconstruction is recorded with the reason and left
-  out of the scores.
+  images laid out the same way) and the `.png` members of `gtok decode --format wds` tars;
+  `StoreReconstructor` decodes a token store's rows with the store's model. A key without
+  a usable reconstruction is recorded with the reason and left out of the scores.
 """
 
 from __future__ import annotations
 
 import os
+import tarfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from gtok.data import (
     to_model_input,
 )
 from gtok.data.images import ImageRejected, decode_rgb
+from gtok.data.tario import member_name, open_tar
 from gtok.decode import GAUSSIANS_SUFFIX, RECON_SUFFIX, decode_batch, path_key, uint8_images
 from gtok.encode.model import EncodingModel
 from gtok.errors import GtokError
@@ -155,14 +157,56 @@ class ModelReconstructor:
         )
 
 
-def _folder_index(folder: Path) -> dict[str, Path]:
+@dataclass(frozen=True)
+class _TarMember:
+    """A reconstruction stored as a member of a `gtok decode --format wds` tar."""
+
+    tar: Path
+    name: str
+    offset: int  # of the member's data in the tar, bytes
+    size: int
+
+    def read_bytes(self) -> bytes:
+        with self.tar.open("rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+    def __str__(self) -> str:
+        return f"{self.tar}:{self.name}"
+
+
+def _tar_index(tar: Path) -> dict[str, _TarMember]:
+    """key -> reconstruction of every `<key path>.png` member of a decode tar (not the
+    `.gaussians.png` pictures); an unreadable tar is a `GtokError`."""
     index = {}
+    try:
+        with tar.open("rb") as fileobj, open_tar(fileobj) as archive:
+            for member in archive:
+                name = member_name(member)
+                if not member.isfile() or not name.endswith(RECON_SUFFIX):
+                    continue
+                if name.endswith(GAUSSIANS_SUFFIX):
+                    continue
+                key = path_key(PurePosixPath(name[: -len(RECON_SUFFIX)]))
+                index[key] = _TarMember(tar, name, member.offset_data, member.size)
+    except (tarfile.TarError, OSError) as exc:
+        raise GtokError(f"{tar} is not a readable tar of reconstructions ({exc}).") from exc
+    return index
+
+
+def _folder_index(folder: Path) -> dict[str, Path | _TarMember]:
+    """key -> reconstruction: `<key path>.png` files (`gtok decode`), and the `.png` members
+    of the `.tar` shards directly in `folder` (`gtok decode --format wds`)."""
+    index: dict[str, Path | _TarMember] = {}
     for path in sorted(folder.rglob(f"*{RECON_SUFFIX}")):
         name = path.name
         if name.endswith(GAUSSIANS_SUFFIX) or name.startswith("."):
             continue
         relative = path.relative_to(folder).as_posix()[: -len(RECON_SUFFIX)]
         index[path_key(PurePosixPath(relative))] = path
+    for tar in sorted(folder.glob("*.tar")):
+        if tar.is_file() and not tar.name.startswith("."):
+            index.update(_tar_index(tar))
     return index
 
 
@@ -170,7 +214,7 @@ def folder_image_size(folder: str | os.PathLike) -> int:
     """Side of the first reconstruction in `folder` (what the originals are cropped to)."""
     index = _folder_index(Path(folder))
     if not index:
-        raise GtokError(f"{folder} holds no {RECON_SUFFIX} reconstructions.")
+        raise GtokError(_NO_RECONSTRUCTIONS.format(folder=folder))
     first = next(iter(index.values()))
     image = decode_rgb(first.read_bytes())
     if image.width != image.height:
@@ -178,8 +222,15 @@ def folder_image_size(folder: str | os.PathLike) -> int:
     return image.width
 
 
+_NO_RECONSTRUCTIONS = (
+    "{folder} holds no reconstructions (no " + RECON_SUFFIX + " files, and no .tar shards "
+    "with " + RECON_SUFFIX + " members as `gtok decode --format wds` writes them)."
+)
+
+
 class FolderReconstructor:
-    """Reconstructions stored as `<folder>/<key path>.png` (`gtok.decode.keys`)."""
+    """Reconstructions stored as `<folder>/<key path>.png` (`gtok.decode.keys`), or as the
+    members of the WebDataset tars `gtok decode --format wds` writes into `folder`."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
@@ -187,7 +238,7 @@ class FolderReconstructor:
             raise GtokError(f"{folder} is not a folder of reconstructions or a token store.")
         self.index = _folder_index(self.folder)
         if not self.index:
-            raise GtokError(f"{folder} holds no {RECON_SUFFIX} reconstructions.")
+            raise GtokError(_NO_RECONSTRUCTIONS.format(folder=folder))
         self.name = str(folder)
         self.codebook_size = None
         self.has_geometry = False
