@@ -1,6 +1,6 @@
 """Where `gtok decode` puts reconstructions: a folder of PNGs, or WebDataset tar shards.
 
-Both take one sample at a time (`write(key, png, gaussians_png, label)`) and never leave a
+Both take one sample at a time (`write(key, png, gaussians_png, label, text)`) and never leave a
 half-written file under its final name (each file, or each tar, is written under a temporary
 name and renamed when complete).
 
@@ -8,8 +8,11 @@ name and renamed when complete).
   where `<key path>` is `gtok.decode.keys.key_path(key)` (each `/` of the key a sub-folder).
 - `WdsShards`: `OUT/recon-000000.tar`, ... of `shard_size` samples each; a sample's members
   are `<key path>.png`, `<key path>.gaussians.png` and `<key path>.cls` (its label, when
-  the store has one), with every `.` of the key's last part written `%2E` so that WebDataset
+  the store has one), plus the `text` members: `<key path>.txt` (the caption, when the
+  store has captions) and `<key path>.json` (the store's `meta/<field>` values as one JSON
+  object of strings), with every `.` of the key's last part written `%2E` so that WebDataset
   readers (key = member path up to the first dot of the file name) read the key back.
+  `PngFolder` writes no text.
 """
 
 from __future__ import annotations
@@ -28,7 +31,16 @@ SHARD_PATTERN = "recon-{:06d}.tar"
 
 
 class SampleWriter(Protocol):
-    def write(self, key: str, png: bytes, gaussians_png: bytes | None, label: int) -> None: ...
+    def write(
+        self,
+        key: str,
+        png: bytes,
+        gaussians_png: bytes | None,
+        label: int,
+        text: dict[str, bytes] | None = None,
+    ) -> None:
+        """One sample; `text`: extension -> bytes of further members ("txt", "json")."""
+        ...
 
     def close(self) -> list[Path]:
         """Finish writing; returns every file written."""
@@ -50,7 +62,14 @@ class PngFolder:
         self.out.mkdir(parents=True, exist_ok=True)
         self.files: list[Path] = []
 
-    def write(self, key: str, png: bytes, gaussians_png: bytes | None, label: int) -> None:
+    def write(
+        self,
+        key: str,
+        png: bytes,
+        gaussians_png: bytes | None,
+        label: int,
+        text: dict[str, bytes] | None = None,
+    ) -> None:
         stem = self.out / key_path(key)
         recon = stem.with_name(stem.name + RECON_SUFFIX)
         _atomic_write(recon, png)
@@ -93,7 +112,14 @@ class WdsShards:
         info.mtime = 0  # reproducible tars: same tokens, same bytes
         self._tar.addfile(info, io.BytesIO(data))
 
-    def write(self, key: str, png: bytes, gaussians_png: bytes | None, label: int) -> None:
+    def write(
+        self,
+        key: str,
+        png: bytes,
+        gaussians_png: bytes | None,
+        label: int,
+        text: dict[str, bytes] | None = None,
+    ) -> None:
         if self._tar is None:
             final = self.out / SHARD_PATTERN.format(len(self.files))
             self._tmp = final.with_name(f".{final.name}.tmp")
@@ -104,6 +130,8 @@ class WdsShards:
             self._add(stem + GAUSSIANS_SUFFIX, gaussians_png)
         if label >= 0:
             self._add(f"{stem}.cls", str(label).encode())
+        for ext, data in (text or {}).items():
+            self._add(f"{stem}.{ext}", data)
         self._in_shard += 1
         if self._in_shard == self.shard_size:
             self._finish_shard()
