@@ -103,8 +103,9 @@ def begin_append(
         existing, attrs = read_header(open_root(location))
         new = _plan(existing, refs)
         if attrs["state"] == schema.STATE_COMPLETE:
-            if new:
-                existing = _start(location, existing, attrs, new)
+            if not new:
+                return existing, []  # every given shard is in the store already
+            existing = _start(location, existing, attrs, new)
         elif new:
             pending = pending_append(existing) is not None
             raise GtokError(
