@@ -18,7 +18,6 @@ from PIL import Image
 from gtok.data.images import IMAGE_EXTENSIONS, ImageRejected, decode_rgb
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, RawSample, TarProblem, read_tar
 from gtok.data.transforms import Preprocess, center_crop
-from gtok.store.schema import MAX_TEXT_BYTES
 
 __all__ = [
     "NO_LABEL",
@@ -97,6 +96,9 @@ Prepare = Callable[[RawSample, int], Decoded]
 
 
 def _text_limit(what: str, text: str) -> str:
+    """`text`, or a rejection when it is over the store's limit for one caption or field."""
+    from gtok.store.schema import MAX_TEXT_BYTES  # here: gtok.store imports gtok.data
+
     size = len(text.encode())
     if size > MAX_TEXT_BYTES:
         raise ImageRejected(f"{what} is {size} bytes, over the limit of {MAX_TEXT_BYTES}")
@@ -104,7 +106,8 @@ def _text_limit(what: str, text: str) -> str:
 
 
 def parse_caption(raw: RawSample) -> str | None:
-    """The sample's `.txt` caption (UTF-8, at most `MAX_TEXT_BYTES`), None when it has none."""
+    """The sample's `.txt` caption (UTF-8, at most `schema.MAX_TEXT_BYTES`), None when it has
+    none."""
     data = raw.files.get("txt")
     if data is None:
         return None
