@@ -90,6 +90,21 @@ def encode(
         int | None,
         typer.Option(help="Parallel workers in all. [default: RANK/WORLD_SIZE, SLURM_*, or 1]"),
     ] = None,
+    metadata_fields: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated fields of each sample's .json to keep as meta/<field> "
+            "string arrays (e.g. url,width,height); .txt captions are always kept."
+        ),
+    ] = "",
+    append: Annotated[
+        bool,
+        typer.Option(
+            "--append",
+            help="Add the given shards the store does not hold yet, after its rows "
+            "(same model and settings); rerun to resume.",
+        ),
+    ] = False,
     finalize: Annotated[
         bool,
         typer.Option("--finalize", help="Only build the final arrays after parallel workers."),
@@ -106,6 +121,12 @@ def encode(
     Example (the default model shipped with gtok): gtok encode ./shards -o tokens.zarr
 
     Example: gtok encode 'data/train-{000000..000099}.tar' -o train.zarr -m model/
+
+    Example (img2dataset output, captions and some metadata): gtok encode ./laion -o
+    laion.zarr --metadata-fields url,width,height
+
+    Example (add the shards downloaded since): gtok encode ./laion -o laion.zarr
+    --metadata-fields url,width,height --append
 
     Example (4 workers, then finalize): gtok encode ./shards -o tokens.zarr -m model/
     --shard-id 0 --num-shards 4 ... ; gtok encode --finalize -o tokens.zarr
@@ -141,6 +162,8 @@ def encode(
             overwrite=overwrite,
             shard_id=shard_id,
             num_shards=num_shards,
+            metadata_fields=[f.strip() for f in metadata_fields.split(",") if f.strip()],
+            append=append,
         )
     if json_output:
         print_json(summary.to_dict())

@@ -42,6 +42,11 @@ def verify(
             f"{report.store}: {verdict}; {report.shards_checked} shards, "
             f"{report.source_samples} source samples = {report.rows} rows + "
             f"{report.skipped} skipped"
+            + (
+                f"; {report.stats_checked} shards match img2dataset's stats"
+                if report.stats_checked
+                else ""
+            )
         )
         for problem in report.problems:
             console.print(f"[red]-[/] {problem}", soft_wrap=True)

@@ -7,6 +7,7 @@ headers that Pillow cannot write, assembled as PNG bytes by hand).
 from __future__ import annotations
 
 import io
+import json
 import struct
 import tarfile
 import zlib
@@ -213,4 +214,38 @@ def write_raw_tar(path: str | Path, members: list[bytes], *, end: bool = True) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"".join(members) + (bytes(2 * _BLOCK) if end else b""))
+    return path
+
+
+def img2dataset_shard(
+    folder: str | Path, shard: int, n: int, *, successes: int | None = None, keep: int | None = None
+) -> Path:
+    """A shard as img2dataset writes it: `%05d.tar` of `n` samples keyed `%05d%04d` with
+    `.jpg`, `.txt` (the caption; none on every third sample) and `.json` (url, width, key,
+    caption), and `%05d_stats.json` recording `successes` (default `n`). `keep`: cut the
+    tar after that many samples, as a copy that stopped short would be."""
+    samples = []
+    for i in range(n):
+        key = f"{shard:05d}{i:04d}"
+        files = {"jpg": jpeg(1000 * shard + i)}
+        caption = f"a picture number {i} of shard {shard}, caf\u00e9"
+        if i % 3 != 2:
+            files["txt"] = caption.encode()
+        record = {
+            "url": f"https://example.com/{key}.jpg",
+            "width": 40,
+            "key": key,
+            "caption": caption,
+        }
+        files["json"] = json.dumps(record).encode()
+        samples.append((key, files))
+    path = write_tar(
+        Path(folder) / f"{shard:05d}.tar", samples[:keep] if keep is not None else samples
+    )
+    stats = {
+        "count": n + 1,
+        "successes": n if successes is None else successes,
+        "failed_to_download": 1,
+    }
+    (Path(folder) / f"{shard:05d}_stats.json").write_text(json.dumps(stats))
     return path

@@ -441,3 +441,21 @@ def test_decode_rgb_accepts_bytes_io_roundtrip():
     data = io.BytesIO()
     Image.fromarray(pixels(4)).save(data, "PNG")
     assert np.array_equal(_decode(data.getvalue()), pixels(4).astype(int))
+
+
+def test_captions_and_metadata_fields_of_a_sample():
+    from gtok.data.samples import parse_caption, parse_metadata
+
+    raw = RawSample("k", {"txt": "caf\u00e9".encode(), "json": b'{"url": "u", "w": 40, "n": null}'})
+    assert parse_caption(raw) == "caf\u00e9" and parse_caption(RawSample("k")) is None
+    assert parse_metadata(raw, ("url", "w", "n", "absent")) == ("u", "40", "", "")
+    assert parse_metadata(RawSample("k"), ("url",)) == ("",)  # no .json: every field ""
+    for files, reason in [
+        ({"txt": b"\xff\xfe"}, "not UTF-8"),
+        ({"txt": b"x" * 5000}, "5000 bytes, over the limit of 4096"),
+        ({"json": b"{not json"}, "unreadable .json"),
+        ({"json": b"[1, 2]"}, "not an object"),
+    ]:
+        with pytest.raises(ImageRejected, match=reason):
+            parse_caption(RawSample("k", files))
+            parse_metadata(RawSample("k", files), ("url",))

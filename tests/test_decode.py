@@ -171,8 +171,27 @@ def test_model_found_from_the_store_or_given_when_moved(tmp_path, shards, model,
     shutil.rmtree(copy)
     gone = runner.invoke(app, ["decode", str(moved), "-o", str(tmp_path / "x")])
     assert gone.exit_code == 1 and "no longer exists" in gone.stderr and "--model" in gone.stderr
+    assert TokenStore(moved).weights_sha256 in gone.stderr.replace("\n", "")  # what to look for
     result, summary = decode_cli(runner, str(moved), "-o", str(tmp_path / "x"), "-m", str(model))
     assert result.exit_code == 0 and summary["weights_match_store"] and summary["written"] == 5
+
+
+def test_a_moved_store_of_the_default_models_weights_decodes_with_it(
+    tmp_path, shards, model, other_model, runner, monkeypatch
+):
+    copy = shutil.copytree(model, tmp_path / "copy")
+    moved = _encode(shards / "shard-0000.tar", tmp_path / "m.zarr", copy)
+    shutil.rmtree(copy)
+    monkeypatch.setenv("GTOK_DEFAULT_MODEL", str(other_model))  # other weights: not used
+    refused = runner.invoke(app, ["decode", str(moved), "-o", str(tmp_path / "x")])
+    assert refused.exit_code == 1 and "no longer exists" in refused.stderr
+    monkeypatch.setenv("GTOK_DEFAULT_MODEL", str(model))  # the store's weights
+    result, summary = decode_cli(runner, str(moved), "-o", str(tmp_path / "y"))
+    assert result.exit_code == 0, result.stderr
+    assert summary["model"] == str(model) and summary["weights_match_store"]
+    assert "decoding with the default model" in " ".join(result.stderr.split())
+    for key, pixels in expected_pixels(moved, model).items():
+        assert torch.equal(read_png(png_path(tmp_path / "y", key)), pixels), key
 
 
 @pytest.mark.parametrize(

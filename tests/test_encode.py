@@ -19,11 +19,18 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from shardmaker import clean_samples, odd_samples, write_clean_shards, write_tar
+from shardmaker import (
+    clean_samples,
+    img2dataset_shard,
+    odd_samples,
+    write_clean_shards,
+    write_tar,
+)
 from test_store import assert_same_store
 
 from cli.main import app
 from gtok.data import Preprocess, center_crop, decode_rgb, to_tensor
+from gtok.data.tario import read_tar
 from gtok.encode import encode_shards, worker_slice
 from gtok.errors import GtokError
 from gtok.store import TokenStore
@@ -384,3 +391,62 @@ def test_rows_with_non_finite_geometry_are_skipped_with_the_reason(
     rows = [clean.index(k) for k in kept]
     assert np.array_equal(store[0 : len(store)]["geometry"], clean[np.array(rows)]["geometry"])
     assert np.isfinite(store[0 : len(store)]["geometry"]).all()
+
+
+# ---- img2dataset output: captions, metadata, stats, appends -------------------------------
+
+
+def test_img2dataset_captions_metadata_stats_and_append(tmp_path, model, runner):
+    """Captions and chosen .json fields stay row-aligned through encode, --append, TokenStore
+    and decode --format wds; verify compares each shard with img2dataset's stats."""
+    folder = tmp_path / "laion"
+    img2dataset_shard(folder, 0, 5)
+    out = str(tmp_path / "t.zarr")
+    args = ["encode", str(folder), "-o", out, "-m", str(model), "--workers", "0", "--json"]
+    fields = ["--metadata-fields", "url,width"]
+    result = runner.invoke(app, [*args, *fields])
+    assert result.exit_code == 0, result.stderr
+    text = ("keys", "captions", "meta/url", "meta/width")
+    first = TokenStore(out, fields=("indices", *text))[0:5]
+    assert first["keys"][0] == "00000.tar/000000000"
+    assert first["captions"][:3] == [
+        "a picture number 0 of shard 0, caf\u00e9",
+        first["captions"][1],
+        "",
+    ]
+    assert first["meta/url"][4] == "https://example.com/000000004.jpg"
+    assert first["meta/width"] == ["40"] * 5  # JSON numbers as JSON text
+    info = json.loads(runner.invoke(app, ["info", out, "--json"]).stdout)
+    assert {"captions", "meta/url", "meta/width"} <= set(info["arrays"])
+    assert info["metadata_fields"] == ["url", "width"] and info["counts"]["captioned"] == 4
+    ok = json.loads(runner.invoke(app, ["verify", out, "--against", str(folder), "--json"]).stdout)
+    assert ok["ok"] and ok["stats_checked"] == 1
+    # img2dataset's incremental mode adds a shard; this copy stopped after 2 of 5 samples
+    img2dataset_shard(folder, 1, 5, keep=2)
+    other = runner.invoke(app, [*args, "--metadata-fields", "url", "--append"])
+    assert other.exit_code == 1 and "metadata fields" in other.stderr
+    result = runner.invoke(app, [*args, *fields, "--append"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["shards_encoded"] == 1
+    store = TokenStore(out, fields=("indices", *text))
+    assert len(store) == 7 and store.header.appends[0]["first_row"] == 5
+    whole = store[0:7]
+    assert np.array_equal(whole["indices"][:5], first["indices"])  # existing rows kept
+    assert whole["keys"][5:] == ["00001.tar/000010000", "00001.tar/000010001"]
+    assert whole["meta/url"][6] == "https://example.com/000010001.jpg"
+    bad = json.loads(runner.invoke(app, ["verify", out, "--against", str(folder), "--json"]).stdout)
+    assert not bad["ok"] and bad["stats_checked"] == 2
+    assert any("recorded 5 successes" in p and "(3 missing)" in p for p in bad["problems"])
+    again = runner.invoke(app, [*args, *fields, "--append"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["shards_encoded"] == 0
+    assert len(TokenStore(out)) == 7
+    # decode --format wds writes the text back
+    wds = tmp_path / "wds"
+    decoded = runner.invoke(app, ["decode", out, "-o", str(wds), "--format", "wds"])
+    assert decoded.exit_code == 0, decoded.stderr
+    samples = [s for t in sorted(wds.glob("*.tar")) for s in read_tar(str(t))]
+    assert [s.files["txt"].decode() for s in samples] == whole["captions"]
+    meta = [json.loads(s.files["json"]) for s in samples]
+    assert meta[6] == {"url": "https://example.com/000010001.jpg", "width": "40"}
+    refused = runner.invoke(app, [*args, "--metadata-fields", "url,a/b", "-o", str(tmp_path / "x")])
+    assert refused.exit_code == 1 and "'a/b' cannot name an array" in refused.stderr

@@ -186,6 +186,15 @@ def test_reference_store_and_decoded_folder_match_model_mode(
     out = tmp_path / "decoded"
     assert runner.invoke(app, ["decode", str(store), "-o", str(out)]).exit_code == 0
     from_folder = run_eval(runner, "--reference", str(shards), "--reconstructed", str(out))
+    wds = tmp_path / "decoded-wds"
+    decoded = runner.invoke(
+        app, ["decode", str(store), "-o", str(wds), "--format", "wds", "--shard-size", "4"]
+    )
+    assert decoded.exit_code == 0, decoded.stderr
+    from_wds = run_eval(runner, "--reference", str(shards), "--reconstructed", str(wds))
+    assert {k: from_wds[k] for k in ("n", "psnr", "ssim", "unmatched_reconstructions")} == {
+        k: from_folder[k] for k in ("n", "psnr", "ssim", "unmatched_reconstructions")
+    }
     for pairs in (from_store, from_folder):
         assert pairs["n"] == 11
         assert pairs["psnr"] == pytest.approx(document["psnr"], abs=1e-3)

@@ -111,6 +111,7 @@ def test_finalized_store_layout_and_order(tmp_path):
         "damaged_shards": 1,
         "labeled": 5,
         "upscaled": 3,
+        "captioned": 0,
     }
 
 

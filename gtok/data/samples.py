@@ -7,8 +7,10 @@ function (centre crop vs random crop) passed to `decode_shard`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -25,7 +27,10 @@ __all__ = [
     "center_prepare",
     "decode_shard",
     "image_member",
+    "parse_caption",
     "parse_label",
+    "parse_metadata",
+    "with_text",
 ]
 
 NO_LABEL = -1  # the label of a sample without a `.cls` member
@@ -43,6 +48,8 @@ class Decoded:
     image: np.ndarray
     label: int
     upscaled: bool = False
+    caption: str | None = None  # the `.txt` member, when read (`with_text`) and present
+    meta: tuple[str, ...] = ()  # the chosen `.json` fields (`with_text`), "" when absent
 
 
 @dataclass
@@ -86,6 +93,70 @@ def parse_label(raw: RawSample) -> int:
 
 
 Prepare = Callable[[RawSample, int], Decoded]
+
+
+def _text_limit(what: str, text: str) -> str:
+    """`text`, or a rejection when it is over the store's limit for one caption or field."""
+    from gtok.store.schema import MAX_TEXT_BYTES  # here: gtok.store imports gtok.data
+
+    size = len(text.encode())
+    if size > MAX_TEXT_BYTES:
+        raise ImageRejected(f"{what} is {size} bytes, over the limit of {MAX_TEXT_BYTES}")
+    return text
+
+
+def parse_caption(raw: RawSample) -> str | None:
+    """The sample's `.txt` caption (UTF-8, at most `schema.MAX_TEXT_BYTES`), None when it has
+    none."""
+    data = raw.files.get("txt")
+    if data is None:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ImageRejected(f"the .txt caption is not UTF-8 ({data[:32]!r})") from None
+    return _text_limit("the .txt caption", text)
+
+
+def _meta_value(value: Any) -> str:
+    """A metadata value as stored: strings as they are, null as "", others as JSON text."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def parse_metadata(raw: RawSample, fields: tuple[str, ...]) -> tuple[str, ...]:
+    """The `fields` of the sample's `.json` object as strings ("" for absent fields, or for
+    all when the sample has no `.json`); an unreadable `.json` rejects the sample."""
+    data = raw.files.get("json")
+    if not fields or data is None:
+        return ("",) * len(fields)
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ImageRejected(f"unreadable .json metadata {data[:32]!r}") from None
+    if not isinstance(record, dict):
+        raise ImageRejected(f".json metadata is a {type(record).__name__}, not an object")
+    return tuple(_text_limit(f".json field {f!r}", _meta_value(record.get(f))) for f in fields)
+
+
+def with_text(prepare: Prepare, fields: tuple[str, ...]) -> Prepare:
+    """`prepare`, plus the sample's caption and metadata `fields` on the `Decoded`."""
+    return _WithText(prepare, tuple(fields))
+
+
+@dataclass(frozen=True)
+class _WithText:
+    prepare: Prepare
+    fields: tuple[str, ...]
+
+    def __call__(self, raw: RawSample, index: int) -> Decoded:
+        caption, meta = parse_caption(raw), parse_metadata(raw, self.fields)
+        decoded = self.prepare(raw, index)
+        decoded.caption, decoded.meta = caption, meta
+        return decoded
 
 
 def center_prepare(preprocess: Preprocess) -> Prepare:

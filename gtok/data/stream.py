@@ -35,6 +35,7 @@ from gtok.data.samples import (
     decode_shard,
     image_member,
     parse_label,
+    with_text,
 )
 from gtok.data.shards import ShardRef
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, RawSample
@@ -58,15 +59,18 @@ class ShardChunk:
     """Consecutive samples of one shard.
 
     shard: index of the shard in the stream's list. images: uint8 [b, S, S, 3] (b may be 0);
-    keys, labels: per image (labels int32 [b], -1 = no `.cls`); skipped: samples of this
-    stretch that could not be used; upscaled: how many images were smaller than the resize
-    target; end: set on the shard's last chunk.
+    keys, labels: per image (labels int32 [b], -1 = no `.cls`); captions: per image its
+    `.txt` or None; meta: per image its metadata fields (`EncodeStream.metadata_fields`);
+    skipped: samples of this stretch that could not be used; upscaled: how many images were
+    smaller than the resize target; end: set on the shard's last chunk.
     """
 
     shard: int
     images: torch.Tensor
     keys: list[str] = field(default_factory=list)
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    captions: list[str | None] = field(default_factory=list)
+    meta: list[tuple[str, ...]] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     upscaled: int = 0
     end: ShardEnd | None = None
@@ -78,8 +82,9 @@ class ShardChunk:
 
 
 class EncodeStream(IterableDataset):
-    """Decoded, centre-cropped samples of `shards`, as `ShardChunk`s of at most `batch_size`;
-    samples with a member over `max_member_bytes` are skipped without reading it."""
+    """Decoded, centre-cropped samples of `shards`, as `ShardChunk`s of at most `batch_size`,
+    with their `.txt` captions and the `metadata_fields` of their `.json`; samples with a
+    member over `max_member_bytes` are skipped without reading it."""
 
     def __init__(
         self,
@@ -87,6 +92,7 @@ class EncodeStream(IterableDataset):
         preprocess: Preprocess,
         batch_size: int,
         max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+        metadata_fields: Sequence[str] = (),
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -94,6 +100,7 @@ class EncodeStream(IterableDataset):
         self.preprocess = preprocess
         self.batch_size = batch_size
         self.max_member_bytes = max_member_bytes
+        self.metadata_fields = tuple(metadata_fields)
 
     def _empty(self) -> torch.Tensor:
         size = self.preprocess.image_size
@@ -108,13 +115,15 @@ class EncodeStream(IterableDataset):
             images=images,
             keys=[d.key for d in decoded],
             labels=np.array([d.label for d in decoded], dtype=np.int32),
+            captions=[d.caption for d in decoded],
+            meta=[d.meta for d in decoded],
             skipped=skipped,
             upscaled=sum(d.upscaled for d in decoded),
         )
 
     def shard_chunks(self, index: int) -> Iterator[ShardChunk]:
         """The chunks of shard `index` alone (what one worker yields for it)."""
-        prepare = center_prepare(self.preprocess)
+        prepare = with_text(center_prepare(self.preprocess), self.metadata_fields)
         decoded: list[Decoded] = []
         skipped: list[Skipped] = []
         for item in decode_shard(self.shards[index].url, prepare, self.max_member_bytes):

@@ -2,17 +2,23 @@
 
 The store's attributes hold the model's config, the sha256 of its weights and (since the
 store recorded it) the model directory. Without `--model` that directory is loaded and must
-still hold the same weights. With `--model`, a directory whose weights hash differs from the
-store's is refused unless `force` (e.g. a fine-tuned copy one knowingly decodes with); even
-then its token layout (kind, tokens per image, codebook size) must match the store's.
+still hold the same weights. When it no longer exists (a store copied to another machine, or
+encoded from a checkout since moved) and the default model (`gtok.model.default`) has the
+store's weights sha256, the default model decodes it, as a line on stderr says; otherwise
+the error names the sha256 to look for. With `--model`, a directory whose weights hash
+differs from the store's is refused unless `force` (e.g. a fine-tuned copy one knowingly
+decodes with); even then its token layout (kind, tokens per image, codebook size) must
+match the store's.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
+from gtok.console import console, is_quiet
 from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.errors import GtokError
 from gtok.store import TokenStore
@@ -41,19 +47,40 @@ def model_for_store(
     return loaded
 
 
-def _recorded_model(store: TokenStore) -> str:
+def _recorded_model(store: TokenStore) -> str | os.PathLike:
     recorded = store.model_path
-    if recorded is None:
+    if recorded is not None and os.path.isdir(recorded):
+        return recorded
+    default = _default_with_weights(store.weights_sha256)
+    where = (
+        f"was encoded with the model at {recorded}, which no longer exists"
+        if recorded is not None
+        else "does not record its model's directory (it was encoded by an older gtok)"
+    )
+    if default is None:
         raise GtokError(
-            f"{store.path} does not record its model's directory (it was encoded by an older "
-            "gtok); pass the model with --model."
+            f"{store.path} {where}; pass --model with the model directory whose "
+            f"model.safetensors has sha256 {store.weights_sha256}."
         )
-    if not os.path.isdir(recorded):
-        raise GtokError(
-            f"{store.path} was encoded with the model at {recorded}, which no longer exists; "
-            "pass the model with --model."
+    if not is_quiet():
+        console.print(
+            f"{store.path} {where}; decoding with the default model {default}, which has the "
+            f"same weights (sha256 {store.weights_sha256[:12]}...).",
+            soft_wrap=True,
         )
-    return recorded
+    return default
+
+
+def _default_with_weights(sha256: str) -> Path | None:
+    """The default model's directory when its weights have `sha256`, else None."""
+    from gtok.model.default import default_model_dir
+    from gtok.model.io import weights_sha256
+
+    try:
+        path = default_model_dir()
+        return path if weights_sha256(path) == sha256 else None
+    except GtokError:  # no default model installed
+        return None
 
 
 def _check_layout(store: TokenStore, loaded: EncodingModel) -> None:

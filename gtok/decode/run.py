@@ -2,14 +2,16 @@
 
 Rows are read in batches (`TokenStore.batch`, one read per array), decoded with
 `tokenizer.decode(Tokens(indices, geometry))` on the chosen device, quantized to uint8 with
-`gtok.metrics.to_uint8` and written by a `PngFolder` or `WdsShards` writer. A row that
-cannot be written where its key says is recorded in `failed` with the reason and the others
-are still written; a write the machine refuses (full disk, read-only output) stops the run,
-removing the unfinished file and keeping the finished ones.
+`gtok.metrics.to_uint8` and written by a `PngFolder` or `WdsShards` writer (which also gets
+each row's caption and metadata, when the store has them, as `.txt` and `.json` members).
+A row that cannot be written where its key says is recorded in `failed` with the reason and
+the others are still written; a write the machine refuses (full disk, read-only output)
+stops the run, removing the unfinished file and keeping the finished ones.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -26,7 +28,7 @@ from gtok.decode.writers import PngFolder, SampleNotWritten, SampleWriter, WdsSh
 from gtok.devices import exact_fp32
 from gtok.encode.model import EncodingModel
 from gtok.errors import GtokError
-from gtok.store import TokenStore
+from gtok.store import TokenStore, schema
 
 __all__ = ["FORMATS", "DecodeSummary", "decode_batch", "decode_store"]
 
@@ -110,7 +112,8 @@ def decode_store(
             f"--gaussians needs a GaussianToken model; {loaded.path} is a "
             f"{loaded.config.kind} model without Gaussians."
         )
-    reader = TokenStore(store, format="torch", fields=[*tokens.fields, "keys"])
+    text = tokens.text_fields if format == "wds" else ()
+    reader = TokenStore(store, format="torch", fields=[*tokens.fields, "keys", *text])
     writer: SampleWriter = PngFolder(out) if format == "png" else WdsShards(out, shard_size)
     summary = DecodeSummary(
         store=str(store),
@@ -142,6 +145,19 @@ def decode_store(
     return summary
 
 
+def _text(batch: dict, i: int) -> dict[str, bytes]:
+    """Row `i`'s text members: "txt" (its caption) and "json" (its metadata fields), for
+    what the batch holds."""
+    text = {}
+    if schema.CAPTIONS in batch:
+        text["txt"] = batch[schema.CAPTIONS][i].encode()
+    prefix = f"{schema.META}/"
+    meta = {k[len(prefix) :]: v[i] for k, v in batch.items() if k.startswith(prefix)}
+    if meta:
+        text["json"] = json.dumps(meta, ensure_ascii=False).encode()
+    return text
+
+
 def _write_batch(
     writer: SampleWriter,
     model: EncodingModel,
@@ -160,7 +176,7 @@ def _write_batch(
     for i, key in enumerate(batch["keys"]):
         picture = png_bytes(pictures[i]) if pictures is not None else None
         try:
-            writer.write(key, png_bytes(pixels[i]), picture, int(labels[i]))
+            writer.write(key, png_bytes(pixels[i]), picture, int(labels[i]), _text(batch, i))
         except SampleNotWritten as exc:
             summary.failed.append({"key": key, "reason": str(exc)})
             continue

@@ -1,6 +1,6 @@
 """Where `gtok decode` puts reconstructions: a folder of PNGs, or WebDataset tar shards.
 
-Both take one sample at a time (`write(key, png, gaussians_png, label)`) and never leave a
+Both take one sample at a time (`write(key, png, gaussians_png, label, text)`) and never leave a
 half-written file under its final name (each file, or each tar, is written under a temporary
 name and renamed when complete; `abort` removes what a failed run was writing). A sample that
 cannot be written where its key says (a name the file system refuses) raises
@@ -13,9 +13,12 @@ read-only folder: `gtok.outputs.WRITE_FAILURES`) raises its `OSError`, naming th
   earlier key's only in case), recorded in `OUT/%hashed/keys.json`.
 - `WdsShards`: `OUT/recon-000000.tar`, ... of `shard_size` samples each; a sample's members
   are `<key path>.png`, `<key path>.gaussians.png` and `<key path>.cls` (its label, when
-  the store has one), with every `.` of the key's last part written `%2E` so that WebDataset
+  the store has one), plus the `text` members: `<key path>.txt` (the caption, when the
+  store has captions) and `<key path>.json` (the store's `meta/<field>` values as one JSON
+  object of strings), with every `.` of the key's last part written `%2E` so that WebDataset
   readers (key = member path up to the first dot of the file name) read the key back. No
   folder of a member path ends in `.png` or `.cls`, so no member is both a file and a folder.
+  `PngFolder` writes no text.
 """
 
 from __future__ import annotations
@@ -51,7 +54,16 @@ class SampleNotWritten(Exception):
 
 
 class SampleWriter(Protocol):
-    def write(self, key: str, png: bytes, gaussians_png: bytes | None, label: int) -> None: ...
+    def write(
+        self,
+        key: str,
+        png: bytes,
+        gaussians_png: bytes | None,
+        label: int,
+        text: dict[str, bytes] | None = None,
+    ) -> None:
+        """One sample; `text`: extension -> bytes of further members ("txt", "json")."""
+        ...
 
     def close(self) -> list[Path]:
         """Finish writing; returns every file written."""
@@ -88,7 +100,14 @@ class PngFolder:
         self.hashed[key] = str(path)
         return path
 
-    def write(self, key: str, png: bytes, gaussians_png: bytes | None, label: int) -> None:
+    def write(
+        self,
+        key: str,
+        png: bytes,
+        gaussians_png: bytes | None,
+        label: int,
+        text: dict[str, bytes] | None = None,
+    ) -> None:
         stem = self.out / self._stem(key)
         files = [(stem.with_name(stem.name + RECON_SUFFIX), png)]
         if gaussians_png is not None:
@@ -156,7 +175,14 @@ class WdsShards:
         info.mtime = 0  # reproducible tars: same tokens, same bytes
         self._tar.addfile(info, io.BytesIO(data))
 
-    def write(self, key: str, png: bytes, gaussians_png: bytes | None, label: int) -> None:
+    def write(
+        self,
+        key: str,
+        png: bytes,
+        gaussians_png: bytes | None,
+        label: int,
+        text: dict[str, bytes] | None = None,
+    ) -> None:
         if self._tar is None:
             self._path = self.out / SHARD_PATTERN.format(len(self.files))
             with naming(self._path):
@@ -169,6 +195,8 @@ class WdsShards:
                 self._add(stem + GAUSSIANS_SUFFIX, gaussians_png)
             if label >= 0:
                 self._add(f"{stem}.cls", str(label).encode())
+            for ext, data in (text or {}).items():
+                self._add(f"{stem}.{ext}", data)
         self._in_shard += 1
         if self._in_shard == self.shard_size:
             self._finish_shard()

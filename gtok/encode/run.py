@@ -27,6 +27,7 @@ from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.encode.split import WorkerSlice, worker_slice
 from gtok.errors import GtokError
 from gtok.store import Part, StoreHeader, StoreWriter, finalize_store, schema
+from gtok.store.append import begin_append
 
 __all__ = ["EncodeSummary", "default_workers", "encode_shards"]
 
@@ -73,13 +74,16 @@ NON_FINITE = "the model produced non-finite geometry (NaN or inf) for this image
 class _PartBuffer:
     """Rows of one input shard collected batch by batch until its last chunk."""
 
-    def __init__(self, shard: ShardRef, geometry_dtype: str) -> None:
+    def __init__(self, shard: ShardRef, geometry_dtype: str, fields: tuple[str, ...]) -> None:
         self.shard = shard
         self.geometry_dtype = geometry_dtype
+        self.fields = fields
         self.indices: list[np.ndarray] = []
         self.geometry: list[np.ndarray] = []
         self.keys: list[str] = []
         self.labels: list[np.ndarray] = []
+        self.captions: list[str | None] = []
+        self.meta: list[tuple[str, ...]] = []
         self.skipped: list[tuple[str, str]] = []
         self.upscaled = 0
 
@@ -94,6 +98,8 @@ class _PartBuffer:
         self.labels.append(chunk.labels[ok])
         marked = list(zip(chunk.keys, ok, strict=True))
         self.keys += [f"{self.shard.name}/{k}" for k, good in marked if good]
+        self.captions += [c for c, good in zip(chunk.captions, ok, strict=True) if good]
+        self.meta += [m for m, good in zip(chunk.meta, ok, strict=True) if good]
         self.skipped += [(s.key, s.reason) for s in chunk.skipped]
         self.skipped += [(k, NON_FINITE) for k, good in marked if not good]
         self.upscaled += chunk.upscaled
@@ -114,11 +120,17 @@ class _PartBuffer:
             samples=chunk.end.samples,
             problem=chunk.end.problem,
             upscaled=self.upscaled,
+            captions=self.captions,
+            meta={f: [m[i] for m in self.meta] for i, f in enumerate(self.fields)},
         )
 
 
 def _header(
-    model: EncodingModel, preprocess: Preprocess, geometry_dtype: str, shards: list[ShardRef]
+    model: EncodingModel,
+    preprocess: Preprocess,
+    geometry_dtype: str,
+    shards: list[ShardRef],
+    metadata_fields: tuple[str, ...],
 ) -> StoreHeader:
     config = model.config
     if config.codebook_size > schema.INDEX_FILL:
@@ -139,6 +151,7 @@ def _header(
         shard_urls=tuple(utf8_text(s.url) for s in shards),
         model_path=str(model.path.resolve()),
         numerics={"tf32": tf32_settings()},
+        metadata_fields=metadata_fields,
     )
 
 
@@ -173,6 +186,8 @@ def encode_shards(
     overwrite: bool = False,
     shard_id: int | None = None,
     num_shards: int | None = None,
+    metadata_fields: Iterable[str] = (),
+    append: bool = False,
 ) -> EncodeSummary:
     """Encode every sample of `shards` into the token store `out` with `model`.
 
@@ -183,12 +198,19 @@ def encode_shards(
     shard_id/num_shards: encode only that slice of the input shards (default: from torchrun
         or Slurm variables, else everything); a single process finalizes the store itself,
         parallel workers leave that to `finalize_store` / `gtok encode --finalize`.
+    metadata_fields: fields of each sample's `.json` to keep as `meta/<field>` arrays
+        (`.txt` captions are always kept, as `captions`, when the shards have them).
+    append: add the shards the existing store `out` lacks after its rows
+        (`gtok.store.append`); the store must have been encoded with the same settings.
     Resumes by default: shards already in the store are not encoded again. TF32 is off
     while encoding (`gtok.devices.exact_fp32`), as the store records.
     """
     started = time.perf_counter()
     refs = expand_shards(shards)
     part_of: WorkerSlice = worker_slice(shard_id, num_shards)
+    fields = _metadata_fields(metadata_fields)
+    if overwrite and append:
+        raise GtokError("--append adds to a store and --overwrite deletes it; choose one.")
     if overwrite and part_of.parallel:
         raise GtokError(
             "--overwrite would delete the store under the other workers; delete it once "
@@ -205,9 +227,11 @@ def encode_shards(
     if resize is not None and resize < size:
         raise GtokError(f"--resize {resize} is smaller than the model's image size {size}.")
     preprocess = Preprocess(size, resize, background=background, max_pixels=max_pixels)
-    writer = StoreWriter.open(
-        str(out), _header(loaded, preprocess, geometry_dtype, refs), overwrite=overwrite
-    )
+    header = _header(loaded, preprocess, geometry_dtype, refs, fields)
+    appended = begin_append(str(out), header, refs) if append else None
+    if appended is not None:
+        header, refs = appended
+    writer = StoreWriter.open(str(out), header, overwrite=overwrite)
     mine = split_for_worker(refs, part_of.shard_id, part_of.num_shards)
     with writer:  # releases the parts' locks however this ends
         if writer.state != schema.STATE_COMPLETE:
@@ -224,7 +248,7 @@ def encode_shards(
             shards_already_done=len(done),
             shards_encoded=0,
         )
-        stream = EncodeStream(todo, preprocess, batch_size, max_member_bytes)
+        stream = EncodeStream(todo, preprocess, batch_size, max_member_bytes, fields)
         _run(writer, loaded, stream, geometry_dtype, workers, summary)
         summary.seconds = time.perf_counter() - started
         summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
@@ -237,6 +261,20 @@ def encode_shards(
                 f"when every worker has finished, run: gtok encode --finalize -o {writer.location}"
             )
     return summary
+
+
+def _metadata_fields(fields: Iterable[str]) -> tuple[str, ...]:
+    """The requested `.json` fields, checked: usable array names, each once."""
+    fields = tuple(fields)
+    for name in fields:
+        if not schema.is_field_name(name):
+            raise GtokError(
+                f"--metadata-fields: {name!r} cannot name an array; use fields made of "
+                "letters, digits, '.', '_' and '-' that start with a letter or digit."
+            )
+    if len(set(fields)) != len(fields):
+        raise GtokError("--metadata-fields names a field twice; give each once.")
+    return fields
 
 
 def _run(
@@ -258,7 +296,10 @@ def _run(
     with progress("img") as bar:
         task = bar.add_task(f"encode 0/{len(todo)} shards", total=None)
         for chunk in loader(stream, workers=workers, pin_memory=pin):
-            buffer = buffers.setdefault(chunk.shard, _PartBuffer(todo[chunk.shard], geometry_dtype))
+            buffer = buffers.setdefault(
+                chunk.shard,
+                _PartBuffer(todo[chunk.shard], geometry_dtype, header.metadata_fields),
+            )
             if chunk.keys:
                 indices, geometry = _tokens(model, chunk.images, geometry_dtype)
                 buffer.add(chunk, indices, geometry)

@@ -6,17 +6,19 @@
 - Reconstructors turn a batch of originals into reconstructions, matched by key:
   `ModelReconstructor` runs a tokenizer (encode, then decode the tokens);
   `FolderReconstructor` reads `<key path>.png` files (what `gtok decode` writes, or any
-  images laid out the same way; hidden files are not reconstructions) and the hashed paths
-  recorded in `%hashed/keys.json`; `StoreReconstructor` decodes a token store's rows with the
-  store's model. A key without a usable reconstruction is recorded with the reason and left
-  out of the scores: a reconstruction that is not a regular file (a FIFO, a link to a
-  device), is larger than `MAX_RECONSTRUCTION_BYTES` or is not a readable image.
+  images laid out the same way; hidden files are not reconstructions), the hashed paths
+  recorded in `%hashed/keys.json` and the `.png` members of `gtok decode --format wds` tars;
+  `StoreReconstructor` decodes a token store's rows with the store's model. A key without a
+  usable reconstruction is recorded with the reason and left out of the scores: a
+  reconstruction that is not a regular file (a FIFO, a link to a device), is larger than
+  `MAX_RECONSTRUCTION_BYTES` or is not a readable image.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import tarfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from gtok.data import (
     to_model_input,
 )
 from gtok.data.images import ImageRejected, decode_rgb
+from gtok.data.tario import member_name, open_tar
 from gtok.decode import (
     GAUSSIANS_SUFFIX,
     HASHED_DIR,
@@ -170,12 +173,38 @@ class ModelReconstructor:
         )
 
 
+@dataclass(frozen=True)
+class _TarMember:
+    """A reconstruction stored as a member of a `gtok decode --format wds` tar."""
+
+    tar: Path
+    name: str
+    offset: int  # of the member's data in the tar, bytes
+    size: int
+
+    def read_bytes(self) -> bytes:
+        with self.tar.open("rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+    def __str__(self) -> str:
+        return f"{self.tar}:{self.name}"
+
+
 MAX_RECONSTRUCTION_BYTES = 64 << 20  # a reconstruction PNG larger than this is not read
 
 
-def read_reconstruction(path: Path) -> Image.Image:
-    """The RGB image in the reconstruction file `path`; `ImageRejected` with the reason when
-    it is not a regular file, is larger than `MAX_RECONSTRUCTION_BYTES` or is not an image."""
+def read_reconstruction(path: Path | _TarMember) -> Image.Image:
+    """The RGB image in the reconstruction file (or decode tar member) `path`; `ImageRejected`
+    with the reason when it is not a regular file, is larger than `MAX_RECONSTRUCTION_BYTES`
+    or is not an image."""
+    if isinstance(path, _TarMember):
+        if path.size > MAX_RECONSTRUCTION_BYTES:
+            raise ImageRejected(f"{path.size} bytes, more than the {MAX_RECONSTRUCTION_BYTES} read")
+        try:
+            return decode_rgb(path.read_bytes())
+        except OSError as exc:
+            raise ImageRejected(f"cannot read it: {exc.strerror}") from exc
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not block the open
     except OSError as exc:
@@ -197,9 +226,30 @@ def read_reconstruction(path: Path) -> Image.Image:
     return decode_rgb(data)
 
 
-def folder_index(folder: Path) -> dict[str, Path]:
-    """key -> reconstruction file: `<key path>.png` files, then the hashed ones indexed."""
+def _tar_index(tar: Path) -> dict[str, _TarMember]:
+    """key -> reconstruction of every `<key path>.png` member of a decode tar (not the
+    `.gaussians.png` pictures); an unreadable tar is a `GtokError`."""
     index = {}
+    try:
+        with tar.open("rb") as fileobj, open_tar(fileobj) as archive:
+            for member in archive:
+                name = member_name(member)
+                if not member.isfile() or not name.endswith(RECON_SUFFIX):
+                    continue
+                if name.endswith(GAUSSIANS_SUFFIX):
+                    continue
+                key = path_key(PurePosixPath(name[: -len(RECON_SUFFIX)]))
+                index[key] = _TarMember(tar, name, member.offset_data, member.size)
+    except (tarfile.TarError, OSError) as exc:
+        raise GtokError(f"{tar} is not a readable tar of reconstructions ({exc}).") from exc
+    return index
+
+
+def folder_index(folder: Path) -> dict[str, Path | _TarMember]:
+    """key -> reconstruction: `<key path>.png` files (`gtok decode`), then the hashed ones
+    indexed, then the `.png` members of the `.tar` shards directly in `folder` (`gtok decode
+    --format wds`)."""
+    index: dict[str, Path | _TarMember] = {}
     for path in sorted(folder.rglob(f"*{RECON_SUFFIX}")):
         relative = path.relative_to(folder)
         if path.name.endswith(GAUSSIANS_SUFFIX) or relative.parts[0] == HASHED_DIR:
@@ -209,6 +259,9 @@ def folder_index(folder: Path) -> dict[str, Path]:
         index[path_key(PurePosixPath(relative.as_posix()[: -len(RECON_SUFFIX)]))] = path
     for key, stem in read_index(folder).items():
         index[key] = folder / f"{stem}{RECON_SUFFIX}"
+    for tar in sorted(folder.glob("*.tar")):
+        if tar.is_file() and not tar.name.startswith("."):
+            index.update(_tar_index(tar))
     return index
 
 
@@ -217,7 +270,7 @@ def folder_image_size(folder: str | os.PathLike) -> int:
     to); the unreadable ones before it are recorded as skipped when their keys come."""
     index = folder_index(Path(folder))
     if not index:
-        raise GtokError(f"{folder} holds no {RECON_SUFFIX} reconstructions.")
+        raise GtokError(_NO_RECONSTRUCTIONS.format(folder=folder))
     problems = []
     for path in index.values():
         try:
@@ -234,8 +287,15 @@ def folder_image_size(folder: str | os.PathLike) -> int:
     )
 
 
+_NO_RECONSTRUCTIONS = (
+    "{folder} holds no reconstructions (no " + RECON_SUFFIX + " files, and no .tar shards "
+    "with " + RECON_SUFFIX + " members as `gtok decode --format wds` writes them)."
+)
+
+
 class FolderReconstructor:
-    """Reconstructions stored as `<folder>/<key path>.png` (`gtok.decode.keys`)."""
+    """Reconstructions stored as `<folder>/<key path>.png` (`gtok.decode.keys`), or as the
+    members of the WebDataset tars `gtok decode --format wds` writes into `folder`."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
@@ -243,7 +303,7 @@ class FolderReconstructor:
             raise GtokError(f"{folder} is not a folder of reconstructions or a token store.")
         self.index = folder_index(self.folder)
         if not self.index:
-            raise GtokError(f"{folder} holds no {RECON_SUFFIX} reconstructions.")
+            raise GtokError(_NO_RECONSTRUCTIONS.format(folder=folder))
         self.name = str(folder)
         self.codebook_size = None
         self.has_geometry = False

@@ -8,20 +8,23 @@ can start meanwhile. It refuses a part that is not complete, or whose arrays hol
 rows (fill values), rather than copy them. It writes each root array in whole Zarr shards,
 one after another, so no shard is ever written twice or concurrently.
 Crash-safe: the header's `state` turns "complete" only once every array is written; parts
-are deleted after that, then metadata is consolidated. Rerunning an interrupted finalize
-starts it over (or just finishes the clean-up when `state` is already "complete").
+are deleted after that, then metadata is consolidated. After `gtok encode --append` it keeps
+the rows the store had and adds the new parts' rows after them (`gtok.store.append`).
+Rerunning an interrupted finalize starts it over (or just finishes the clean-up when
+`state` is already "complete").
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from gtok._version import __version__
 from gtok.errors import GtokError
 from gtok.store import lock, schema
+from gtok.store.append import Before, load_before
 from gtok.store.location import Location
 from gtok.store.writer import open_root, part_counts, part_locks, read_header
 
@@ -114,8 +117,10 @@ def finalize_store(out: str) -> dict:
 
 
 def _finalize(location: Location, root, header: schema.StoreHeader) -> dict:
-    """Build the root arrays from the parts; the caller holds every lock of the store."""
-    names = header.shard_names
+    """Build the root arrays from the parts (after the rows an unfinished append keeps, see
+    `gtok.store.append`); the caller holds every lock of the store."""
+    before = load_before(location, root, header)
+    names = header.shard_names[before.shards :]
     counts = {name: part_counts(root, name) for name in names}
     if missing := [n for n, c in counts.items() if c is None]:
         raise GtokError(_missing_message(location, missing, len(names)))
@@ -127,37 +132,27 @@ def _finalize(location: Location, root, header: schema.StoreHeader) -> dict:
                 f"{schema.PARTS}/{schema.part_name(name)} there and rerun its worker."
             )
     rows = [counts[n]["rows"] for n in names]
-    total = sum(rows)
-    has_labels = any(counts[n]["labeled"] for n in names)
+    total = before.rows + sum(rows)
+    totals = _totals(header, before, [counts[n] for n in names])
     specs = schema.row_arrays(
         header.num_tokens,
         has_geometry=header.has_geometry,
         geometry_dtype=header.geometry_dtype,
-        has_labels=has_labels,
+        has_labels=totals["labeled"] > 0,
+    ) + schema.text_arrays(
+        captions=totals[schema.CAPTIONED] > 0, metadata_fields=header.metadata_fields
     )
-    for stale in (schema.GEOMETRY, schema.LABELS):  # from an earlier attempt, if it differed
+    for stale in (schema.GEOMETRY, schema.LABELS, schema.CAPTIONS):  # from an earlier attempt
         if stale not in {s.name for s in specs} and stale in root:
             location.remove(stale)
-    writers = {}
-    for spec in specs:
-        array = root.create_array(
-            spec.name,
-            shape=(total, *spec.row_shape),
-            chunks=(schema.CHUNK_ROWS, *spec.row_shape),
-            shards=(schema.SHARD_ROWS, *spec.row_shape),
-            dtype=spec.dtype,
-            fill_value=spec.fill,
-            compressors=schema.compressors(),
-            overwrite=True,
-        )
-        writers[spec.name] = _Rows(array, schema.SHARD_ROWS, [])
-    skipped: dict[str, list[str]] = {"shard": [], "key": [], "reason": []}
+    writers = {spec.name: _grow(root, spec, before.rows, total) for spec in specs}
+    skipped = {c: list(v) for c, v in before.tables[schema.SKIPPED].items()}
     for name in names:
         part = root[f"{schema.PARTS}/{schema.part_name(name)}"]
-        for spec_name, writer in writers.items():
-            block = part[spec_name][...]
-            _check_written(location, name, spec_name, block)
-            writer.add(block.astype(object) if spec_name == schema.KEYS else block)
+        for spec in specs:
+            block = _part_column(part, spec, counts[name]["rows"])
+            _check_written(location, name, spec.name, block)
+            writers[spec.name].add(block)
         keys = part[schema.PART_SKIPPED_KEYS][...].tolist()
         reasons = part[schema.PART_SKIPPED_REASONS][...].tolist()
         if counts[name]["problem"]:
@@ -170,29 +165,86 @@ def _finalize(location: Location, root, header: schema.StoreHeader) -> dict:
     table = root.require_group(schema.SKIPPED)
     for column, values in skipped.items():
         _string_table(table, column, values)
-    inputs = root.require_group(schema.INPUTS)
-    first = np.concatenate([[0], np.cumsum(rows)[:-1]]) if rows else np.zeros(0, np.int64)
-    _string_table(inputs, "name", list(names))
-    _string_table(inputs, "url", list(header.shard_urls))
-    _count_table(inputs, "first_row", first.tolist())
-    _count_table(inputs, "rows", rows)
-    _count_table(inputs, "samples", [counts[n]["samples"] for n in names])
-    _count_table(inputs, "skipped", [counts[n]["skipped"] for n in names])
-    _string_table(inputs, "problem", [counts[n]["problem"] or "" for n in names])
-    totals = {
-        "shards": len(names),
-        "samples": sum(counts[n]["samples"] for n in names),
-        "encoded": total,
-        "skipped": sum(counts[n]["skipped"] for n in names),
-        "damaged_shards": sum(1 for n in names if counts[n]["problem"]),
-        "labeled": sum(counts[n]["labeled"] for n in names),
-        "upscaled": sum(counts[n]["upscaled"] for n in names),
-    }
-    root.attrs[schema.ATTR_ROOT] = header.to_attrs(
+    _write_inputs(root, header, before, [counts[n] for n in names])
+    appends = header.appends
+    if appends and not appends[-1].get("finished"):
+        appends = (*appends[:-1], {**appends[-1], "finished": True})
+    root.attrs[schema.ATTR_ROOT] = replace(header, appends=appends).to_attrs(
         state=schema.STATE_COMPLETE, gtok_version=__version__, counts=totals
     )
     _clean_up(location)
     return totals
+
+
+def _totals(header: schema.StoreHeader, before: Before, counts: list[dict]) -> dict:
+    """The store's counts: what it held before plus the new parts' counts."""
+    totals = {
+        "shards": len(header.shard_names),
+        "samples": sum(c["samples"] for c in counts),
+        "encoded": sum(c["rows"] for c in counts),
+        "skipped": sum(c["skipped"] for c in counts),
+        "damaged_shards": sum(1 for c in counts if c["problem"]),
+        "labeled": sum(c["labeled"] for c in counts),
+        "upscaled": sum(c["upscaled"] for c in counts),
+        schema.CAPTIONED: sum(c.get(schema.CAPTIONED, 0) for c in counts),
+    }
+    for key in totals:
+        if key != "shards":
+            totals[key] += int(before.counts.get(key, 0))
+    return totals
+
+
+def _grow(root, spec: schema.ArraySpec, first_row: int, total: int) -> _Rows:
+    """A writer of rows `first_row`.. of root array `spec` (created, or grown to `total`
+    rows keeping rows 0..first_row-1); it starts at the Zarr shard holding `first_row`,
+    with that shard's old rows (fill values for an array new to the store) buffered."""
+    row_shape = spec.row_shape
+    start = first_row - first_row % schema.SHARD_ROWS
+    if first_row == 0 or spec.name not in root:
+        array = root.create_array(
+            spec.name,
+            shape=(total, *row_shape),
+            chunks=(schema.CHUNK_ROWS, *row_shape),
+            shards=(schema.SHARD_ROWS, *row_shape),
+            dtype=spec.dtype,
+            fill_value=spec.fill,
+            compressors=schema.compressors(),
+            overwrite=True,
+        )
+        dtype = object if spec.dtype is str else spec.dtype
+        tail = np.full((first_row - start, *row_shape), spec.fill, dtype=dtype)
+    else:
+        array = root[spec.name]
+        tail = np.asarray(array[start:first_row])
+        tail = tail.astype(object) if spec.dtype is str else tail
+        array.resize((total, *row_shape))
+    rows = _Rows(array, schema.SHARD_ROWS, [], written=start)
+    if len(tail):
+        rows.pending, rows.buffered = [tail], len(tail)
+    return rows
+
+
+def _part_column(part, spec: schema.ArraySpec, rows: int) -> np.ndarray:
+    """The part's rows of array `spec` (a part written before gtok kept text: fill values)."""
+    if spec.dtype is str and spec.name != schema.KEYS and spec.name not in part:
+        return np.full(rows, spec.fill, dtype=object)
+    block = part[spec.name][...]
+    return block.astype(object) if spec.dtype is str else block
+
+
+def _write_inputs(root, header: schema.StoreHeader, before: Before, counts: list[dict]) -> None:
+    """The per-shard table: the shards before (as they were), then the new parts."""
+    old = before.tables[schema.INPUTS]
+    rows = [c["rows"] for c in counts]
+    first = (before.rows + np.concatenate([[0], np.cumsum(rows)[:-1]])).astype(np.int64)
+    inputs = root.require_group(schema.INPUTS)
+    _string_table(inputs, "name", list(header.shard_names))
+    _string_table(inputs, "url", list(header.shard_urls))
+    _count_table(inputs, "first_row", old["first_row"] + (first.tolist() if rows else []))
+    _count_table(inputs, "rows", old["rows"] + rows)
+    _count_table(inputs, "samples", old["samples"] + [c["samples"] for c in counts])
+    _count_table(inputs, "skipped", old["skipped"] + [c["skipped"] for c in counts])
+    _string_table(inputs, "problem", old["problem"] + [c["problem"] or "" for c in counts])
 
 
 def _check_written(location: Location, shard: str, name: str, block: np.ndarray) -> None:

@@ -1,5 +1,6 @@
-"""What `gtok info` reports about a token store: rows, model, preprocessing, sizes on disk,
-code usage, skipped samples; or, for a store still being encoded, how far it got."""
+"""What `gtok info` reports about a token store: rows, model, preprocessing, its arrays
+(captions and `meta/<field>` among them), sizes on disk, code usage, skipped samples; or,
+for a store still being encoded (or appended to), how far it got."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections import Counter
 import numpy as np
 
 from gtok.store import schema
+from gtok.store.append import pending_append
 from gtok.store.damage import blocks, read_block
 from gtok.store.location import Location
 from gtok.store.validate import get_array, open_checked
@@ -85,10 +87,14 @@ def store_info(path: str | os.PathLike, *, usage: bool = True) -> dict:
         "numerics": header.numerics,
         "geometry_dtype": attrs["geometry_dtype"],
         "input_shards": len(header.shard_names),
+        "metadata_fields": list(header.metadata_fields),
+        "appends": len(header.appends),
     }
     if not checked.complete:
-        done = [n for n in header.shard_names if part_counts(root, n) is not None]
-        info["shards_done"] = len(done)
+        record = pending_append(header)
+        first = record["first_shard"] if record is not None else 0  # kept by an append
+        done = [n for n in header.shard_names[first:] if part_counts(root, n) is not None]
+        info["shards_done"] = first + len(done)
         info["next_step"] = (
             "rerun the encode command (it resumes), or when parallel workers are all done: "
             f"gtok encode --finalize -o {location}"
@@ -97,6 +103,12 @@ def store_info(path: str | os.PathLike, *, usage: bool = True) -> dict:
     counts = attrs["counts"]
     rows = checked.rows
     names = [n for n in (schema.INDICES, schema.GEOMETRY, schema.KEYS, schema.LABELS) if n in root]
+    names += [
+        s.name
+        for s in schema.text_arrays(
+            captions=counts.get(schema.CAPTIONED, 0) > 0, metadata_fields=header.metadata_fields
+        )
+    ]
     arrays = {n: get_array(root, n, store) for n in names}
     sizes = _sizes(location, [*arrays, schema.SKIPPED, schema.INPUTS])
     raw = header.num_tokens * schema.INDEX_DTYPE.itemsize

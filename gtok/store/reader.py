@@ -3,6 +3,7 @@
     store = TokenStore("tokens.zarr", format="torch")
     len(store)                      # N rows
     store[7]                        # one row: {"row", "indices" [G], "geometry" [G, 5], "labels"}
+    TokenStore(path, fields=("indices", "geometry", "captions", "meta/url"))  # text on request
     store[100:356]                  # a batch: {"row" [B], "indices" [B, G], ...}
     store[np.array([5, 1, 9])]      # a batch in the order asked (one Zarr read for all rows)
     store.get("shard-0001.tar/000042"), store.index("shard-0001.tar/000042")
@@ -73,10 +74,18 @@ class TokenStore(Dataset):
                 f"{self.path}` once all parallel workers are done."
             )
         available = [n for n in (schema.INDICES, schema.GEOMETRY, schema.LABELS) if n in root]
+        self.text_fields = tuple(
+            s.name
+            for s in schema.text_arrays(
+                captions=self.attrs["counts"].get(schema.CAPTIONED, 0) > 0,
+                metadata_fields=self.header.metadata_fields,
+            )
+        )
         self.fields = tuple(available if fields is None else fields)
         for name in self.fields:
-            if name not in (*available, schema.KEYS):
-                raise ValueError(f"{name!r} is not an array of this store ({[*available, 'keys']})")
+            if name not in (*available, schema.KEYS, *self.text_fields):
+                known = [*available, schema.KEYS, *self.text_fields]
+                raise ValueError(f"{name!r} is not an array of this store ({known})")
         self._length = checked.rows
         self._arrays: dict[str, Any] | None = None
         self._key_index: dict[str, int] | None = None
@@ -110,6 +119,16 @@ class TokenStore(Dataset):
         return self.header.model_path
 
     @property
+    def metadata_fields(self) -> tuple[str, ...]:
+        """The `.json` fields the store keeps as `meta/<field>` arrays."""
+        return self.header.metadata_fields
+
+    @property
+    def has_captions(self) -> bool:
+        """Whether the store has a `captions` array (some sample had a `.txt`)."""
+        return schema.CAPTIONS in self.text_fields
+
+    @property
     def preprocessing(self) -> dict:
         return dict(self.header.preprocessing)
 
@@ -136,7 +155,7 @@ class TokenStore(Dataset):
             for name in {*self.fields, schema.KEYS}:
                 array = get_array(root, name, self.path)
                 fast = None
-                if self._location.is_local and name != schema.KEYS:
+                if self._location.is_local and name not in self._strings:
                     fast = RowReader.open(self._location.path / name, array)
                 arrays[name] = fast or array
             if self.in_memory:
@@ -238,14 +257,20 @@ class TokenStore(Dataset):
                 "it and re-encode it, or restore it from a copy."
             )
 
+    @property
+    def _strings(self) -> tuple[str, ...]:
+        """The string arrays: keys, captions, meta/<field>."""
+        return (schema.KEYS, *self.text_fields)
+
     def _convert(self, batch: dict[str, Any]) -> dict[str, Any]:
-        if schema.KEYS in batch:
-            batch[schema.KEYS] = [str(k) for k in batch[schema.KEYS]]
+        for name in self._strings:
+            if name in batch:
+                batch[name] = [str(k) for k in batch[name]]
         if self.format == "numpy":
             return batch
         out: dict[str, Any] = {}
         for name, value in batch.items():
-            if name == schema.KEYS:
+            if name in self._strings:
                 out[name] = value
             elif name == schema.GEOMETRY:
                 out[name] = torch.from_numpy(np.asarray(value, dtype=np.float32))
@@ -257,7 +282,8 @@ class TokenStore(Dataset):
         """One row for an int (values without the batch axis), else a batch (see `batch`).
 
         Keys are the same either way: "row", the fields ("indices", "geometry", "labels"),
-        and "keys" when asked for in `fields`.
+        and, when asked for in `fields`, "keys", "captions" and "meta/<field>" (lists of
+        str).
         """
         rows, single = self._rows(selection)
         batch = self._batch(rows)

@@ -16,12 +16,20 @@ M skipped samples):
     inputs/name, inputs/url       [S] string   the input shards, sorted by name
     inputs/first_row, inputs/rows, inputs/samples, inputs/skipped   [S] int64
     inputs/problem                [S] string   "" or why the tar could not be read to its end
+    captions  [N]        string   the `.txt` member (UTF-8), "" when a sample has none; fill "";
+                                  only when at least one encoded sample had one
+    meta/<field>  [N]    string   field <field> of the sample's `.json` (strings as they are,
+                                  other values as JSON text, "" when absent); one array per
+                                  field of the header's `metadata_fields` (--metadata-fields)
 
 Row arrays are stored as Zarr shards of `SHARD_ROWS` rows (one file each) holding inner
 chunks of `CHUNK_ROWS` rows, compressed with zstd. Root attribute `gtok` holds the header
 (`ATTR_*` keys below); `state` is "encoding" until finalize has written every array, and
 readers refuse a store that is not "complete". Rows are the encoded samples in input order
-(shards by name, samples in tar order): no padding, no duplicates.
+(shards by name, samples in tar order): no padding, no duplicates. `gtok encode --append`
+adds shards later: their rows follow the existing ones (shards by name, samples in tar order),
+the header's shard list keeps row order, and `appends` records each append (see
+`gtok.store.append`).
 
 While encoding, each input shard's rows live in `parts/<part name>/` (same arrays, one
 chunk each, written by exactly one process), completed by the part's `complete` attribute,
@@ -66,8 +74,11 @@ __all__ = [
     "StoreHeader",
     "compressors",
     "data_type_name",
+    "is_field_name",
+    "meta_path",
     "part_name",
     "row_arrays",
+    "text_arrays",
 ]
 
 FORMAT = "gtok-token-store"
@@ -76,6 +87,7 @@ ATTR_ROOT = "gtok"  # root attribute holding the header dict
 
 # root arrays
 INDICES, GEOMETRY, KEYS, LABELS = "indices", "geometry", "keys", "labels"
+CAPTIONS, META = "captions", "meta"  # optional text arrays: captions, meta/<field>
 SKIPPED = "skipped"  # group: shard, key, reason
 INPUTS = "inputs"  # group: name, url, first_row, rows, samples, skipped, problem
 PARTS = "parts"  # group of per-input-shard parts while encoding
@@ -113,6 +125,8 @@ INPUT_COLUMNS: dict[str, Any] = {
     "problem": str,
 }
 COUNT_KEYS = ("shards", "samples", "encoded", "skipped", "damaged_shards", "labeled", "upscaled")
+CAPTIONED = "captioned"  # optional count (stores before captions lack it): rows with a `.txt`
+MAX_TEXT_BYTES = MAX_STRING_BYTES  # longest caption or metadata value a row may store
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,23 @@ def row_arrays(
     if has_labels:
         specs.append(ArraySpec(LABELS, LABEL_DTYPE, (), LABEL_FILL))
     return specs
+
+
+def meta_path(field: str) -> str:
+    """The array of metadata field `field`: `meta/<field>`."""
+    return f"{META}/{field}"
+
+
+def text_arrays(*, captions: bool, metadata_fields: tuple[str, ...]) -> list[ArraySpec]:
+    """The optional per-row text arrays: `captions` (when asked) and `meta/<field>` for each
+    metadata field, all [N] strings with fill ""."""
+    specs = [ArraySpec(CAPTIONS, str, (), "")] if captions else []
+    return specs + [ArraySpec(meta_path(f), str, (), "") for f in metadata_fields]
+
+
+def is_field_name(name: str) -> bool:
+    """Whether `name` can be a metadata field (it names a Zarr array `meta/<name>`)."""
+    return bool(_SAFE.match(name)) and len(name) <= 200
 
 
 def data_type_name(dtype: Any) -> str:
@@ -179,12 +210,17 @@ class StoreHeader:
     has_geometry: bool
     preprocessing: dict  # Preprocess.to_dict()
     geometry_dtype: str
-    shard_names: tuple[str, ...]  # the plan: every input shard of the store, sorted
+    shard_names: tuple[str, ...]  # the plan: every input shard, in row order (sorted by name;
+    # shards added by `--append` follow, each append's sorted by name)
     shard_urls: tuple[str, ...]  # where they were read from when the store was created
     model_path: str | None = None  # absolute model directory at creation (decode finds it)
     # How the tokens were computed, e.g. {"tf32": {"cudnn": False, "matmul": False}};
     # optional (None in stores written before gtok recorded it), not compared on resume.
     numerics: dict | None = None
+    # `.json` fields copied into `meta/<field>` (--metadata-fields); compared on resume
+    metadata_fields: tuple[str, ...] = ()
+    # one record per `gtok encode --append` (`gtok.store.append`); not compared on resume
+    appends: tuple[dict, ...] = ()
 
     def __post_init__(self) -> None:
         if self.geometry_dtype not in GEOMETRY_DTYPES:
@@ -211,6 +247,8 @@ class StoreHeader:
             "inputs": {"names": list(self.shard_names), "urls": list(self.shard_urls)},
             "counts": counts,
             "numerics": self.numerics,
+            "metadata_fields": list(self.metadata_fields),
+            "appends": [dict(a) for a in self.appends],
         }
 
     @classmethod
@@ -228,4 +266,6 @@ class StoreHeader:
             shard_urls=tuple(inputs["urls"]),
             model_path=model.get("path"),
             numerics=attrs.get("numerics"),
+            metadata_fields=tuple(attrs.get("metadata_fields") or ()),
+            appends=tuple(attrs.get("appends") or ()),
         )

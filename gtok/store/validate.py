@@ -10,6 +10,9 @@ these right after opening the store, so that nothing it reads next can surprise 
   data type, fill value, shape (the same N rows everywhere, G and 5 as the header says),
   chunk and shard shape and codecs, so a chunk cannot hold more than `CHUNK_ROWS` rows of
   the row size; and, on a local disk, a data file for every Zarr shard of the token arrays.
+  The optional text arrays (`captions` when the counts say rows have one, `meta/<field>` for
+  each of the header's `metadata_fields`) are checked the same way; the header's optional
+  `appends` records by `gtok.store.append.check_appends`.
 
 A failure is a `GtokError`: one sentence naming the store and what is wrong with it.
 """
@@ -122,6 +125,23 @@ def check_header(store: str, attrs: dict) -> None:
         for key in schema.COUNT_KEYS:
             if _field(store, attrs, f"counts.{key}", int) < 0:
                 raise _damaged(store, f"its header's counts.{key} is negative")
+        captioned = attrs["counts"].get(schema.CAPTIONED, 0)
+        if not _is_int(captioned) or captioned < 0:
+            raise _damaged(store, f"its header's counts.{schema.CAPTIONED} is {captioned!r}")
+    _check_metadata_fields(store, attrs.get("metadata_fields", []))
+    from gtok.store.append import check_appends
+
+    check_appends(store, attrs)
+
+
+def _check_metadata_fields(store: str, fields: Any) -> None:
+    """The optional header list `metadata_fields`: unique usable field names."""
+    if not isinstance(fields, list) or not all(
+        isinstance(f, str) and schema.is_field_name(f) for f in fields
+    ):
+        raise _damaged(store, f"its header's metadata_fields {fields!r} are not field names")
+    if len(set(fields)) != len(fields):
+        raise _damaged(store, "its header lists a metadata field twice")
 
 
 # -- arrays ----------------------------------------------------------------------------------
@@ -273,6 +293,12 @@ def check_arrays(root, header: schema.StoreHeader, attrs: dict, location: Locati
         _check_layout(store, spec.name, array, _row_layout(spec, rows), spec.fill)
         if spec.name != schema.LABELS:  # a shard of -1 labels is never written
             _check_files(location, store, spec, rows)
+    captions = attrs["counts"].get(schema.CAPTIONED, 0) > 0
+    if not captions and schema.CAPTIONS in root:
+        raise _damaged(store, f"it has a {schema.CAPTIONS} array, which its header rules out")
+    for spec in schema.text_arrays(captions=captions, metadata_fields=header.metadata_fields):
+        array = get_array(root, spec.name, store)
+        _check_layout(store, spec.name, array, _row_layout(spec, rows), spec.fill)
     _check_table(root, store, schema.SKIPPED, schema.SKIPPED_COLUMNS, None)
     _check_table(root, store, schema.INPUTS, schema.INPUT_COLUMNS, len(header.shard_names))
     return rows

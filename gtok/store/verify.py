@@ -9,11 +9,15 @@ it, either as a row of its shard's row range or as a skipped record with a reaso
 must hold nothing else; a tar that cannot be read to its end must be recorded as damaged;
 the per-shard table and the header's counts must agree with the arrays. Only tar headers and
 member bytes are read: no image is decoded, so a verify is much faster than an encode.
+Where img2dataset's accounting sits beside a shard (`00000_stats.json` next to
+`00000.tar`), the samples the tar holds must equal the `successes` it recorded: a tar cut
+short after it was written is reported with the number of samples it lacks.
 Memory holds one Zarr shard of rows, and the keys of one input shard, at a time.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -31,6 +35,7 @@ from gtok.store.validate import CheckedStore, get_array, open_checked
 __all__ = ["VerifyReport", "verify_store"]
 
 MAX_LISTED = 20
+_STATS_BYTES = 1 << 20  # an img2dataset stats file is a few hundred bytes
 
 
 @dataclass
@@ -42,6 +47,7 @@ class VerifyReport:
     source_samples: int = 0
     rows: int = 0
     skipped: int = 0
+    stats_checked: int = 0  # shards compared with img2dataset's `_stats.json`
     problem_count: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -206,6 +212,42 @@ def _check_source(
     return sum(expected.values())
 
 
+def _stats_url(url: str) -> str | None:
+    """Where img2dataset writes a shard's accounting: `<name>_stats.json` beside `<name>.tar`."""
+    return url[: -len(".tar")] + "_stats.json" if url.endswith(".tar") else None
+
+
+def _check_stats(ref: ShardRef, samples: int, report: VerifyReport) -> None:
+    """Compare the samples of `ref` with the `successes` of its img2dataset stats file."""
+    import fsspec
+
+    url = _stats_url(ref.url)
+    if url is None:
+        return
+    try:
+        with fsspec.open(url, "rb") as f:
+            stats = json.loads(f.read(_STATS_BYTES + 1)[:_STATS_BYTES])
+    except FileNotFoundError:  # not written by img2dataset
+        return
+    except (OSError, ValueError) as exc:
+        report.add(f"{ref.name}: its img2dataset stats {url} cannot be read ({exc})")
+        return
+    successes = stats.get("successes") if isinstance(stats, dict) else None
+    if not isinstance(successes, int) or isinstance(successes, bool):
+        return  # not img2dataset's accounting (e.g. `gtok pack`'s stats count otherwise)
+    report.stats_checked += 1
+    if successes != samples:
+        gap = (
+            f"{successes - samples} missing"
+            if successes > samples
+            else f"{samples - successes} more"
+        )
+        report.add(
+            f"{ref.name}: img2dataset recorded {successes} successes in {url}, the tar holds "
+            f"{samples} samples ({gap})"
+        )
+
+
 def verify_store(path: str | os.PathLike, shards: Iterable[str | os.PathLike]) -> VerifyReport:
     """Check the store at `path` and compare it with the source `shards` (see the module doc).
 
@@ -242,6 +284,7 @@ def verify_store(path: str | os.PathLike, shards: Iterable[str | os.PathLike]) -
             report.shards_checked += 1
             samples = _check_source(store, ref, spans.get(ref.name, (0, 0)), skipped, report)
             report.source_samples += samples
+            _check_stats(ref, samples, report)
             index = store.header.shard_names.index(ref.name)
             if table["samples"][index] != samples:
                 report.add(

@@ -41,7 +41,9 @@ class Part:
     indices: uint16 [n, G]; geometry: [n, G, 5] in the store's geometry dtype, or None (VQ);
     keys: n strings "<shard>/<key>"; labels: int32 [n], -1 = no label; skipped: (key, reason)
     per unusable sample; samples: samples read (n + len(skipped)); problem: why the tar could
-    not be read to its end, if so; upscaled: images smaller than the resize target.
+    not be read to its end, if so; upscaled: images smaller than the resize target;
+    captions: n `.txt` captions, None for a sample without one (None: no sample had one);
+    meta: metadata field -> n strings (the store's `metadata_fields`, each one).
     """
 
     shard: str
@@ -53,9 +55,14 @@ class Part:
     samples: int = 0
     problem: str | None = None
     upscaled: int = 0
+    captions: list[str | None] | None = None
+    meta: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.keys)
+        lengths = [len(v) for v in (self.captions or [None] * n, *self.meta.values())]
+        if any(length != n for length in lengths):
+            raise ValueError(f"part {self.shard}: {n} keys but captions/meta of {lengths}")
         if self.indices.shape[0] != n or self.labels.shape != (n,):
             raise ValueError(
                 f"part {self.shard}: {n} keys but indices {self.indices.shape}, "
@@ -74,7 +81,15 @@ class Part:
             "labeled": int((self.labels >= 0).sum()),
             "upscaled": self.upscaled,
             "problem": self.problem,
+            schema.CAPTIONED: sum(c is not None for c in self.captions or ()),
         }
+
+    def text_columns(self) -> dict[str, np.ndarray]:
+        """Array name -> its n strings: `captions` and `meta/<field>`."""
+        captions = [c or "" for c in self.captions or [None] * len(self.keys)]
+        columns = {schema.CAPTIONS: captions}
+        columns |= {schema.meta_path(f): v for f, v in self.meta.items()}
+        return {name: np.array(v, dtype=object) for name, v in columns.items()}
 
 
 def open_root(location: Location, mode: str = "r"):
@@ -135,10 +150,19 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
         return f"was encoded with different preprocessing ({', '.join(changed)} differ)"
     if old.has_geometry and old.geometry_dtype != new.geometry_dtype:
         return f"stores geometry as {old.geometry_dtype}, not {new.geometry_dtype}"
+    if old.metadata_fields != new.metadata_fields:
+        return (
+            f"keeps the metadata fields {list(old.metadata_fields)}, not "
+            f"{list(new.metadata_fields)} (--metadata-fields)"
+        )
     if old.shard_names != new.shard_names:
         extra = sorted(set(new.shard_names) - set(old.shard_names))
         lacking = sorted(set(old.shard_names) - set(new.shard_names))
-        detail = f"e.g. {extra[0]} is new" if extra else f"e.g. {lacking[0]} is missing"
+        detail = (
+            f"e.g. {extra[0]} is new; --append adds shards to a finished store"
+            if extra
+            else f"e.g. {lacking[0]} is missing"
+        )
         return (
             f"was started with another list of input shards ({len(old.shard_names)} shards, "
             f"now {len(new.shard_names)}; {detail})"
@@ -250,6 +274,10 @@ class StoreWriter:
             schema.KEYS: np.array(part.keys, dtype=object),
             schema.LABELS: part.labels,
         }
+        if set(part.meta) != set(self.header.metadata_fields):
+            raise ValueError(f"part {part.shard} has metadata fields {sorted(part.meta)}")
+        columns |= part.text_columns()
+        specs += schema.text_arrays(captions=True, metadata_fields=self.header.metadata_fields)
         for spec in specs:
             _write_whole(group, spec.name, columns[spec.name], spec.dtype, spec.fill)
         skipped_keys = np.array([k for k, _ in part.skipped], dtype=object)

@@ -1,0 +1,222 @@
+"""`gtok encode --append`: add input shards to a finished store, keeping the rows it has.
+
+Row order: the existing rows first, unchanged, then the appended shards' rows (shards sorted
+by name, samples in tar order); the header's `inputs` lists the shards in that order.
+
+An append goes through three crash-safe steps:
+1. `begin_append` (under the store-wide lock) on a complete store: the given shards that
+   are not in it yet are the append. A copy of its tables (`skipped/*`, `inputs/*`) is
+   written to `parts/_before` first; then one write of the root `zarr.json` turns the store
+   back to state "encoding" with the new shards after the old ones and an unfinished record
+   at the end of `appends`: {first_shard, first_row, skipped_before, counts_before, shards,
+   gtok_version, finished: false}. Readers refuse the store from then until step 3 ends, so
+   it never reads as complete while rows are missing. A crash before that write leaves the
+   store complete as it was (plus leftovers in `parts/`).
+2. The new shards are encoded into parts like any encode: resumable, splittable across
+   `--shard-id` workers.
+3. `finalize_store` sees the unfinished record: rows 0..first_row-1 of the root arrays stay
+   as they are (the last, partly filled Zarr shard is rewritten whole with the same old rows
+   followed by new ones), the arrays grow to hold the new parts' rows, and the tables are
+   rebuilt from `parts/_before` plus the new parts; then the record is marked finished and
+   the state "complete". Rerunning an interrupted finalize redoes step 3 from the same inputs.
+
+Rerunning the same `gtok encode NEW... -o STORE --append` resumes an interrupted append;
+rerunning it on a finished store finds nothing new and encodes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from gtok._version import __version__
+from gtok.data.shards import ShardRef
+from gtok.data.tario import utf8_text
+from gtok.errors import GtokError
+from gtok.store import lock, schema
+from gtok.store.location import Location
+from gtok.store.writer import _difference, _write_whole, open_root, read_header
+
+__all__ = ["Before", "begin_append", "check_appends", "load_before", "pending_append"]
+
+SNAPSHOT = f"{schema.PARTS}/_before"  # part names never start with "_"
+_TABLES = {schema.SKIPPED: schema.SKIPPED_COLUMNS, schema.INPUTS: schema.INPUT_COLUMNS}
+_RECORD_INTS = ("first_shard", "first_row", "skipped_before", "shards")
+
+
+def pending_append(header: schema.StoreHeader) -> dict | None:
+    """The unfinished append record of a store being appended to, else None."""
+    last = header.appends[-1] if header.appends else None
+    return last if last is not None and not last.get("finished") else None
+
+
+def check_appends(store: str, attrs: dict) -> None:
+    """The header's optional `appends` list is well formed (see the module doc)."""
+    from gtok.store.validate import _damaged
+
+    records = attrs.get("appends", [])
+    names = attrs["inputs"]["names"]
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise _damaged(store, "its header's appends are not a list of records")
+    for i, record in enumerate(records):
+        values = [record.get(k) for k in _RECORD_INTS]
+        counts = record.get("counts_before")
+        if (
+            not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+            or not isinstance(record.get("finished"), bool)
+            or not isinstance(counts, dict)
+            or not all(isinstance(counts.get(k), int) for k in schema.COUNT_KEYS)
+            or record["first_shard"] + record["shards"] > len(names)
+            or counts["encoded"] != record["first_row"]
+            or counts["shards"] != record["first_shard"]
+        ):
+            raise _damaged(store, f"its header's append record {i} is malformed")
+        if not record["finished"] and (
+            i != len(records) - 1 or attrs["state"] != schema.STATE_ENCODING
+        ):
+            raise _damaged(store, f"its header's append record {i} is unfinished")
+
+
+def _plan(existing: schema.StoreHeader, refs: list[ShardRef]) -> list[ShardRef]:
+    """The given shards that a store with header `existing` does not hold yet."""
+    return sorted(r for r in refs if r.name not in set(existing.shard_names))
+
+
+def begin_append(
+    out: str, header: schema.StoreHeader, refs: list[ShardRef]
+) -> tuple[schema.StoreHeader, list[ShardRef]] | None:
+    """Start (or resume) appending the shards of `refs` that the store at `out` lacks.
+
+    `header` is what this run would write (model, preprocessing, ...; its shard list is
+    ignored). Returns (the store's header, as writers must now bring it; the shards to
+    encode), or None when there is no store at `out` yet (a plain encode creates it).
+    """
+    location = Location(str(out))
+    if not location.has("zarr.json"):
+        return None
+    existing, _ = read_header(open_root(location))
+    _refuse_other_settings(location, existing, header)
+    with lock.Locks(location, "starting an append") as locks:
+        locks.acquire({lock.STORE: str(location)}, advice="wait for it to finish", wait=30.0)
+        existing, attrs = read_header(open_root(location))
+        new = _plan(existing, refs)
+        if attrs["state"] == schema.STATE_COMPLETE:
+            if not new:
+                return existing, []  # every given shard is in the store already
+            existing = _start(location, existing, attrs, new)
+        elif new:
+            pending = pending_append(existing) is not None
+            raise GtokError(
+                f"{location} is still being {'appended to' if pending else 'encoded'} and "
+                f"{new[0].name} is not among its shards; finish that first (rerun its encode "
+                "command, or gtok encode --finalize), then append."
+            )
+    return existing, _to_encode(existing, refs)
+
+
+def _to_encode(header: schema.StoreHeader, refs: list[ShardRef]) -> list[ShardRef]:
+    """The given shards an unfinished append (or first encode) still plans to encode."""
+    record = pending_append(header)
+    first = record["first_shard"] if record is not None else 0
+    planned = set(header.shard_names[first:])
+    return sorted(r for r in refs if r.name in planned)
+
+
+def _refuse_other_settings(
+    location: Location, existing: schema.StoreHeader, header: schema.StoreHeader
+) -> None:
+    same_shards = replace(header, shard_names=existing.shard_names, shard_urls=existing.shard_urls)
+    if (problem := _difference(existing, same_shards)) is not None:
+        raise GtokError(
+            f"{location} {problem}; append with the settings it was encoded with, or "
+            "encode into another store."
+        )
+
+
+def _start(
+    location: Location, existing: schema.StoreHeader, attrs: dict, new: list[ShardRef]
+) -> schema.StoreHeader:
+    """Snapshot the tables, then turn the complete store into one being appended to."""
+    import zarr
+
+    root = open_root(location, mode="r+")
+    _snapshot(location, root)
+    counts = dict(attrs["counts"])
+    record = {
+        "first_shard": len(existing.shard_names),
+        "first_row": counts["encoded"],
+        "skipped_before": int(root[f"{schema.SKIPPED}/key"].shape[0]),
+        "counts_before": counts,
+        "shards": len(new),
+        "gtok_version": __version__,
+        "finished": False,
+    }
+    header = replace(
+        existing,
+        shard_names=(*existing.shard_names, *(r.name for r in new)),
+        shard_urls=(*existing.shard_urls, *(utf8_text(r.url) for r in new)),
+        appends=(*existing.appends, record),
+    )
+    # without consolidated metadata: it would keep describing the arrays as they were
+    plain = zarr.open_group(location.zarr_store(), mode="r+", use_consolidated=False)
+    plain.attrs[schema.ATTR_ROOT] = header.to_attrs(
+        state=schema.STATE_ENCODING, gtok_version=__version__
+    )
+    return header
+
+
+def _snapshot(location: Location, root) -> None:
+    """Copy the skipped and inputs tables to `parts/_before`, durably, marked complete."""
+    location.remove(SNAPSHOT)
+    group = root.require_group(SNAPSHOT)
+    for table, columns in _TABLES.items():
+        for column, dtype in columns.items():
+            data = np.asarray(root[f"{table}/{column}"][...])
+            data = data.astype(object) if dtype is str else data.astype(dtype)
+            fill = "" if dtype is str else -1
+            _write_whole(group, f"{table}/{column}", data, dtype, fill)
+    location.sync(SNAPSHOT)
+    group.attrs[schema.PART_COMPLETE] = True
+    location.sync(SNAPSHOT)
+
+
+@dataclass
+class Before:
+    """What a store holds before finalize adds its parts: nothing on a first finalize; the
+    rows, counts and tables of the finished store during an append."""
+
+    shards: int = 0
+    rows: int = 0
+    counts: dict = field(default_factory=lambda: dict.fromkeys(schema.COUNT_KEYS, 0))
+    tables: dict[str, dict[str, list]] = field(
+        default_factory=lambda: {t: {c: [] for c in cols} for t, cols in _TABLES.items()}
+    )
+
+
+def load_before(location: Location, root, header: schema.StoreHeader) -> Before:
+    """`Before` of the store (its append snapshot when an append is unfinished)."""
+    record = pending_append(header)
+    if record is None:
+        return Before()
+    try:
+        group = root[SNAPSHOT]
+        complete = group.attrs.get(schema.PART_COMPLETE) is True
+    except (KeyError, FileNotFoundError):
+        complete = False
+    if not complete:
+        raise GtokError(
+            f"{location} is damaged: the copy of its tables from before the append "
+            f"({SNAPSHOT}) is missing; restore the store from a copy."
+        )
+    tables: dict[str, dict[str, list[Any]]] = {}
+    for table, columns in _TABLES.items():
+        tables[table] = {
+            c: [_plain(v) for v in group[f"{table}/{c}"][...].tolist()] for c in columns
+        }
+    return Before(record["first_shard"], record["first_row"], record["counts_before"], tables)
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, str) else int(value)
