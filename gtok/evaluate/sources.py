@@ -38,7 +38,7 @@ from gtok.data import (
     to_model_input,
 )
 from gtok.data.images import ImageRejected, decode_rgb
-from gtok.data.tario import member_name, open_tar
+from gtok.data.tario import open_tar
 from gtok.decode import (
     GAUSSIANS_SUFFIX,
     HASHED_DIR,
@@ -233,7 +233,7 @@ def _tar_index(tar: Path) -> dict[str, _TarMember]:
     try:
         with tar.open("rb") as fileobj, open_tar(fileobj) as archive:
             for member in archive:
-                name = member_name(member)
+                name = member.name  # as `gtok decode` wrote it (not escaped like a key)
                 if not member.isfile() or not name.endswith(RECON_SUFFIX):
                     continue
                 if name.endswith(GAUSSIANS_SUFFIX):
