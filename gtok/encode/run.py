@@ -26,7 +26,8 @@ from gtok.devices import exact_fp32, tf32_settings
 from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.encode.split import WorkerSlice, worker_slice
 from gtok.errors import GtokError
-from gtok.store import Part, StoreHeader, StoreWriter, finalize_store, schema
+from gtok.store import Location, Part, StoreHeader, StoreWriter, finalize_store, schema
+from gtok.store.writer import open_root, read_header
 
 __all__ = ["EncodeSummary", "default_workers", "encode_shards"]
 
@@ -156,6 +157,21 @@ def _tokens(
     return indices, tokens.geometry.to(dtype).cpu().numpy()
 
 
+def _jpeg_draft(out: str | os.PathLike, requested: bool | None, overwrite: bool) -> bool:
+    """`requested`, else what the store being resumed records (stores written before gtok
+    had JPEG draft decoding record nothing: exact), else on (a new store)."""
+    if requested is not None:
+        return requested
+    location = Location(str(out))
+    if overwrite or not location.has("zarr.json"):
+        return True
+    try:
+        header, _ = read_header(open_root(location))
+    except GtokError:
+        return True  # not a store: opening it for writing says so
+    return bool(header.preprocessing.get("jpeg_draft", False))
+
+
 @exact_fp32()
 def encode_shards(
     shards: Iterable[str | os.PathLike],
@@ -173,6 +189,7 @@ def encode_shards(
     overwrite: bool = False,
     shard_id: int | None = None,
     num_shards: int | None = None,
+    jpeg_draft: bool | None = None,
 ) -> EncodeSummary:
     """Encode every sample of `shards` into the token store `out` with `model`.
 
@@ -180,6 +197,8 @@ def encode_shards(
     model: a model directory or training run directory (None: the default model, if any).
     resize: shorter side before the centre crop (default: the model's image size).
     max_member_bytes: a sample with a larger tar member is skipped without reading it.
+    jpeg_draft: decode large JPEGs at reduced scale first (`gtok.data.transforms`); None: as
+        the store being resumed records it, on for a new store.
     shard_id/num_shards: encode only that slice of the input shards (default: from torchrun
         or Slurm variables, else everything); a single process finalizes the store itself,
         parallel workers leave that to `finalize_store` / `gtok encode --finalize`.
@@ -204,7 +223,13 @@ def encode_shards(
     size = loaded.config.image_size
     if resize is not None and resize < size:
         raise GtokError(f"--resize {resize} is smaller than the model's image size {size}.")
-    preprocess = Preprocess(size, resize, background=background, max_pixels=max_pixels)
+    preprocess = Preprocess(
+        size,
+        resize,
+        background=background,
+        max_pixels=max_pixels,
+        jpeg_draft=_jpeg_draft(out, jpeg_draft, overwrite),
+    )
     writer = StoreWriter.open(
         str(out), _header(loaded, preprocess, geometry_dtype, refs), overwrite=overwrite
     )
