@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli._common import ConfigOption, JsonFlag, print_json
+from cli._common import ConfigOption, JsonFlag, Precision, PrecisionOption, print_json
 from cli._tokens import StoreArgument
 
 
@@ -83,6 +83,7 @@ def decode(
     batch_size: Annotated[int, typer.Option(help="Images per decoder forward.")] = 64,
     shard_size: Annotated[int, typer.Option(help="Samples per tar with --format wds.")] = 10000,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: PrecisionOption = Precision.fp32,
     json_output: JsonFlag = False,
 ) -> None:
     """Reconstruct images from a token store's tokens.
@@ -109,6 +110,7 @@ def decode(
         device=device,
         gaussians=gaussians,
         shard_size=shard_size,
+        precision=precision.value,
     )
     if json_output:
         print_json(summary.to_dict())

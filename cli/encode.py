@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli._common import ConfigOption, JsonFlag, print_json
+from cli._common import ConfigOption, JsonFlag, Precision, PrecisionOption, print_json
 from cli._tokens import ShardsArgument
 from gtok.console import console, is_quiet
 from gtok.data.images import DEFAULT_MAX_PIXELS
@@ -94,6 +94,7 @@ def encode(
             "resuming]",
         ),
     ] = None,
+    precision: PrecisionOption = Precision.fp32,
     finalize: Annotated[
         bool,
         typer.Option("--finalize", help="Only build the final arrays after parallel workers."),
@@ -144,6 +145,7 @@ def encode(
         shard_id=shard_id,
         num_shards=num_shards,
         jpeg_draft=jpeg_draft,
+        precision=precision.value,
     )
     if json_output:
         print_json(summary.to_dict())

@@ -22,7 +22,7 @@ from gtok.data import EncodeStream, Preprocess, ShardChunk, expand_shards, loade
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.shards import ShardRef, split_for_worker
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, utf8_text
-from gtok.devices import exact_fp32, tf32_settings
+from gtok.devices import check_inference_precision, exact_fp32, mixed_precision, tf32_settings
 from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.encode.split import WorkerSlice, worker_slice
 from gtok.errors import GtokError
@@ -119,7 +119,11 @@ class _PartBuffer:
 
 
 def _header(
-    model: EncodingModel, preprocess: Preprocess, geometry_dtype: str, shards: list[ShardRef]
+    model: EncodingModel,
+    preprocess: Preprocess,
+    geometry_dtype: str,
+    shards: list[ShardRef],
+    precision: str,
 ) -> StoreHeader:
     config = model.config
     if config.codebook_size > schema.INDEX_FILL:
@@ -139,17 +143,19 @@ def _header(
         shard_names=tuple(s.name for s in shards),
         shard_urls=tuple(utf8_text(s.url) for s in shards),
         model_path=str(model.path.resolve()),
-        numerics={"tf32": tf32_settings()},
+        numerics={"tf32": tf32_settings(), "precision": precision},
     )
 
 
 @torch.inference_mode()
 def _tokens(
-    model: EncodingModel, images: torch.Tensor, geometry_dtype: str
+    model: EncodingModel, images: torch.Tensor, geometry_dtype: str, precision: str
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """uint8 [B, S, S, 3] -> (uint16 indices [B, G], geometry [B, G, 5] or None) on the host."""
+    """uint8 [B, S, S, 3] -> (uint16 indices [B, G], geometry [B, G, 5] or None) on the host;
+    the encoder CNN runs under `precision`'s autocast (the rest stays fp32)."""
     x = to_model_input(images.to(model.device, non_blocking=True))
-    tokens = model.tokenizer.encode(x)
+    with mixed_precision(model.device, precision):
+        tokens = model.tokenizer.encode(x)
     indices = tokens.indices.to(torch.int32).cpu().numpy().astype(schema.INDEX_DTYPE)
     if tokens.geometry is None:
         return indices, None
@@ -190,6 +196,7 @@ def encode_shards(
     shard_id: int | None = None,
     num_shards: int | None = None,
     jpeg_draft: bool | None = None,
+    precision: str = "fp32",
 ) -> EncodeSummary:
     """Encode every sample of `shards` into the token store `out` with `model`.
 
@@ -199,6 +206,8 @@ def encode_shards(
     max_member_bytes: a sample with a larger tar member is skipped without reading it.
     jpeg_draft: decode large JPEGs at reduced scale first (`gtok.data.transforms`); None: as
         the store being resumed records it, on for a new store.
+    precision: "fp32" or "bf16" (autocast of the encoder CNN; recorded in the store's
+        numerics, and a resume must use the same).
     shard_id/num_shards: encode only that slice of the input shards (default: from torchrun
         or Slurm variables, else everything); a single process finalizes the store itself,
         parallel workers leave that to `finalize_store` / `gtok encode --finalize`.
@@ -219,6 +228,7 @@ def encode_shards(
         raise GtokError(f"--batch-size must be at least 1, got {batch_size}.")
     if max_member_bytes < 1:
         raise GtokError(f"--max-member-bytes must be at least 1, got {max_member_bytes}.")
+    check_inference_precision(precision)
     loaded = load_encoding_model(model, device)
     size = loaded.config.image_size
     if resize is not None and resize < size:
@@ -231,7 +241,7 @@ def encode_shards(
         jpeg_draft=_jpeg_draft(out, jpeg_draft, overwrite),
     )
     writer = StoreWriter.open(
-        str(out), _header(loaded, preprocess, geometry_dtype, refs), overwrite=overwrite
+        str(out), _header(loaded, preprocess, geometry_dtype, refs, precision), overwrite=overwrite
     )
     mine = split_for_worker(refs, part_of.shard_id, part_of.num_shards)
     with writer:  # releases the parts' locks however this ends
@@ -250,7 +260,7 @@ def encode_shards(
             shards_encoded=0,
         )
         stream = EncodeStream(todo, preprocess, batch_size, max_member_bytes)
-        _run(writer, loaded, stream, geometry_dtype, workers, summary)
+        _run(writer, loaded, stream, geometry_dtype, precision, workers, summary)
         summary.seconds = time.perf_counter() - started
         summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
         finished_mine = summary.shards_already_done + summary.shards_encoded == len(mine)
@@ -269,6 +279,7 @@ def _run(
     model: EncodingModel,
     stream: EncodeStream,
     geometry_dtype: str,
+    precision: str,
     workers: int | None,
     summary: EncodeSummary,
 ) -> None:
@@ -285,7 +296,7 @@ def _run(
         for chunk in loader(stream, workers=workers, pin_memory=pin):
             buffer = buffers.setdefault(chunk.shard, _PartBuffer(todo[chunk.shard], geometry_dtype))
             if chunk.keys:
-                indices, geometry = _tokens(model, chunk.images, geometry_dtype)
+                indices, geometry = _tokens(model, chunk.images, geometry_dtype, precision)
                 buffer.add(chunk, indices, geometry)
             else:
                 buffer.add(chunk, np.zeros((0, header.num_tokens), schema.INDEX_DTYPE), None)
