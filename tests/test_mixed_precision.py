@@ -11,7 +11,7 @@ import pytest
 import torch
 from shardmaker import write_clean_shards, write_tar
 from test_encode import SMALL as SMALL_ENCODE
-from test_encode import _save_model
+from test_encode import _save_model, one_thread  # noqa: F401 (autouse: one torch thread)
 from test_train import _config, _gradients
 
 import gtok
@@ -26,14 +26,6 @@ from gtok.train import train
 from gtok.train.step import resolve_precision
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _float_outputs(output) -> list[torch.Tensor]:
