@@ -89,9 +89,9 @@ def encode(
         bool | None,
         typer.Option(
             "--jpeg-draft/--no-jpeg-draft",
-            help="Decode large JPEGs at 1/2-1/8 scale before the resize (3x faster, PSNR > 40 "
-            "dB against exact decoding). [default: on for a new store, as recorded when "
-            "resuming]",
+            help="Decode large JPEGs at 1/2-1/8 scale before the resize (2-3x less CPU, "
+            "PSNR > 40 dB against exact decoding). [default: on for a new store, as "
+            "recorded when resuming]",
         ),
     ] = None,
     precision: PrecisionOption = Precision.fp32,
