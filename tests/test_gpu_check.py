@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_encode import one_thread  # noqa: F401 (autouse: one torch thread)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
 
@@ -25,14 +26,6 @@ def gpu_check():
     spec.loader.exec_module(module)
     yield module
     del sys.modules["gpu_check"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_without_a_cuda_gpu_it_exits_1_with_one_line(tmp_path):
