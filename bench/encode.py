@@ -295,7 +295,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=sorted({0, 1, default_workers()}))
     parser.add_argument("--large-sizes", type=int, nargs="+", default=[256, 64])
-    parser.add_argument("--large-images", type=int, default=96)
+    parser.add_argument("--large-images", type=int, default=48)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model", default=None)
     parser.add_argument(
