@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint demo bench bench-gpu
+.PHONY: setup test lint demo bench bench-gpu gpu-check
 
 setup:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,11 +23,17 @@ demo:
 	$(VENV)/bin/gtok demo -o demo-out
 
 # Each benchmark script prints one JSON document on stdout (names on stderr). Modules
-# starting with _ are shared helpers; raster_gpu.py needs a CUDA GPU: `make bench-gpu`.
-BENCHES := $(filter-out bench/_% bench/raster_gpu.py,$(wildcard bench/*.py))
+# starting with _ are shared helpers; raster_gpu.py and gpu_check.py need a CUDA GPU:
+# `make bench-gpu`, `make gpu-check`.
+BENCHES := $(filter-out bench/_% bench/raster_gpu.py bench/gpu_check.py,$(wildcard bench/*.py))
 
 bench:
 	@for script in $(BENCHES); do echo "== $$script" >&2; $(PY) $$script || exit 1; done
 
 bench-gpu:
 	$(PY) bench/raster_gpu.py
+
+# The GPU acceptance check (kernels vs references, bf16 training, torchrun, encode/decode/
+# eval, imagenet encode speed) in under 8 minutes; writes gpu-check.json, exits 1 without a GPU.
+gpu-check:
+	$(PY) bench/gpu_check.py --out gpu-check.json

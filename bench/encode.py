@@ -11,6 +11,12 @@ Prints one JSON document:
   cpu_seconds_per_image: CPU time of this process per image, forward alone vs encode with
   `--workers 0` (all work in-process), and their ratio: on a shared, loaded machine wall
   clock rates swing by 2x between runs, CPU time much less.
+- large_jpegs: the image path on large photographs (2-31 MP JPEGs installed on this machine,
+  `bench/_photos.py`), at each target side in `--large-sizes`: decode + resize + centre crop
+  images/s per core (CPU time of this process, one thread), exact vs JPEG draft
+  (`Preprocess.jpeg_draft`), and the draft crops' PSNR against the exact ones (min, median);
+  then `encode_shards` of `--large-images` of them (repeated) with each `--workers` count,
+  draft on and off: whether the decoding workers keep up with the model.
 - bytes_per_image on disk (every file of the finished store) vs raw_token_bytes_per_image
   (uint16 ids + float16 geometry, uncompressed).
 - random-batch reads (rows/s of indices + geometry, batches of `--read-batch` random rows)
@@ -27,7 +33,7 @@ batch, so tokens use many codes as a trained model's do.
 On a machine shared with other jobs, pass `--threads 1`: with more torch threads than free
 cores, OpenMP threads spin while they wait and both wall and CPU time swing by 2-5x.
 
-Usage: .venv/bin/python bench/encode.py [--images 1024] [--workers 0 1] [--threads 1] > out.json
+Usage: .venv/bin/python bench/encode.py [--images 1024] [--workers 0 1 3] [--threads 1] > out.json
 """
 
 from __future__ import annotations
@@ -42,23 +48,36 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _photos import large_jpegs
+
 from gtok.data import EncodeStream, Preprocess, expand_shards, loader, to_model_input
-from gtok.data.tario import read_tar
+from gtok.data.samples import center_prepare
+from gtok.data.tario import RawSample, read_tar
 from gtok.encode import default_workers, encode_shards, load_encoding_model
 from gtok.store import TokenStore
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos64"
 
 
-def _write_shards(folder: Path, images: int, per_shard: int) -> tuple[list[Path], str]:
-    """Tar shards holding the first `images` samples of photos64, or generated JPEGs."""
+def _tar(path: Path, payloads: list[tuple[str, bytes]]) -> Path:
     import io
     import tarfile
 
-    from PIL import Image
+    with tarfile.open(path, "w") as tar:
+        for key, data in payloads:
+            info = tarfile.TarInfo(f"{key}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _write_shards(folder: Path, images: int, per_shard: int) -> tuple[list[Path], str]:
+    """Tar shards holding the first `images` samples of photos64, or generated JPEGs."""
+    import io
 
     sources = sorted(PHOTOS.glob("train-*.tar")) if PHOTOS.is_dir() else []
     payloads: list[tuple[str, bytes]] = []
@@ -77,16 +96,83 @@ def _write_shards(folder: Path, images: int, per_shard: int) -> tuple[list[Path]
             buf = io.BytesIO()
             img.save(buf, "JPEG", quality=92)
             payloads.append((f"{i:06d}", buf.getvalue()))
-    paths = []
-    for start in range(0, images, per_shard):
-        path = folder / f"bench-{start // per_shard:04d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for key, data in payloads[start : start + per_shard]:
-                info = tarfile.TarInfo(f"{key}.jpg")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        paths.append(path)
+    paths = [
+        _tar(folder / f"bench-{start // per_shard:04d}.tar", payloads[start : start + per_shard])
+        for start in range(0, images, per_shard)
+    ]
     return paths, origin
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * float(np.log10(255**2 / mse))
+
+
+def _crops(payloads: list[tuple[str, bytes]], preprocess: Preprocess):
+    """(centre crops of every payload, images per CPU second of this process)."""
+    prepare = center_prepare(preprocess)
+    cpu = time.process_time()
+    crops = [prepare(RawSample(key, {"jpg": data}), 0).image for key, data in payloads]
+    return crops, len(payloads) / (time.process_time() - cpu)
+
+
+def _draft_figures(payloads: list[tuple[str, bytes]], size: int) -> dict:
+    """Decode + resize + crop rates per core, exact vs draft, and the draft crops' PSNR."""
+    exact, exact_rate = _crops(payloads, Preprocess(size))
+    drafted, draft_rate = _crops(payloads, Preprocess(size, jpeg_draft=True))
+    psnr = [_psnr(a, b) for a, b in zip(exact, drafted, strict=True)]
+    return {
+        "exact_images_per_s_per_core": round(exact_rate, 2),
+        "draft_images_per_s_per_core": round(draft_rate, 2),
+        "speedup": round(draft_rate / exact_rate, 2),
+        "draft_psnr_db": {"min": round(min(psnr), 2), "median": round(float(np.median(psnr)), 2)},
+        "drafted": sum(not np.array_equal(a, b) for a, b in zip(exact, drafted, strict=True)),
+    }
+
+
+def _large_jpegs(args, model_dir: Path, scratch: Path) -> dict:
+    """The image path on large photographs: per-core rates and PSNR per target side, then
+    encode_shards with each worker count, draft on and off."""
+    paths = large_jpegs()
+    if not paths:
+        return {"skipped": "no large JPEGs found (see bench/_photos.py)"}
+    payloads = [(f"{i:06d}", p.read_bytes()) for i, p in enumerate(paths)]
+    megapixels = []
+    for path in paths:
+        with Image.open(path) as img:
+            megapixels.append(img.width * img.height / 1e6)
+    report = {
+        "photos": len(paths),
+        "megapixels": {k: round(float(f(megapixels)), 1) for k, f in _STATS.items()},
+        "by_target_side": {str(s): _draft_figures(payloads, s) for s in args.large_sizes},
+    }
+    repeated = [(f"{i:06d}", payloads[i % len(payloads)][1]) for i in range(args.large_images)]
+    folder = scratch / "large"
+    folder.mkdir()
+    shards = [
+        _tar(folder / f"large-{start:06d}.tar", repeated[start : start + 8])
+        for start in range(0, len(repeated), 8)
+    ]
+    runs: dict[str, dict[str, float]] = {}
+    for workers in args.workers:
+        for draft in (True, False):
+            summary = encode_shards(
+                shards,
+                scratch / f"large-w{workers}-{draft}.zarr",
+                model_dir,
+                batch_size=args.batch_size,
+                workers=workers,
+                device=args.device,
+                jpeg_draft=draft,
+            )
+            name = "draft_images_per_s" if draft else "exact_images_per_s"
+            runs.setdefault(str(workers), {})[name] = round(summary.images_per_second, 2)
+    report["encode_by_workers"] = runs
+    report["encode_images"] = args.large_images
+    return report
+
+
+_STATS = {"min": np.min, "median": np.median, "max": np.max}
 
 
 def _bench_model(folder: Path) -> Path:
@@ -207,7 +293,9 @@ def main() -> None:
     parser.add_argument("--per-shard", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, nargs="+", default=[default_workers()])
+    parser.add_argument("--workers", type=int, nargs="+", default=sorted({0, 1, default_workers()}))
+    parser.add_argument("--large-sizes", type=int, nargs="+", default=[256, 64])
+    parser.add_argument("--large-images", type=int, default=48)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model", default=None)
     parser.add_argument(
@@ -293,6 +381,7 @@ def main() -> None:
                 "raw_token_bytes_per_image": raw,
                 "files": len(files),
             },
+            "large_jpegs": _large_jpegs(args, model_dir, scratch),
             "random_reads": _read_rates(
                 _tiled_store(info_store, scratch / "tiled.zarr", args.read_rows),
                 scratch,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import tomllib
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -99,6 +100,16 @@ def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | N
     ctx.default_map = {**(ctx.default_map or {}), **settings}
     return value
 
+
+class Precision(StrEnum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option(help="fp32, or bf16 for mixed precision (fast on GPUs; also runs on CPUs)."),
+]
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")

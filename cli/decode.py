@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli._common import ConfigOption, JsonFlag, fail, print_json
+from cli._common import ConfigOption, JsonFlag, Precision, PrecisionOption, fail, print_json
 from cli._options import read_text_file
 from cli._tokens import StoreArgument
 
@@ -84,6 +84,7 @@ def decode(
         int, typer.Option(help="Samples per tar with --format wds.", min=1)
     ] = 10000,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: PrecisionOption = Precision.fp32,
     json_output: JsonFlag = False,
 ) -> None:
     """Reconstruct images from a token store's tokens.
@@ -110,6 +111,7 @@ def decode(
         device=device,
         gaussians=gaussians,
         shard_size=shard_size,
+        precision=precision.value,
     )
     if json_output:
         print_json(summary.to_dict())

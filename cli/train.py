@@ -69,7 +69,7 @@ def train(
     device: Annotated[str, _opt("auto, cpu, cuda or cuda:N.", _RUN)] = "auto",
     workers: Annotated[int, _opt("Data loading processes per training process.", _DATA)] = 2,
     precision: Annotated[
-        str, _opt("auto, fp32, bf16 or fp16 (mixed precision on CUDA).", _RUN)
+        str, _opt("auto, fp32, bf16 or fp16 (auto: bf16 on CUDA; bf16 also runs on the CPU).", _RUN)
     ] = "auto",
     optimizer: Annotated[
         str | None, _opt("adamw or adam (default: per preset, see README).", _LOSS)

@@ -12,6 +12,9 @@ it starts, so this must run before anything touches `torch.cuda`: `gtok train`, 
 
 `exact_fp32` turns TF32 off while tokens and scores are computed (encode, decode, eval), so
 fp32 results on a GPU do not depend on the GPU's TF32 units.
+
+`mixed_precision` is the one autocast context of train, encode and decode: "bf16" runs on
+the CPU too (torch's CPU autocast), so the mixed-precision path is tested without a GPU.
 """
 
 from __future__ import annotations
@@ -25,7 +28,17 @@ import torch
 
 from gtok.errors import GtokError
 
-__all__ = ["exact_fp32", "select_device", "tf32_settings"]
+__all__ = [
+    "INFERENCE_PRECISIONS",
+    "check_inference_precision",
+    "exact_fp32",
+    "mixed_precision",
+    "select_device",
+    "tf32_settings",
+]
+
+INFERENCE_PRECISIONS = ("fp32", "bf16")  # what encode and decode accept
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 _VISIBLE = "CUDA_VISIBLE_DEVICES"
 _original: list[str] | None = None  # the visible GPUs before this process reordered them
@@ -146,3 +159,22 @@ def exact_fp32() -> Iterator[dict[str, Any]]:
     finally:
         torch.backends.cudnn.allow_tf32 = before["cudnn"]
         torch.backends.cuda.matmul.allow_tf32 = before["matmul"]
+
+
+def mixed_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context for `precision` on `device`: none for "fp32", else
+    `torch.autocast` to bf16 or fp16 on the device's type (cpu or cuda). The parts DESIGN
+    pins to fp32 (GaussianEmbed, quantizer, rasterizer) switch it off themselves."""
+    dtype = _AUTOCAST_DTYPES.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def check_inference_precision(precision: str) -> str:
+    """`precision` if encode and decode support it, else a `GtokError`."""
+    if precision not in INFERENCE_PRECISIONS:
+        raise GtokError(
+            f"--precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}."
+        )
+    return precision

@@ -110,7 +110,7 @@ def test_rows_are_the_models_tokens_in_input_order(tmp_path, model, shards):
     import gtok
 
     tok = gtok.load_tokenizer(model)
-    preprocess = Preprocess(16)
+    preprocess = Preprocess(16, jpeg_draft=True)  # on for new stores; these JPEGs are small
     samples = clean_samples(5, start=5)
     images = torch.stack([to_tensor(center_crop(decode_rgb(f["jpg"]), 16)[0]) for _, f in samples])
     with torch.inference_mode():

@@ -12,23 +12,61 @@ What is done to odd images (each case has a test):
   decompression bomb and rejected; so is anything Pillow itself flags as one.
 - Bytes that are not an image, and truncated or corrupt images, are rejected with Pillow's
   message. Truncated images are never padded (`LOAD_TRUNCATED_IMAGES` stays off).
+
+`decode_rgb_reduced` does the same but may decode a large JPEG at 1/2, 1/4 or 1/8 of its size
+(Pillow's draft mode: libjpeg's DCT-domain scaling, several times faster than a full decode),
+and says which region of the smaller image the full image covers, so a later resize samples
+the same geometry it would have sampled from the full image.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "ImageRejected", "decode_rgb"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "ImageRejected",
+    "Reduced",
+    "decode_rgb",
+    "decode_rgb_reduced",
+    "transpose_box",
+]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # in order of preference within a sample
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own warning threshold
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SRGB = None
+_DRAFT_SCALES = (8, 4, 2)  # the reductions libjpeg's scaled IDCT offers, largest first
+_T = Image.Transpose
+# EXIF orientation -> the transposition that makes the image upright (as ImageOps.exif_transpose)
+_ORIENTATION = {
+    2: _T.FLIP_LEFT_RIGHT,
+    3: _T.ROTATE_180,
+    4: _T.FLIP_TOP_BOTTOM,
+    5: _T.TRANSPOSE,
+    6: _T.ROTATE_270,
+    7: _T.TRANSVERSE,
+    8: _T.ROTATE_90,
+}
+_SWAPS_SIDES = {_T.ROTATE_90, _T.ROTATE_270, _T.TRANSPOSE, _T.TRANSVERSE}
+# where a point (x, y) of a w x h image lands after each transposition (continuous coordinates)
+_POINT = {
+    _T.FLIP_LEFT_RIGHT: lambda x, y, w, h: (w - x, y),
+    _T.FLIP_TOP_BOTTOM: lambda x, y, w, h: (x, h - y),
+    _T.ROTATE_180: lambda x, y, w, h: (w - x, h - y),
+    _T.ROTATE_90: lambda x, y, w, h: (y, w - x),
+    _T.ROTATE_270: lambda x, y, w, h: (h - y, x),
+    _T.TRANSPOSE: lambda x, y, w, h: (y, x),
+    _T.TRANSVERSE: lambda x, y, w, h: (h - y, w - x),
+}
+
+Box = tuple[float, float, float, float]
 
 
 class ImageRejected(Exception):
@@ -92,6 +130,109 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
         raise ImageRejected(f"cannot convert a {img.mode} image to RGB ({exc})") from exc
 
 
+@dataclass(frozen=True)
+class Reduced:
+    """A decoded image, possibly smaller than the file (JPEG draft).
+
+    image: upright 8-bit RGB. full_size: upright (width, height) of the full-resolution image
+    (pixels). box: (left, top, right, bottom) of the full image in `image`'s pixel
+    coordinates (fractional when a side is not a multiple of the reduction): pass it as
+    `box` to `Image.resize`. scale: the reduction (1: the full image).
+    """
+
+    image: Image.Image
+    full_size: tuple[int, int]
+    box: Box
+    scale: int = 1
+
+
+def transpose_box(box: Box, size: tuple[int, int], method: Image.Transpose) -> Box:
+    """The region `box` of a `size` (width, height) image after `image.transpose(method)`."""
+    x0, y0, x1, y1 = box
+    corners = [_POINT[method](x, y, *size) for x, y in ((x0, y0), (x1, y1))]
+    xs, ys = sorted(c[0] for c in corners), sorted(c[1] for c in corners)
+    return (xs[0], ys[0], xs[1], ys[1])
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Identify the image and check its header size (nothing decoded yet)."""
+    if not data:
+        raise ImageRejected("empty image member (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ImageRejected("not an image: Pillow cannot identify these bytes") from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(f"decompression bomb: {exc}") from exc
+    except Exception as exc:  # Pillow's plugins raise many types for malformed files
+        raise ImageRejected(f"truncated or corrupt image header ({_describe(exc)})") from exc
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageRejected(
+            f"decompression bomb: {width}x{height} = {width * height} pixels is over the "
+            f"limit of {max_pixels}"
+        )
+    if width == 0 or height == 0:
+        raise ImageRejected(f"image has no pixels ({width}x{height})")
+    return img
+
+
+def _draft(img: Image.Image, min_side: int | None) -> int:
+    """Ask a JPEG to decode at the largest reduction (8, 4, 2) that keeps its shorter side at
+    least `min_side`; -> the reduction Pillow set up (1: none)."""
+    if min_side is None or img.format != "JPEG":
+        return 1
+    width, height = img.size
+    for scale in _DRAFT_SCALES:
+        if min(width, height) >= scale * min_side:
+            drafted = img.draft(img.mode, (width // scale, height // scale))
+            return 1 if drafted is None else round(width / drafted[1][2])
+    return 1
+
+
+def _load(img: Image.Image) -> None:
+    try:
+        img.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(f"decompression bomb: {exc}") from exc
+    except Exception as exc:
+        raise ImageRejected(f"truncated or corrupt image data ({_describe(exc)})") from exc
+
+
+def _upright(img: Image.Image) -> tuple[Image.Image, Image.Transpose | None]:
+    """Apply the EXIF orientation -> (image, the transposition applied or None)."""
+    try:
+        method = _ORIENTATION.get(img.getexif().get(ExifTags.Base.Orientation, 1))
+        return ImageOps.exif_transpose(img), method
+    except Exception:  # malformed EXIF loses the rotation, not the image
+        return img, None
+
+
+def decode_rgb_reduced(
+    data: bytes,
+    *,
+    min_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> Reduced:
+    """`decode_rgb`, except that a JPEG whose shorter side is at least 2 * `min_side` is
+    decoded at the largest reduction (1/2, 1/4 or 1/8, in the DCT domain) that keeps its
+    shorter side at least `min_side` pixels; None never reduces. Raises `ImageRejected`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = _open(data, max_pixels)
+        full = img.size
+        scale = _draft(img, min_side)
+        _load(img)
+    box: Box = (0.0, 0.0, full[0] / scale, full[1] / scale)
+    stored = img.size
+    img, method = _upright(img)
+    if method is not None:
+        box = transpose_box(box, stored, method)
+        full = (full[1], full[0]) if method in _SWAPS_SIDES else full
+    return Reduced(to_rgb(img, background), full, box, scale)
+
+
 def decode_rgb(
     data: bytes,
     *,
@@ -99,32 +240,4 @@ def decode_rgb(
     background: tuple[int, int, int] = (255, 255, 255),
 ) -> Image.Image:
     """Decode image bytes to an upright 8-bit RGB image; raise `ImageRejected` with the reason."""
-    if not data:
-        raise ImageRejected("empty image member (0 bytes)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            img = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError as exc:
-            raise ImageRejected("not an image: Pillow cannot identify these bytes") from exc
-        except Image.DecompressionBombError as exc:
-            raise ImageRejected(f"decompression bomb: {exc}") from exc
-        except Exception as exc:  # Pillow's plugins raise many types for malformed files
-            raise ImageRejected(f"truncated or corrupt image header ({_describe(exc)})") from exc
-        width, height = img.size
-        if width * height > max_pixels:
-            raise ImageRejected(
-                f"decompression bomb: {width}x{height} = {width * height} pixels is over the "
-                f"limit of {max_pixels}"
-            )
-        if width == 0 or height == 0:
-            raise ImageRejected(f"image has no pixels ({width}x{height})")
-        try:
-            img.load()
-        except Image.DecompressionBombError as exc:
-            raise ImageRejected(f"decompression bomb: {exc}") from exc
-        except Exception as exc:
-            raise ImageRejected(f"truncated or corrupt image data ({_describe(exc)})") from exc
-    with contextlib.suppress(Exception):  # malformed EXIF loses the rotation, not the image
-        img = ImageOps.exif_transpose(img)
-    return to_rgb(img, background)
+    return decode_rgb_reduced(data, max_pixels=max_pixels, background=background).image

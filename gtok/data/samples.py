@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from gtok.data.images import IMAGE_EXTENSIONS, ImageRejected, decode_rgb
+from gtok.data.images import IMAGE_EXTENSIONS, ImageRejected, decode_rgb_reduced
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, RawSample, TarProblem, read_tar
 from gtok.data.transforms import Preprocess, center_crop
 
@@ -170,20 +170,27 @@ class _CenterPrepare:
 
     def __call__(self, raw: RawSample, index: int) -> Decoded:
         label = parse_label(raw)
-        img = decode_rgb(
+        reduced = decode_rgb_reduced(
             image_member(raw),
+            min_side=self.preprocess.draft_min_side,
             max_pixels=self.preprocess.max_pixels,
             background=self.preprocess.background,
         )
         resize = self.preprocess.resize_to
-        width, height = img.size
+        width, height = reduced.full_size
         resized = resize * int(resize * max(width, height) / min(width, height))
         if resized > self.preprocess.max_pixels:
             raise ImageRejected(
                 f"extreme aspect ratio: {width}x{height} resized to a shorter side of {resize} "
                 f"would have {resized} pixels, over the limit of {self.preprocess.max_pixels}"
             )
-        crop, upscaled = center_crop(img, self.preprocess.image_size, resize)
+        crop, upscaled = center_crop(
+            reduced.image,
+            self.preprocess.image_size,
+            resize,
+            full_size=reduced.full_size,
+            box=reduced.box,
+        )
         return Decoded(raw.key, _pixels(crop), label, upscaled)
 
 

@@ -25,7 +25,7 @@ from gtok.decode.model import model_for_store
 from gtok.decode.pictures import gaussians_pictures, png_bytes, uint8_images
 from gtok.decode.select import select_rows
 from gtok.decode.writers import PngFolder, SampleNotWritten, SampleWriter, WdsShards
-from gtok.devices import exact_fp32
+from gtok.devices import check_inference_precision, exact_fp32, mixed_precision
 from gtok.encode.model import EncodingModel
 from gtok.errors import GtokError
 from gtok.store import TokenStore, schema
@@ -57,9 +57,10 @@ class DecodeSummary:
         return asdict(self)
 
 
-def decode_batch(model: EncodingModel, batch: dict) -> torch.Tensor:
+def decode_batch(model: EncodingModel, batch: dict, precision: str = "fp32") -> torch.Tensor:
     """Reconstruct a `TokenStore(format="torch")` batch: indices [B, G] (+ geometry
-    [B, G, 5]) -> images float [B, 3, H, W] on the model's device (unclamped, ~[-1, 1])."""
+    [B, G, 5]) -> images float32 [B, 3, H, W] on the model's device (unclamped, ~[-1, 1]).
+    precision: "fp32", or "bf16" to run the decoder CNN under autocast."""
     from gtok.model import Tokens
 
     geometry = batch.get("geometry")
@@ -67,8 +68,8 @@ def decode_batch(model: EncodingModel, batch: dict) -> torch.Tensor:
         batch["indices"].to(model.device),
         None if geometry is None else geometry.to(model.device),
     )
-    with torch.inference_mode():
-        return model.tokenizer.decode(tokens)
+    with torch.inference_mode(), mixed_precision(model.device, precision):
+        return model.tokenizer.decode(tokens).float()
 
 
 @exact_fp32()
@@ -87,6 +88,7 @@ def decode_store(
     device: str = "auto",
     gaussians: bool = False,
     shard_size: int = 10000,
+    precision: str = "fp32",
 ) -> DecodeSummary:
     """Reconstruct rows of the token store `store` into `out`.
 
@@ -94,6 +96,7 @@ def decode_store(
         (sha256) unless `force`. format: "png" (a folder tree, `OUT/<key path>.png`) or "wds"
         (tar shards of `shard_size` samples). keys / start / stop / limit: the rows
         (`select_rows`). gaussians: also write each image's Gaussians picture.
+        precision: "fp32" or "bf16" (autocast of the decoder CNN).
     """
     if format not in FORMATS:
         raise GtokError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}.")
@@ -103,6 +106,7 @@ def decode_store(
         )
     if Path(out).expanduser().exists() and not Path(out).expanduser().is_dir():
         raise GtokError(f"{out} is a file; give a folder to write the reconstructions into.")
+    check_inference_precision(precision)
     started = time.perf_counter()
     tokens = TokenStore(store, format="torch")
     rows = select_rows(tokens, keys=keys, start=start, stop=stop, limit=limit)
@@ -132,7 +136,7 @@ def decode_store(
             task = bar.add_task("decode", total=len(rows))
             for begin in range(0, len(rows), batch_size):
                 batch = reader.batch(rows[begin : begin + batch_size])
-                _write_batch(writer, loaded, batch, gaussians, summary)
+                _write_batch(writer, loaded, batch, gaussians, precision, summary)
                 bar.advance(task, len(batch["keys"]))
         summary.files = len(writer.close())
     except BaseException:
@@ -163,9 +167,10 @@ def _write_batch(
     model: EncodingModel,
     batch: dict,
     gaussians: bool,
+    precision: str,
     summary: DecodeSummary,
 ) -> None:
-    images = decode_batch(model, batch)
+    images = decode_batch(model, batch, precision)
     pixels = uint8_images(images)
     pictures = None
     if gaussians:

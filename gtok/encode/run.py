@@ -22,12 +22,13 @@ from gtok.data import EncodeStream, Preprocess, ShardChunk, expand_shards, loade
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.shards import ShardRef, split_for_worker
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, utf8_text
-from gtok.devices import exact_fp32, tf32_settings
+from gtok.devices import check_inference_precision, exact_fp32, mixed_precision, tf32_settings
 from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.encode.split import WorkerSlice, worker_slice
 from gtok.errors import GtokError
-from gtok.store import Part, StoreHeader, StoreWriter, finalize_store, schema
+from gtok.store import Location, Part, StoreHeader, StoreWriter, finalize_store, schema
 from gtok.store.append import begin_append
+from gtok.store.writer import open_root, read_header
 
 __all__ = ["EncodeSummary", "default_workers", "encode_shards"]
 
@@ -131,6 +132,7 @@ def _header(
     geometry_dtype: str,
     shards: list[ShardRef],
     metadata_fields: tuple[str, ...],
+    precision: str,
 ) -> StoreHeader:
     config = model.config
     if config.codebook_size > schema.INDEX_FILL:
@@ -150,23 +152,40 @@ def _header(
         shard_names=tuple(s.name for s in shards),
         shard_urls=tuple(utf8_text(s.url) for s in shards),
         model_path=str(model.path.resolve()),
-        numerics={"tf32": tf32_settings()},
+        numerics={"tf32": tf32_settings(), "precision": precision},
         metadata_fields=metadata_fields,
     )
 
 
 @torch.inference_mode()
 def _tokens(
-    model: EncodingModel, images: torch.Tensor, geometry_dtype: str
+    model: EncodingModel, images: torch.Tensor, geometry_dtype: str, precision: str
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """uint8 [B, S, S, 3] -> (uint16 indices [B, G], geometry [B, G, 5] or None) on the host."""
+    """uint8 [B, S, S, 3] -> (uint16 indices [B, G], geometry [B, G, 5] or None) on the host;
+    the encoder CNN runs under `precision`'s autocast (the rest stays fp32)."""
     x = to_model_input(images.to(model.device, non_blocking=True))
-    tokens = model.tokenizer.encode(x)
+    with mixed_precision(model.device, precision):
+        tokens = model.tokenizer.encode(x)
     indices = tokens.indices.to(torch.int32).cpu().numpy().astype(schema.INDEX_DTYPE)
     if tokens.geometry is None:
         return indices, None
     dtype = getattr(torch, geometry_dtype)
     return indices, tokens.geometry.to(dtype).cpu().numpy()
+
+
+def _jpeg_draft(out: str | os.PathLike, requested: bool | None, overwrite: bool) -> bool:
+    """`requested`, else what the store being resumed records (stores written before gtok
+    had JPEG draft decoding record nothing: exact), else on (a new store)."""
+    if requested is not None:
+        return requested
+    location = Location(str(out))
+    if overwrite or not location.has("zarr.json"):
+        return True
+    try:
+        header, _ = read_header(open_root(location))
+    except GtokError:
+        return True  # not a store: opening it for writing says so
+    return bool(header.preprocessing.get("jpeg_draft", False))
 
 
 @exact_fp32()
@@ -188,6 +207,8 @@ def encode_shards(
     num_shards: int | None = None,
     metadata_fields: Iterable[str] = (),
     append: bool = False,
+    jpeg_draft: bool | None = None,
+    precision: str = "fp32",
 ) -> EncodeSummary:
     """Encode every sample of `shards` into the token store `out` with `model`.
 
@@ -195,6 +216,10 @@ def encode_shards(
     model: a model directory or training run directory (None: the default model, if any).
     resize: shorter side before the centre crop (default: the model's image size).
     max_member_bytes: a sample with a larger tar member is skipped without reading it.
+    jpeg_draft: decode large JPEGs at reduced scale first (`gtok.data.transforms`); None: as
+        the store being resumed records it, on for a new store.
+    precision: "fp32" or "bf16" (autocast of the encoder CNN; recorded in the store's
+        numerics, and a resume must use the same).
     shard_id/num_shards: encode only that slice of the input shards (default: from torchrun
         or Slurm variables, else everything); a single process finalizes the store itself,
         parallel workers leave that to `finalize_store` / `gtok encode --finalize`.
@@ -222,12 +247,19 @@ def encode_shards(
         raise GtokError(f"--batch-size must be at least 1, got {batch_size}.")
     if max_member_bytes < 1:
         raise GtokError(f"--max-member-bytes must be at least 1, got {max_member_bytes}.")
+    check_inference_precision(precision)
     loaded = load_encoding_model(model, device)
     size = loaded.config.image_size
     if resize is not None and resize < size:
         raise GtokError(f"--resize {resize} is smaller than the model's image size {size}.")
-    preprocess = Preprocess(size, resize, background=background, max_pixels=max_pixels)
-    header = _header(loaded, preprocess, geometry_dtype, refs, fields)
+    preprocess = Preprocess(
+        size,
+        resize,
+        background=background,
+        max_pixels=max_pixels,
+        jpeg_draft=_jpeg_draft(out, jpeg_draft, overwrite),
+    )
+    header = _header(loaded, preprocess, geometry_dtype, refs, fields, precision)
     appended = begin_append(str(out), header, refs) if append else None
     if appended is not None:
         header, refs = appended
@@ -249,7 +281,7 @@ def encode_shards(
             shards_encoded=0,
         )
         stream = EncodeStream(todo, preprocess, batch_size, max_member_bytes, fields)
-        _run(writer, loaded, stream, geometry_dtype, workers, summary)
+        _run(writer, loaded, stream, geometry_dtype, precision, workers, summary)
         summary.seconds = time.perf_counter() - started
         summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
         finished_mine = summary.shards_already_done + summary.shards_encoded == len(mine)
@@ -282,6 +314,7 @@ def _run(
     model: EncodingModel,
     stream: EncodeStream,
     geometry_dtype: str,
+    precision: str,
     workers: int | None,
     summary: EncodeSummary,
 ) -> None:
@@ -301,7 +334,7 @@ def _run(
                 _PartBuffer(todo[chunk.shard], geometry_dtype, header.metadata_fields),
             )
             if chunk.keys:
-                indices, geometry = _tokens(model, chunk.images, geometry_dtype)
+                indices, geometry = _tokens(model, chunk.images, geometry_dtype, precision)
                 buffer.add(chunk, indices, geometry)
             else:
                 buffer.add(chunk, np.zeros((0, header.num_tokens), schema.INDEX_DTYPE), None)

@@ -214,8 +214,9 @@ class StoreHeader:
     # shards added by `--append` follow, each append's sorted by name)
     shard_urls: tuple[str, ...]  # where they were read from when the store was created
     model_path: str | None = None  # absolute model directory at creation (decode finds it)
-    # How the tokens were computed, e.g. {"tf32": {"cudnn": False, "matmul": False}};
-    # optional (None in stores written before gtok recorded it), not compared on resume.
+    # How the tokens were computed, e.g. {"tf32": {"cudnn": False, "matmul": False},
+    # "precision": "fp32"}; optional (None in stores written before gtok recorded it);
+    # only "precision" is compared on resume (missing: fp32).
     numerics: dict | None = None
     # `.json` fields copied into `meta/<field>` (--metadata-fields); compared on resume
     metadata_fields: tuple[str, ...] = ()

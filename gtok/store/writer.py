@@ -134,6 +134,11 @@ def read_header(root) -> tuple[schema.StoreHeader, dict]:
     return schema.StoreHeader.from_attrs(attrs), attrs
 
 
+def _precision(header: schema.StoreHeader) -> str:
+    """The autocast precision the tokens were computed in (fp32 in stores that predate it)."""
+    return (header.numerics or {}).get("precision", "fp32")
+
+
 def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
     """What makes `new` incompatible with the store's `old` header, as a phrase, or None."""
     if old.weights_sha256 != new.weights_sha256:
@@ -148,6 +153,8 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
             if old.preprocessing.get(k) != new.preprocessing.get(k)
         )
         return f"was encoded with different preprocessing ({', '.join(changed)} differ)"
+    if _precision(old) != _precision(new):
+        return f"was encoded with --precision {_precision(old)}, not {_precision(new)}"
     if old.has_geometry and old.geometry_dtype != new.geometry_dtype:
         return f"stores geometry as {old.geometry_dtype}, not {new.geometry_dtype}"
     if old.metadata_fields != new.metadata_fields:

@@ -10,7 +10,6 @@ DDP call (`_RealFake`) so each gets its own BatchNorm statistics, as in taming's
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from gtok.devices import mixed_precision
 from gtok.errors import GtokError
 from gtok.train.config import TrainConfig
 from gtok.train.distributed import Dist
@@ -26,17 +26,17 @@ from gtok.train.losses import LeCam, generator_loss, hinge_d_loss, l1_loss
 
 __all__ = ["StepOutput", "TrainStep", "make_optimizer", "resolve_precision"]
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def resolve_precision(requested: str, device: torch.device) -> str:
     """ "fp32", "bf16" or "fp16" for `requested` on `device` ("auto": bf16 on CUDA when the
-    GPU supports it, else fp32). Mixed precision is for CUDA only."""
+    GPU supports it, else fp32). bf16 also runs on the CPU (slower there than fp32; it is
+    how the mixed-precision path is tested without a GPU); fp16 needs CUDA (its gradient
+    scaler is for GPUs)."""
     if requested == "auto":
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return "bf16" if cuda_bf16 else "fp32"
-    if requested != "fp32" and device.type != "cuda":
-        raise GtokError(f"Precision {requested} needs a CUDA device; use fp32 on {device.type}.")
+    if requested == "fp16" and device.type != "cuda":
+        raise GtokError(f"Precision fp16 needs a CUDA device; use bf16 or fp32 on {device.type}.")
     return requested
 
 
@@ -87,8 +87,7 @@ class TrainStep:
         self.model, self.disc, self.lecam, self.lpips = model, disc, lecam, lpips
         self.cfg, self.dist = cfg, dist
         device = dist.device
-        self.autocast_dtype = _DTYPES.get(precision)
-        self.device_type = device.type
+        self.precision = precision
         if dist.active:
             ids = [device.index] if device.type == "cuda" else None
             self.g = DistributedDataParallel(model, device_ids=ids)
@@ -102,9 +101,7 @@ class TrainStep:
         self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+        return mixed_precision(self.dist.device, self.precision)
 
     def set_lr(self, lr: float) -> None:
         for opt in (self.opt_g, self.opt_d):

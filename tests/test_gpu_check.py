@@ -1,0 +1,85 @@
+"""`make gpu-check` (bench/gpu_check.py) is ready for its first GPU: without CUDA it exits 1
+with one error line; every part runs on the CPU at tiny sizes (`--quick`) and reports what
+the GPU run will report, including the device each part used."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_encode import one_thread  # noqa: F401 (autouse: one torch thread)
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["gpu_check"]
+
+
+def test_without_a_cuda_gpu_it_exits_1_with_one_line(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = tmp_path / "check.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out)], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no CUDA GPU"), done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
+def test_the_parts_run_on_the_cpu_and_record_their_device(gpu_check, tmp_path):
+    check = gpu_check.Check(torch.device("cpu"), quick=True, scratch=tmp_path)
+    kernels = gpu_check.run_part(check, "kernels")
+    assert kernels["ok"] and kernels["failures"] == [], kernels
+    errors = kernels["rasterize_max_relative_error"]
+    assert set(errors) == {"quick_float32", "quick_float64"}
+    assert max(errors["quick_float64"].values()) < 1e-10
+    assert set(kernels["rasterize_times"]["quick"]) >= {"kernel_forward_backward_ms"}
+    if "deform_attn_max_relative_error" in kernels:
+        assert max(kernels["deform_attn_max_relative_error"]["quick_float64"].values()) < 1e-10
+
+    train = gpu_check.run_part(check, "train_bf16")
+    assert train["device"] == "cpu" and train["finite"] and train["steps"] == 4, train
+
+    torchrun = gpu_check.run_part(check, "torchrun_train")
+    assert torchrun["ok"] and torchrun["device"] == "cpu" and torchrun["steps"] == 2, torchrun
+
+    coded = gpu_check.run_part(check, "encode_decode_eval")
+    assert coded["ok"] and coded["device"] == "cpu", coded
+    assert coded["encode_bf16"]["images"] == coded["encode_fp32"]["images"] == 36
+    assert coded["eval"]["psnr"] > 10
+
+    speed = gpu_check.run_part(check, "imagenet_encode")
+    assert speed["bf16_images_per_s"] > 0 and speed["fp32_images_per_s"] > 0
+    assert speed["meets_target"] is False and speed["device"] == "cpu"
+
+
+def test_a_failing_part_is_recorded_and_the_others_still_run(gpu_check, tmp_path, monkeypatch):
+    def broken(check):
+        raise RuntimeError("kernel exploded")
+
+    parts = {**gpu_check.PARTS, "kernels": (broken, 1)}
+    monkeypatch.setattr(gpu_check, "PARTS", parts)
+    out = tmp_path / "check.json"
+    argv = ["--device", "cpu", "--quick", "--out", str(out)]
+    status = gpu_check.main([*argv, "--parts", "kernels", "imagenet_encode"])
+    report = json.loads(out.read_text())
+    assert status == 1 and report["ok"] is False
+    assert report["parts"]["kernels"]["error"] == "RuntimeError: kernel exploded"
+    assert report["parts"]["imagenet_encode"]["ok"] is True
+    status = gpu_check.main([*argv, "--parts", "imagenet_encode", "--budget-s", "1"])
+    skipped = json.loads(out.read_text())["parts"]["imagenet_encode"]
+    assert status == 1 and "over budget" in skipped["skipped"]
