@@ -27,6 +27,7 @@ from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.encode.split import WorkerSlice, worker_slice
 from gtok.errors import GtokError
 from gtok.store import Part, StoreHeader, StoreWriter, finalize_store, schema
+from gtok.store.geometry_bins import MAX_BITS, MIN_BITS, GeometryBinning
 
 __all__ = ["EncodeSummary", "default_workers", "encode_shards"]
 
@@ -73,23 +74,35 @@ NON_FINITE = "the model produced non-finite geometry (NaN or inf) for this image
 class _PartBuffer:
     """Rows of one input shard collected batch by batch until its last chunk."""
 
-    def __init__(self, shard: ShardRef, geometry_dtype: str) -> None:
+    def __init__(
+        self, shard: ShardRef, geometry_dtype: str, binning: GeometryBinning | None = None
+    ) -> None:
         self.shard = shard
         self.geometry_dtype = geometry_dtype
+        self.binning = binning
         self.indices: list[np.ndarray] = []
         self.geometry: list[np.ndarray] = []
+        self.codes: list[np.ndarray] = []
         self.keys: list[str] = []
         self.labels: list[np.ndarray] = []
         self.skipped: list[tuple[str, str]] = []
         self.upscaled = 0
 
     def add(self, chunk: ShardChunk, indices: np.ndarray, geometry: np.ndarray | None) -> None:
-        """The chunk's rows; a row whose geometry is not finite (in the stored dtype) is
-        skipped with its reason instead."""
+        """The chunk's rows (geometry float32 [B, G, 5] as the model made it); a row whose
+        geometry is not finite (in the stored dtype) is skipped with its reason instead.
+        With a binning, the stored geometry is the dequantized bins."""
         ok = np.ones(len(chunk.keys), bool)
         if geometry is not None:
-            ok = np.isfinite(geometry).all(axis=(1, 2))
-            self.geometry.append(geometry[ok])
+            stored = geometry.astype(self.geometry_dtype)
+            ok = np.isfinite(stored).all(axis=(1, 2))
+            if self.binning is not None:
+                codes = self.binning.quantize(geometry[ok])
+                self.codes.append(codes)
+                stored = self.binning.dequantize(codes).astype(self.geometry_dtype)
+            else:
+                stored = stored[ok]
+            self.geometry.append(stored)
         self.indices.append(indices[ok])
         self.labels.append(chunk.labels[ok])
         marked = list(zip(chunk.keys, ok, strict=True))
@@ -100,10 +113,12 @@ class _PartBuffer:
 
     def finish(self, chunk: ShardChunk, num_tokens: int, has_geometry: bool) -> Part:
         empty_indices = np.zeros((0, num_tokens), schema.INDEX_DTYPE)
-        geometry = None
+        geometry = codes = None
         if has_geometry:
             empty = np.zeros((0, num_tokens, 5), self.geometry_dtype)
             geometry = np.concatenate([empty, *self.geometry])
+        if has_geometry and self.binning is not None:
+            codes = np.concatenate([np.zeros((0, num_tokens, 5), self.binning.dtype), *self.codes])
         return Part(
             shard=self.shard.name,
             indices=np.concatenate([empty_indices, *self.indices]),
@@ -114,11 +129,16 @@ class _PartBuffer:
             samples=chunk.end.samples,
             problem=chunk.end.problem,
             upscaled=self.upscaled,
+            geometry_codes=codes,
         )
 
 
 def _header(
-    model: EncodingModel, preprocess: Preprocess, geometry_dtype: str, shards: list[ShardRef]
+    model: EncodingModel,
+    preprocess: Preprocess,
+    geometry_dtype: str,
+    shards: list[ShardRef],
+    binning: GeometryBinning | None = None,
 ) -> StoreHeader:
     config = model.config
     if config.codebook_size > schema.INDEX_FILL:
@@ -139,21 +159,20 @@ def _header(
         shard_urls=tuple(utf8_text(s.url) for s in shards),
         model_path=str(model.path.resolve()),
         numerics={"tf32": tf32_settings()},
+        geometry_bins=None if binning is None else binning.to_attrs(),
     )
 
 
 @torch.inference_mode()
-def _tokens(
-    model: EncodingModel, images: torch.Tensor, geometry_dtype: str
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """uint8 [B, S, S, 3] -> (uint16 indices [B, G], geometry [B, G, 5] or None) on the host."""
+def _tokens(model: EncodingModel, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8 [B, S, S, 3] -> (uint16 indices [B, G], float32 geometry [B, G, 5] or None) on
+    the host."""
     x = to_model_input(images.to(model.device, non_blocking=True))
     tokens = model.tokenizer.encode(x)
     indices = tokens.indices.to(torch.int32).cpu().numpy().astype(schema.INDEX_DTYPE)
     if tokens.geometry is None:
         return indices, None
-    dtype = getattr(torch, geometry_dtype)
-    return indices, tokens.geometry.to(dtype).cpu().numpy()
+    return indices, tokens.geometry.float().cpu().numpy()
 
 
 @exact_fp32()
@@ -170,6 +189,7 @@ def encode_shards(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     geometry_dtype: str = "float16",
+    geometry_bits: int | None = None,
     overwrite: bool = False,
     shard_id: int | None = None,
     num_shards: int | None = None,
@@ -180,6 +200,8 @@ def encode_shards(
     model: a model directory or training run directory (None: the default model, if any).
     resize: shorter side before the centre crop (default: the model's image size).
     max_member_bytes: a sample with a larger tar member is skipped without reading it.
+    geometry_bits: store the geometry also as integer bins of this many bits (4..16,
+        `gtok.store.geometry_bins`), `geometry` then holding their dequantized values.
     shard_id/num_shards: encode only that slice of the input shards (default: from torchrun
         or Slurm variables, else everything); a single process finalizes the store itself,
         parallel workers leave that to `finalize_store` / `gtok encode --finalize`.
@@ -205,8 +227,9 @@ def encode_shards(
     if resize is not None and resize < size:
         raise GtokError(f"--resize {resize} is smaller than the model's image size {size}.")
     preprocess = Preprocess(size, resize, background=background, max_pixels=max_pixels)
+    binning = _binning(loaded, geometry_bits)
     writer = StoreWriter.open(
-        str(out), _header(loaded, preprocess, geometry_dtype, refs), overwrite=overwrite
+        str(out), _header(loaded, preprocess, geometry_dtype, refs, binning), overwrite=overwrite
     )
     mine = split_for_worker(refs, part_of.shard_id, part_of.num_shards)
     with writer:  # releases the parts' locks however this ends
@@ -225,7 +248,7 @@ def encode_shards(
             shards_encoded=0,
         )
         stream = EncodeStream(todo, preprocess, batch_size, max_member_bytes)
-        _run(writer, loaded, stream, geometry_dtype, workers, summary)
+        _run(writer, loaded, stream, geometry_dtype, workers, summary, binning)
         summary.seconds = time.perf_counter() - started
         summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
         finished_mine = summary.shards_already_done + summary.shards_encoded == len(mine)
@@ -239,6 +262,20 @@ def encode_shards(
     return summary
 
 
+def _binning(model: EncodingModel, bits: int | None) -> GeometryBinning | None:
+    """The geometry binning of --geometry-bits for `model`, or None without it."""
+    if bits is None:
+        return None
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise GtokError(f"--geometry-bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}.")
+    if model.config.kind != "gaussian":
+        raise GtokError(
+            f"--geometry-bits needs a GaussianToken model, but {model.path} is a "
+            f"{model.config.kind} model whose tokens have no geometry; leave the option out."
+        )
+    return GeometryBinning.for_model(bits, model.tokenizer)
+
+
 def _run(
     writer: StoreWriter,
     model: EncodingModel,
@@ -246,6 +283,7 @@ def _run(
     geometry_dtype: str,
     workers: int | None,
     summary: EncodeSummary,
+    binning: GeometryBinning | None = None,
 ) -> None:
     todo = stream.shards
     if not todo:
@@ -258,9 +296,10 @@ def _run(
     with progress("img") as bar:
         task = bar.add_task(f"encode 0/{len(todo)} shards", total=None)
         for chunk in loader(stream, workers=workers, pin_memory=pin):
-            buffer = buffers.setdefault(chunk.shard, _PartBuffer(todo[chunk.shard], geometry_dtype))
+            fresh = _PartBuffer(todo[chunk.shard], geometry_dtype, binning)
+            buffer = buffers.setdefault(chunk.shard, fresh)
             if chunk.keys:
-                indices, geometry = _tokens(model, chunk.images, geometry_dtype)
+                indices, geometry = _tokens(model, chunk.images)
                 buffer.add(chunk, indices, geometry)
             else:
                 buffer.add(chunk, np.zeros((0, header.num_tokens), schema.INDEX_DTYPE), None)

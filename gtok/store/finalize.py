@@ -129,13 +129,9 @@ def _finalize(location: Location, root, header: schema.StoreHeader) -> dict:
     rows = [counts[n]["rows"] for n in names]
     total = sum(rows)
     has_labels = any(counts[n]["labeled"] for n in names)
-    specs = schema.row_arrays(
-        header.num_tokens,
-        has_geometry=header.has_geometry,
-        geometry_dtype=header.geometry_dtype,
-        has_labels=has_labels,
-    )
-    for stale in (schema.GEOMETRY, schema.LABELS):  # from an earlier attempt, if it differed
+    specs = header.row_arrays(has_labels=has_labels)
+    # arrays of an earlier attempt that this one's header rules out
+    for stale in (schema.GEOMETRY, schema.GEOMETRY_CODES, schema.LABELS):
         if stale not in {s.name for s in specs} and stale in root:
             location.remove(stale)
     writers = {}
