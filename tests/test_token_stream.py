@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zarr
+from PIL import Image
 from shardmaker import write_clean_shards
 from test_encode import SMALL, _save_model
 from test_store_damage import header
@@ -20,6 +24,9 @@ from gtok.errors import GtokError
 from gtok.store import TokenStore
 from gtok.store.geometry_bins import GeometryBinning
 from gtok.store.sequences import Vocabulary
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "ar_prior.py"
 
 
 @pytest.fixture(autouse=True)
@@ -166,15 +173,23 @@ def test_ids_outside_their_field_are_refused(stores):
         Vocabulary(64, 64).decode(ids.astype(np.float32))
 
 
-def test_a_float_geometry_store_has_no_stream_and_a_vq_store_has_code_ids(stores, tmp_path, shards):
-    with pytest.raises(GtokError, match="--geometry-bits"):
-        TokenStore(stores["float"]).sequences()
-    vq = _save_model(
-        tmp_path / "vq", seed=0, preset="vq-tiny", image_size=16, ch_mult=(1, 2), map_size=8,
+@pytest.fixture(scope="module")
+def vq(tmp_path_factory, shards) -> tuple[Path, Path]:
+    """(a random-init VQ model, its store of one shard)."""
+    folder = tmp_path_factory.mktemp("vq")
+    model = _save_model(
+        folder / "model", seed=0, preset="vq-tiny", image_size=16, ch_mult=(1, 2), map_size=8,
         codebook_size=64,
     )  # fmt: skip
-    _encode(shards / "shard-0000.tar", tmp_path / "vq.zarr", vq)
-    store = TokenStore(tmp_path / "vq.zarr")
+    _encode(shards / "shard-0000.tar", folder / "vq.zarr", model)
+    return model, folder / "vq.zarr"
+
+
+def test_a_float_geometry_store_has_no_stream_and_a_vq_store_has_code_ids(stores, vq, shards):
+    with pytest.raises(GtokError, match="--geometry-bits"):
+        TokenStore(stores["float"]).sequences()
+    model, path = vq
+    store = TokenStore(path)
     assert store.vocabulary.to_dict() == {
         "size": 64,
         "ids_per_token": 1,
@@ -185,13 +200,46 @@ def test_a_float_geometry_store_has_no_stream_and_a_vq_store_has_code_ids(stores
     tokens = store.from_sequences(ids)
     assert tokens.geometry is None and tokens.indices.shape == (len(store), 64)
     with pytest.raises(GtokError, match="no geometry"):
-        _encode(shards / "shard-0000.tar", tmp_path / "vq6.zarr", vq, geometry_bits=6)
+        _encode(shards / "shard-0000.tar", path.parent / "vq6.zarr", model, geometry_bits=6)
+
+
+# -- examples/ar_prior.py --smoke (what CI runs) ----------------------------------------------
+
+
+def _check_prior(out: Path, ids_per_sequence: int) -> None:
+    results = json.loads((out / "results.json").read_text())
+    assert results["ids_per_sequence"] == ids_per_sequence
+    bits = results["val_bits_per_id"]
+    assert set(bits) == {"gpt", "unigram", "unigram_per_field", "unigram_per_position"}
+    assert all(0 < v < 20 for v in bits.values())
+    assert results["training"]["steps"] == 30
+    with Image.open(out / "samples.png") as picture:  # 2 rows of 2 samples, 1 of val tokens
+        assert picture.size == (2 * 16, 3 * 16 + 2 * 2)
+
+
+def _run_prior(argv: list[str], monkeypatch) -> None:
+    """examples/ar_prior.py's main(argv), in this process."""
+    spec = importlib.util.spec_from_file_location("ar_prior", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "ar_prior", module)  # its dataclasses look it up
+    spec.loader.exec_module(module)
+    module.main(argv)
+
+
+def test_ar_prior_smoke_on_a_gaussian_store(stores, tmp_path, monkeypatch):
+    _run_prior([str(stores[6]), "--smoke", "-o", str(tmp_path / "prior")], monkeypatch)
+    _check_prior(tmp_path / "prior", SMALL["num_gaussians"] * 6)
+
+
+def test_ar_prior_smoke_on_a_vq_store(vq, tmp_path, monkeypatch):
+    _run_prior([str(vq[1]), "--smoke", "-o", str(tmp_path / "prior")], monkeypatch)
+    _check_prior(tmp_path / "prior", 64)
 
 
 def test_other_bits_are_refused_on_resume_and_bad_bits_on_the_command_line(
     stores, model, shards, runner
 ):
-    with pytest.raises(GtokError, match="in 6-bit bins .*, not in 8-bit bins"):
+    with pytest.raises(GtokError, match=r"in 6-bit bins .*, not in 8-bit bins"):
         _encode(shards, stores[6], model, geometry_bits=8)
     with pytest.raises(GtokError, match="as floats without --geometry-bits"):
         _encode(shards, stores[6], model)
