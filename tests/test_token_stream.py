@@ -23,6 +23,7 @@ from gtok.encode import encode_shards
 from gtok.errors import GtokError
 from gtok.store import TokenStore
 from gtok.store.geometry_bins import GeometryBinning
+from gtok.store.info import store_info
 from gtok.store.sequences import Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,6 +125,9 @@ def test_geometry_codes_are_the_bins_of_the_models_geometry(stores, model):
     wide = TokenStore(stores[10], fields=["geometry_codes"])[0]["geometry_codes"]
     assert wide.dtype == np.uint16 and wide.max() < 1024
     assert "geometry_codes" not in zarr.open_group(str(stores["float"]), mode="r")
+    info = store_info(stores[6])
+    assert info["geometry_bits"] == 6 and info["arrays"]["geometry_codes"]["dtype"] == "uint8"
+    assert store_info(stores["float"])["geometry_bits"] is None
 
 
 def test_sequences_round_trip_through_the_documented_layout(stores, model):
