@@ -17,6 +17,7 @@ from PIL import Image
 from shardmaker import write_clean_shards
 from test_encode import SMALL, _save_model
 from test_store_damage import header
+from test_store_damage import rows as overwrite_rows
 
 from cli.main import app
 from gtok.encode import encode_shards
@@ -25,6 +26,7 @@ from gtok.store import TokenStore
 from gtok.store.geometry_bins import GeometryBinning
 from gtok.store.info import store_info
 from gtok.store.sequences import Vocabulary
+from gtok.store.verify import verify_store
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "ar_prior.py"
@@ -267,3 +269,20 @@ def test_a_binning_that_does_not_fit_the_arrays_is_damage(stores, tmp_path):
         header(edit)(copy)
         with pytest.raises(GtokError, match=message):
             TokenStore(copy)
+
+
+def test_verify_and_sequences_refuse_bins_that_do_not_fit(stores, shards, tmp_path):
+    import shutil
+
+    store = tmp_path / "t.zarr"
+    shutil.copytree(stores[6], store)
+    assert verify_store(store, [shards]).ok
+    overwrite_rows("geometry_codes", 70, (1, 3))(store)  # bin 70 of 64
+    overwrite_rows("geometry", 0.5, (4, 2))(store)  # no longer the centre of its bins
+    report = verify_store(store, [shards])
+    assert report.problem_count == 2
+    assert "row 1: geometry bin 70 beyond the 64 bins" in report.problems[0]
+    assert "row 4: geometry that is not the centre" in report.problems[1]
+    with pytest.raises(GtokError, match="row 1 holds geometry bin 70"):
+        TokenStore(store).sequences()
+    assert TokenStore(store).sequences(slice(2, 5)).shape == (3, SMALL["num_gaussians"] * 6)

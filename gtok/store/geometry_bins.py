@@ -89,6 +89,31 @@ class GeometryBinning:
         )
         return out.astype(np.float32)
 
+    def row_problems(
+        self, codes: np.ndarray, geometry: np.ndarray | None = None
+    ) -> list[tuple[int, str]]:
+        """(i, what is wrong) for each row i of codes [B, G, 5] holding a bin >= 2^bits, or
+        whose stored geometry [B, G, 5] (finite rows only) is not `dequantize(codes)` in
+        geometry's dtype."""
+        codes = np.asarray(codes)
+        flat = codes.reshape(len(codes), -1)
+        top = flat.max(axis=1) if flat.shape[1] else np.zeros(len(flat), flat.dtype)
+        problems = [
+            (i, f"geometry bin {int(top[i])} beyond the {self.bins} bins of the header")
+            for i in np.flatnonzero(top >= self.bins).tolist()
+        ]
+        if geometry is not None and len(geometry):
+            geometry = np.asarray(geometry)
+            inside = np.minimum(codes, self.bins - 1)
+            expected = self.dequantize(inside).astype(geometry.dtype)
+            differs = (expected != geometry).reshape(len(geometry), -1).any(axis=1)
+            finite = np.isfinite(geometry).reshape(len(geometry), -1).all(axis=1)
+            problems += [
+                (i, "geometry that is not the centre of its geometry_codes bins")
+                for i in np.flatnonzero(differs & finite & (top < self.bins)).tolist()
+            ]
+        return sorted(problems)
+
     def to_attrs(self) -> dict[str, Any]:
         """The store header record: bits, bins, and each parameter's range and transform."""
         return {

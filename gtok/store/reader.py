@@ -325,12 +325,11 @@ class TokenStore(Dataset):
         codes = None
         if vocabulary.geometry_bins is not None:
             codes = self._read(schema.GEOMETRY_CODES, rows)
-            if codes.size and int(codes.max()) >= vocabulary.geometry_bins:
-                row = int(batch["row"][int(np.argmax(codes.reshape(len(codes), -1).max(1)))])
+            if problems := self.geometry_binning.row_problems(codes):
+                i, what = problems[0]
                 raise GtokError(
-                    f"{self.path} is damaged: row {row} holds a geometry bin beyond the "
-                    f"{vocabulary.geometry_bins} bins of its header; re-encode it, or restore "
-                    "it from a copy."
+                    f"{self.path} is damaged: row {int(batch['row'][i])} holds {what}; "
+                    "re-encode it, or restore it from a copy."
                 )
         ids = vocabulary.encode(batch[schema.INDICES], codes)
         return ids if self.format == "numpy" else torch.from_numpy(ids)
