@@ -80,6 +80,13 @@ def encode(
     geometry_dtype: Annotated[
         GeometryDtype, typer.Option(help="Dtype of the stored Gaussian geometry.")
     ] = GeometryDtype.float16,
+    geometry_bits: Annotated[
+        int | None,
+        typer.Option(
+            help="Also store the geometry as integer bins of this many bits (4..16) in "
+            "`geometry_codes`; `geometry` then holds the binned values. [default: floats only]"
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Delete the store and start over instead of resuming.")
     ] = False,
@@ -169,6 +176,7 @@ def encode(
             max_pixels=max_pixels,
             max_member_bytes=max_member_bytes,
             geometry_dtype=geometry_dtype.value,
+            geometry_bits=geometry_bits,
             overwrite=overwrite,
             shard_id=shard_id,
             num_shards=num_shards,

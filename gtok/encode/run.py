@@ -28,6 +28,7 @@ from gtok.encode.split import WorkerSlice, worker_slice
 from gtok.errors import GtokError
 from gtok.store import Location, Part, StoreHeader, StoreWriter, finalize_store, schema
 from gtok.store.append import begin_append
+from gtok.store.geometry_bins import MAX_BITS, MIN_BITS, GeometryBinning
 from gtok.store.writer import open_root, read_header
 
 __all__ = ["EncodeSummary", "default_workers", "encode_shards"]
@@ -75,12 +76,20 @@ NON_FINITE = "the model produced non-finite geometry (NaN or inf) for this image
 class _PartBuffer:
     """Rows of one input shard collected batch by batch until its last chunk."""
 
-    def __init__(self, shard: ShardRef, geometry_dtype: str, fields: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        shard: ShardRef,
+        geometry_dtype: str,
+        fields: tuple[str, ...],
+        binning: GeometryBinning | None = None,
+    ) -> None:
         self.shard = shard
         self.geometry_dtype = geometry_dtype
         self.fields = fields
+        self.binning = binning
         self.indices: list[np.ndarray] = []
         self.geometry: list[np.ndarray] = []
+        self.codes: list[np.ndarray] = []
         self.keys: list[str] = []
         self.labels: list[np.ndarray] = []
         self.captions: list[str | None] = []
@@ -89,12 +98,20 @@ class _PartBuffer:
         self.upscaled = 0
 
     def add(self, chunk: ShardChunk, indices: np.ndarray, geometry: np.ndarray | None) -> None:
-        """The chunk's rows; a row whose geometry is not finite (in the stored dtype) is
-        skipped with its reason instead."""
+        """The chunk's rows (geometry float32 [B, G, 5] as the model made it); a row whose
+        geometry is not finite (in the stored dtype) is skipped with its reason instead.
+        With a binning, the stored geometry is the dequantized bins."""
         ok = np.ones(len(chunk.keys), bool)
         if geometry is not None:
-            ok = np.isfinite(geometry).all(axis=(1, 2))
-            self.geometry.append(geometry[ok])
+            stored = geometry.astype(self.geometry_dtype)
+            ok = np.isfinite(stored).all(axis=(1, 2))
+            if self.binning is not None:
+                codes = self.binning.quantize(geometry[ok])
+                self.codes.append(codes)
+                stored = self.binning.dequantize(codes).astype(self.geometry_dtype)
+            else:
+                stored = stored[ok]
+            self.geometry.append(stored)
         self.indices.append(indices[ok])
         self.labels.append(chunk.labels[ok])
         marked = list(zip(chunk.keys, ok, strict=True))
@@ -107,10 +124,12 @@ class _PartBuffer:
 
     def finish(self, chunk: ShardChunk, num_tokens: int, has_geometry: bool) -> Part:
         empty_indices = np.zeros((0, num_tokens), schema.INDEX_DTYPE)
-        geometry = None
+        geometry = codes = None
         if has_geometry:
             empty = np.zeros((0, num_tokens, 5), self.geometry_dtype)
             geometry = np.concatenate([empty, *self.geometry])
+        if has_geometry and self.binning is not None:
+            codes = np.concatenate([np.zeros((0, num_tokens, 5), self.binning.dtype), *self.codes])
         return Part(
             shard=self.shard.name,
             indices=np.concatenate([empty_indices, *self.indices]),
@@ -123,6 +142,7 @@ class _PartBuffer:
             upscaled=self.upscaled,
             captions=self.captions,
             meta={f: [m[i] for m in self.meta] for i, f in enumerate(self.fields)},
+            geometry_codes=codes,
         )
 
 
@@ -133,6 +153,7 @@ def _header(
     shards: list[ShardRef],
     metadata_fields: tuple[str, ...],
     precision: str,
+    binning: GeometryBinning | None = None,
 ) -> StoreHeader:
     config = model.config
     if config.codebook_size > schema.INDEX_FILL:
@@ -154,23 +175,23 @@ def _header(
         model_path=str(model.path.resolve()),
         numerics={"tf32": tf32_settings(), "precision": precision},
         metadata_fields=metadata_fields,
+        geometry_bins=None if binning is None else binning.to_attrs(),
     )
 
 
 @torch.inference_mode()
 def _tokens(
-    model: EncodingModel, images: torch.Tensor, geometry_dtype: str, precision: str
+    model: EncodingModel, images: torch.Tensor, precision: str
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """uint8 [B, S, S, 3] -> (uint16 indices [B, G], geometry [B, G, 5] or None) on the host;
-    the encoder CNN runs under `precision`'s autocast (the rest stays fp32)."""
+    """uint8 [B, S, S, 3] -> (uint16 indices [B, G], float32 geometry [B, G, 5] or None) on
+    the host; the encoder CNN runs under `precision`'s autocast (the rest stays fp32)."""
     x = to_model_input(images.to(model.device, non_blocking=True))
     with mixed_precision(model.device, precision):
         tokens = model.tokenizer.encode(x)
     indices = tokens.indices.to(torch.int32).cpu().numpy().astype(schema.INDEX_DTYPE)
     if tokens.geometry is None:
         return indices, None
-    dtype = getattr(torch, geometry_dtype)
-    return indices, tokens.geometry.to(dtype).cpu().numpy()
+    return indices, tokens.geometry.float().cpu().numpy()
 
 
 def _jpeg_draft(out: str | os.PathLike, requested: bool | None, overwrite: bool) -> bool:
@@ -202,6 +223,7 @@ def encode_shards(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     geometry_dtype: str = "float16",
+    geometry_bits: int | None = None,
     overwrite: bool = False,
     shard_id: int | None = None,
     num_shards: int | None = None,
@@ -220,6 +242,8 @@ def encode_shards(
         the store being resumed records it, on for a new store.
     precision: "fp32" or "bf16" (autocast of the encoder CNN; recorded in the store's
         numerics, and a resume must use the same).
+    geometry_bits: store the geometry also as integer bins of this many bits (4..16,
+        `gtok.store.geometry_bins`), `geometry` then holding their dequantized values.
     shard_id/num_shards: encode only that slice of the input shards (default: from torchrun
         or Slurm variables, else everything); a single process finalizes the store itself,
         parallel workers leave that to `finalize_store` / `gtok encode --finalize`.
@@ -259,7 +283,8 @@ def encode_shards(
         max_pixels=max_pixels,
         jpeg_draft=_jpeg_draft(out, jpeg_draft, overwrite),
     )
-    header = _header(loaded, preprocess, geometry_dtype, refs, fields, precision)
+    binning = _binning(loaded, geometry_bits)
+    header = _header(loaded, preprocess, geometry_dtype, refs, fields, precision, binning)
     appended = begin_append(str(out), header, refs) if append else None
     if appended is not None:
         header, refs = appended
@@ -281,7 +306,7 @@ def encode_shards(
             shards_encoded=0,
         )
         stream = EncodeStream(todo, preprocess, batch_size, max_member_bytes, fields)
-        _run(writer, loaded, stream, geometry_dtype, precision, workers, summary)
+        _run(writer, loaded, stream, geometry_dtype, precision, workers, summary, binning)
         summary.seconds = time.perf_counter() - started
         summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
         finished_mine = summary.shards_already_done + summary.shards_encoded == len(mine)
@@ -309,6 +334,20 @@ def _metadata_fields(fields: Iterable[str]) -> tuple[str, ...]:
     return fields
 
 
+def _binning(model: EncodingModel, bits: int | None) -> GeometryBinning | None:
+    """The geometry binning of --geometry-bits for `model`, or None without it."""
+    if bits is None:
+        return None
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise GtokError(f"--geometry-bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}.")
+    if model.config.kind != "gaussian":
+        raise GtokError(
+            f"--geometry-bits needs a GaussianToken model, but {model.path} is a "
+            f"{model.config.kind} model whose tokens have no geometry; leave the option out."
+        )
+    return GeometryBinning.for_model(bits, model.tokenizer)
+
+
 def _run(
     writer: StoreWriter,
     model: EncodingModel,
@@ -317,6 +356,7 @@ def _run(
     precision: str,
     workers: int | None,
     summary: EncodeSummary,
+    binning: GeometryBinning | None = None,
 ) -> None:
     todo = stream.shards
     if not todo:
@@ -329,12 +369,10 @@ def _run(
     with progress("img") as bar:
         task = bar.add_task(f"encode 0/{len(todo)} shards", total=None)
         for chunk in loader(stream, workers=workers, pin_memory=pin):
-            buffer = buffers.setdefault(
-                chunk.shard,
-                _PartBuffer(todo[chunk.shard], geometry_dtype, header.metadata_fields),
-            )
+            fresh = _PartBuffer(todo[chunk.shard], geometry_dtype, header.metadata_fields, binning)
+            buffer = buffers.setdefault(chunk.shard, fresh)
             if chunk.keys:
-                indices, geometry = _tokens(model, chunk.images, geometry_dtype, precision)
+                indices, geometry = _tokens(model, chunk.images, precision)
                 buffer.add(chunk, indices, geometry)
             else:
                 buffer.add(chunk, np.zeros((0, header.num_tokens), schema.INDEX_DTYPE), None)

@@ -134,15 +134,11 @@ def _finalize(location: Location, root, header: schema.StoreHeader) -> dict:
     rows = [counts[n]["rows"] for n in names]
     total = before.rows + sum(rows)
     totals = _totals(header, before, [counts[n] for n in names])
-    specs = schema.row_arrays(
-        header.num_tokens,
-        has_geometry=header.has_geometry,
-        geometry_dtype=header.geometry_dtype,
-        has_labels=totals["labeled"] > 0,
-    ) + schema.text_arrays(
+    specs = header.row_arrays(has_labels=totals["labeled"] > 0) + schema.text_arrays(
         captions=totals[schema.CAPTIONED] > 0, metadata_fields=header.metadata_fields
     )
-    for stale in (schema.GEOMETRY, schema.LABELS, schema.CAPTIONS):  # from an earlier attempt
+    # arrays of an earlier attempt that this one's header rules out
+    for stale in (schema.GEOMETRY, schema.GEOMETRY_CODES, schema.LABELS, schema.CAPTIONS):
         if stale not in {s.name for s in specs} and stale in root:
             location.remove(stale)
     writers = {spec.name: _grow(root, spec, before.rows, total) for spec in specs}

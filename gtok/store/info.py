@@ -86,6 +86,7 @@ def store_info(path: str | os.PathLike, *, usage: bool = True) -> dict:
         "preprocessing": header.preprocessing,
         "numerics": header.numerics,
         "geometry_dtype": attrs["geometry_dtype"],
+        "geometry_bits": header.geometry_bits,
         "input_shards": len(header.shard_names),
         "metadata_fields": list(header.metadata_fields),
         "appends": len(header.appends),
@@ -102,7 +103,8 @@ def store_info(path: str | os.PathLike, *, usage: bool = True) -> dict:
         return info
     counts = attrs["counts"]
     rows = checked.rows
-    names = [n for n in (schema.INDICES, schema.GEOMETRY, schema.KEYS, schema.LABELS) if n in root]
+    row_names = (schema.INDICES, schema.GEOMETRY, schema.GEOMETRY_CODES, schema.KEYS, schema.LABELS)
+    names = [n for n in row_names if n in root]
     names += [
         s.name
         for s in schema.text_arrays(

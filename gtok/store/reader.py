@@ -8,6 +8,7 @@
     store[np.array([5, 1, 9])]      # a batch in the order asked (one Zarr read for all rows)
     store.get("shard-0001.tar/000042"), store.index("shard-0001.tar/000042")
     for batch in store.batches(256, shuffle=True, seed=0, epoch=e): ...
+    store.sequences(rows), store.vocabulary, store.from_sequences(ids)   # token streams
 
 Batches come as numpy (`format="numpy"`, stored dtypes: uint16, float16/32, int32) or torch
 (`format="torch"`: indices and labels int64, geometry float32). Reading a batch is one read
@@ -40,6 +41,7 @@ from gtok.store import schema
 from gtok.store.damage import blocks, read_block, read_errors, row_damage
 from gtok.store.location import Location
 from gtok.store.rowread import RowReader
+from gtok.store.sequences import Vocabulary
 from gtok.store.validate import get_array, open_checked
 from gtok.store.writer import open_root
 
@@ -81,10 +83,13 @@ class TokenStore(Dataset):
                 metadata_fields=self.header.metadata_fields,
             )
         )
+        # read on request (`fields`, `sequences`), not by default: readers that predate an
+        # optional array see the batches they always saw
+        self._optional = tuple(n for n in (schema.GEOMETRY_CODES,) if n in root)
         self.fields = tuple(available if fields is None else fields)
+        known = [*available, *self._optional, schema.KEYS, *self.text_fields]
         for name in self.fields:
-            if name not in (*available, schema.KEYS, *self.text_fields):
-                known = [*available, schema.KEYS, *self.text_fields]
+            if name not in known:
                 raise ValueError(f"{name!r} is not an array of this store ({known})")
         self._length = checked.rows
         self._arrays: dict[str, Any] | None = None
@@ -132,6 +137,26 @@ class TokenStore(Dataset):
     def preprocessing(self) -> dict:
         return dict(self.header.preprocessing)
 
+    @property
+    def geometry_binning(self):
+        """The `GeometryBinning` of `geometry_codes` (--geometry-bits), or None."""
+        from gtok.store.geometry_bins import GeometryBinning
+
+        bins = self.header.geometry_bins
+        return None if bins is None else GeometryBinning.from_attrs(bins)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The id layout of `sequences` (`gtok.store.sequences`): code ids at offset 0, then
+        each geometry field's bins; code ids only for a VQ store."""
+        binning = self.geometry_binning
+        if self.header.has_geometry and binning is None:
+            raise GtokError(
+                f"{self.path} stores its geometry as floats only, so it has no token stream; "
+                "encode it again with --geometry-bits (e.g. 8)."
+            )
+        return Vocabulary(self.codebook_size, None if binning is None else binning.bins)
+
     def __len__(self) -> int:
         return self._length
 
@@ -152,7 +177,7 @@ class TokenStore(Dataset):
         if self._arrays is None:
             root = open_root(self._location)
             arrays: dict[str, Any] = {}
-            for name in {*self.fields, schema.KEYS}:
+            for name in {*self.fields, *self._optional, schema.KEYS}:
                 array = get_array(root, name, self.path)
                 fast = None
                 if self._location.is_local and name not in self._strings:
@@ -311,6 +336,49 @@ class TokenStore(Dataset):
         for start in range(0, stop, batch_size):
             chunk = order[start : start + batch_size]
             yield self.batch(slice(start, start + len(chunk)) if not shuffle else chunk)
+
+    # -- token streams for sequence models (`gtok.store.sequences`) ---------------------------
+
+    def sequences(self, selection=None) -> np.ndarray | torch.Tensor:
+        """Rows `selection` (int, slice, index array; None: every row) as int64 token ids
+        [n, G * vocabulary.ids_per_token] (numpy or torch, as `format`)."""
+        vocabulary = self.vocabulary
+        rows, _ = self._rows(slice(None) if selection is None else selection)
+        batch = {"row": np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows}
+        batch[schema.INDICES] = self._read(schema.INDICES, rows)
+        self._refuse_damage(batch)
+        codes = None
+        if vocabulary.geometry_bins is not None:
+            codes = self._read(schema.GEOMETRY_CODES, rows)
+            if problems := self.geometry_binning.row_problems(codes):
+                i, what = problems[0]
+                raise GtokError(
+                    f"{self.path} is damaged: row {int(batch['row'][i])} holds {what}; "
+                    "re-encode it, or restore it from a copy."
+                )
+        ids = vocabulary.encode(batch[schema.INDICES], codes)
+        return ids if self.format == "numpy" else torch.from_numpy(ids)
+
+    def from_sequences(self, ids):
+        """Token ids [n, L] or [L] (numpy, torch or lists; `sequences`' layout) -> `Tokens`
+        (torch int64 indices [n, G], float32 geometry [n, G, 5]: the bin centres, or None
+        for a VQ store), ready for the store's model's `decode`. A ValueError names the first
+        id outside its position's field, or a length other than G * ids_per_token."""
+        from gtok.model.tokenizer import Tokens
+
+        vocabulary = self.vocabulary
+        if isinstance(ids, torch.Tensor):
+            ids = ids.detach().cpu().numpy()
+        ids = np.asarray(ids)
+        ids = ids[None] if ids.ndim == 1 else ids
+        length = self.num_tokens * vocabulary.ids_per_token
+        if ids.ndim != 2 or ids.shape[1] != length:
+            raise ValueError(f"sequences must be [n, {length}] for this store, got {ids.shape}")
+        indices, codes = vocabulary.decode(ids)
+        geometry = None
+        if codes is not None:
+            geometry = torch.from_numpy(self.geometry_binning.dequantize(codes))
+        return Tokens(torch.from_numpy(indices), geometry)
 
     # -- keys and the other tables -------------------------------------------------------------
 

@@ -8,6 +8,10 @@ M skipped samples):
     indices   [N, G]     uint16   code ids; fill 65535 (never a valid id, see below)
     geometry  [N, G, 5]  float16  (mean_x, mean_y, scale_x, scale_y, rotation); fill NaN;
                                   float32 with --geometry-dtype float32; absent for VQ models
+    geometry_codes [N, G, 5] uint8/16 the geometry's integer bins, only with --geometry-bits B
+                                  (`geometry` then holds their dequantized values; the
+                                  binning is the header's `geometry_bins`, see
+                                  `gtok.store.geometry_bins`); fill: the dtype's maximum
     keys      [N]        string   "<shard file name>/<sample key>"; fill ""
     labels    [N]        int32    the `.cls` label, -1 when a sample has none; fill -1;
                                   only when at least one encoded sample had a label
@@ -57,6 +61,8 @@ from typing import Any
 
 import numpy as np
 
+from gtok.store.geometry_bins import code_dtype
+
 __all__ = [
     "ATTR_ROOT",
     "CHUNK_ROWS",
@@ -88,6 +94,7 @@ ATTR_ROOT = "gtok"  # root attribute holding the header dict
 # root arrays
 INDICES, GEOMETRY, KEYS, LABELS = "indices", "geometry", "keys", "labels"
 CAPTIONS, META = "captions", "meta"  # optional text arrays: captions, meta/<field>
+GEOMETRY_CODES = "geometry_codes"  # optional: integer geometry bins (--geometry-bits)
 SKIPPED = "skipped"  # group: shard, key, reason
 INPUTS = "inputs"  # group: name, url, first_row, rows, samples, skipped, problem
 PARTS = "parts"  # group of per-input-shard parts while encoding
@@ -140,12 +147,20 @@ class ArraySpec:
 
 
 def row_arrays(
-    num_tokens: int, *, has_geometry: bool, geometry_dtype: str, has_labels: bool
+    num_tokens: int,
+    *,
+    has_geometry: bool,
+    geometry_dtype: str,
+    has_labels: bool,
+    geometry_bits: int | None = None,
 ) -> list[ArraySpec]:
     """The per-row arrays of a store (and of each part), in a fixed order."""
     specs = [ArraySpec(INDICES, INDEX_DTYPE, (num_tokens,), INDEX_FILL)]
     if has_geometry:
         specs.append(ArraySpec(GEOMETRY, np.dtype(geometry_dtype), (num_tokens, 5), np.nan))
+    if has_geometry and geometry_bits is not None:
+        dtype = code_dtype(geometry_bits)
+        specs.append(ArraySpec(GEOMETRY_CODES, dtype, (num_tokens, 5), int(np.iinfo(dtype).max)))
     specs.append(ArraySpec(KEYS, str, (), ""))
     if has_labels:
         specs.append(ArraySpec(LABELS, LABEL_DTYPE, (), LABEL_FILL))
@@ -222,6 +237,23 @@ class StoreHeader:
     metadata_fields: tuple[str, ...] = ()
     # one record per `gtok encode --append` (`gtok.store.append`); not compared on resume
     appends: tuple[dict, ...] = ()
+    # `GeometryBinning.to_attrs()` with --geometry-bits, else None (float geometry only)
+    geometry_bins: dict | None = None
+
+    @property
+    def geometry_bits(self) -> int | None:
+        """B of --geometry-bits, or None when the store has no `geometry_codes`."""
+        return None if self.geometry_bins is None else int(self.geometry_bins["bits"])
+
+    def row_arrays(self, *, has_labels: bool) -> list[ArraySpec]:
+        """This store's row arrays (`row_arrays` with the header's settings)."""
+        return row_arrays(
+            self.num_tokens,
+            has_geometry=self.has_geometry,
+            geometry_dtype=self.geometry_dtype,
+            has_labels=has_labels,
+            geometry_bits=self.geometry_bits,
+        )
 
     def __post_init__(self) -> None:
         if self.geometry_dtype not in GEOMETRY_DTYPES:
@@ -250,6 +282,7 @@ class StoreHeader:
             "numerics": self.numerics,
             "metadata_fields": list(self.metadata_fields),
             "appends": [dict(a) for a in self.appends],
+            **({"geometry_bins": self.geometry_bins} if self.geometry_bins is not None else {}),
         }
 
     @classmethod
@@ -269,4 +302,5 @@ class StoreHeader:
             numerics=attrs.get("numerics"),
             metadata_fields=tuple(attrs.get("metadata_fields") or ()),
             appends=tuple(attrs.get("appends") or ()),
+            geometry_bins=attrs.get("geometry_bins"),
         )

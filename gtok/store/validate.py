@@ -5,7 +5,8 @@ these right after opening the store, so that nothing it reads next can surprise 
 
 - `check_header`: every header field present with the right type; `num_tokens` and
   `codebook_size` within the format's bounds and equal to the model config's; the geometry
-  dtype one of the format's; counts present once the store is complete.
+  dtype one of the format's; the geometry binning (if any) usable; counts present once the
+  store is complete.
 - `check_arrays` (complete stores): every row array and table present, with the schema's
   data type, fill value, shape (the same N rows everywhere, G and 5 as the header says),
   chunk and shard shape and codecs, so a chunk cannot hold more than `CHUNK_ROWS` rows of
@@ -85,6 +86,21 @@ def _check_preprocessing(store: str, record: dict) -> None:
         raise _damaged(store, f"its header's preprocessing record is unusable ({exc!r})") from exc
 
 
+def _check_binning(store: str, attrs: dict, has_geometry: bool) -> None:
+    """The optional `geometry_bins` record (--geometry-bits) is a usable binning."""
+    from gtok.store.geometry_bins import GeometryBinning
+
+    record = attrs.get("geometry_bins")
+    if record is None:
+        return
+    if not has_geometry:
+        raise _damaged(store, "its header has geometry bins but its tokens have no geometry")
+    try:
+        GeometryBinning.from_attrs(record)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _damaged(store, f"its header's geometry_bins record is unusable ({exc!r})") from exc
+
+
 def check_header(store: str, attrs: dict) -> None:
     """The root attribute `gtok` (format and version already checked) is well formed."""
     state = _field(store, attrs, "state", str)
@@ -106,6 +122,7 @@ def check_header(store: str, attrs: dict) -> None:
             raise _damaged(
                 store, f"its geometry dtype is {dtype!r}, not one of {schema.GEOMETRY_DTYPES}"
             )
+    _check_binning(store, attrs, has_geometry)
     names = _field(store, attrs, "inputs.names", list)
     urls = _field(store, attrs, "inputs.urls", list)
     if not all(isinstance(v, str) for v in [*names, *urls]) or len(names) != len(urls):
@@ -277,13 +294,9 @@ def check_arrays(root, header: schema.StoreHeader, attrs: dict, location: Locati
     """Check every array of a complete store against the schema; returns its rows N."""
     store = str(location)
     has_labels = attrs["counts"]["labeled"] > 0
-    specs = schema.row_arrays(
-        header.num_tokens,
-        has_geometry=header.has_geometry,
-        geometry_dtype=header.geometry_dtype,
-        has_labels=has_labels,
-    )
-    for name in {schema.GEOMETRY, schema.LABELS} - {s.name for s in specs}:
+    specs = header.row_arrays(has_labels=has_labels)
+    optional = {schema.GEOMETRY, schema.GEOMETRY_CODES, schema.LABELS}
+    for name in sorted(optional - {s.name for s in specs}):
         if name in root:
             raise _damaged(store, f"it has a {name} array, which its header rules out")
     keys = get_array(root, schema.KEYS, store)

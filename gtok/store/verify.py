@@ -4,10 +4,11 @@ First the store is opened and checked against the format (`validate`: header fie
 arrays' names, dtypes, shapes and chunking, G as the model says); a store that fails that is
 a `GtokError`. Then every row is read, one Zarr shard at a time, and must hold a token: code
 ids below the codebook size (65535 marks a row never written), finite geometry, a non-empty
-key. Every sample of every source tar must be in the store exactly as often as the tar holds
-it, either as a row of its shard's row range or as a skipped record with a reason; the store
-must hold nothing else; a tar that cannot be read to its end must be recorded as damaged;
-the per-shard table and the header's counts must agree with the arrays. Only tar headers and
+key; with --geometry-bits, bins below 2^B and `geometry` their centres. Every sample of
+every source tar must be in the store exactly as often as the tar holds it, either as a
+row of its shard's row range or as a skipped record with a reason; the store must hold
+nothing else; a tar that cannot be read to its end must be recorded as damaged; the
+per-shard table and the header's counts must agree with the arrays. Only tar headers and
 member bytes are read: no image is decoded, so a verify is much faster than an encode.
 Where img2dataset's accounting sits beside a shard (`00000_stats.json` next to
 `00000.tar`), the samples the tar holds must equal the `successes` it recorded: a tar cut
@@ -29,6 +30,7 @@ from gtok.data.shards import ShardRef, expand_shards
 from gtok.data.tario import RawSample, TarProblem, read_tar
 from gtok.store import schema
 from gtok.store.damage import blocks, read_block, row_damage
+from gtok.store.geometry_bins import GeometryBinning
 from gtok.store.location import Location
 from gtok.store.validate import CheckedStore, get_array, open_checked
 
@@ -97,7 +99,10 @@ def _column(store: CheckedStore, path: str) -> list:
 def _check_tokens(store: CheckedStore, report: VerifyReport) -> int:
     """Every row holds a token (`damage.row_damage`); returns how many rows have a label."""
     where, root, rows = str(store.location), store.root, store.rows or 0
+    bins = store.header.geometry_bins
+    binning = None if bins is None else GeometryBinning.from_attrs(bins)
     names = [n for n in (schema.INDICES, schema.GEOMETRY, schema.KEYS) if n in root]
+    names += [schema.GEOMETRY_CODES] if binning is not None else []
     arrays = {n: get_array(root, n, where) for n in names}
     labels = get_array(root, schema.LABELS, where) if schema.LABELS in root else None
     labeled = 0
@@ -113,6 +118,10 @@ def _check_tokens(store: CheckedStore, report: VerifyReport) -> int:
         ):
             key = f" ({keys[row - start]})" if keys is not None and keys[row - start] else ""
             report.add(f"row {row}{key}: {what}")
+        if binning is not None:
+            codes, geometry = block[schema.GEOMETRY_CODES], block.get(schema.GEOMETRY)
+            for i, what in binning.row_problems(codes, geometry):
+                report.add(f"row {start + i}: {what}")
         if labels is not None:
             labeled += int((read_block(where, schema.LABELS, labels, start, stop) >= 0).sum())
     return labeled

@@ -39,6 +39,7 @@ class Part:
     """The encoded rows of one input shard, in tar order, and what else was read there.
 
     indices: uint16 [n, G]; geometry: [n, G, 5] in the store's geometry dtype, or None (VQ);
+    geometry_codes: its integer bins [n, G, 5] (uint8/16) with --geometry-bits, else None;
     keys: n strings "<shard>/<key>"; labels: int32 [n], -1 = no label; skipped: (key, reason)
     per unusable sample; samples: samples read (n + len(skipped)); problem: why the tar could
     not be read to its end, if so; upscaled: images smaller than the resize target;
@@ -57,6 +58,7 @@ class Part:
     upscaled: int = 0
     captions: list[str | None] | None = None
     meta: dict[str, list[str]] = field(default_factory=dict)
+    geometry_codes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.keys)
@@ -70,6 +72,10 @@ class Part:
             )
         if self.geometry is not None and self.geometry.shape[:2] != self.indices.shape:
             raise ValueError(f"geometry {self.geometry.shape} != indices {self.indices.shape}")
+        if self.geometry_codes is not None and (
+            self.geometry is None or self.geometry_codes.shape != self.geometry.shape
+        ):
+            raise ValueError(f"geometry_codes {self.geometry_codes.shape} != geometry's shape")
         if self.samples != n + len(self.skipped):
             raise ValueError(f"{self.samples} samples != {n} encoded + {len(self.skipped)} skipped")
 
@@ -162,6 +168,8 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
             f"keeps the metadata fields {list(old.metadata_fields)}, not "
             f"{list(new.metadata_fields)} (--metadata-fields)"
         )
+    if old.has_geometry and old.geometry_bins != new.geometry_bins:
+        return f"stores geometry {_binning_phrase(old)}, not {_binning_phrase(new)}"
     if old.shard_names != new.shard_names:
         extra = sorted(set(new.shard_names) - set(old.shard_names))
         lacking = sorted(set(old.shard_names) - set(new.shard_names))
@@ -175,6 +183,14 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
             f"now {len(new.shard_names)}; {detail})"
         )
     return None
+
+
+def _binning_phrase(header: schema.StoreHeader) -> str:
+    bins = header.geometry_bins
+    if bins is None:
+        return "as floats without --geometry-bits"
+    scale = bins["scale"]
+    return f"in {bins['bits']}-bit bins (scales {scale['low']:g}..{scale['high']:g})"
 
 
 def part_locks(location: Location, shards: Sequence[str]) -> Mapping[str, str]:
@@ -269,15 +285,11 @@ class StoreWriter:
         group = parts.create_group(
             name, attributes={"shard": part.shard, "weights_sha256": self.header.weights_sha256}
         )
-        specs = schema.row_arrays(
-            self.header.num_tokens,
-            has_geometry=self.header.has_geometry,
-            geometry_dtype=self.header.geometry_dtype,
-            has_labels=True,
-        )
+        specs = self.header.row_arrays(has_labels=True)
         columns = {
             schema.INDICES: part.indices,
             schema.GEOMETRY: part.geometry,
+            schema.GEOMETRY_CODES: part.geometry_codes,
             schema.KEYS: np.array(part.keys, dtype=object),
             schema.LABELS: part.labels,
         }
