@@ -13,6 +13,13 @@ thread steals the time its partner needs and a 2-thread run on this machine fell
 of its 1-thread speed. So unless OMP_WAIT_POLICY is already set, this script sets it to
 PASSIVE (threads sleep while they wait) before torch starts; the JSON records the policy.
 
+`tiny_vs_vq_tiny` (issue 16's targets): `tiny` with the Taichi deformable-attention kernel,
+`tiny` with the PyTorch reference path and `vq-tiny` timed side by side, interleaved
+(`SIDE_REPEATS` rounds, medians), forward and forward+backward at batch 32, with the
+ratios tiny / vq-tiny against the 0.9 targets and GaussianEmbed's share of tiny's
+forward+backward (GaussianEmbed's own forward+backward on the encoder's feature map, timed in
+the same rounds, over tiny's forward+backward).
+
 `imagenet` and `vq-imagenet` run at batch 1 without warm-up, once each (about 3 TFLOP per
 image forward+backward): enough for an order of magnitude, not for a precise figure. Pass
 `--skip-imagenet` to leave them out. The whole run takes about 2-3 minutes on 2 cores.
@@ -36,6 +43,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import gtok
+from gtok.model.deform_attn import set_implementation
 
 # preset -> (batch, timed iterations, warm-up iterations)
 PLAN = {
@@ -46,6 +54,7 @@ PLAN = {
     "imagenet": (1, 1, 0),
     "vq-imagenet": (1, 1, 0),
 }
+SIDE_BATCH, SIDE_REPEATS, TARGET_RATIO = 32, 5, 0.9
 RASTER_EVENTS = (
     "_RasterizeFunction",  # forward
     "autograd::engine::evaluate_function: _RasterizeFunctionBackward",
@@ -125,6 +134,73 @@ def bench_preset(name: str, batch: int, iters: int, warmup: int) -> dict:
     return result
 
 
+def _trained_once(name: str, images: torch.Tensor) -> torch.nn.Module:
+    model = gtok.build_tokenizer(name, seed=0).train()
+    with torch.no_grad():  # the codebook's k-means init
+        model(images[:1])
+    return model
+
+
+def _jobs(models: dict[str, torch.nn.Module], images: torch.Tensor) -> dict:
+    """name -> callable: forward (eval, no grad) and forward+backward of every model, and
+    GaussianEmbed's own forward+backward on tiny's feature map."""
+
+    def forward(model):
+        model.eval()
+        with torch.no_grad():
+            model(images)
+        model.train()
+
+    def train(model):
+        _train_step(model, images)
+        model.zero_grad(set_to_none=True)
+
+    tiny = models["tiny"]
+    with torch.no_grad():
+        feature_map = tiny.encoder(images)
+
+    def embed():
+        g = tiny.gaussian_embed(feature_map.clone().requires_grad_())
+        sum(t.sum() for t in g).backward()
+        tiny.zero_grad(set_to_none=True)
+
+    jobs = {f"{n}/forward": (lambda m=m: forward(m)) for n, m in models.items()}
+    jobs |= {f"{n}/forward_backward": (lambda m=m: train(m)) for n, m in models.items()}
+    jobs["tiny/gaussian_embed_forward_backward"] = embed
+    return jobs
+
+
+def side_by_side() -> dict:
+    """tiny (kernel), tiny (reference path) and vq-tiny, interleaved; medians in img/s."""
+    images = torch.rand(SIDE_BATCH, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    images = images * 2 - 1
+    models = {n: _trained_once(n, images) for n in ("tiny", "vq-tiny")}
+    models["tiny-reference"] = _trained_once("tiny", images)
+    set_implementation(models["tiny-reference"], "reference")
+    jobs = _jobs(models, images)
+    for job in jobs.values():  # warm-up (compiles the kernels)
+        job()
+    seconds: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(SIDE_REPEATS):
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            job()
+            seconds[name].append(time.perf_counter() - start)
+    rates = {n: round(SIDE_BATCH / statistics.median(t), 2) for n, t in seconds.items()}
+    out: dict = {"batch": SIDE_BATCH, "repeats": SIDE_REPEATS, "img_s": rates, "targets": {}}
+    for kind in ("forward", "forward_backward"):
+        for tiny in ("tiny", "tiny-reference"):
+            ratio = rates[f"{tiny}/{kind}"] / rates[f"vq-tiny/{kind}"]
+            out["targets"][f"{tiny}/{kind}_ratio"] = round(ratio, 3)
+        met = out["targets"][f"tiny/{kind}_ratio"] >= TARGET_RATIO
+        out["targets"][f"tiny/{kind}_meets_{TARGET_RATIO}"] = met
+    embed = statistics.median(seconds["tiny/gaussian_embed_forward_backward"])
+    out["gaussian_embed_share_of_tiny_forward_backward"] = round(
+        embed / statistics.median(seconds["tiny/forward_backward"]), 3
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-imagenet", action="store_true", help="leave out the 256px presets")
@@ -147,6 +223,9 @@ def main() -> None:
             continue
         print(f"bench: {name} (batch {batch})", file=sys.stderr, flush=True)
         report["presets"][name] = bench_preset(name, batch, iters, warmup)
+    if {"tiny", "vq-tiny"} <= set(args.presets):
+        print("bench: tiny vs vq-tiny side by side", file=sys.stderr, flush=True)
+        report["tiny_vs_vq_tiny"] = side_by_side()
     report["seconds"] = round(time.perf_counter() - began, 1)
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))

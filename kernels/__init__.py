@@ -4,8 +4,9 @@ Importing this package compiles nothing and does not start Taichi; the first ker
 does (see `kernels.runtime`).
 """
 
+from kernels.deform_attn import deform_attn
 from kernels.rasterize import rasterize
 from kernels.runtime import ArchError, start
 from kernels.selfcheck import KernelCheckError, selfcheck
 
-__all__ = ["ArchError", "KernelCheckError", "rasterize", "selfcheck", "start"]
+__all__ = ["ArchError", "KernelCheckError", "deform_attn", "rasterize", "selfcheck", "start"]

@@ -1,10 +1,10 @@
-"""Plain dense PyTorch twin of the rasterizer: every Gaussian evaluated at every pixel.
+"""Plain PyTorch twins of the Taichi kernels: the rasterizer and deformable attention.
 
-Slow but obviously right; the Taichi kernels are tested against it, and it runs wherever
+Slow but obviously right; the Taichi kernels are tested against them, and they run wherever
 torch runs (any device, any dtype, autograd for free).
 
-Conventions (those of the GaussianToken authors' released code, so their checkpoints keep
-their meaning):
+Conventions of the rasterizer (those of the GaussianToken authors' released code, so their
+checkpoints keep their meaning):
 
 - centre of Gaussian g, in map pixels: `((x + 1) / 2 * W, (y + 1) / 2 * H)` for its mean
   `(x, y)` in [-1, 1];
@@ -25,8 +25,9 @@ their meaning):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ["MIN_SCALE_SQ", "MIN_WEIGHT", "rasterize"]
+__all__ = ["MIN_SCALE_SQ", "MIN_WEIGHT", "deform_attn", "rasterize"]
 
 MIN_WEIGHT = 1.0 / 255.0
 MIN_SCALE_SQ = 1e-12  # squared scales are clamped here before inversion (map pixels^2)
@@ -66,3 +67,44 @@ def rasterize(
     weight = weight.clamp_max(1.0)
     weight = torch.where(weight >= MIN_WEIGHT, weight, torch.zeros_like(weight))
     return torch.einsum("bghw,bgc->bchw", weight, features.to(weight.dtype))
+
+
+def deform_attn(
+    value: torch.Tensor,
+    height: int,
+    width: int,
+    reference: torch.Tensor,
+    offsets: torch.Tensor,
+    logits: torch.Tensor,
+    fixed_offsets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Multi-head deformable attention sampling (Deformable-DETR MSDeformAttn, one level).
+
+    value: [B, H*W, M, Dh] M heads of Dh channels, the [H, W] map row-major;
+    reference: [B, Nq, 2] (x, y) in [0, 1] of the map's extent;
+    offsets: [B, Nq, M, P, 2] learned sampling offsets (dx, dy) in map pixels;
+    logits: [B, Nq, M, F + P] attention logits, the F fixed points first;
+    fixed_offsets: [F, 2] offsets in map pixels shared by every query and head, or None.
+    Returns [B, Nq, M, Dh]: for query q and head m, sum_k softmax(logits)_k * sample of head
+    m's map at reference + offset_k / (W, H), bilinear with zero padding as
+    `grid_sample(align_corners=False)`: pixel (i, j) has its centre at
+    ((j + 0.5) / W, (i + 0.5) / H), and samples off the map read zeros.
+    """
+    b, nq, m = offsets.shape[:3]
+    head_dim = value.shape[-1]
+    maps = value.permute(0, 2, 3, 1).reshape(b * m, head_dim, height, width)  # [B*M, Dh, H, W]
+    if fixed_offsets is not None:
+        fixed = fixed_offsets.view(1, 1, 1, -1, 2).expand(b, nq, m, -1, 2)
+        offsets = torch.cat([fixed, offsets], dim=3)  # [B, Nq, M, F + P, 2], fixed first
+    num_total = offsets.shape[3]
+    weights = logits.softmax(dim=-1)  # [B, Nq, M, F + P]
+    normalizer = torch.tensor([width, height], dtype=offsets.dtype, device=offsets.device)
+    locations = reference[:, :, None, None, :] + offsets / normalizer  # [B, Nq, M, F + P, 2]
+    grid = 2.0 * locations - 1.0  # grid_sample's [-1, 1] coordinates
+    grid = grid.transpose(1, 2).reshape(b * m, nq, num_total, 2)  # [B*M, Nq, F + P, 2]
+    sampled = F.grid_sample(
+        maps, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )  # [B*M, Dh, Nq, F + P]
+    weights = weights.transpose(1, 2).reshape(b * m, 1, nq, num_total)  # [B*M, 1, Nq, F + P]
+    out = (sampled * weights).sum(dim=-1)  # [B*M, Dh, Nq]
+    return out.view(b, m, head_dim, nq).permute(0, 3, 1, 2)  # [B, Nq, M, Dh]

@@ -1,11 +1,14 @@
 """DeformableAttention against a naive per-point loop with hand-written bilinear sampling."""
 
+import copy
 import math
 
 import pytest
 import torch
 
-from gtok.model.deform_attn import DeformableAttention
+import gtok
+from gtok.model.deform_attn import DeformableAttention, set_implementation
+from gtok.model.gaussian_embed import GaussianEmbed, GaussianEmbedConfig
 
 
 def bilinear_zero_pad(image: torch.Tensor, x: float, y: float) -> torch.Tensor:
@@ -162,3 +165,93 @@ def test_rejects_bad_arguments():
         attn(torch.randn(1, 2, 8), torch.rand(1, 2, 2), torch.randn(1, 5, 8), (2, 3))
     with pytest.raises(ValueError, match="reference_points"):
         attn(torch.randn(1, 2, 8), torch.rand(1, 3, 2), torch.randn(1, 6, 8), (2, 3))
+
+
+# ---- the Taichi kernel path against the PyTorch reference path, whole models ---------
+
+
+def _perturbed_copies(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(kernel, reference) copies of `model` with every trainable parameter moved off its
+    init (whose zero offset weights and attention logits make every query alike)."""
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    kernel, ref = copy.deepcopy(model), copy.deepcopy(model)
+    set_implementation(ref, "reference")
+    return kernel, ref
+
+
+def test_module_outputs_match_the_reference_path_within_1e_5():
+    attn = _randomized(dim=64, heads=4, points=4, seed=3)
+    kernel, ref = _perturbed_copies(attn)
+    query, value = torch.randn(8, 64, 64), torch.randn(8, 256, 64)
+    reference = torch.rand(8, 64, 2) * 1.2 - 0.1
+    got, want = kernel(query, reference, value, (16, 16)), ref(query, reference, value, (16, 16))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_tokenizer_outputs_match_the_reference_path():
+    """Through 8 deformable attentions and their LayerNorms, float32 rounding grows to ~3e-5
+    on the Gaussians whichever path runs: the kernel path may differ from the float64 truth
+    by no more than twice as much as the reference path does, and the decoded images agree
+    within 1e-5."""
+    model = gtok.build_tokenizer("tiny", seed=0).eval()
+    model.quantize.embed.normal_(generator=torch.Generator().manual_seed(1))
+    model.quantize.initted.fill_(1.0)
+    kernel, ref = _perturbed_copies(model)
+    assert {m.implementation for m in ref.modules() if isinstance(m, DeformableAttention)} == {
+        "reference"
+    }
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        got, want = kernel(images), ref(images)
+        truth = copy.deepcopy(ref.gaussian_embed).double()(ref.encoder(images).double())
+    assert torch.equal(got.indices, want.indices)
+    torch.testing.assert_close(got.reconstruction, want.reconstruction, rtol=1e-5, atol=1e-5)
+    for name, a, b, c in zip(truth._fields, got.gaussians, want.gaussians, truth, strict=True):
+        err_kernel = (a.double() - c).abs().max().item()
+        err_reference = (b.double() - c).abs().max().item()
+        assert 0 < err_kernel <= 2 * err_reference + 1e-6, name
+        assert err_kernel <= 1e-4 * max(c.abs().max().item(), 1.0), name
+
+
+def test_gaussian_embed_gradients_match_the_reference_path():
+    """Training mode (the same dropout masks from the same seed), in float64: in float32 a
+    rounding difference can flip a ReLU or a bilinear cell somewhere in the 30 layers, which
+    moves a parameter's gradient by a few percent whichever path runs. Every parameter's and
+    the feature map's gradient agree."""
+    config = GaussianEmbedConfig(num_gaussians=64, z_dim=8)
+    torch.manual_seed(0)
+    kernel, ref = _perturbed_copies(GaussianEmbed(config).double().train())
+    feature_map = torch.randn(3, 64, 16, 16, dtype=torch.float64)
+    upstream = [torch.randn(3, 64, k, dtype=torch.float64) for k in (2, 2, 1, 8)]
+    grads = []
+    for model in (kernel, ref):
+        x = feature_map.clone().requires_grad_()
+        torch.manual_seed(11)
+        g = model(x)
+        assert g.features.dtype == torch.float64
+        loss = sum((t.reshape(up.shape) * up).sum() for t, up in zip(g, upstream, strict=True))
+        loss.backward()
+        grads.append({"feature_map": x.grad, **{n: p.grad for n, p in model.named_parameters()}})
+    for name, want in grads[1].items():
+        got = grads[0][name]
+        if want is None:
+            assert got is None, name
+            continue
+        scale = max(want.abs().max().item(), 1e-6)
+        assert (got - want).abs().max().item() <= 1e-9 * scale, name
+
+
+def test_implementation_is_checked_and_a_trainable_fixed_offset_uses_the_reference():
+    with pytest.raises(ValueError, match="implementation"):
+        DeformableAttention(implementation="fast")
+    with pytest.raises(ValueError, match="implementation"):
+        set_implementation(DeformableAttention(), "fast")
+    attn = _randomized(dim=8, heads=2, points=2, seed=2)
+    attn.fixed_offsets.requires_grad_(True)
+    out = attn(torch.randn(1, 3, 8), torch.rand(1, 3, 2), torch.randn(1, 12, 8), (3, 4))
+    out.sum().backward()
+    assert attn.fixed_offsets.grad is not None

@@ -1,4 +1,4 @@
-"""Multi-scale deformable attention (Deformable-DETR MSDeformAttn) in pure PyTorch.
+"""Multi-scale deformable attention (Deformable-DETR MSDeformAttn).
 
 GaussianToken's variant (DESIGN.md 1.2): besides the `num_points` learned sampling points,
 every head also samples one point at a fixed zero offset, i.e. at the reference point itself.
@@ -11,7 +11,14 @@ Sampling is bilinear with zero padding as `F.grid_sample(align_corners=False)`: 
 ((j + 0.5) / W, (i + 0.5) / H), and samples outside the map read zeros.
 
 Only one feature-map level is used by gtok, so only `num_levels == 1` is supported.
-Runs in fp32 even under autocast.
+Runs in fp32 even under autocast (float64 inputs stay float64).
+
+The sampling and weighting of all heads and points runs in the Taichi kernel
+`kernels.deform_attn` (implementation "kernel", the default, on cpu and cuda tensors) or in
+plain PyTorch with `grid_sample` (`kernels.reference.deform_attn`, implementation
+"reference", also used on other devices and when `fixed_offsets` is made trainable, since
+the kernel treats it as a constant). Both give the same numbers up to float rounding;
+`set_implementation` switches every layer of a model.
 """
 
 from __future__ import annotations
@@ -19,10 +26,29 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DeformableAttention"]
+import kernels
+from kernels import reference as kernels_reference
+
+__all__ = ["IMPLEMENTATIONS", "DeformableAttention", "at_least_float32", "set_implementation"]
+
+IMPLEMENTATIONS = ("kernel", "reference")
+_KERNEL_DEVICES = ("cpu", "cuda")
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32, or unchanged when it is float64 (so tests can run in float64)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def set_implementation(model: nn.Module, implementation: str) -> None:
+    """Use `implementation` ("kernel" or "reference") in every DeformableAttention of `model`."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    for module in model.modules():
+        if isinstance(module, DeformableAttention):
+            module.implementation = implementation
 
 
 class DeformableAttention(nn.Module):
@@ -34,6 +60,7 @@ class DeformableAttention(nn.Module):
         num_levels: feature-map levels L; must be 1.
         num_points: learned sampling points P per head and level.
         fixed_point: add the fixed zero-offset point (index 0) to every head and level.
+        implementation: "kernel" (Taichi) or "reference" (PyTorch); see the module docstring.
     """
 
     def __init__(
@@ -43,8 +70,14 @@ class DeformableAttention(nn.Module):
         num_levels: int = 1,
         num_points: int = 4,
         fixed_point: bool = True,
+        implementation: str = "kernel",
     ) -> None:
         super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}"
+            )
+        self.implementation = implementation
         if dim % num_heads != 0:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
         if num_levels != 1:
@@ -125,7 +158,9 @@ class DeformableAttention(nn.Module):
             )
         with torch.autocast(device_type=query.device.type, enabled=False):
             return self._attend(
-                query.float(), reference_points.float(), value.float(), height, width
+                *(t.to(at_least_float32(query).dtype) for t in (query, reference_points, value)),
+                height,
+                width,
             )
 
     def _attend(
@@ -133,28 +168,17 @@ class DeformableAttention(nn.Module):
     ) -> torch.Tensor:
         b, nq, _ = query.shape
         m, p = self.num_heads, self.num_points
-        head_dim = self.dim // m
-
-        value = self.value_proj(value)  # [B, HW, D]
-        value = value.view(b, h * w, m, head_dim).permute(0, 2, 3, 1)  # [B, M, Dh, HW]
-        value = value.reshape(b * m, head_dim, h, w)  # [B*M, Dh, H, W]
-
+        value = self.value_proj(value).view(b, h * w, m, self.dim // m)  # [B, HW, M, Dh]
         offsets = self.sampling_offsets(query).view(b, nq, m, p, 2)  # level pixels (dx, dy)
-        if self.fixed_offsets is not None:
-            fixed = self.fixed_offsets.view(1, 1, 1, 1, 2).expand(b, nq, m, 1, 2)
-            offsets = torch.cat([fixed, offsets], dim=3)  # [B, Nq, M, P+1, 2], fixed first
-        num_total = offsets.shape[3]
-        logits = self.attention_weights(query).view(b, nq, m, num_total)  # (head, level, point)
-        weights = logits.softmax(dim=-1)
+        logits = self.attention_weights(query).view(b, nq, m, -1)  # (head, level, point)
+        sample = kernels.deform_attn if self._use_kernel(query) else kernels_reference.deform_attn
+        out = sample(value, h, w, reference, offsets, logits, self.fixed_offsets)  # [B, Nq, M, Dh]
+        return self.output_proj(out.reshape(b, nq, self.dim))  # heads concatenated
 
-        normalizer = torch.tensor([w, h], dtype=offsets.dtype, device=offsets.device)
-        locations = reference[:, :, None, None, :] + offsets / normalizer  # [B, Nq, M, P', 2]
-        grid = 2.0 * locations - 1.0  # grid_sample's [-1, 1] coordinates
-        grid = grid.transpose(1, 2).reshape(b * m, nq, num_total, 2)  # [B*M, Nq, P', 2]
-        sampled = F.grid_sample(
-            value, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )  # [B*M, Dh, Nq, P']
-        weights = weights.transpose(1, 2).reshape(b * m, 1, nq, num_total)  # [B*M, 1, Nq, P']
-        out = (sampled * weights).sum(dim=-1)  # [B*M, Dh, Nq]
-        out = out.view(b, m * head_dim, nq).transpose(1, 2)  # [B, Nq, D], heads concatenated
-        return self.output_proj(out)
+    def _use_kernel(self, query: torch.Tensor) -> bool:
+        fixed = self.fixed_offsets
+        return (
+            self.implementation == "kernel"
+            and query.device.type in _KERNEL_DEVICES
+            and (fixed is None or not fixed.requires_grad)
+        )

@@ -16,7 +16,7 @@ Module, parameter and buffer names are the authors' (`gs_embed.*` in their check
 checkpoint converts by renaming the prefix; left out are what their forward pass never uses:
 `op_module_map.*` and the first refines' `to_features` and `range_scheduler`.
 
-Everything runs in fp32, even under autocast.
+Everything runs in fp32, even under autocast (a float64 feature map and model stay float64).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gtok.model.deform_attn import DeformableAttention
+from gtok.model.deform_attn import DeformableAttention, at_least_float32
 
 __all__ = [
     "LOGIT_CLAMP",
@@ -400,7 +400,7 @@ class ScaleRange(nn.Module):
     @torch.no_grad()
     def step(self, mean_scale: torch.Tensor) -> None:
         """One scheduler update from this batch's mean scale (averaged over ranks, if any)."""
-        mean_scale = mean_scale.detach().float().clone()
+        mean_scale = mean_scale.detach().to(self.ema.dtype).clone()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(mean_scale)
             mean_scale /= dist.get_world_size()
@@ -479,7 +479,7 @@ class GaussianEmbed(nn.Module):
                 f"got {tuple(feature_map.shape)}"
             )
         with torch.autocast(device_type=feature_map.device.type, enabled=False):
-            feature_map = feature_map.float()
+            feature_map = at_least_float32(feature_map)
             batch, _, h, w = feature_map.shape
             src, pos = self.fm_lifter(feature_map)  # [B, hw, D], [1, hw, D]
             instance, anchor = self.gaussian_lifter(batch)  # [B, G, D], [B, G, 5 + D]

@@ -1,0 +1,134 @@
+"""`deform_attn`: multi-head deformable attention sampling as Taichi kernels.
+
+Checks its arguments and runs hand-written Taichi forward and backward kernels
+(`kernels._deform_taichi`) through a `torch.autograd.Function`. Same numbers as
+`kernels.reference.deform_attn`, whose docstring states the conventions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from kernels import runtime
+from kernels._deform_taichi import DeformKey, kernels_for
+from kernels.rasterize import taichi_stream
+
+__all__ = ["deform_attn"]
+
+_DTYPES = (torch.float32, torch.float64)
+_MAX_INDEX = 2**31 - 1  # Taichi indexes ndarrays with int32
+
+
+def deform_attn(
+    value: torch.Tensor,
+    height: int,
+    width: int,
+    reference: torch.Tensor,
+    offsets: torch.Tensor,
+    logits: torch.Tensor,
+    fixed_offsets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Softmax-weighted sum of bilinear samples of each head's value map, every query.
+
+    value: [B, height * width, M, Dh] M heads of Dh channels, the map row-major;
+    reference: [B, Nq, 2] (x, y) in [0, 1] of the map's extent;
+    offsets: [B, Nq, M, P, 2] learned sampling offsets (dx, dy) in map pixels;
+    logits: [B, Nq, M, F + P] attention logits, the F fixed points first;
+    fixed_offsets: [F, 2] offsets in map pixels shared by every query and head, treated as
+    constants (no gradient), or None (F = 0).
+    Returns [B, Nq, M, Dh] in the inputs' dtype (float32 or float64, all alike),
+    differentiable in value, reference, offsets and logits. Tensors on the CPU run on
+    Taichi's cpu arch, CUDA tensors on its cuda arch (see `kernels.rasterize` for the
+    device rules).
+    """
+    fixed = _check(value, height, width, reference, offsets, logits, fixed_offsets)
+    runtime.start(value.device)
+    return _DeformAttnFunction.apply(value, reference, offsets, logits, fixed, height, width)
+
+
+class _DeformAttnFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value, reference, offsets, logits, fixed, height, width):
+        n_b, _, n_m, n_d = value.shape
+        n_q, n_p = offsets.shape[1], offsets.shape[3]
+        key = DeformKey(n_d, n_p, logits.shape[-1] - n_p, value.dtype)
+        # Detached: Taichi reads `.grad` of tensors that require grad, which warns for
+        # non-leaf tensors.
+        inputs = [t.detach().contiguous() for t in (value, reference, offsets, fixed, logits)]
+        weights = torch.empty_like(inputs[4])
+        out = value.new_empty((n_b, n_q, n_m, n_d))
+        if out.numel():
+            with runtime.kernel_lock, taichi_stream(value.device):
+                kernels_for(key).forward(*inputs, height, width, weights, out)
+        ctx.save_for_backward(*inputs[:4], weights)
+        ctx.key = key
+        ctx.shape = (height, width)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        value, reference, offsets, fixed, weights = ctx.saved_tensors
+        if not grad_out.numel():
+            grads = [torch.zeros_like(t) for t in (value, reference, offsets, weights)]
+        else:
+            # Every gradient is written in full, but the atomic kernel adds to grad_value.
+            grads = [torch.empty_like(t) for t in (reference, offsets, weights)]
+            grads.insert(0, torch.zeros_like(value) if value.is_cuda else torch.empty_like(value))
+            kernels = kernels_for(ctx.key)
+            backward = kernels.backward_atomic if value.is_cuda else kernels.backward_serial
+            with runtime.kernel_lock, taichi_stream(value.device):
+                backward(
+                    value, reference, offsets, fixed, weights, grad_out.contiguous(),
+                    *ctx.shape, *grads,
+                )  # fmt: skip
+        need = ctx.needs_input_grad
+        return (*(g if n else None for g, n in zip(grads, need[:4], strict=True)), None, None, None)
+
+
+def _check(value, height, width, reference, offsets, logits, fixed_offsets) -> torch.Tensor:
+    """Validate the arguments; returns the fixed offsets as a [max(F, 1), 2] tensor."""
+    tensors = {"value": value, "reference": reference, "offsets": offsets, "logits": logits}
+    if fixed_offsets is not None:
+        tensors["fixed_offsets"] = fixed_offsets
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}.")
+    for name, size in (("height", height), ("width", width)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{name} must be a positive int, got {size!r}.")
+    shapes = ", ".join(f"{name} {list(t.shape)}" for name, t in tensors.items())
+    n_fixed = 0 if fixed_offsets is None else fixed_offsets.shape[0]
+    if value.dim() != 4 or offsets.dim() != 5:
+        raise ValueError(f"value must be [B, H*W, M, Dh] and offsets [B, Nq, M, P, 2]; {shapes}.")
+    n_b, n_q, n_m, n_p, _ = offsets.shape
+    expected = {
+        "value": (n_b, height * width, n_m, value.shape[3]),
+        "reference": (n_b, n_q, 2),
+        "offsets": (n_b, n_q, n_m, n_p, 2),
+        "logits": (n_b, n_q, n_m, n_fixed + n_p),
+        "fixed_offsets": (n_fixed, 2),
+    }
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != expected[name]:
+            raise ValueError(
+                f"Shapes do not agree for a {height} x {width} map: expected value "
+                f"[B, H*W, M, Dh], reference [B, Nq, 2], offsets [B, Nq, M, P, 2], logits "
+                f"[B, Nq, M, F + P] and fixed_offsets [F, 2] or None; got {shapes}."
+            )
+    if value.shape[3] < 1 or n_fixed + n_p < 1:
+        raise ValueError(f"Need at least one channel and one sampling point; got {shapes}.")
+    if max(value.numel(), offsets.numel(), logits.numel()) > _MAX_INDEX:
+        raise ValueError(f"Tensors exceed 2^31 elements ({shapes}); pass fewer images per call.")
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    if len(set(dtypes.values())) != 1 or value.dtype not in _DTYPES:
+        listed = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
+        raise ValueError(f"All tensors must be float32, or all float64; got {listed}.")
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) != 1:
+        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(f"All tensors must be on one device; got {listed}.")
+    if n_fixed == 0:
+        return value.new_zeros((1, 2))  # a placeholder the kernels never read
+    return fixed_offsets.detach()
