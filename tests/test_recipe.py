@@ -91,7 +91,9 @@ def test_embed_lr_scale_sets_gaussian_embed_rate_through_the_schedule():
     groups = param_groups(model, cfg.embed_lr_scale)
     embed_ids = {id(p) for p in model.gaussian_embed.parameters() if p.requires_grad}
     assert {id(p) for p in groups[1]["params"]} == embed_ids
-    stepper = TrainStep(model, nn.Linear(1, 1), LeCam(), None, cfg, Dist(0, 1, torch.device("cpu")), "fp32")
+    stepper = TrainStep(
+        model, nn.Linear(1, 1), LeCam(), None, cfg, Dist(0, 1, torch.device("cpu")), "fp32"
+    )
     stepper.set_lr(1e-3)
     rates = sorted(g["lr"] for g in stepper.opt_g.param_groups)
     assert rates == pytest.approx([2.5e-4, 1e-3])
