@@ -94,6 +94,17 @@ def train(
         int | None, _opt("Linear warm-up steps (default: 1/30 of the steps).", _LOSS)
     ] = None,
     ema_decay: Annotated[float, _opt("Decay of the exported EMA weights.", _LOSS)] = 0.999,
+    recipe: Annotated[
+        str | None,
+        _opt(
+            "authors or small: quantizer restart rule, GaussianEmbed dropout and lr "
+            "(default: small for tiny and vq-tiny, else authors; see docs/results.md).",
+            _LOSS,
+        ),
+    ] = None,
+    embed_lr_scale: Annotated[
+        float | None, _opt("GaussianEmbed learning rate / --lr (default: the recipe's, 1).", _LOSS)
+    ] = None,
     augment: Annotated[
         bool | None,
         typer.Option(
@@ -171,6 +182,8 @@ def train(
             gan_start_step=gan_start_step,
             warmup_steps=warmup_steps,
             ema_decay=ema_decay,
+            recipe=recipe,
+            embed_lr_scale=embed_lr_scale,
             augment=augment,
             crop_scale=crop_scale,
             hue_jitter=hue_jitter,

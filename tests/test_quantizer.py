@@ -217,10 +217,10 @@ class CountingQuantizer(VectorQuantizer):
         super()._init_codebook(flat)
         self.init_codes = self.embed.clone()
 
-    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
+    def _restart_dead_codes(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
         if self.dead_threshold > 0:
             self.restarted += int((self.cluster_size < self.dead_threshold).sum())
-        super()._restart_dead_codes(flat)
+        super()._restart_dead_codes(flat, counts)
 
 
 def _sync_worker(rank: int, world: int, tmp: str) -> None:

@@ -141,6 +141,7 @@ def test_thirty_steps_of_tiny_lower_the_loss_through_the_cli(data, tmp_path, run
     record = json.loads((run_dir / "train.json").read_text())
     assert record["lpips"]["used"] is False and "vgg16-397923af.pth" in record["lpips"]["reason"]
     assert record["settings"]["optimizer"] == "adamw"
+    assert (record["settings"]["recipe"], record["settings"]["embed_lr_scale"]) == ("small", 1.0)
     assert record["data"]["train_preprocess"].endswith("centre crop 32x32")  # --no-augment
     assert (run_dir / "samples" / "step-000030.png").is_file()
     assert document["best"]["step"] == 30 and (run_dir / "best" / "model.safetensors").is_file()
@@ -205,16 +206,19 @@ def test_a_kill_while_writing_a_checkpoint_keeps_the_last_one_and_resume_finishe
         assert len(lines) == resumed.skipped
 
 
-def test_colour_augmentation_flags_are_recorded_in_train_json(data, tmp_path, runner):
+def test_colour_augmentation_and_recipe_flags_are_recorded_in_train_json(data, tmp_path, runner):
     run_dir = tmp_path / "run"
     args = [str(data["train"]), "--preset", "tiny", "--out", str(run_dir), "--steps", "1"]
     args += ["--batch-size", "2", "--image-size", "32", "--workers", "0", "--val-images", "2"]
     args += ["--model", "num_gaussians=16", "--model", "codebook_size=64"]
     args += ["--val-shards", str(data["val"]), "--hue-jitter", "0.1", "--grayscale-p", "0.5"]
+    args += ["--recipe", "authors", "--embed-lr-scale", "0.5"]
     result = runner.invoke(app, ["train", *args, "--saturation-jitter", "0.3"])
     assert result.exit_code == 0, result.output
     record = json.loads((run_dir / "train.json").read_text())
     settings = record["settings"]
+    assert (settings["recipe"], settings["embed_lr_scale"]) == ("authors", 0.5)
+    assert settings["architecture"]["restart_used_codes"] is True  # the authors' rule
     assert (settings["hue_jitter"], settings["saturation_jitter"]) == (0.1, 0.3)
     assert settings["grayscale_p"] == 0.5
     assert record["data"]["train_preprocess"].endswith(

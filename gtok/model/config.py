@@ -37,6 +37,9 @@ __all__ = [
     "preset_config",
 ]
 
+# Fields added after the first config.json format, with the value that reproduces what a
+# model saved without them did: an older config.json loads with these.
+ADDED_FIELDS: dict[str, Any] = {"restart_used_codes": True}
 MAX_CODEBOOK_SIZE = 65536  # token ids are stored as uint16
 GROUPS = 32  # GroupNorm groups: every CNN channel count is a multiple of this
 MAX_CHANNELS = 4096  # widest CNN level, ch * max(ch_mult) (the presets reach 512)
@@ -102,6 +105,8 @@ class TokenizerConfig:
     codebook_eps: float = 1e-5  # Laplace smoothing of the EMA cluster sizes
     kmeans_iters: int = 10  # k-means iterations of the first-batch initialization
     dead_threshold: float = 2.0  # codes with EMA cluster size below this are restarted
+    # False: a code used in the step's batch is never restarted (small presets' recipe)
+    restart_used_codes: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
@@ -196,10 +201,12 @@ class TokenizerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenizerConfig:
-        """Inverse of `to_dict`; unknown or missing fields are a ValueError naming them."""
+        """Inverse of `to_dict`; unknown or missing fields are a ValueError naming them (a
+        field of `ADDED_FIELDS` that an older config lacks takes its old-behaviour value)."""
         names = {f.name for f in dataclasses.fields(cls)}
         if unknown := sorted(set(data) - names):
             raise ValueError(f"unknown tokenizer config fields: {', '.join(unknown)}")
+        data = {**ADDED_FIELDS, **data}
         if missing := sorted(names - set(data)):
             raise ValueError(f"tokenizer config fields missing: {', '.join(missing)}")
         return cls(**data)

@@ -7,7 +7,12 @@ vector-quantize-pytorch's `EuclideanCodebook`. In training mode only:
 
 - the first batch initializes the codebook with k-means (10 iterations);
 - every step updates the EMA, then restarts dead codes: a code whose EMA cluster size falls
-  below 2 is replaced by a random vector of the batch (cluster size reset to 2).
+  below 2 is replaced by a random vector of the batch (cluster size reset to 2). With
+  `restart_used=False` (the small presets' training recipe, `gtok.train.recipe`) a code
+  that this step's batch used is never restarted: when a batch holds about as many vectors
+  as there are codes (batch 16 x 64 tokens = 1024), the mean EMA cluster size is 1, below
+  the threshold of 2, and the authors' rule replaces every used code with a random batch
+  vector at every step, so the codebook never settles.
 
 Gradients reach the input through the rotation trick (Fifty et al. 2024, "Restructuring
 Vector Quantization with the Rotation Trick", section 4.2), not plain straight-through: the
@@ -167,6 +172,8 @@ class VectorQuantizer(nn.Module):
         kmeans_iters: k-means iterations of the first-training-batch initialization.
         dead_threshold: codes with EMA cluster size below this are restarted every training
             step (0 disables restarts); a restarted code gets this cluster size.
+        restart_used: whether a code used in this step's batch (on any rank) may be
+            restarted (True: the authors' rule).
 
     Buffers (all persistent): `embed` [K, z] the codebook, `embed_avg` [K, z] EMA of summed
     assigned vectors, `cluster_size` [K] EMA of assignment counts, `initted` [1] (1.0 once
@@ -182,6 +189,7 @@ class VectorQuantizer(nn.Module):
         eps: float = 1e-5,
         kmeans_iters: int = 10,
         dead_threshold: float = 2.0,
+        restart_used: bool = True,
     ) -> None:
         super().__init__()
         if codebook_size < 1 or dim < 1:
@@ -199,6 +207,7 @@ class VectorQuantizer(nn.Module):
         self.eps = eps
         self.kmeans_iters = kmeans_iters
         self.dead_threshold = dead_threshold
+        self.restart_used = restart_used
         self.register_buffer("embed", torch.zeros(codebook_size, dim))
         self.register_buffer("embed_avg", torch.zeros(codebook_size, dim))
         self.register_buffer("cluster_size", torch.zeros(codebook_size))
@@ -228,8 +237,8 @@ class VectorQuantizer(nn.Module):
             codes = self.embed[indices].view_as(x)  # a copy: later updates don't touch it
             counts = torch.bincount(indices, minlength=self.codebook_size).float()  # [K] local
             if self.training:
-                self._update_codebook(flat, indices, counts)
-                self._restart_dead_codes(flat)
+                total_counts = self._update_codebook(flat, indices, counts)
+                self._restart_dead_codes(flat, total_counts)
             commit_loss = F.mse_loss(x, codes)
             if torch.is_grad_enabled() and x.requires_grad:
                 quantized = rotation_trick(x, codes)
@@ -269,8 +278,9 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _update_codebook(
         self, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor
-    ) -> None:
-        """EMA of (all ranks') cluster counts and sums, then codes = smoothed averages."""
+    ) -> torch.Tensor:
+        """EMA of (all ranks') cluster counts and sums, then codes = smoothed averages.
+        Returns all ranks' counts [K] of this step."""
         sums = torch.zeros_like(self.embed).index_add_(0, indices, flat)  # [K, z]
         stats = torch.cat([counts[:, None], sums], dim=1)  # [K, 1 + z]: one collective
         if _world_size() > 1:
@@ -280,13 +290,17 @@ class VectorQuantizer(nn.Module):
         total = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps)
         self.embed.copy_(self.embed_avg / (smoothed * total)[:, None])
+        return stats[:, 0]
 
     @torch.no_grad()
-    def _restart_dead_codes(self, flat: torch.Tensor) -> None:
-        """Replace codes whose EMA cluster size < dead_threshold by random batch vectors."""
+    def _restart_dead_codes(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
+        """Replace codes whose EMA cluster size < dead_threshold by random batch vectors
+        (not those with this step's all-rank counts [K] > 0, unless `restart_used`)."""
         if self.dead_threshold <= 0.0:
             return
         dead = self.cluster_size < self.dead_threshold  # [K], identical on all ranks
+        if not self.restart_used:
+            dead &= counts == 0
         num_dead = int(dead.sum())
         if num_dead == 0:
             return

@@ -90,6 +90,7 @@ class BaseTokenizer(nn.Module):
             eps=config.codebook_eps,
             kmeans_iters=config.kmeans_iters,
             dead_threshold=config.dead_threshold,
+            restart_used=config.restart_used_codes,
         )
         self.decoder = Decoder(config.ch, config.ch_mult, config.num_res_blocks, config.z_dim)
 

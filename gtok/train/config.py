@@ -15,6 +15,9 @@ Per-preset choices (DESIGN.md 1.7, 1.8):
   saturation, grayscale) is off for every preset; a user switches it on.
 - warm-up: one epoch of 30 in the paper, so 1/30 of the steps; GAN loss from epoch 5 of 30,
   so from 1/6 of the steps.
+- recipe (`gtok.train.recipe`): "small" for `tiny` and `vq-tiny` (GaussianEmbed without
+  dropout, the quantizer never restarts a code its batch used), "authors" for the others.
+  A run directory written before recipes existed resumes with "authors" (its behaviour).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gtok.errors import GtokError
-from gtok.model.config import PRESETS, TokenizerConfig, preset_config
+from gtok.model.config import ADDED_FIELDS, PRESETS, TokenizerConfig, preset_config
 from gtok.train.colour import ColourJitter
+from gtok.train.recipe import RECIPES, default_recipe
 
 __all__ = [
     "ADAM_PRESETS",
@@ -35,6 +39,7 @@ __all__ = [
     "TrainConfig",
     "resume_conflicts",
     "tokenizer_config",
+    "with_saved_recipe",
 ]
 
 ADAM_PRESETS = frozenset({"imagenet", "vq-imagenet"})
@@ -57,6 +62,10 @@ FREE_ON_RESUME = frozenset(
         "vgg_weights",
     }
 )
+
+# Settings added after the first train.json format, with the value that reproduces what a
+# run saved without them did.
+ADDED_SETTINGS: dict[str, Any] = {"recipe": "authors", "embed_lr_scale": 1.0}
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -93,6 +102,8 @@ class TrainConfig:
     gan_start_step: int | None = None  # None: steps // 6 (epoch 5 of 30)
     warmup_steps: int | None = None  # None: steps // 30 (1 epoch of 30)
     ema_decay: float = 0.999
+    recipe: str | None = None  # "authors" or "small" (gtok.train.recipe); None: per preset
+    embed_lr_scale: float | None = None  # GaussianEmbed lr / lr; None: the recipe's
     augment: bool | None = None  # None: per preset (see module docstring)
     crop_scale: tuple[float, float] = (0.08, 1.0)  # random-resized-crop area range
     hue_jitter: float = 0.0  # max hue rotation in turns (0..0.5); 0: off
@@ -136,6 +147,10 @@ class TrainConfig:
             out.append(f"lr must be positive, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             out.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.recipe is not None and self.recipe not in RECIPES:
+            out.append(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.embed_lr_scale is not None and not self.embed_lr_scale > 0:
+            out.append(f"embed_lr_scale must be positive, got {self.embed_lr_scale}")
         if self.grad_clip < 0:
             out.append(f"grad_clip must be 0 (off) or positive, got {self.grad_clip}")
         for name in ("l1_weight", "lpips_weight", "commit_weight", "gan_weight", "lecam_weight"):
@@ -159,6 +174,10 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
+    def recipe_name(self) -> str:
+        """The recipe this run trains with: the chosen one or the preset's default."""
+        return self.recipe or default_recipe(self.preset)
+
     def resolve(self, num_samples: int | None, world_size: int) -> TrainConfig:
         """Fill every `None` choice and turn `epochs` into `steps`. `num_samples` (training
         samples, for `epochs`) may be None when `steps` is given; `world_size` is the number
@@ -175,6 +194,8 @@ class TrainConfig:
             weight_decay = 0.0 if optimizer == "adam" else 0.01
         warmup = self.warmup_steps if self.warmup_steps is not None else steps // 30
         gan_start = self.gan_start_step if self.gan_start_step is not None else steps // 6
+        recipe = self.recipe_name()
+        embed_lr_scale = self.embed_lr_scale or RECIPES[recipe].embed_lr_scale
         augment = self.augment
         if augment is None:
             augment = self.preset not in NO_AUGMENT_PRESETS
@@ -189,6 +210,8 @@ class TrainConfig:
             warmup_steps=warmup,
             gan_start_step=gan_start,
             augment=augment,
+            recipe=recipe,
+            embed_lr_scale=embed_lr_scale,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -212,10 +235,16 @@ def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
 
     Both are resolved configs as `to_dict` gives them, extended with any run facts the
     caller compares as well (the tokenizer architecture, the world size). A setting that a
-    run saved by an older gtok lacks counts as its default (e.g. colour jitter off).
+    run saved by an older gtok lacks counts as what that gtok did (`ADDED_SETTINGS`, e.g. the
+    authors' recipe; `ADDED_FIELDS` of the architecture), else as its default (e.g. colour
+    jitter off).
     """
     fields = dataclasses.fields(TrainConfig)
     defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    defaults.update(ADDED_SETTINGS)
+    saved = dict(saved)
+    if isinstance(saved.get("architecture"), dict):
+        saved["architecture"] = {**ADDED_FIELDS, **saved["architecture"]}
     out = []
     for name in sorted(set(saved) | set(current)):
         if name in FREE_ON_RESUME:
@@ -226,13 +255,23 @@ def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     return out
 
 
+def with_saved_recipe(cfg: TrainConfig, saved: dict[str, Any] | None) -> TrainConfig:
+    """`cfg` with the authors' recipe when it leaves the recipe to the preset and resumes a
+    run (saved settings `saved`, None for a new run) written before recipes existed."""
+    if cfg.recipe is None and saved is not None and "recipe" not in saved:
+        return cfg.replace(recipe=ADDED_SETTINGS["recipe"])
+    return cfg
+
+
 def tokenizer_config(cfg: TrainConfig) -> TokenizerConfig:
-    """The architecture a run trains: the preset, `cfg.model` overrides, and `image_size`
-    (which scales `map_size` with it, keeping the preset's downsampling factor)."""
+    """The architecture a run trains: the preset, the recipe's model settings, `cfg.model`
+    overrides (which win), and `image_size` (which scales `map_size` with it, keeping the
+    preset's downsampling factor)."""
     if cfg.preset not in PRESETS:
         raise GtokError(f"Unknown preset {cfg.preset!r}; choose one of: {', '.join(PRESETS)}.")
     base = PRESETS[cfg.preset]
-    overrides = dict(cfg.model)
+    recipe = RECIPES.get(cfg.recipe_name(), RECIPES["authors"])
+    overrides = {**recipe.model_overrides(base.kind), **cfg.model}
     if cfg.image_size is not None and cfg.image_size != base.image_size:
         factor = 2 ** (len(overrides.get("ch_mult", base.ch_mult)) - 1)
         if cfg.image_size % factor:

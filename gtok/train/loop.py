@@ -27,7 +27,7 @@ import torch
 from gtok.console import console, is_quiet
 from gtok.data.shards import expand_shards
 from gtok.errors import GtokError
-from gtok.train.config import TrainConfig, tokenizer_config
+from gtok.train.config import TrainConfig, tokenizer_config, with_saved_recipe
 from gtok.train.data import TrainBatch, count_samples, rank_shards, to_model_input, train_loader
 from gtok.train.distributed import Dist, start
 from gtok.train.progress import TrainProgress
@@ -105,6 +105,7 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
     shards = expand_shards(cfg.shards)
     val_shards = expand_shards(cfg.val_shards) if cfg.val_shards else []
     num_samples = count_samples(shards) if cfg.epochs is not None else None
+    cfg = with_saved_recipe(cfg, run.saved_settings())
     arch = tokenizer_config(cfg)
     resolved = cfg.resolve(num_samples, dist.world).replace(image_size=arch.image_size)
     session = Session(resolved, arch, dist, run, shards)

@@ -65,6 +65,15 @@ class RunDir:
         (self.root / "samples").mkdir(parents=True, exist_ok=True)
         self.checkpoints.remove_stale()
 
+    def saved_settings(self) -> dict[str, Any] | None:
+        """The "settings" of an existing `train.json`, or None (no run here, or unreadable:
+        then the checkpoint's own settings decide whether a resume is compatible)."""
+        try:
+            settings = json.loads(self.settings_path.read_text())["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return settings if isinstance(settings, dict) else None
+
     def write_settings(self, document: dict[str, Any]) -> None:
         atomic_write_bytes(self.settings_path, (json.dumps(document, indent=2) + "\n").encode())
 
