@@ -5,8 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from cli._common import JsonFlag, print_json
-from gtok.console import console
+from cli._common import JsonFlag, print_json, table_text
 from gtok.envinfo import collect
 
 
@@ -40,6 +39,4 @@ def env(json_output: JsonFlag = False) -> None:
     for key, weight in report["weights"].items():
         where = weight["found"] or f"[yellow]not found[/] ({weight['file']})"
         table.add_row(f"weights: {key}", where)
-    with console.capture() as capture:  # a result: on stdout, laid out as on the terminal
-        console.print(table)
-    typer.echo(capture.get().rstrip())
+    typer.echo(table_text(table))  # a result: on stdout, laid out as on the terminal

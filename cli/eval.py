@@ -9,9 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli._common import ConfigOption, JsonFlag, print_json
+from cli._common import ConfigOption, JsonFlag, print_json, table_text
 from cli._tokens import ShardsArgument
-from gtok.console import console
+from gtok.console import console, is_quiet
 
 
 class Metric(StrEnum):
@@ -115,7 +115,7 @@ def eval_command(
     Example: gtok eval --reference ./val-shards --reconstructed tokens.zarr
     """
     from gtok.encode import default_workers
-    from gtok.evaluate import evaluate_model, evaluate_pairs, write_report
+    from gtok.evaluate import evaluate_model, evaluate_pairs, unavailable_notes, write_report
 
     paths = {
         "vgg16": vgg16_weights,
@@ -152,6 +152,9 @@ def eval_command(
         if size is not None:
             raise typer.BadParameter("--size applies to --reconstructed folders only.")
         result = evaluate_model(shards, model, compare=compare, resize=resize, **common)
+    if not is_quiet():
+        for note in unavailable_notes(result.document["unavailable"], paths):
+            console.print(note, soft_wrap=True, markup=False)
     if report is not None:
         written = write_report(result, report)
         console.print(f"report: {', '.join(str(p) for p in written.values())}")
@@ -188,7 +191,8 @@ def _get(document: dict, path: tuple[str, ...]) -> float | None:
 
 
 def render(document: dict) -> str:
-    """The results as a table, then the reasons of unavailable metrics and of skipped samples."""
+    """The results as a table, then the samples that could not be scored (the reasons of
+    unavailable metrics go to stderr, `unavailable_notes`)."""
     other = document.get("compare")
     table = Table(title=f"gtok eval: {document['n']} images")
     table.add_column("metric", style="bold")
@@ -207,11 +211,7 @@ def render(document: dict) -> str:
             signed = fmt.replace("{:", "{:+")
             cells.append(signed.format(b - a) if a is not None and b is not None else "")
         table.add_row(label, *cells)
-    with console.capture() as capture:
-        console.print(table)
-    lines = [capture.get().rstrip()]
-    for name, reason in document["unavailable"].items():
-        lines.append(f"{name} unavailable: {reason}")
+    lines = [table_text(table)]
     if document["skipped"]:
         lines.append(f"{document['skipped']} samples not scored:")
         lines += [f"  {s['key']}: {s['reason']}" for s in document["skipped_samples"][:20]]

@@ -7,9 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli._common import JsonFlag, print_json
+from cli._common import JsonFlag, print_json, table_text
 from cli._tokens import StoreArgument, human_bytes
-from gtok.console import console
 
 
 def info(
@@ -43,7 +42,7 @@ def info(
     if report["state"] != "complete":
         table.add_row("progress", f"{report['shards_done']} of {report['input_shards']} shards")
         table.add_row("next", report["next_step"])
-        typer.echo(_render(table))
+        typer.echo(table_text(table))
         return
     counts = report["counts"]
     table.add_row("rows", f"{report['rows']:,} from {counts['shards']} shards")
@@ -77,10 +76,4 @@ def info(
         )
     for reason, count in report["skipped_reasons"].items():
         table.add_row("  skipped", f"{count} x {reason}")
-    typer.echo(_render(table))
-
-
-def _render(table: Table) -> str:
-    with console.capture() as capture:
-        console.print(table)
-    return capture.get().rstrip()
+    typer.echo(table_text(table))

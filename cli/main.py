@@ -16,9 +16,8 @@ from cli import info as info_cmd
 from cli import pack as pack_cmd
 from cli import train as train_cmd
 from cli import verify as verify_cmd
-from cli._common import new_app, state
+from cli._common import new_app
 from gtok._version import __version__
-from gtok.console import set_quiet
 
 app = new_app(
     name="gtok",
@@ -34,20 +33,12 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def root(
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Show tracebacks for errors.")
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bars or messages on stderr.")
-    ] = False,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_print_version, is_eager=True, help="Print version."),
     ] = False,
 ) -> None:
-    """Global options go before the command: `gtok -q encode ...`."""
-    state.verbose = verbose
-    set_quiet(quiet)
+    """Global flags (-q, -v) go before or after the command: `gtok -q encode ...`."""
 
 
 app.command("env")(env_cmd.env)

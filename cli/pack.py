@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,13 @@ import typer
 from cli._common import ConfigOption, JsonFlag, print_json
 from cli._tokens import human_bytes
 from gtok.data.images import DEFAULT_MAX_PIXELS
+
+
+class ImageFormat(StrEnum):
+    keep = "keep"
+    jpg = "jpg"
+    png = "png"
+    webp = "webp"
 
 
 def pack(
@@ -41,16 +49,28 @@ def pack(
         int,
         typer.Option(help="Skip images with more pixels than this (decompression bombs).", min=1),
     ] = DEFAULT_MAX_PIXELS,
+    image_format: Annotated[
+        ImageFormat,
+        typer.Option(
+            help="keep: JPEG, PNG and WebP as they are, other formats as PNG; jpg, png, webp: "
+            "every sample in that format (as img2dataset writes), re-encoding only files in "
+            "another format: png and webp losslessly, jpg at quality 95.",
+        ),
+    ] = ImageFormat.keep,
     json_output: JsonFlag = False,
 ) -> None:
     """Pack a folder of images into WebDataset shards (shard-000000.tar, ...) for gtok.
 
     Files are taken in sorted order; each sample's key is its relative path without the
     extension (`cats/0001`). JPEG, PNG and WebP files are stored as they are, other formats
-    Pillow reads as PNG; files that are not images, or are empty, truncated or too large are
-    skipped, with the reason in shard-NNNNNN_stats.json. Rerunning the same command resumes.
+    Pillow reads as PNG (or all in one format: --image-format); files that are not images, or
+    are empty, truncated or too large are skipped, with the reason in
+    shard-NNNNNN_stats.json. Rerunning the same command resumes.
 
     Example: gtok pack ./photos -o ./shards
+
+    Example (every sample a .jpg, for `to_tuple("jpg", ...)` pipelines): gtok pack ./photos
+    -o ./shards --image-format jpg
 
     Example (class sub-folders): gtok pack ./train -o ./train-shards --labels --per-shard 5000
     """
@@ -65,6 +85,7 @@ def pack(
         overwrite=overwrite,
         workers=default_workers() if workers is None else workers,
         max_pixels=max_pixels,
+        image_format=image_format.value,
     )
     if json_output:
         print_json(summary.to_dict())

@@ -1,11 +1,14 @@
 """Where gtok talks to people: one rich console on stderr and one progress-bar factory.
 
 Results go to stdout (printed by the CLI); everything here goes to stderr so that
-`gtok ... --json | jq` stays clean. Progress bars are quiet when stderr is not a terminal or
-when `set_quiet(True)` was called (the CLI's `-q`).
+`gtok ... --json | jq` stays clean. Progress is a bar on a terminal, plain lines at least every
+30 s (`$GTOK_PROGRESS_INTERVAL`) when stderr is a log file (`gtok.plainprogress`), and
+nothing after `set_quiet(True)` (the CLI's `-q`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import (
@@ -19,6 +22,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+
+from gtok.plainprogress import PlainProgress, interval_from_env
 
 __all__ = ["console", "is_quiet", "progress", "set_quiet"]
 
@@ -50,12 +55,18 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.1f} {self.unit}/s", style="progress.data.speed")
 
 
-def progress(unit: str = "img", *extra: ProgressColumn) -> Progress:
-    """A progress bar with count, rate in `unit`/s, elapsed time and ETA.
+def progress(
+    unit: str = "img", *extra: ProgressColumn, get_time: Callable[[], float] | None = None
+) -> Progress:
+    """A progress bar with count, rate in `unit`/s, elapsed time and ETA (on a log file: the
+    same as a plain line every `$GTOK_PROGRESS_INTERVAL` seconds, see `PlainProgress`).
 
     Use as a context manager: `with progress() as p: t = p.add_task("encode", total=n)`.
     Extra columns (e.g. a `TextColumn("{task.fields[loss]}")`) go after the rate.
+    `get_time`: the clock in seconds (default `time.monotonic`).
     """
+    if not _quiet and not console.is_terminal:
+        return PlainProgress(unit, console, interval_from_env(), get_time=get_time)
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -66,6 +77,7 @@ def progress(unit: str = "img", *extra: ProgressColumn) -> Progress:
         TextColumn("eta"),
         TimeRemainingColumn(),
         console=console,
-        disable=_quiet or not console.is_terminal,
+        disable=_quiet,
         transient=False,
+        get_time=get_time,
     )

@@ -77,7 +77,7 @@ def assert_one_error(
     assert result.returncode == exit_code, f"exit {result.returncode}, wanted {exit_code}{detail}"
     assert "Traceback" not in result.stderr, detail
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    if exit_code == 2:  # Click's usage errors: "Error: ..." inside its box
+    if exit_code == 2:  # Click's usage errors: one "Error: ..." line after the usage
         errors = [line for line in result.stderr.splitlines() if "Error" in line] or errors
     assert len(errors) == 1, f"wanted one error line{detail}"
     if contains is not None:

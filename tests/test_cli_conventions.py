@@ -12,14 +12,17 @@ import typer
 from cli._common import ConfigOption, JsonFlag, new_app, print_json, state
 from cli.main import app as gtok_app
 from gtok import GtokError, __version__
+from gtok.console import is_quiet
+
+GTOK = typer.main.get_command(gtok_app)
 
 
 def _demo_app() -> typer.Typer:
     app = new_app(name="demo")
 
-    @app.callback()
-    def root(verbose: Annotated[bool, typer.Option("-v")] = False) -> None:
-        state.verbose = verbose
+    @app.command("flags")
+    def flags() -> None:
+        print(f"quiet={is_quiet()} verbose={state.verbose}")
 
     @app.command("size")
     def size(
@@ -122,3 +125,103 @@ def test_gtok_env_json_from_the_installed_script(tmp_path):
     assert report["taichi"]["kernels"] == "ok"
     assert set(report["weights"]) == {"vgg16", "lpips-vgg", "alexnet", "lpips-alex", "inception"}
     assert report["packages"]["torch"].startswith("2.")
+
+
+# ---- global flags and environment variables (issue 13, points 7 and 8) --------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["flags"], {}, "quiet=False verbose=False"),
+        (["-q", "flags"], {}, "quiet=True verbose=False"),
+        (["flags", "-q"], {}, "quiet=True verbose=False"),
+        (["flags", "--quiet", "-v"], {}, "quiet=True verbose=True"),
+        (["--verbose", "flags"], {}, "quiet=False verbose=True"),
+        (["flags"], {"GTOK_QUIET": "1", "GTOK_VERBOSE": "1"}, "quiet=True verbose=True"),
+        (["flags"], {}, "quiet=False verbose=False"),  # nothing left over from the runs above
+    ],
+)
+def test_global_flags_before_or_after_the_command(runner, args, env, expected):
+    result = runner.invoke(_demo_app(), args, env=env)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+def test_verbose_after_a_real_command_shows_the_exception(runner, tmp_path):
+    result = runner.invoke(gtok_app, ["info", str(tmp_path / "none.zarr"), "-v"])
+    state.verbose = False
+    assert isinstance(result.exception, GtokError)
+    quiet = runner.invoke(gtok_app, ["info", str(tmp_path / "none.zarr"), "-q"])
+    assert quiet.exit_code == 1 and quiet.stderr.startswith("error: ")
+
+
+def _variables(command) -> dict[str, str | None]:
+    """Long name -> environment variable of every option of `command`, --help included."""
+    params = command.get_params(GTOK.context_class(command))
+    options = [p for p in params if p.param_type_name == "option"]
+    return {next(o for o in p.opts if o.startswith("--")): p.envvar for p in options}
+
+
+def _commands():
+    """(command path, click command) of the root and every command."""
+    return [([], GTOK), *(([name], command) for name, command in GTOK.commands.items())]
+
+
+def test_every_option_is_bound_to_gtok_command_option():
+    """GTOK_<COMMAND>_<OPTION>, from the option's long name; the global flags GTOK_<OPTION>;
+    --help and --version never."""
+    checked = 0
+    for path, command in _commands():
+        for long, variable in _variables(command).items():
+            if long in ("--help", "--version"):
+                assert variable is None, (path, long)
+                continue
+            scope = [] if long in ("--quiet", "--verbose") else path
+            expected = "_".join(["GTOK", *scope, long[2:]]).upper().replace("-", "_")
+            assert variable == expected, (path, long)
+            checked += 1
+    assert checked > 100
+    assert _variables(GTOK.commands["decode"])["--format"] == "GTOK_DECODE_FORMAT"
+    convert = _variables(GTOK.commands["convert-official"])
+    assert convert["--output"] == "GTOK_CONVERT_OFFICIAL_OUTPUT"
+    assert GTOK.context_settings.get("auto_envvar_prefix") is None
+
+
+def test_an_option_takes_its_documented_variable(runner, tmp_path):
+    args = ["decode", str(tmp_path / "none.zarr"), "-o", str(tmp_path / "out")]
+    bad = runner.invoke(gtok_app, args, env={"GTOK_DECODE_FORMAT": "jpeg"})
+    assert bad.exit_code == 2 and "--format" in bad.stderr and "jpeg" in bad.stderr
+    old_name = runner.invoke(gtok_app, args, env={"GTOK_DECODE_OUTPUT_FORMAT": "jpeg"})
+    assert old_name.exit_code == 1  # no such variable: the missing store is the error
+
+
+@pytest.mark.parametrize(
+    "variable", ["GTOK_VERSION", "GTOK_HELP", "GTOK_INFO_HELP", "GTOK_INFO_VERSION"]
+)
+def test_version_and_help_are_never_read_from_the_environment(runner, tmp_path, variable):
+    result = runner.invoke(gtok_app, ["info", str(tmp_path / "none.zarr")], env={variable: "1"})
+    assert result.exit_code == 1, result.stdout
+    assert result.stdout == "" and "is not a gtok token store" in result.stderr
+
+
+# ---- help at 80 and 120 columns (issue 13, point 10) --------------------------------------
+
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("command", ["", *GTOK.commands])
+def test_help_is_readable_at_the_terminal_width(runner, command, width):
+    args = [command, "--help"] if command else ["--help"]
+    result = runner.invoke(gtok_app, args, env={"COLUMNS": str(width)})
+    assert result.exit_code == 0, result.stderr
+    text = result.stdout
+    assert "…" not in text and "<bool>" not in text
+    too_wide = [line for line in text.splitlines() if len(line) > width]
+    assert not too_wide, too_wide
+    assert not [line for line in text.splitlines() if line != line.rstrip()]
+    for variable in _variables(GTOK.commands[command] if command else GTOK).values():
+        assert variable is None or variable in text, variable  # whole, on one line
+    if not command:  # the command list: each command's first paragraph, not cut short
+        flat = " ".join(text.split())
+        for sub in GTOK.commands.values():
+            assert " ".join(sub.help.split("\n\n")[0].split()) in flat, sub.name

@@ -97,3 +97,24 @@ def test_plain_output(runner, tmp_path, command, model, shards, store, no_weight
     assert result.exit_code == 0, f"{result.exception!r}{detail}"
     assert expected in result.stdout, detail
     assert "Traceback" not in result.stderr, detail
+    padded = [line for line in result.stdout.splitlines() if line != line.rstrip()]
+    assert not padded, f"trailing spaces{detail}"
+
+
+def test_eval_notes_missing_weights_on_stderr_one_short_line_each(
+    runner, model, shards, no_weights
+):
+    args = ["eval", str(shards), "-m", str(model), "--workers", "0", "--limit", "2"]
+    result = runner.invoke(app, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.stderr
+    assert "PSNR (dB)" in result.stdout and "unavailable:" not in result.stdout
+    notes = [line for line in result.stderr.splitlines() if "unavailable:" in line]
+    assert [n.split(":")[0] for n in notes] == [
+        "lpips_vgg unavailable",  # its two files: backbone, heads
+        "lpips_vgg unavailable",
+        "lpips_alex unavailable",
+        "lpips_alex unavailable",
+        "rfid unavailable",
+    ]
+    assert "no pt_inception-2015-12-05-6726825d.pth (set GTOK_INCEPTION_WEIGHTS" in notes[-1]
+    assert max(len(n) for n in notes) <= 110, notes  # was one of ~350 characters per metric

@@ -220,7 +220,7 @@ def test_compare_scores_both_models_on_the_same_images(
     table = runner.invoke(app, ["eval", str(shards), *args])
     assert table.exit_code == 0
     assert "difference" in table.stdout and "PSNR (dB)" in table.stdout
-    assert "lpips_vgg unavailable" in table.stdout
+    assert "lpips_vgg unavailable: no vgg16-397923af.pth" in table.stderr  # not a result
 
 
 def test_limit_default_model_and_usage_errors(no_weights, shards, model, runner, monkeypatch):

@@ -354,3 +354,84 @@ def test_a_folder_that_cannot_be_listed_is_skipped_with_the_reason(tmp_path, mon
     assert (summary.packed, summary.skipped) == (1, 1)
     assert summary.skipped_examples[0]["path"] == "locked"
     assert summary.skipped_examples[0]["reason"] == "unreadable folder (Permission denied)"
+
+
+# ---- --image-format (issue 13, point 11) ---------------------------------------------------
+
+
+def _mixed(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    rgba = Image.fromarray(np.dstack([pixels(5), np.full((32, 40), 128, np.uint8)]), "RGBA")
+    buffer = io.BytesIO()
+    rgba.save(buffer, "PNG")
+    files = {
+        "a.jpg": jpeg(1),
+        "b.png": png(2),
+        "c.webp": _image("WEBP", 3, quality=80),  # lossy WebP
+        "d.gif": _image("GIF", 4),
+        "e.png": buffer.getvalue(),  # transparency: composited on white when re-encoded
+    }
+    return tmp_path / "images", _write(tmp_path / "images", files)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+@pytest.mark.parametrize("image_format", ["png", "webp", "jpg"])
+def test_image_format_gives_every_sample_one_extension(tmp_path, image_format):
+    import webdataset as wds
+
+    from gtok.data.images import decode_rgb
+
+    src, files = _mixed(tmp_path)
+    out = tmp_path / "shards"
+    summary = pack_images(src, out, per_shard=10, image_format=image_format)
+    same = {"png": {"b.png", "e.png"}, "webp": {"c.webp"}, "jpg": {"a.jpg"}}[image_format]
+    assert summary.packed == 5 and summary.converted == 5 - len(same)
+    urls = [str(p) for p in sorted(out.glob("shard-*.tar"))]
+    pairs = list(wds.WebDataset(urls, shardshuffle=False).to_tuple(image_format, "json"))
+    assert len(pairs) == 5  # an img2dataset-style pipeline reads every sample
+    for data, meta_bytes in pairs:
+        meta = json.loads(meta_bytes)
+        original = files[meta["path"]]
+        if meta["path"] in same:
+            assert data == original and meta["converted"] is False  # byte for byte
+            continue
+        assert meta["converted"] is True
+        want = np.asarray(decode_rgb(original))
+        with Image.open(io.BytesIO(data)) as stored:
+            assert stored.format == {"png": "PNG", "webp": "WEBP", "jpg": "JPEG"}[image_format]
+            got = np.asarray(stored.convert("RGB"))
+        if image_format == "jpg":
+            assert _psnr(got, want) > 30, meta["path"]  # quality 95, 4:4:4
+        else:
+            assert np.array_equal(got, want), meta["path"]  # lossless
+
+
+def test_image_format_keep_is_the_default_and_a_setting_of_the_pack(tmp_path):
+    src, _ = _mixed(tmp_path)
+    out = tmp_path / "shards"
+    summary = pack_images(src, out)
+    assert summary.converted == 1  # the GIF, as PNG
+    exts = sorted(ext for m in _members(out).values() for ext in m if ext != "json")
+    assert exts == ["jpg", "png", "png", "png", "webp"]
+    with pytest.raises(GtokError, match=r"differs in --image-format.*--overwrite"):
+        pack_images(src, out, image_format="jpg")
+    manifest = json.loads((out / "pack.json").read_text())
+    del manifest["settings"]["image_format"]  # a pack written before the option
+    (out / "pack.json").write_text(json.dumps(manifest))
+    assert pack_images(src, out).shards_already_done == 1
+    with pytest.raises(GtokError, match="--image-format must be one of keep, jpg, png, webp"):
+        pack_images(src, tmp_path / "other", image_format="tiff")
+
+
+def test_cli_image_format(runner, tmp_path):
+    src, _ = _mixed(tmp_path)
+    args = ["pack", str(src), "-o", str(tmp_path / "shards"), "--workers", "0"]
+    result = runner.invoke(app, [*args, "--image-format", "webp", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["converted"] == 4
+    assert {ext for m in _members(tmp_path / "shards").values() for ext in m} == {"webp", "json"}
+    bad = runner.invoke(app, [*args, "--image-format", "tiff"])
+    assert bad.exit_code == 2 and "--image-format" in bad.stderr

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def test_quickstart_and_packing_run_as_written(
     monkeypatch.chdir(tmp_path)
     env = {f"GTOK_{c}_WORKERS": "0" for c in ("PACK", "ENCODE", "EVAL")}  # no worker processes
     commands = [c for title in IN_PROCESS for c in readme_commands(title)]
-    assert [c[0] for c in commands] == ["pack", "encode", "decode", "eval", "pack", "pack"]
+    assert [c[0] for c in commands] == ["pack", "encode", "decode", "eval", "pack", "pack", "pack"]
     for command in commands:
         result = runner.invoke(app, command, env=env)
         assert result.exit_code == 0, (command, result.stderr)
@@ -122,6 +123,8 @@ def test_quickstart_and_packing_run_as_written(
     assert Path("report/metrics.json").is_file() and Path("report/grid.png").is_file()
     classes = json.loads((tmp_path / "train-shards" / "classes.json").read_text())
     assert classes == {"cats": 0, "dogs": 1}
+    with tarfile.open(tmp_path / "jpg-shards" / "shard-000000.tar") as tar:
+        assert {Path(n).suffix for n in tar.getnames()} == {".jpg", ".json"}
 
 
 @pytest.fixture

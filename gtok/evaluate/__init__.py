@@ -6,7 +6,7 @@ PNG, per-image CSV). The metric definitions are in `gtok.metrics`; the protocol 
 records is `PROTOCOL` plus the preprocessing and weights hashes.
 """
 
-from gtok.evaluate.nets import METRIC_NAMES, MetricNets, load_metric_nets
+from gtok.evaluate.nets import METRIC_NAMES, MetricNets, load_metric_nets, unavailable_notes
 from gtok.evaluate.report import write_report
 from gtok.evaluate.run import PROTOCOL, EvalResult, evaluate_model, evaluate_pairs
 from gtok.evaluate.scores import Scorer
@@ -20,5 +20,6 @@ __all__ = [
     "evaluate_model",
     "evaluate_pairs",
     "load_metric_nets",
+    "unavailable_notes",
     "write_report",
 ]

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gtok.metrics import LPIPS, FIDInceptionV3, Loaded, sha256_file, try_load
+from gtok.errors import GtokError
+from gtok.metrics import LPIPS, METRIC_WEIGHTS, FIDInceptionV3, Loaded, sha256_file, try_load
+from gtok.weights import KNOWN_WEIGHTS, find_weights
 
-__all__ = ["LPIPS_MIN_SIZE", "METRIC_NAMES", "MetricNets", "load_metric_nets"]
+__all__ = ["LPIPS_MIN_SIZE", "METRIC_NAMES", "MetricNets", "load_metric_nets", "unavailable_notes"]
 
 # result key -> gtok.metrics.try_load name
 METRIC_NAMES: dict[str, str] = {"lpips_vgg": "lpips-vgg", "lpips_alex": "lpips-alex", "rfid": "fid"}
@@ -70,3 +72,34 @@ def load_metric_nets(
             assert isinstance(result.model, LPIPS)
             nets.lpips[key] = result.model
     return nets
+
+
+def _missing_files(key: str, paths: Mapping[str, str | os.PathLike | None]) -> list[str]:
+    """The weight keys of result `key` whose file is not found (as `try_load` looks)."""
+    missing = []
+    for weight in METRIC_WEIGHTS.get(METRIC_NAMES.get(key, ""), ()):
+        try:
+            found = find_weights(weight, paths.get(weight))
+        except GtokError:  # an explicit path that points at nothing
+            found = None
+        if found is None:
+            missing.append(weight)
+    return missing
+
+
+def unavailable_notes(
+    unavailable: Mapping[str, str], paths: Mapping[str, str | os.PathLike | None] | None = None
+) -> list[str]:
+    """One short line per missing weight file (naming the file and its variable), else per
+    unavailable result with its reason: what `gtok eval` prints on stderr."""
+    notes = []
+    for key, reason in unavailable.items():
+        if missing := _missing_files(key, paths or {}):
+            notes += [
+                f"{key} unavailable: no {KNOWN_WEIGHTS[w].filename} "
+                f"(set {KNOWN_WEIGHTS[w].env}; see `gtok env`)"
+                for w in missing
+            ]
+        else:
+            notes.append(f"{key} unavailable: {reason}")
+    return notes

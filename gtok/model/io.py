@@ -1,12 +1,8 @@
-"""The model directory: the one on-disk format of a tokenizer, written and read only here.
+"""Reading model directories: find one, read its config, load its tokenizer, hash its weights.
 
-Layout of a model directory:
-
-    MODEL_DIR/config.json        {"format_version": 1, "gtok_version": ..., "preset": ...,
-                                  "kind": ..., "image_size": ..., "num_tokens": ...,
-                                  "architecture": {every TokenizerConfig field}}
-    MODEL_DIR/model.safetensors  every parameter and persistent buffer of the model
-                                  (codebook, its EMA statistics, the scale range r_max)
+The format (layout, file names, version) and its writer `save_pretrained` are in
+`gtok.model.directory`, re-exported here. This module builds tokenizers
+(`gtok.model.tokenizer`); the tokenizers never import it.
 
 A training run directory holds its exported model (EMA weights) in `RUN_DIR/model/` and its
 resumable training state beside it; wherever a model directory is expected, a run directory
@@ -26,13 +22,13 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 from torch.overrides import TorchFunctionMode
 
 from gtok._version import __version__
 from gtok.errors import GtokError
 from gtok.model.config import TokenizerConfig
-from gtok.outputs import naming, write_atomically
+from gtok.model.directory import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, save_pretrained
 
 if TYPE_CHECKING:
     from gtok.model.tokenizer import BaseTokenizer
@@ -49,44 +45,7 @@ __all__ = [
     "weights_sha256",
 ]
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 RUN_MODEL_SUBDIR = "model"  # a training run directory keeps its exported model here
-
-
-def save_pretrained(model: BaseTokenizer, directory: str | os.PathLike) -> Path:
-    """Write `model` as a model directory (created if needed); returns its path.
-
-    Each file is written under a temporary name and renamed, so an interrupted save never
-    leaves a half-written file under the final name (a failed one removes it; the `OSError`
-    names the file, `gtok.outputs`).
-    """
-    directory = Path(directory)
-    with naming(directory):
-        directory.mkdir(parents=True, exist_ok=True)
-    config = model.config
-    document = {
-        "format_version": FORMAT_VERSION,
-        "gtok_version": __version__,
-        "preset": config.preset,
-        "kind": config.kind,
-        "image_size": config.image_size,
-        "num_tokens": config.num_tokens,
-        "architecture": config.to_dict(),
-    }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    # one metadata entry: safetensors writes several in a random order, which would make the
-    # bytes (and so `weights_sha256`) differ between two saves of the same weights; serialized
-    # in memory, because `save_file`'s write errors carry no errno
-    weights = save(tensors, metadata={"format": "pt"})
-    for name, data in ((WEIGHTS_FILE, weights), (CONFIG_FILE, _json_bytes(document))):
-        write_atomically(directory / name, data, directory / f".{name}.tmp")
-    return directory
-
-
-def _json_bytes(document: dict) -> bytes:
-    return (json.dumps(document, indent=2) + "\n").encode()
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:

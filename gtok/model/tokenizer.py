@@ -24,6 +24,7 @@ from torch import nn
 
 from gtok.model.config import TokenizerConfig, preset_config
 from gtok.model.decoder import Decoder
+from gtok.model.directory import save_pretrained
 from gtok.model.encoder import Encoder
 from gtok.model.gaussian_embed import GaussianEmbed, GaussianEmbedConfig, Gaussians
 from gtok.model.quantizer import QuantizerOutput, VectorQuantizer
@@ -95,9 +96,8 @@ class BaseTokenizer(nn.Module):
         self.decoder = Decoder(config.ch, config.ch_mult, config.num_res_blocks, config.z_dim)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write `config.json` and `model.safetensors` into `directory` (see `gtok.model.io`)."""
-        from gtok.model.io import save_pretrained
-
+        """Write `config.json` and `model.safetensors` into `directory` (see
+        `gtok.model.directory`)."""
         save_pretrained(self, directory)
 
     def _check_images(self, images: torch.Tensor) -> None:

@@ -1,11 +1,19 @@
-"""Read one file and decide what goes into the shard: its bytes as they are, PNG, or a reason.
+"""Read one file and decide what goes into the shard: its bytes as they are, re-encoded, or
+a reason.
 
 Every file is decoded in full with `gtok.data.decode_rgb` (the decoder `gtok encode` and
 training use), so what is packed is what they can read: a file that is not an image, is
 empty, truncated or corrupt, or claims more than `max_pixels` pixels is skipped with the
-decoder's reason. A JPEG, PNG or WebP file (by its content, whatever its name says) is kept
-byte for byte under the matching extension. Any other format Pillow reads (GIF, BMP, TIFF,
-...) is stored as an 8-bit RGB PNG of what `decode_rgb` returns: first frame, EXIF
+decoder's reason. The image format (`IMAGE_FORMATS`, `gtok pack --image-format`):
+
+- "keep" (default): a JPEG, PNG or WebP file (by its content, whatever its name says) is
+  kept byte for byte under the matching extension; any other format Pillow reads (GIF, BMP,
+  TIFF, ...) is stored as PNG.
+- "png", "webp", "jpg": every sample gets that extension. A file already in that format is
+  kept byte for byte; any other is re-encoded: PNG and WebP losslessly, JPEG at quality
+  `JPEG_QUALITY` with no chroma subsampling (lossy).
+
+What is re-encoded is the 8-bit RGB image `decode_rgb` returns: first frame, EXIF
 orientation applied, transparency composited on white, CMYK and 16-bit converted.
 """
 
@@ -19,9 +27,17 @@ from PIL import Image
 
 from gtok.data.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_rgb
 
-__all__ = ["KEPT_FORMATS", "Checked", "check_file"]
+__all__ = ["IMAGE_FORMATS", "JPEG_QUALITY", "KEPT_FORMATS", "Checked", "check_file"]
 
 KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # Pillow format -> extension
+IMAGE_FORMATS = ("keep", *KEPT_FORMATS.values())  # what `--image-format` takes
+JPEG_QUALITY = 95
+# extension -> Pillow's save arguments of a re-encoded image
+_ENCODE = {
+    "png": {"format": "PNG"},
+    "webp": {"format": "WEBP", "lossless": True},
+    "jpg": {"format": "JPEG", "quality": JPEG_QUALITY, "subsampling": 0},
+}
 
 
 @dataclass
@@ -29,7 +45,7 @@ class Checked:
     """The verdict on one file: `data` to store under `ext`, or `reason` to skip it.
 
     width, height: the upright image's size; format: Pillow's name of the file's format;
-    converted: the file was re-encoded as PNG.
+    converted: the file was re-encoded (as `ext`).
     """
 
     data: bytes | None = None
@@ -41,8 +57,13 @@ class Checked:
     reason: str | None = None
 
 
-def check_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Checked:
-    """Read and decode the file at `path`; never raises for bad data (see the module doc)."""
+def check_file(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, image_format: str = "keep"
+) -> Checked:
+    """Read and decode the file at `path` and store it as `image_format` (one of
+    `IMAGE_FORMATS`); never raises for bad data (see the module doc)."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -58,8 +79,9 @@ def check_file(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Checke
     except Exception as exc:  # one odd file must not end a long run: record it instead
         return Checked(reason=f"unexpected {type(exc).__name__} ({exc})")
     width, height = rgb.size
-    if fmt in KEPT_FORMATS:
-        return Checked(data, KEPT_FORMATS[fmt], width, height, fmt)
+    ext = KEPT_FORMATS.get(fmt, "png") if image_format == "keep" else image_format
+    if KEPT_FORMATS.get(fmt) == ext:
+        return Checked(data, ext, width, height, fmt)
     buffer = io.BytesIO()
-    rgb.save(buffer, format="PNG")
-    return Checked(buffer.getvalue(), "png", width, height, fmt, converted=True)
+    rgb.save(buffer, **_ENCODE[ext])
+    return Checked(buffer.getvalue(), ext, width, height, fmt, converted=True)

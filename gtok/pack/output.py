@@ -35,10 +35,12 @@ _OURS = re.compile(
     + re.escape(TEMP_SUFFIX)
     + ")?$"
 )
+SETTING_DEFAULTS = {"image_format": "keep"}  # of settings that packs before them did not record
 _DESCRIBE = {
     "per_shard": "--per-shard",
     "labels": "--labels",
     "max_pixels": "--max-pixels",
+    "image_format": "--image-format",
     "entries": "the number of files in the input folder",
     "fingerprint": "the input folder's file names",
 }
@@ -102,10 +104,11 @@ def prepare_output(
                 f"{folder} holds shards without a readable {MANIFEST}; pass --overwrite to "
                 "replace them, or pack into another folder."
             )
-        if before.get("settings") != settings:
+        recorded = {**SETTING_DEFAULTS, **(before.get("settings") or {})}
+        if recorded != settings:
             raise GtokError(
                 f"{folder} holds a pack that differs in "
-                f"{_differences(before.get('settings') or {}, settings)}; pass --overwrite to "
+                f"{_differences(recorded, settings)}; pass --overwrite to "
                 "replace it, or pack into another folder."
             )
         done = _done_shards(folder, shards)

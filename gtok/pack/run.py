@@ -21,7 +21,7 @@ from pathlib import Path
 from gtok.console import console, is_quiet, progress
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.errors import GtokError
-from gtok.pack.check import Checked, check_file
+from gtok.pack.check import IMAGE_FORMATS, Checked, check_file
 from gtok.pack.output import CLASSES_FILE, finish_manifest, prepare_output, write_json
 from gtok.pack.scan import Entry, Scan, scan_folder
 from gtok.pack.shard import ShardStats, ShardWriter, shard_name, stats_name
@@ -83,12 +83,12 @@ def _pattern(shards: int) -> str:
 
 
 def _checked(
-    scan: Scan, entries: list[Entry], workers: int, max_pixels: int
+    scan: Scan, entries: list[Entry], workers: int, max_pixels: int, image_format: str
 ) -> Iterator[tuple[Entry, Checked]]:
     """(entry, verdict) in entry order; entries with a known problem are not read."""
     readable = [e for e in entries if e.problem is None]
     paths = [str(scan.root / e.path) for e in readable]
-    check = functools.partial(check_file, max_pixels=max_pixels)
+    check = functools.partial(check_file, max_pixels=max_pixels, image_format=image_format)
     workers = min(workers, len(paths) // MIN_FILES_PER_WORKER)
     if workers > 0:
         pool = multiprocessing.get_context("spawn").Pool(workers)
@@ -123,10 +123,11 @@ def _write_shards(
     per_shard: int,
     workers: int,
     max_pixels: int,
+    image_format: str,
 ) -> Iterator[tuple[int, ShardStats]]:
     """Write the shards `todo`; yields (index, stats) as each one is done."""
     entries = [e for i in todo for e in scan.entries[i * per_shard : (i + 1) * per_shard]]
-    verdicts = _checked(scan, entries, workers, max_pixels)
+    verdicts = _checked(scan, entries, workers, max_pixels, image_format)
     with progress("img") as bar:
         task = bar.add_task("pack", total=len(entries))
         for index in todo:
@@ -161,6 +162,7 @@ def pack_images(
     overwrite: bool = False,
     workers: int = 0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    image_format: str = "keep",
 ) -> PackSummary:
     """Pack every image under `images_dir` (any nesting) into WebDataset shards in `out`.
 
@@ -170,6 +172,9 @@ def pack_images(
     overwrite: replace a previous pack in `out`; without it, the same pack resumes and a
         different one is refused (`gtok.pack.output`).
     workers: processes that read and check files (0: this process).
+    image_format: "keep" (JPEG, PNG and WebP as they are, other formats as PNG), or "jpg",
+        "png", "webp": every sample in that format, re-encoded only when the file is in
+        another (PNG and WebP losslessly, JPEG at quality 95; `gtok.pack.check`).
     Writes `out/shard-NNNNNN.tar`, `out/shard-NNNNNN_stats.json` per shard and `out/pack.json`
     (settings and this summary).
     """
@@ -181,6 +186,10 @@ def pack_images(
         raise GtokError(f"--per-shard must be at least 1, got {per_shard}.")
     if workers < 0:
         raise GtokError(f"--workers must be 0 or more, got {workers}.")
+    if image_format not in IMAGE_FORMATS:
+        raise GtokError(
+            f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}."
+        )
     root, target = source.resolve(), folder.resolve()
     if target == root or target in root.parents:
         raise GtokError(f"{folder} contains the images in {source}; write the shards elsewhere.")
@@ -198,6 +207,7 @@ def pack_images(
         "per_shard": per_shard,
         "labels": labels,
         "max_pixels": max_pixels,
+        "image_format": image_format,
         "entries": len(scan.entries),
         "fingerprint": scan.fingerprint(),
     }
@@ -219,7 +229,8 @@ def pack_images(
     finished: dict[int, ShardStats] = {i: ShardStats.read(folder / stats_name(i)) for i in done}
     todo = [i for i in range(shards) if i not in done]
 
-    for index, stats in _write_shards(scan, folder, todo, per_shard, workers, max_pixels):
+    written_shards = _write_shards(scan, folder, todo, per_shard, workers, max_pixels, image_format)
+    for index, stats in written_shards:
         finished[index] = stats
         summary.shards_written += 1
     for index in sorted(finished):

@@ -50,7 +50,7 @@ class ShardStats:
     files: int = 0  # entries of the input folder assigned to this shard
     count: int = 0  # samples written
     skipped: int = 0
-    converted: int = 0  # stored as PNG (not JPEG, PNG or WebP originally)
+    converted: int = 0  # re-encoded (see `gtok.pack.check`), not stored as they were
     image_bytes: int = 0  # sum of the stored image members
     bytes: int = 0  # size of the tar file
     seconds: float = 0.0

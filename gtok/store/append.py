@@ -176,7 +176,8 @@ def _snapshot(location: Location, root) -> None:
             data = np.asarray(root[f"{table}/{column}"][...])
             data = data.astype(object) if dtype is str else data.astype(dtype)
             fill = "" if dtype is str else -1
-            _write_whole(group, f"{table}/{column}", data, dtype, fill)
+            dims = (schema.TABLE_DIMS[table],)
+            _write_whole(group, f"{table}/{column}", data, dtype, fill, dims)
     location.sync(SNAPSHOT)
     group.attrs[schema.PART_COMPLETE] = True
     location.sync(SNAPSHOT)

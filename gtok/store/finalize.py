@@ -68,30 +68,26 @@ def _missing_message(location: Location, missing: list[str], total: int) -> str:
     )
 
 
-def _string_table(group, name: str, values: list[str]) -> None:
-    data = np.array(values, dtype=object)
+def _table_column(group, name: str, data: np.ndarray, dtype, fill) -> None:
+    """One column of the table `group` (skipped or inputs), named by the table's dimension."""
     group.create_array(
         name,
         shape=data.shape,
-        chunks=(max(min(len(values), schema.SHARD_ROWS), 1),),
-        dtype=str,
-        fill_value="",
+        chunks=(max(min(len(data), schema.SHARD_ROWS), 1),),
+        dtype=dtype,
+        fill_value=fill,
         compressors=schema.compressors(),
+        dimension_names=(schema.TABLE_DIMS[group.basename],),
         overwrite=True,
     )[...] = data
+
+
+def _string_table(group, name: str, values: list[str]) -> None:
+    _table_column(group, name, np.array(values, dtype=object), str, "")
 
 
 def _count_table(group, name: str, values: list[int]) -> None:
-    data = np.asarray(values, dtype=schema.COUNT_DTYPE)
-    group.create_array(
-        name,
-        shape=data.shape,
-        chunks=(max(min(len(values), schema.SHARD_ROWS), 1),),
-        dtype=schema.COUNT_DTYPE,
-        fill_value=-1,
-        compressors=schema.compressors(),
-        overwrite=True,
-    )[...] = data
+    _table_column(group, name, np.asarray(values, schema.COUNT_DTYPE), schema.COUNT_DTYPE, -1)
 
 
 def finalize_store(out: str) -> dict:
@@ -205,6 +201,7 @@ def _grow(root, spec: schema.ArraySpec, first_row: int, total: int) -> _Rows:
             dtype=spec.dtype,
             fill_value=spec.fill,
             compressors=schema.compressors(),
+            dimension_names=spec.dimension_names,
             overwrite=True,
         )
         dtype = object if spec.dtype is str else spec.dtype

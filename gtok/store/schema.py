@@ -26,6 +26,10 @@ M skipped samples):
                                   other values as JSON text, "" when absent); one array per
                                   field of the header's `metadata_fields` (--metadata-fields)
 
+Every array names its dimensions (Zarr v3 `dimension_names`, which xarray needs): `row` (N),
+`token` (G) and `param` (the 5 geometry values) for the row arrays, `skipped` (M) and `input`
+(S) for the two tables. Older stores name none; readers do not require them.
+
 Row arrays are stored as Zarr shards of `SHARD_ROWS` rows (one file each) holding inner
 chunks of `CHUNK_ROWS` rows, compressed with zstd. Root attribute `gtok` holds the header
 (`ATTR_*` keys below); `state` is "encoding" until finalize has written every array, and
@@ -76,6 +80,7 @@ __all__ = [
     "MAX_STRING_BYTES",
     "SHARD_ROWS",
     "SKIPPED_COLUMNS",
+    "TABLE_DIMS",
     "ArraySpec",
     "StoreHeader",
     "compressors",
@@ -120,6 +125,10 @@ MAX_NUM_TOKENS = 1 << 16  # G: tokens per image
 MIN_CODEBOOK_SIZE = 2  # codebook sizes 2..INDEX_FILL
 MAX_STRING_BYTES = 4096  # mean UTF-8 bytes per string a compressed string chunk may inflate to
 
+# dimension names (Zarr v3 `dimension_names`): rows N, tokens G, the 5 geometry parameters
+ROW_DIM, TOKEN_DIM, PARAM_DIM = "row", "token", "param"
+TABLE_DIMS = {SKIPPED: "skipped", INPUTS: "input"}  # each table's one dimension: M, S
+
 # the tables (1-D, one unsharded Zarr chunk per at most SHARD_ROWS rows, zstd), header counts
 SKIPPED_COLUMNS: dict[str, Any] = {"shard": str, "key": str, "reason": str}
 INPUT_COLUMNS: dict[str, Any] = {
@@ -138,12 +147,26 @@ MAX_TEXT_BYTES = MAX_STRING_BYTES  # longest caption or metadata value a row may
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """One row array: name, dtype, per-row shape and fill value."""
+    """One row array: name, dtype, per-row shape, fill value, and a name for each per-row
+    dimension (one per entry of `row_shape`: a 1-D array [N] needs none)."""
 
     name: str
     dtype: Any  # numpy dtype, or str for variable-length UTF-8 strings
     row_shape: tuple[int, ...]
     fill: Any
+    row_dims: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.row_dims) != len(self.row_shape):
+            raise ValueError(
+                f"{self.name}: row_dims {self.row_dims} must name each dimension of "
+                f"row_shape {self.row_shape}"
+            )
+
+    @property
+    def dimension_names(self) -> tuple[str, ...]:
+        """The array's Zarr `dimension_names`: `row`, then the per-row dimensions."""
+        return (ROW_DIM, *self.row_dims)
 
 
 def row_arrays(
@@ -155,12 +178,14 @@ def row_arrays(
     geometry_bits: int | None = None,
 ) -> list[ArraySpec]:
     """The per-row arrays of a store (and of each part), in a fixed order."""
-    specs = [ArraySpec(INDICES, INDEX_DTYPE, (num_tokens,), INDEX_FILL)]
+    specs = [ArraySpec(INDICES, INDEX_DTYPE, (num_tokens,), INDEX_FILL, (TOKEN_DIM,))]
     if has_geometry:
-        specs.append(ArraySpec(GEOMETRY, np.dtype(geometry_dtype), (num_tokens, 5), np.nan))
+        dtype, dims = np.dtype(geometry_dtype), (TOKEN_DIM, PARAM_DIM)
+        specs.append(ArraySpec(GEOMETRY, dtype, (num_tokens, 5), np.nan, dims))
     if has_geometry and geometry_bits is not None:
         dtype = code_dtype(geometry_bits)
-        specs.append(ArraySpec(GEOMETRY_CODES, dtype, (num_tokens, 5), int(np.iinfo(dtype).max)))
+        fill = int(np.iinfo(dtype).max)
+        specs.append(ArraySpec(GEOMETRY_CODES, dtype, (num_tokens, 5), fill, (TOKEN_DIM, PARAM_DIM)))
     specs.append(ArraySpec(KEYS, str, (), ""))
     if has_labels:
         specs.append(ArraySpec(LABELS, LABEL_DTYPE, (), LABEL_FILL))

@@ -298,18 +298,20 @@ class StoreWriter:
         columns |= part.text_columns()
         specs += schema.text_arrays(captions=True, metadata_fields=self.header.metadata_fields)
         for spec in specs:
-            _write_whole(group, spec.name, columns[spec.name], spec.dtype, spec.fill)
+            data = columns[spec.name]
+            _write_whole(group, spec.name, data, spec.dtype, spec.fill, spec.dimension_names)
         skipped_keys = np.array([k for k, _ in part.skipped], dtype=object)
         reasons = np.array([r for _, r in part.skipped], dtype=object)
-        _write_whole(group, schema.PART_SKIPPED_KEYS, skipped_keys, str, "")
-        _write_whole(group, schema.PART_SKIPPED_REASONS, reasons, str, "")
+        skipped = (schema.TABLE_DIMS[schema.SKIPPED],)
+        _write_whole(group, schema.PART_SKIPPED_KEYS, skipped_keys, str, "", skipped)
+        _write_whole(group, schema.PART_SKIPPED_REASONS, reasons, str, "", skipped)
         self.location.sync(path)
         group.attrs[schema.PART_COMPLETE] = part.counts()
         self.location.sync(path)
 
 
-def _write_whole(group, name: str, data: np.ndarray, dtype, fill) -> None:
-    """`data` as one array of one chunk, zstd-compressed."""
+def _write_whole(group, name: str, data: np.ndarray, dtype, fill, dims: tuple[str, ...]) -> None:
+    """`data` as one array of one chunk, zstd-compressed, its dimensions named `dims`."""
     rows = data.shape[0]
     chunks = (max(rows, 1), *data.shape[1:])
     array = group.create_array(
@@ -319,6 +321,7 @@ def _write_whole(group, name: str, data: np.ndarray, dtype, fill) -> None:
         dtype=dtype,
         fill_value=fill,
         compressors=schema.compressors(),
+        dimension_names=dims,
     )
     if rows:
         array[...] = data

@@ -1,5 +1,6 @@
 """What a training run shows on stderr: a rich progress bar on a terminal, else one plain
-line per log interval (so `nohup gtok train ... 2> log` still shows progress)."""
+line per log interval plus `gtok.console.progress`'s timed lines with the ETA (so
+`nohup gtok train ... 2> log` still shows progress)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class TrainProgress:
         self.plain = self.enabled and not console.is_terminal
 
     def __enter__(self) -> TrainProgress:
-        if self.enabled and not self.plain:
+        if self.enabled:  # a bar, or on a log file timed lines with the ETA
             self.bar.start()
         return self
 

@@ -1,0 +1,66 @@
+"""The model directory format: its file names and version, and writing one.
+
+Layout of a model directory:
+
+    MODEL_DIR/config.json        {"format_version": 1, "gtok_version": ..., "preset": ...,
+                                  "kind": ..., "image_size": ..., "num_tokens": ...,
+                                  "architecture": {every TokenizerConfig field}}
+    MODEL_DIR/model.safetensors  every parameter and persistent buffer of the model
+                                  (codebook, its EMA statistics, the scale range r_max)
+
+Written here (`save_pretrained`, which any module with a `config` can use, so the tokenizers
+import this module and it imports none of them); read by `gtok.model.io`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors.torch import save
+from torch import nn
+
+from gtok._version import __version__
+from gtok.outputs import naming, write_atomically
+
+__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "WEIGHTS_FILE", "save_pretrained"]
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write `model` (a tokenizer: an `nn.Module` with a `TokenizerConfig` as `config`) as a
+    model directory (created if needed); returns its path.
+
+    Each file is written under a temporary name and renamed, so an interrupted save never
+    leaves a half-written file under the final name (a failed one removes it; the `OSError`
+    names the file, `gtok.outputs`).
+    """
+    directory = Path(directory)
+    with naming(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    document = {
+        "format_version": FORMAT_VERSION,
+        "gtok_version": __version__,
+        "preset": config.preset,
+        "kind": config.kind,
+        "image_size": config.image_size,
+        "num_tokens": config.num_tokens,
+        "architecture": config.to_dict(),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # one metadata entry: safetensors writes several in a random order, which would make the
+    # bytes (and so `weights_sha256`) differ between two saves of the same weights; serialized
+    # in memory, because `save_file`'s write errors carry no errno
+    weights = save(tensors, metadata={"format": "pt"})
+    for name, data in ((WEIGHTS_FILE, weights), (CONFIG_FILE, _json_bytes(document))):
+        write_atomically(directory / name, data, directory / f".{name}.tmp")
+    return directory
+
+
+def _json_bytes(document: dict) -> bytes:
+    return (json.dumps(document, indent=2) + "\n").encode()
