@@ -183,9 +183,9 @@ def row_arrays(
         dtype, dims = np.dtype(geometry_dtype), (TOKEN_DIM, PARAM_DIM)
         specs.append(ArraySpec(GEOMETRY, dtype, (num_tokens, 5), np.nan, dims))
     if has_geometry and geometry_bits is not None:
-        dtype = code_dtype(geometry_bits)
+        dtype, dims = code_dtype(geometry_bits), (TOKEN_DIM, PARAM_DIM)
         fill = int(np.iinfo(dtype).max)
-        specs.append(ArraySpec(GEOMETRY_CODES, dtype, (num_tokens, 5), fill, (TOKEN_DIM, PARAM_DIM)))
+        specs.append(ArraySpec(GEOMETRY_CODES, dtype, (num_tokens, 5), fill, dims))
     specs.append(ArraySpec(KEYS, str, (), ""))
     if has_labels:
         specs.append(ArraySpec(LABELS, LABEL_DTYPE, (), LABEL_FILL))
