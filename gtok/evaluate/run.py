@@ -224,6 +224,11 @@ def _score(
     return skipped, grid
 
 
+def _own(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy: not a view that keeps its whole batch (or device memory) alive."""
+    return tensor.detach().to("cpu", copy=True)
+
+
 def _offer(
     picker: GridPicker,
     keys: list[str],
@@ -239,12 +244,10 @@ def _offer(
             recons, tokens = [], []
             for out in outs:
                 row = out.kept.index(kept[j])
-                recons.append(out.images[row].clone())  # not a view that keeps the batch
+                recons.append(_own(out.images[row]))
                 has = out.indices is not None and out.geometry is not None
-                tokens.append(
-                    (out.indices[row].clone(), out.geometry[row].clone()) if has else None
-                )
-            return GridSample(key, originals[j].clone(), recons, tokens, [s[j] for s in scores])
+                tokens.append((_own(out.indices[row]), _own(out.geometry[row])) if has else None)
+            return GridSample(key, _own(originals[j]), recons, tokens, [s[j] for s in scores])
 
         picker.offer(scores[0][j]["psnr"], sample)
 
@@ -271,7 +274,8 @@ def evaluate_model(
     Images are resized (shorter side to `resize`, default the model's image size) and
     centre-cropped as `gtok encode` does. weights: explicit metric weight files by key
     ("vgg16", "lpips-vgg", "alexnet", "lpips-alex", "inception"); skip_metrics: result keys
-    not to compute ("lpips_vgg", "lpips_alex", "rfid").
+    not to compute ("lpips_vgg", "lpips_alex", "rfid"); grid_images: images kept for
+    `write_report`'s grid (the best, median and worst by PSNR, see `gtok.evaluate.picks`).
     """
     chosen = select_device(device)
     first = load_encoding_model(model, device)
@@ -331,6 +335,7 @@ def evaluate_pairs(
     to `size`, default the first reconstruction's side, after resizing the shorter side to
     `resize`), or a token store (decoded with its model, or `model` checked against its
     weights hash unless `force`; the originals are preprocessed as the store records).
+    The other options are `evaluate_model`'s.
     """
     chosen = select_device(device)
     reconstructor: Reconstructor
