@@ -38,7 +38,8 @@ def demo(
 
     Packs them into WebDataset shards, encodes them into a token store with the default
     model, decodes the tokens back into images, scores the reconstructions (PSNR, SSIM, ...)
-    and writes a report with a picture of originals, reconstructions and Gaussians. A rerun
+    and writes a report page (index.html: metrics, originals | reconstructions | Gaussians of
+    the best, median and worst photographs, plots of PSNR, code usage and geometry). A rerun
     replaces the previous demo's files.
 
     Example: gtok demo
@@ -66,6 +67,7 @@ def demo(
         )
     typer.echo("look at:")
     rows = [
+        (result.page_file, "the report: open it in a browser"),
         (result.grid_file, "originals | reconstructions | Gaussians"),
         (result.metrics_file, "every metric and the evaluation protocol"),
         (result.recon, "each reconstruction and its Gaussians as PNG"),

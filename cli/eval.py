@@ -93,11 +93,15 @@ def eval_command(
     report: Annotated[
         Path | None,
         typer.Option(
-            help="Write metrics.json, grid.png and per_image.csv into this folder.",
+            help="Write a report into this folder: index.html (open it in a browser) with "
+            "its pictures and plots, metrics.json, per_image.csv, grid.png.",
             file_okay=False,
         ),
     ] = None,
-    grid_images: Annotated[int, typer.Option(help="Images in the report grid.")] = 8,
+    grid_images: Annotated[
+        int,
+        typer.Option(help="Images in the report grid: the best, median and worst by PSNR.", min=0),
+    ] = 9,
     json_output: JsonFlag = False,
 ) -> None:
     """Reconstruct and score: PSNR, SSIM, LPIPS (VGG, Alex), rFID, codebook usage, geometry.
@@ -157,59 +161,26 @@ def eval_command(
             console.print(note, soft_wrap=True, markup=False)
     if report is not None:
         written = write_report(result, report)
-        console.print(f"report: {', '.join(str(p) for p in written.values())}")
+        console.print(f"report: {written['index.html']} (metrics.json, per_image.csv beside it)")
     if json_output:
         print_json(result.document)
         return
     typer.echo(render(result.document))
 
 
-# (label, key path in the document, format)
-_ROWS = [
-    ("PSNR (dB)", ("psnr",), "{:.3f}"),
-    ("SSIM", ("ssim",), "{:.4f}"),
-    ("LPIPS-VGG", ("lpips_vgg",), "{:.4f}"),
-    ("LPIPS-Alex", ("lpips_alex",), "{:.4f}"),
-    ("rFID", ("rfid",), "{:.3f}"),
-    ("codes used", ("codebook", "used"), "{:d}"),
-    ("codebook usage", ("codebook", "usage"), "{:.1%}"),
-    ("code perplexity", ("codebook", "perplexity"), "{:.1f}"),
-    ("code entropy (bits)", ("codebook", "entropy_bits"), "{:.3f}"),
-    ("Gaussian scale, mean (map px)", ("geometry", "scale", "mean"), "{:.3f}"),
-    ("anisotropy, median", ("geometry", "anisotropy", "p50"), "{:.3f}"),
-    ("centre coverage per image", ("geometry", "coverage_per_image"), "{:.1%}"),
-]
-
-
-def _get(document: dict, path: tuple[str, ...]) -> float | None:
-    value: object = document
-    for part in path:
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value if isinstance(value, int | float) else None
-
-
 def render(document: dict) -> str:
     """The results as a table, then the samples that could not be scored (the reasons of
     unavailable metrics go to stderr, `unavailable_notes`)."""
+    from gtok.evaluate.summary import model_name, summary_rows
+
     other = document.get("compare")
     table = Table(title=f"gtok eval: {document['n']} images")
     table.add_column("metric", style="bold")
-    table.add_column(_name(document["model"]), justify="right")
+    table.add_column(model_name(document["model"]), justify="right")
     if other is not None:
-        table.add_column(_name(other["model"]), justify="right")
+        table.add_column(model_name(other["model"]), justify="right")
         table.add_column("difference", justify="right")
-    for label, path, fmt in _ROWS:
-        values = [_get(d, path) for d in (document, other) if d is not None]
-        headline = len(path) == 1 and path[0] in document["unavailable"]
-        if all(v is None for v in values) and not headline:
-            continue  # a group (codebook, geometry) that does not apply: reason below
-        cells = [fmt.format(v) if v is not None else "unavailable" for v in values]
-        if other is not None:
-            a, b = values
-            signed = fmt.replace("{:", "{:+")
-            cells.append(signed.format(b - a) if a is not None and b is not None else "")
+    for label, cells in summary_rows(document):
         table.add_row(label, *cells)
     lines = [table_text(table)]
     if document["skipped"]:
@@ -218,7 +189,3 @@ def render(document: dict) -> str:
         if document["skipped"] > 20:
             lines.append(f"  ... and {document['skipped'] - 20} more (all in --json / --report)")
     return "\n".join(lines)
-
-
-def _name(model: dict) -> str:
-    return Path(model.get("path") or model.get("reconstructions", "?")).name or "?"

@@ -11,7 +11,8 @@ and writes a report. Everything lands in one folder:
     OUT/shards/        shard-000000.tar ... and their stats
     OUT/tokens.zarr    the token store
     OUT/recon/         <shard>/<key>.png and <key>.gaussians.png
-    OUT/report/        metrics.json, grid.png, per_image.csv
+    OUT/report/        index.html (the report page: open it in a browser), its pictures and
+                       plots, metrics.json, grid.png, per_image.csv
     OUT/demo.json      this run's summary (`DemoResult`)
 
 A rerun replaces these; a folder holding anything else is refused.
@@ -34,7 +35,7 @@ __all__ = ["DEMO_PHOTOS", "DemoResult", "run_demo"]
 
 DEMO_PHOTOS = Path(__file__).resolve().parent / "demo_photos" / "images"
 PARTS = ("shards", "tokens.zarr", "recon", "report", "demo.json")
-GRID_IMAGES = 6  # the first six photos (sorted by name) are the six whole photographs
+GRID_IMAGES = 6  # the two best, two median and two worst photographs by PSNR
 PER_SHARD = 12
 
 
@@ -49,6 +50,7 @@ class DemoResult:
     store: str
     recon: str
     report: str
+    page_file: str  # the report page, index.html
     metrics_file: str
     grid_file: str
     images: int  # photographs scored
@@ -133,6 +135,7 @@ def run_demo(
         store=str(store),
         recon=str(recon),
         report=str(report),
+        page_file=str(paths["index.html"]),
         metrics_file=str(paths["metrics.json"]),
         grid_file=str(paths["grid.png"]),
         images=document["n"],

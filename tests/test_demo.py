@@ -7,6 +7,7 @@ from __future__ import annotations
 # ruff: noqa: F811  (fixtures imported from defaultkit / evalkit are redefined as test arguments)
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -57,28 +58,32 @@ def test_demo_end_to_end(runner, tmp_path, standin_default, no_weights):
     store = TokenStore(out / "tokens.zarr")
     assert len(store) == 36
     assert store.model_path == str(standin_default.resolve())
-    # report: metrics, a grid of the six whole photographs, one CSV row per photograph
+    # report: the page, metrics, a grid of the 2 best, 2 median and 2 worst photographs by
+    # PSNR, one CSV row per photograph
+    assert demo["page_file"] == str(out / "report" / "index.html")
+    assert "PSNR" in Path(demo["page_file"]).read_text()
     metrics = json.loads(Path(demo["metrics_file"]).read_text())
     assert metrics["n"] == 36 and metrics["psnr"] == demo["psnr"]
-    assert metrics["grid"]["keys"] == [f"shard-000000.tar/01-{n}" for n in _names()]
+    assert metrics["grid"]["roles"] == ["best"] * 2 + ["median"] * 2 + ["worst"] * 2
     assert metrics["grid"]["columns"] == ["original", "reconstruction", "gaussians"]
     grid = Image.open(demo["grid_file"])
     assert grid.height > 6 * 256 and grid.width > 3 * 256
     with open(out / "report" / "per_image.csv") as f:
         assert len(list(csv.DictReader(f))) == 36
     # the decoded PNGs score as the report says, computed here from the photographs
-    scores = []
+    scores = {}
     for photo in PHOTOS:
         shard = f"shard-{PHOTOS.index(photo) // 12:06d}.tar"
         recon = out / "recon" / shard / f"{photo.stem}.png"
         assert recon.with_name(f"{photo.stem}.gaussians.png").is_file()
         original, _ = center_crop(decode_rgb(photo.read_bytes()), 64)
-        scores.append(_psnr(np.asarray(original), np.asarray(Image.open(recon).convert("RGB"))))
-    assert np.mean(scores) == pytest.approx(demo["psnr"], abs=0.05)
-
-
-def _names() -> list[str]:
-    return sorted(p.stem.split("-", 1)[1] for p in PHOTOS if p.stem.startswith("01-"))
+        pixels = np.asarray(Image.open(recon).convert("RGB"))
+        scores[f"{shard}/{photo.stem}"] = _psnr(np.asarray(original), pixels)
+    assert np.mean(list(scores.values())) == pytest.approx(demo["psnr"], abs=0.05)
+    ranked = sorted(scores, key=lambda k: -scores[k])
+    keys = metrics["grid"]["keys"]
+    assert keys[:2] == ranked[:2] and keys[-2:] == ranked[-2:]
+    assert metrics["grid"]["ranks"][2:4] == [18, 19]  # the median of 36 lies between them
 
 
 def test_demo_rerun_replaces_and_refuses_other_folders(
@@ -97,7 +102,8 @@ def test_demo_rerun_replaces_and_refuses_other_folders(
     assert first.images == 3
     assert result.stdout.startswith("2 images, 64 tokens each: PSNR ")
     assert "not computed: lpips_vgg, lpips_alex, rfid (their weight files" in result.stdout
-    assert f"{out}/report/grid.png" in result.stdout
+    page = re.compile(rf"  {re.escape(str(out))}/report/index\.html +the report: open it in")
+    assert page.search(result.stdout), result.stdout
     assert len(TokenStore(out / "tokens.zarr")) == 2
     assert not list((out / "recon").rglob(f"{PHOTOS[0].stem}.png"))  # the old run is gone
     (out / "notes.txt").write_text("keep")

@@ -150,13 +150,23 @@ def test_report_contents(model_mode, model):
     assert "skimage" in protocol["ssim"] and "pytorch-fid" in protocol["rfid"]
     grid = metrics["grid"]
     assert grid["columns"] == ["original", "reconstruction", "gaussians"]
-    assert len(grid["keys"]) == 8
-    with Image.open(report / "grid.png") as image:  # 8 rows of 3 images of 256 px, 2 px apart
-        assert image.size == (3 * 258 + 2, 8 * 258 + 2)
+    assert grid["roles"] == ["best"] * 3 + ["median"] * 3 + ["worst"] * 3
+    with Image.open(report / "grid.png") as image:  # 9 rows of 3 images of 256 px, 2 px apart
+        assert image.size == (3 * 258 + 2, 9 * 258 + 2)
     with open(report / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 11 and set(rows[0]) == {"tokenizer", "key", "psnr", "ssim"}
     assert np.mean([float(r["psnr"]) for r in rows]) == pytest.approx(document["psnr"])
+    # the grid: the 3 best, the 3 nearest the median and the 3 worst of the 11 by PSNR
+    psnr = {r["key"]: float(r["psnr"]) for r in rows}
+    ranked = sorted(psnr, key=lambda k: -psnr[k])
+    median = psnr[ranked[5]]
+    middle = sorted(ranked[3:-3], key=lambda k: abs(psnr[k] - median))[:3]
+    assert grid["keys"][:3] == ranked[:3] and grid["keys"][-3:] == ranked[-3:]
+    assert sorted(grid["keys"][3:6]) == sorted(middle)
+    assert grid["ranks"] == [ranked.index(k) + 1 for k in grid["keys"]]
+    page = (report / "index.html").read_text()
+    assert all(f"images/row0{i}-gaussians.png" in page for i in range(1, 10))
 
 
 def test_reference_folder_matches_model_mode(tmp_path, model_mode, shards, model, runner):

@@ -1,8 +1,9 @@
 """Scoring tokenizers by the standard reconstruction protocol: what `gtok eval` runs.
 
 `evaluate_model` (reconstruct and score), `evaluate_pairs` (score saved reconstructions or a
-token store against reference shards, matched by key), `write_report` (metrics.json, grid
-PNG, per-image CSV). The metric definitions are in `gtok.metrics`; the protocol each result
+token store against reference shards, matched by key), `write_report` (index.html: a page with
+the metrics, a labelled grid of the best, median and worst images and plots; metrics.json,
+per-image CSV). The metric definitions are in `gtok.metrics`; the protocol each result
 records is `PROTOCOL` plus the preprocessing and weights hashes.
 """
 

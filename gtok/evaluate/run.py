@@ -11,8 +11,9 @@ Both return one JSON-ready document: the metrics of the (first) tokenizer at top
 when it could be computed, else its reason under `unavailable`), the samples that could not
 be scored with their reasons, the protocol (preprocessing, image size, metric definitions,
 gtok version, weights sha256 of the model(s) and of the metric networks) and, with
-`compare`, the second tokenizer's metrics under `compare`. `EvalResult.grid` keeps the first
-images for `write_report`.
+`compare`, the second tokenizer's metrics under `compare`. `EvalResult` also keeps, for
+`write_report`, the grid's images (best, median and worst by PSNR, `gtok.evaluate.picks`),
+each tokenizer's code histogram and token geometry.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gtok._version import __version__
@@ -34,6 +36,7 @@ from gtok.devices import exact_fp32, select_device, tf32_settings
 from gtok.encode.model import load_encoding_model
 from gtok.errors import GtokError
 from gtok.evaluate.nets import load_metric_nets
+from gtok.evaluate.picks import GridPicker
 from gtok.evaluate.scores import Scorer
 from gtok.evaluate.sources import (
     FolderReconstructor,
@@ -70,13 +73,18 @@ PROTOCOL = {
 
 @dataclass
 class GridSample:
-    """One image for the report grid: original and reconstruction(s), uint8 [3, S, S], and each
-    reconstruction's tokens (indices [G], geometry [G, 5]) when it has Gaussians."""
+    """One image for the report grid: original and reconstruction(s), uint8 [3, S, S], each
+    reconstruction's tokens (indices [G], geometry [G, 5]) when it has Gaussians and per-image
+    metrics ({"psnr", "ssim", ...}); role ("best", "median", "worst") and rank (1 = highest
+    PSNR) by the first tokenizer's PSNR."""
 
     key: str
     original: torch.Tensor
     reconstructions: list[torch.Tensor]
     tokens: list[tuple[torch.Tensor, torch.Tensor] | None]
+    scores: list[dict[str, float]] = field(default_factory=list)
+    role: str = ""
+    rank: int = 0
 
 
 @dataclass
@@ -85,6 +93,8 @@ class EvalResult:
     per_image: list[dict]  # {"key", "psnr", "ssim", ...} per scored image, of each tokenizer
     grid: list[GridSample] = field(default_factory=list)
     map_sizes: list[int | None] = field(default_factory=list)  # per tokenizer
+    code_histograms: list[np.ndarray | None] = field(default_factory=list)  # int64 [K] each
+    geometry: list[np.ndarray | None] = field(default_factory=list)  # float32 [N, G, 5] each
 
 
 def _model_info(reconstructor: Reconstructor) -> dict:
@@ -112,6 +122,8 @@ def _evaluate(
     """Score every reconstructor on the originals of `shards` (the shared driver)."""
     if batch_size < 1:
         raise GtokError(f"--batch-size must be at least 1, got {batch_size}.")
+    if grid_images < 0:
+        raise GtokError(f"--grid-images must be at least 0, got {grid_images}.")
     if limit is not None and limit < 1:
         raise GtokError(f"--limit must be at least 1, got {limit}.")
     started = time.perf_counter()
@@ -164,7 +176,14 @@ def _evaluate(
     if skipped and not is_quiet():
         console.print(f"[yellow]{len(skipped)} samples not scored[/] (reasons in the results)")
     per_image = [{"tokenizer": t} | row for t, s in enumerate(scorers) for row in s.rows()]
-    return EvalResult(document, per_image, grid, [r.map_size for r in reconstructors])
+    return EvalResult(
+        document,
+        per_image,
+        grid,
+        [r.map_size for r in reconstructors],
+        [s.code_histogram() for s in scorers],
+        [s.geometry() for s in scorers],
+    )
 
 
 def _score(
@@ -177,7 +196,7 @@ def _score(
     """Reconstruct and score each batch with every reconstructor, on the originals all of
     them could reconstruct; returns (skipped samples {"key", "reason"}, grid samples)."""
     skipped: list[dict] = []
-    grid: list[GridSample] = []
+    picker = GridPicker(grid_images)
     with progress("img") as bar:
         task = bar.add_task("eval", total=limit)
         for batch in batches:
@@ -195,30 +214,42 @@ def _score(
                 indices = None if out.indices is None else out.indices[rows]
                 geometry = None if out.geometry is None else out.geometry[rows]
                 scorer.add(keys, originals, out.images[rows], indices, geometry)
-            if len(grid) < grid_images:
-                grid += _grid_samples(keys, originals, outs, kept, grid_images - len(grid))
+            _offer(picker, keys, originals, outs, kept, [s.latest(len(keys)) for s in scorers])
             bar.advance(task, len(batch.keys))
+    grid = []
+    for pick in picker.picks(scorers[0].per_image["psnr"]):
+        sample: GridSample = pick.payload  # type: ignore[assignment]
+        sample.role, sample.rank = pick.role, pick.rank
+        grid.append(sample)
     return skipped, grid
 
 
-def _grid_samples(
+def _own(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy: not a view that keeps its whole batch (or device memory) alive."""
+    return tensor.detach().to("cpu", copy=True)
+
+
+def _offer(
+    picker: GridPicker,
     keys: list[str],
     originals: torch.Tensor,
     outs: list[Reconstruction],
     kept: list[int],
-    count: int,
-) -> list[GridSample]:
-    """The first `count` scored images of a batch, for the report grid."""
-    samples = []
-    for j in range(min(count, len(kept))):
-        recons, tokens = [], []
-        for out in outs:
-            row = out.kept.index(kept[j])
-            recons.append(out.images[row])
-            has = out.indices is not None and out.geometry is not None
-            tokens.append((out.indices[row], out.geometry[row]) if has else None)
-        samples.append(GridSample(keys[j], originals[j], recons, tokens))
-    return samples
+    scores: list[list[dict[str, float]]],
+) -> None:
+    """Offer a batch's scored images to the grid picker; scores: per tokenizer, per image."""
+    for j, key in enumerate(keys):
+
+        def sample(j: int = j, key: str = key) -> GridSample:
+            recons, tokens = [], []
+            for out in outs:
+                row = out.kept.index(kept[j])
+                recons.append(_own(out.images[row]))
+                has = out.indices is not None and out.geometry is not None
+                tokens.append((_own(out.indices[row]), _own(out.geometry[row])) if has else None)
+            return GridSample(key, _own(originals[j]), recons, tokens, [s[j] for s in scores])
+
+        picker.offer(scores[0][j]["psnr"], sample)
 
 
 @exact_fp32()
@@ -236,14 +267,15 @@ def evaluate_model(
     workers: int = 0,
     limit: int | None = None,
     device: str = "auto",
-    grid_images: int = 8,
+    grid_images: int = 9,
 ) -> EvalResult:
     """Reconstruct every usable image of `shards` with `model` (and `compare`) and score it.
 
     Images are resized (shorter side to `resize`, default the model's image size) and
     centre-cropped as `gtok encode` does. weights: explicit metric weight files by key
     ("vgg16", "lpips-vgg", "alexnet", "lpips-alex", "inception"); skip_metrics: result keys
-    not to compute ("lpips_vgg", "lpips_alex", "rfid").
+    not to compute ("lpips_vgg", "lpips_alex", "rfid"); grid_images: images kept for
+    `write_report`'s grid (the best, median and worst by PSNR, see `gtok.evaluate.picks`).
     """
     chosen = select_device(device)
     first = load_encoding_model(model, device)
@@ -295,7 +327,7 @@ def evaluate_pairs(
     workers: int = 0,
     limit: int | None = None,
     device: str = "auto",
-    grid_images: int = 8,
+    grid_images: int = 9,
 ) -> EvalResult:
     """Score the reconstructions in `reconstructed` against the originals in `reference`.
 
@@ -303,6 +335,7 @@ def evaluate_pairs(
     to `size`, default the first reconstruction's side, after resizing the shorter side to
     `resize`), or a token store (decoded with its model, or `model` checked against its
     weights hash unless `force`; the originals are preprocessed as the store records).
+    The other options are `evaluate_model`'s.
     """
     chosen = select_device(device)
     reconstructor: Reconstructor

@@ -123,14 +123,29 @@ class Scorer:
         if geometry is not None and self.has_geometry:
             self._geometry.append(geometry.float().cpu().numpy())
 
+    def latest(self, count: int) -> list[dict[str, float]]:
+        """The per-image metrics ({"psnr", "ssim", ...}) of the last `count` images scored."""
+        start = self.n - count
+        complete = {m: v for m, v in self.per_image.items() if len(v) == self.n}
+        return [{m: v[i] for m, v in complete.items()} for i in range(start, self.n)]
+
+    def code_histogram(self) -> np.ndarray | None:
+        """int64 [K]: how many tokens used each code, or None without tokens."""
+        if self.codebook_size is None or self._counts.sum() == 0:
+            return None
+        return self._counts.copy()
+
+    def geometry(self) -> np.ndarray | None:
+        """float32 [N, G, 5]: every scored image's token geometry, or None without Gaussians."""
+        if not self.has_geometry or not self._geometry:
+            return None
+        self._geometry = [np.concatenate(self._geometry)]  # concatenated once, kept so
+        return self._geometry[0]
+
     def rows(self) -> list[dict]:
         """Per scored image: {"key", "psnr", "ssim", "lpips_vgg", "lpips_alex"} (the LPIPS
         values when computed for every image)."""
-        complete = {m: v for m, v in self.per_image.items() if len(v) == self.n}
-        return [
-            {"key": key, **{m: v[i] for m, v in complete.items()}}
-            for i, key in enumerate(self.keys)
-        ]
+        return [{"key": k, **m} for k, m in zip(self.keys, self.latest(self.n), strict=True)]
 
     def result(self) -> dict:
         """{"n", "psnr", "ssim", "lpips_vgg", "lpips_alex", "rfid", "codebook", "geometry",
@@ -156,7 +171,7 @@ class Scorer:
             )
         elif self._geometry:
             try:
-                out["geometry"] = geometry_stats(np.concatenate(self._geometry)).to_dict()
+                out["geometry"] = geometry_stats(self.geometry()).to_dict()
             except ValueError as exc:  # non-finite or non-positive values from the tokenizer
                 unavailable["geometry"] = f"the tokens' geometry cannot be summarized: {exc}"
         out["unavailable"] = unavailable
