@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli._common import ConfigOption, JsonFlag, print_json
-from cli._tokens import ShardsArgument
+from cli._tokens import RefineCodesFlag, RefineLrOption, RefineStepsOption, ShardsArgument
 from gtok.console import console, is_quiet
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
@@ -85,6 +85,9 @@ def encode(
         int | None,
         typer.Option(help="Parallel workers in all. [default: RANK/WORLD_SIZE, SLURM_*, or 1]"),
     ] = None,
+    refine_steps: RefineStepsOption = 0,
+    refine_lr: RefineLrOption = None,
+    refine_codes: RefineCodesFlag = False,
     finalize: Annotated[
         bool,
         typer.Option("--finalize", help="Only build the final arrays after parallel workers."),
@@ -102,10 +105,13 @@ def encode(
 
     Example: gtok encode 'data/train-{000000..000099}.tar' -o train.zarr -m model/
 
+    Example (Gaussians fitted to each image, about +2 dB): gtok encode ./shards -o
+    tokens.zarr --refine-steps 50
+
     Example (4 workers, then finalize): gtok encode ./shards -o tokens.zarr -m model/
     --shard-id 0 --num-shards 4 ... ; gtok encode --finalize -o tokens.zarr
     """
-    from gtok.encode import encode_shards
+    from gtok.encode import encode_shards, refine_settings
     from gtok.store import finalize_store
 
     if finalize:
@@ -134,6 +140,7 @@ def encode(
         overwrite=overwrite,
         shard_id=shard_id,
         num_shards=num_shards,
+        refine=refine_settings(refine_steps, refine_lr, refine_codes),
     )
     if json_output:
         print_json(summary.to_dict())

@@ -26,6 +26,7 @@ from gtok.devices import exact_fp32, tf32_settings
 from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.encode.split import WorkerSlice, worker_slice
 from gtok.errors import GtokError
+from gtok.model.refine import RefineSettings
 from gtok.store import Part, StoreHeader, StoreWriter, finalize_store, schema
 
 __all__ = ["EncodeSummary", "default_workers", "encode_shards"]
@@ -139,6 +140,7 @@ def _header(
         shard_urls=tuple(utf8_text(s.url) for s in shards),
         model_path=str(model.path.resolve()),
         numerics={"tf32": tf32_settings()},
+        refinement=model.refine.to_dict() if model.refine.enabled else None,
     )
 
 
@@ -148,7 +150,7 @@ def _tokens(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 [B, S, S, 3] -> (uint16 indices [B, G], geometry [B, G, 5] or None) on the host."""
     x = to_model_input(images.to(model.device, non_blocking=True))
-    tokens = model.tokenizer.encode(x)
+    tokens = model.encode(x)
     indices = tokens.indices.to(torch.int32).cpu().numpy().astype(schema.INDEX_DTYPE)
     if tokens.geometry is None:
         return indices, None
@@ -173,6 +175,7 @@ def encode_shards(
     overwrite: bool = False,
     shard_id: int | None = None,
     num_shards: int | None = None,
+    refine: RefineSettings | None = None,
 ) -> EncodeSummary:
     """Encode every sample of `shards` into the token store `out` with `model`.
 
@@ -183,6 +186,8 @@ def encode_shards(
     shard_id/num_shards: encode only that slice of the input shards (default: from torchrun
         or Slurm variables, else everything); a single process finalizes the store itself,
         parallel workers leave that to `finalize_store` / `gtok encode --finalize`.
+    refine: encode-time geometry refinement (`gtok.model.refine`), recorded in the store's
+        header; a resume or another worker must use the same settings.
     Resumes by default: shards already in the store are not encoded again. TF32 is off
     while encoding (`gtok.devices.exact_fp32`), as the store records.
     """
@@ -200,7 +205,7 @@ def encode_shards(
         raise GtokError(f"--batch-size must be at least 1, got {batch_size}.")
     if max_member_bytes < 1:
         raise GtokError(f"--max-member-bytes must be at least 1, got {max_member_bytes}.")
-    loaded = load_encoding_model(model, device)
+    loaded = load_encoding_model(model, device, refine)
     size = loaded.config.image_size
     if resize is not None and resize < size:
         raise GtokError(f"--resize {resize} is smaller than the model's image size {size}.")

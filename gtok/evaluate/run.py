@@ -45,6 +45,7 @@ from gtok.evaluate.sources import (
     folder_image_size,
     reference_batches,
 )
+from gtok.model.refine import RefineSettings
 from gtok.store import TokenStore
 
 __all__ = ["PROTOCOL", "EvalResult", "GridSample", "evaluate_model", "evaluate_pairs"]
@@ -93,6 +94,7 @@ def _model_info(reconstructor: Reconstructor) -> dict:
         return {"reconstructions": reconstructor.name}
     info = {"path": str(model.path.resolve()), "weights_sha256": model.weights_sha256}
     info.update(preset=model.config.preset, kind=model.config.kind)
+    info["refinement"] = model.refine.to_dict() if model.refine.enabled else None
     return info
 
 
@@ -237,16 +239,19 @@ def evaluate_model(
     limit: int | None = None,
     device: str = "auto",
     grid_images: int = 8,
+    refine: RefineSettings | None = None,
 ) -> EvalResult:
     """Reconstruct every usable image of `shards` with `model` (and `compare`) and score it.
 
     Images are resized (shorter side to `resize`, default the model's image size) and
     centre-cropped as `gtok encode` does. weights: explicit metric weight files by key
     ("vgg16", "lpips-vgg", "alexnet", "lpips-alex", "inception"); skip_metrics: result keys
-    not to compute ("lpips_vgg", "lpips_alex", "rfid").
+    not to compute ("lpips_vgg", "lpips_alex", "rfid"); refine: encode-time geometry
+    refinement (`gtok.model.refine`) of `model`'s tokens (`compare` is not refined, so
+    `--compare` of a model with itself measures what refinement gains).
     """
     chosen = select_device(device)
-    first = load_encoding_model(model, device)
+    first = load_encoding_model(model, device, refine)
     reconstructors: list[Reconstructor] = [ModelReconstructor(first)]
     if compare is not None:
         second = load_encoding_model(compare, device)

@@ -27,6 +27,7 @@ from gtok.model.decoder import Decoder
 from gtok.model.encoder import Encoder
 from gtok.model.gaussian_embed import GaussianEmbed, GaussianEmbedConfig, Gaussians
 from gtok.model.quantizer import QuantizerOutput, VectorQuantizer
+from gtok.model.refine import DEFAULT_REFINE_LR, RefineSettings, refine_geometry
 from kernels import rasterize
 
 __all__ = [
@@ -163,8 +164,21 @@ class GaussianTokenizer(BaseTokenizer):
         return TokenizerOutput(recon, q.commit_loss, q.indices, q.perplexity, q.usage, gaussians)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> Tokens:
-        """images [B, 3, H, W] in [-1, 1] -> Tokens(indices [B, G], geometry [B, G, 5])."""
+    def encode(
+        self,
+        images: torch.Tensor,
+        *,
+        refine_steps: int = 0,
+        refine_lr: float = DEFAULT_REFINE_LR,
+        refine_codes: bool = False,
+    ) -> Tokens:
+        """images [B, 3, H, W] in [-1, 1] -> Tokens(indices [B, G], geometry [B, G, 5]).
+
+        refine_steps > 0: then fit each image's geometry to the image with that many Adam
+        steps (peak step size `refine_lr`; decoder and codes fixed; `refine_codes` also
+        re-picks the codes), see `gtok.model.refine`. Deterministic; each image's tokens
+        do not depend on the rest of the batch's images."""
+        settings = RefineSettings(refine_steps, refine_lr, refine_codes)
         self._check_images(images)
         gaussians = self._gaussians(images)
         with torch.autocast(images.device.type, enabled=False):
@@ -172,6 +186,9 @@ class GaussianTokenizer(BaseTokenizer):
         geometry = torch.cat(
             [gaussians.means, gaussians.scales, gaussians.rotations[..., None]], dim=-1
         )  # [B, G, 5]
+        if settings.enabled:
+            with torch.autocast(images.device.type, enabled=False):
+                geometry, indices = refine_geometry(self, images, geometry, indices, settings)
         return Tokens(indices, geometry)
 
     @torch.no_grad()

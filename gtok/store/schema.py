@@ -168,8 +168,8 @@ class StoreHeader:
     """What a store is: model, preprocessing, output dtype and its input shards.
 
     Written when the store is created, checked by every later writer (a different model,
-    preprocessing, geometry dtype or shard list is refused), completed by finalize with the
-    counts.
+    preprocessing, geometry refinement, geometry dtype or shard list is refused), completed
+    by finalize with the counts.
     """
 
     model_config: dict  # the model's TokenizerConfig.to_dict()
@@ -185,6 +185,10 @@ class StoreHeader:
     # How the tokens were computed, e.g. {"tf32": {"cudnn": False, "matmul": False}};
     # optional (None in stores written before gtok recorded it), not compared on resume.
     numerics: dict | None = None
+    # Encode-time geometry refinement (`gtok.model.refine.RefineSettings.to_dict()`), None
+    # when the tokens are the model's own (and in stores written before gtok could refine);
+    # compared on resume like the preprocessing.
+    refinement: dict | None = None
 
     def __post_init__(self) -> None:
         if self.geometry_dtype not in GEOMETRY_DTYPES:
@@ -211,6 +215,7 @@ class StoreHeader:
             "inputs": {"names": list(self.shard_names), "urls": list(self.shard_urls)},
             "counts": counts,
             "numerics": self.numerics,
+            "refinement": self.refinement,
         }
 
     @classmethod
@@ -228,4 +233,5 @@ class StoreHeader:
             shard_urls=tuple(inputs["urls"]),
             model_path=model.get("path"),
             numerics=attrs.get("numerics"),
+            refinement=attrs.get("refinement"),
         )

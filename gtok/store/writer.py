@@ -133,6 +133,11 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
             if old.preprocessing.get(k) != new.preprocessing.get(k)
         )
         return f"was encoded with different preprocessing ({', '.join(changed)} differ)"
+    if old.refinement != new.refinement:
+        return (
+            f"was encoded with geometry refinement {_refinement(old.refinement)}, not "
+            f"{_refinement(new.refinement)}"
+        )
     if old.has_geometry and old.geometry_dtype != new.geometry_dtype:
         return f"stores geometry as {old.geometry_dtype}, not {new.geometry_dtype}"
     if old.shard_names != new.shard_names:
@@ -144,6 +149,13 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
             f"now {len(new.shard_names)}; {detail})"
         )
     return None
+
+
+def _refinement(record: dict | None) -> str:
+    """A refinement record as a phrase: "off" or "steps=50, lr=0.1, codes=False"."""
+    if not record:
+        return "off"
+    return ", ".join(f"{k}={record.get(k)}" for k in ("steps", "lr", "codes"))
 
 
 def part_locks(location: Location, shards: Sequence[str]) -> Mapping[str, str]:
