@@ -241,8 +241,6 @@ def test_validation_and_sample_grid_report_the_geometry(tmp_path):
     assert metrics["geo_movement_px"] > 0
     save_samples(model, pixels[:2], dist.device, tmp_path / "grid.png")
     grid = Image.open(tmp_path / "grid.png")
-    rows = comparison_rows(
-        pixels[:2].permute(0, 3, 1, 2).float() / 127.5 - 1,
-        pixels[:2].permute(0, 3, 1, 2).float() / 127.5 - 1,
-    )
-    assert grid.height == 2 * (rows[0][0].height + 2) + 2 + 16  # the caption strip
+    x = pixels[:2].permute(0, 3, 1, 2).float() / 127.5 - 1
+    height = comparison_rows(x, x)[0][0].height
+    assert grid.height == 2 * (height + 2) + 2 + 16  # the caption strip
