@@ -5,7 +5,15 @@ does (see `kernels.runtime`).
 """
 
 from kernels.rasterize import rasterize
+from kernels.reference import NORMALIZE_EPS
 from kernels.runtime import ArchError, start
 from kernels.selfcheck import KernelCheckError, selfcheck
 
-__all__ = ["ArchError", "KernelCheckError", "rasterize", "selfcheck", "start"]
+__all__ = [
+    "NORMALIZE_EPS",
+    "ArchError",
+    "KernelCheckError",
+    "rasterize",
+    "selfcheck",
+    "start",
+]

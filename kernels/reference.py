@@ -19,17 +19,21 @@ their meaning):
   terms: the expanded form cancels catastrophically for thin rotated Gaussians in float32
   (errors of ~5e-4 in sigma near the cut-off, against ~1e-5 here), and never goes negative;
 - `weight = min(1, opacity * exp(-sigma))`, dropped (0) when below 1/255;
-- output = plain weighted sum of features (no compositing, no normalization, background 0).
+- output = plain weighted sum of features (no compositing, no normalization, background 0);
+  with `normalize=True` (opt-in, not the authors') that sum divided at each pixel by the sum
+  of the weights plus `NORMALIZE_EPS`, a weighted mean that a moving Gaussian leaves no
+  hole in (pixels no Gaussian reaches stay 0).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["MIN_SCALE_SQ", "MIN_WEIGHT", "rasterize"]
+__all__ = ["MIN_SCALE_SQ", "MIN_WEIGHT", "NORMALIZE_EPS", "normalized", "rasterize"]
 
 MIN_WEIGHT = 1.0 / 255.0
 MIN_SCALE_SQ = 1e-12  # squared scales are clamped here before inversion (map pixels^2)
+NORMALIZE_EPS = 1e-2  # normalized splatting: map / (sum of weights + this)
 
 
 def rasterize(
@@ -40,13 +44,21 @@ def rasterize(
     height: int,
     width: int,
     opacities: torch.Tensor | None = None,
+    normalize: bool = False,
 ) -> torch.Tensor:
-    """Render Gaussians onto a feature map as a weighted sum.
+    """Render Gaussians onto a feature map as a weighted sum (`normalize`: divided by the
+    sum of the weights + `NORMALIZE_EPS`).
 
     means: [B, G, 2] (x, y) in [-1, 1]; scales: [B, G, 2] standard deviations in map pixels;
     rotations: [B, G] radians; features: [B, G, C]; opacities: [B, G] or None (all 1).
     Returns [B, C, height, width], in the dtype of `features`.
     """
+    if normalize:
+        ones = torch.ones_like(features[..., :1])
+        both = rasterize(
+            means, scales, rotations, torch.cat([features, ones], -1), height, width, opacities
+        )
+        return normalized(both)
     cos = torch.cos(rotations)[..., None, None]  # [B, G, 1, 1]
     sin = torch.sin(rotations)[..., None, None]
     inv_x = (1.0 / (scales[..., 0] ** 2).clamp_min(MIN_SCALE_SQ))[..., None, None]
@@ -66,3 +78,9 @@ def rasterize(
     weight = weight.clamp_max(1.0)
     weight = torch.where(weight >= MIN_WEIGHT, weight, torch.zeros_like(weight))
     return torch.einsum("bghw,bgc->bchw", weight, features.to(weight.dtype))
+
+
+def normalized(rendered: torch.Tensor) -> torch.Tensor:
+    """[B, C + 1, H, W] rendered with a last all-ones feature -> the first C channels divided
+    by (that last channel, the sum of the weights, + `NORMALIZE_EPS`): [B, C, H, W]."""
+    return rendered[:, :-1] / (rendered[:, -1:] + NORMALIZE_EPS)

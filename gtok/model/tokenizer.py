@@ -148,6 +148,8 @@ class GaussianTokenizer(BaseTokenizer):
                 scale_min=config.scale_min,
                 scale_max_init=config.scale_max_init,
                 scale_max_floor=config.scale_max_floor,
+                rotation_param=config.rotation_param,
+                anisotropic_init=config.anisotropic_init,
             )
         )
         self._build_quantizer_and_decoder()
@@ -225,7 +227,15 @@ class GaussianTokenizer(BaseTokenizer):
         onto the map and decode it: -> [B, 3, H, W]."""
         size = self.config.map_size
         with torch.autocast(means.device.type, enabled=False):
-            rendered = rasterize(means, scales, rotations, features.float(), size, size)
+            rendered = rasterize(
+                means,
+                scales,
+                rotations,
+                features.float(),
+                size,
+                size,
+                normalize=self.config.normalized_splatting,
+            )
         return self.decoder(rendered)  # rendered: [B, z, map, map]
 
 
