@@ -180,3 +180,32 @@ def test_vq_model_refuses_refinement(tmp_path, shards, runner):
         ],
     )
     assert result.exit_code == 1 and "VQ model" in result.stderr
+
+
+def test_a_store_written_before_refinement_was_recorded_opens_and_resumes(
+    tmp_path, model_dir, shards
+):
+    old = tmp_path / "old.zarr"
+    _encode(shards / "shard-0000.tar", old, model_dir)
+    meta = json.loads((old / "zarr.json").read_text())
+    assert meta["attributes"]["gtok"].pop("refinement", "absent") is None
+    (old / "zarr.json").write_text(json.dumps(meta))
+    assert TokenStore(old).refinement is None
+    assert _encode(shards / "shard-0000.tar", old, model_dir).shards_already_done == 1
+    with pytest.raises(GtokError, match="geometry refinement off, not steps=2"):
+        _encode(shards / "shard-0000.tar", old, model_dir, refine=RefineSettings(steps=2))
+
+
+def test_eval_refine_steps_against_the_unrefined_model(model_dir, shards, runner):
+    args = ["eval", str(shards), "-m", str(model_dir), "--compare", str(model_dir)]
+    args += ["--workers", "0", "--skip", "lpips-vgg", "--skip", "lpips-alex", "--skip", "rfid"]
+    result = runner.invoke(app, [*args, "--refine-steps", "10", "--json"])
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["model"]["refinement"]["steps"] == 10
+    assert document["compare"]["model"]["refinement"] is None
+    assert document["psnr"] > document["compare"]["psnr"]
+    result = runner.invoke(
+        app, ["eval", "--reference", str(shards), "--reconstructed", "x", "--refine-steps", "2"]
+    )
+    assert result.exit_code == 2 and "--refine-steps applies when eval encodes" in result.stderr
