@@ -11,7 +11,7 @@ Images: the first `--images` usable samples of the shards, preprocessed as `gtok
 does (shorter side to the model's size, centre crop), in batches of `--batch-size`.
 
 Usage: .venv/bin/python bench/refine.py /work/corpus/val-000000.tar --images 256
-    [--steps 0 10 25 50 100] [--lr 0.1] [--codes] [--model DIR] > out.json
+    [--steps 0 10 25 50 100] [--lr 0.1] [--model DIR] > out.json
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from gtok.model import default_model_dir, load_tokenizer
 from gtok.model.refine import DEFAULT_REFINE_LR
 
 
-def _run(tok, batches, steps: int, lr: float, codes: bool) -> dict:
+def _run(tok, batches, steps: int, lr: float) -> dict:
     scores, geometry, wall, cpu = [], [], 0.0, 0.0
     for pixels in batches:
         x = to_model_input(pixels.permute(0, 2, 3, 1))
         began, began_cpu = time.perf_counter(), time.process_time()
         with torch.inference_mode():
-            tokens = tok.encode(x, refine_steps=steps, refine_lr=lr, refine_codes=codes)
+            tokens = tok.encode(x, refine_steps=steps, refine_lr=lr)
         wall += time.perf_counter() - began
         cpu += time.process_time() - began_cpu
         with torch.inference_mode():
@@ -52,7 +52,6 @@ def _run(tok, batches, steps: int, lr: float, codes: bool) -> dict:
     return {
         "steps": steps,
         "lr": lr,
-        "codes": codes,
         "images": n,
         "psnr": float(torch.cat(scores).mean()),
         "encode_images_per_s": n / wall,
@@ -69,7 +68,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 10, 25, 50, 100])
     parser.add_argument("--lr", type=float, default=DEFAULT_REFINE_LR)
-    parser.add_argument("--codes", action="store_true", help="also re-pick the codes")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,7 +83,7 @@ def main() -> None:
     ]
     runs = []
     for steps in args.steps:
-        runs.append(_run(tok, batches, steps, args.lr, args.codes and steps > 0))
+        runs.append(_run(tok, batches, steps, args.lr))
         base = runs[0]["psnr"] if runs[0]["steps"] == 0 else None
         runs[-1]["psnr_gain"] = None if base is None else runs[-1]["psnr"] - base
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)

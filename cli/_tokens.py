@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 __all__ = [
-    "RefineCodesFlag",
     "RefineLrOption",
     "RefineStepsOption",
     "ShardsArgument",
@@ -39,11 +38,6 @@ RefineStepsOption = Annotated[
 RefineLrOption = Annotated[
     float | None,
     typer.Option(help="Peak step size of --refine-steps (cosine-decayed). [default: 0.1]"),
-]
-
-RefineCodesFlag = Annotated[
-    bool,
-    typer.Option(help="With --refine-steps, also re-pick each Gaussian's code after refining."),
 ]
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli._common import ConfigOption, JsonFlag, print_json
-from cli._tokens import RefineCodesFlag, RefineLrOption, RefineStepsOption, ShardsArgument
+from cli._tokens import RefineLrOption, RefineStepsOption, ShardsArgument
 from gtok.console import console, is_quiet
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
@@ -87,7 +87,6 @@ def encode(
     ] = None,
     refine_steps: RefineStepsOption = 0,
     refine_lr: RefineLrOption = None,
-    refine_codes: RefineCodesFlag = False,
     finalize: Annotated[
         bool,
         typer.Option("--finalize", help="Only build the final arrays after parallel workers."),
@@ -140,7 +139,7 @@ def encode(
         overwrite=overwrite,
         shard_id=shard_id,
         num_shards=num_shards,
-        refine=refine_settings(refine_steps, refine_lr, refine_codes),
+        refine=refine_settings(refine_steps, refine_lr),
     )
     if json_output:
         print_json(summary.to_dict())

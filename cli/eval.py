@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cli._common import ConfigOption, JsonFlag, print_json
-from cli._tokens import RefineCodesFlag, RefineLrOption, RefineStepsOption, ShardsArgument
+from cli._tokens import RefineLrOption, RefineStepsOption, ShardsArgument
 from gtok.console import console
 
 
@@ -87,7 +87,6 @@ def eval_command(
     ] = None,
     refine_steps: RefineStepsOption = 0,
     refine_lr: RefineLrOption = None,
-    refine_codes: RefineCodesFlag = False,
     skip: Annotated[
         list[Metric] | None, typer.Option(help="Do not compute this metric (repeatable).")
     ] = None,
@@ -134,7 +133,7 @@ def eval_command(
         "device": device,
         "grid_images": grid_images if report is not None else 0,
     }
-    refine = refine_settings(refine_steps, refine_lr, refine_codes)
+    refine = refine_settings(refine_steps, refine_lr)
     if reference or reconstructed:
         if refine.enabled:
             raise typer.BadParameter("--refine-steps applies when eval encodes (SHARDS).")

@@ -4,7 +4,7 @@
 Covers: refinement lowers every image's reconstruction loss and keeps the geometry in the
 model's ranges; the model's weights get no gradient; refinement is deterministic and each
 image's result does not depend on the rest of its batch; it works under inference mode;
-`--refine-codes`; the store records the settings, refuses a resume with other settings,
+the store records the settings, refuses a resume with other settings,
 and two workers equal one process; bad values and VQ models get one error line.
 """
 
@@ -25,7 +25,7 @@ import gtok
 from cli.main import app
 from gtok.encode import encode_shards
 from gtok.errors import GtokError
-from gtok.model.refine import RefineSettings, refine_geometry
+from gtok.model.refine import RefineSettings
 from gtok.store import TokenStore, finalize_store
 
 
@@ -91,15 +91,6 @@ def test_inference_mode_callers_and_zero_steps(tok, images):
     assert torch.equal(plain.geometry, tok.encode(images).geometry)
 
 
-def test_refine_codes_repicks_codes_and_lowers_the_loss(tok, images):
-    settings = RefineSettings(steps=15, codes=True)
-    plain = tok.encode(images)
-    geometry, indices = refine_geometry(tok, images, plain.geometry, plain.indices, settings)
-    assert indices.shape == plain.indices.shape and indices.dtype == torch.int64
-    refined = gtok.model.Tokens(indices, geometry)
-    assert _l1(tok, refined, images).mean() < _l1(tok, plain, images).mean()
-
-
 def test_bad_settings_are_value_errors():
     for bad in ({"steps": -1}, {"steps": 1.5}, {"lr": 0.0}, {"lr": float("nan")}):
         with pytest.raises(ValueError):
@@ -118,7 +109,7 @@ def test_store_records_refinement_and_matches_the_library(tmp_path, model_dir, t
     _encode(shards, tmp_path / "r.zarr", model_dir, refine=settings)
     store = TokenStore(tmp_path / "r.zarr")
     record = zarr.open_group(str(tmp_path / "r.zarr"), mode="r").attrs["gtok"]["refinement"]
-    assert record["steps"] == 3 and record["lr"] == 0.05 and record["codes"] is False
+    assert record["steps"] == 3 and record["lr"] == 0.05
     _encode(shards, tmp_path / "plain.zarr", model_dir)
     plain = TokenStore(tmp_path / "plain.zarr")
     assert (

@@ -59,7 +59,6 @@ class EncodingModel:
             images,
             refine_steps=self.refine.steps,
             refine_lr=self.refine.lr,
-            refine_codes=self.refine.codes,
         )
 
 
@@ -86,11 +85,11 @@ def load_encoding_model(
     return EncodingModel(tokenizer, path, weights_sha256(path), chosen, refine)
 
 
-def refine_settings(steps: int, lr: float | None = None, codes: bool = False) -> RefineSettings:
+def refine_settings(steps: int, lr: float | None = None) -> RefineSettings:
     """`RefineSettings` from command-line values (lr None: the default); bad values are a
     `GtokError`."""
     try:
-        return RefineSettings(steps, DEFAULT_REFINE_LR if lr is None else lr, codes)
+        return RefineSettings(steps, DEFAULT_REFINE_LR if lr is None else lr)
     except ValueError as exc:
         raise GtokError(f"{str(exc).replace('refine ', '--refine-')}.") from exc
 

@@ -172,15 +172,14 @@ class GaussianTokenizer(BaseTokenizer):
         *,
         refine_steps: int = 0,
         refine_lr: float = DEFAULT_REFINE_LR,
-        refine_codes: bool = False,
     ) -> Tokens:
         """images [B, 3, H, W] in [-1, 1] -> Tokens(indices [B, G], geometry [B, G, 5]).
 
         refine_steps > 0: then fit each image's geometry to the image with that many Adam
-        steps (peak step size `refine_lr`; decoder and codes fixed; `refine_codes` also
-        re-picks the codes), see `gtok.model.refine`. Deterministic; each image's tokens
+        steps (peak step size `refine_lr`; decoder and codes fixed), see
+        `gtok.model.refine`. Deterministic; each image's tokens
         do not depend on the rest of the batch's images."""
-        settings = RefineSettings(refine_steps, refine_lr, refine_codes)
+        settings = RefineSettings(refine_steps, refine_lr)
         self._check_images(images)
         gaussians = self._gaussians(images)
         with torch.autocast(images.device.type, enabled=False):
@@ -190,7 +189,7 @@ class GaussianTokenizer(BaseTokenizer):
         )  # [B, G, 5]
         if settings.enabled:
             with torch.autocast(images.device.type, enabled=False):
-                geometry, indices = refine_geometry(self, images, geometry, indices, settings)
+                geometry = refine_geometry(self, images, geometry, indices, settings)
         return Tokens(indices, geometry)
 
     @torch.no_grad()

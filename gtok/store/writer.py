@@ -152,10 +152,10 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
 
 
 def _refinement(record: dict | None) -> str:
-    """A refinement record as a phrase: "off" or "steps=50, lr=0.1, codes=False"."""
+    """A refinement record as a phrase: "off" or "steps=50, lr=0.1"."""
     if not record:
         return "off"
-    return ", ".join(f"{k}={record.get(k)}" for k in ("steps", "lr", "codes"))
+    return ", ".join(f"{k}={record.get(k)}" for k in ("steps", "lr"))
 
 
 def part_locks(location: Location, shards: Sequence[str]) -> Mapping[str, str]:
