@@ -6,7 +6,13 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["ShardsArgument", "StoreArgument", "human_bytes"]
+__all__ = [
+    "RefineLrOption",
+    "RefineStepsOption",
+    "ShardsArgument",
+    "StoreArgument",
+    "human_bytes",
+]
 
 ShardsArgument = Annotated[
     list[str] | None,
@@ -19,6 +25,19 @@ ShardsArgument = Annotated[
 
 StoreArgument = Annotated[
     str, typer.Argument(help="The token store (a folder like tokens.zarr, or an fsspec URL).")
+]
+
+RefineStepsOption = Annotated[
+    int,
+    typer.Option(
+        help="Refine each image's Gaussian geometry with this many Adam steps against the "
+        "image (decoder and codes fixed; 0: off). Slower, sharper tokens.",
+    ),
+]
+
+RefineLrOption = Annotated[
+    float | None,
+    typer.Option(help="Peak step size of --refine-steps (cosine-decayed). [default: 0.1]"),
 ]
 
 

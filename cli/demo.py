@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from cli._common import JsonFlag, print_json
+from cli._tokens import RefineLrOption, RefineStepsOption
 
 
 def demo(
@@ -32,6 +33,8 @@ def demo(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    refine_steps: RefineStepsOption = 0,
+    refine_lr: RefineLrOption = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Show the whole job on 36 small photographs that ship with gtok (public domain / CC0).
@@ -47,10 +50,19 @@ def demo(
     Example: gtok demo -o /tmp/demo --model runs/tiny --json
 
     Example (your own photographs): gtok demo -o my-demo --photos ~/Pictures/holiday
+
+    Example (Gaussians fitted to each photograph): gtok demo --refine-steps 50
     """
     from gtok.demo import DEMO_PHOTOS, run_demo
+    from gtok.encode import refine_settings
 
-    result = run_demo(output, model=model, photos=photos or DEMO_PHOTOS, device=device)
+    result = run_demo(
+        output,
+        model=model,
+        photos=photos or DEMO_PHOTOS,
+        device=device,
+        refine=refine_settings(refine_steps, refine_lr),
+    )
     if json_output:
         print_json(result.to_dict())
         return

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cli._common import ConfigOption, JsonFlag, print_json, table_text
-from cli._tokens import ShardsArgument
+from cli._tokens import RefineLrOption, RefineStepsOption, ShardsArgument
 from gtok.console import console, is_quiet
 
 
@@ -87,6 +87,8 @@ def eval_command(
     inception_weights: Annotated[
         Path | None, _weights_option("inception", "pt_inception-2015-12-05-6726825d.pth (rFID)")
     ] = None,
+    refine_steps: RefineStepsOption = 0,
+    refine_lr: RefineLrOption = None,
     skip: Annotated[
         list[Metric] | None, typer.Option(help="Do not compute this metric (repeatable).")
     ] = None,
@@ -114,11 +116,14 @@ def eval_command(
 
     Example: gtok eval ./val-shards -m runs/cifar --compare runs/vq-cifar --json
 
+    Example (what encode-time refinement gains): gtok eval ./val-shards --refine-steps 50
+    --compare gtok/default_model
+
     Example: gtok eval --reference ./val-shards --reconstructed recon/
 
     Example: gtok eval --reference ./val-shards --reconstructed tokens.zarr
     """
-    from gtok.encode import default_workers
+    from gtok.encode import default_workers, refine_settings
     from gtok.evaluate import evaluate_model, evaluate_pairs, unavailable_notes, write_report
 
     paths = {
@@ -137,7 +142,10 @@ def eval_command(
         "device": device,
         "grid_images": grid_images if report is not None else 0,
     }
+    refine = refine_settings(refine_steps, refine_lr)
     if reference or reconstructed:
+        if refine.enabled:
+            raise typer.BadParameter("--refine-steps applies when eval encodes (SHARDS).")
         if shards or compare:
             raise typer.BadParameter(
                 "--reference/--reconstructed score saved reconstructions; SHARDS and "
@@ -155,7 +163,9 @@ def eval_command(
             )
         if size is not None:
             raise typer.BadParameter("--size applies to --reconstructed folders only.")
-        result = evaluate_model(shards, model, compare=compare, resize=resize, **common)
+        result = evaluate_model(
+            shards, model, compare=compare, resize=resize, refine=refine, **common
+        )
     if not is_quiet():
         for note in unavailable_notes(result.document["unavailable"], paths):
             console.print(note, soft_wrap=True, markup=False)

@@ -28,8 +28,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gtok.errors import GtokError
+
+if TYPE_CHECKING:
+    from gtok.model.refine import RefineSettings
 
 __all__ = ["DEMO_PHOTOS", "DemoResult", "run_demo"]
 
@@ -59,6 +63,7 @@ class DemoResult:
     ssim: float | None
     unavailable: dict[str, str]  # metric -> why it was not computed
     skipped: int  # photographs that could not be packed, encoded or scored
+    refinement: dict | None = None  # encode-time geometry refinement, None when off
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)  # seconds per step
 
@@ -99,11 +104,14 @@ def run_demo(
     model: str | os.PathLike | None = None,
     photos: str | os.PathLike = DEMO_PHOTOS,
     device: str = "auto",
+    refine: RefineSettings | None = None,
 ) -> DemoResult:
     """Pack, encode, decode and evaluate the demo photographs into `out` (see the module doc).
 
     model: a model directory or run directory (None: the default model, announced on stderr).
     photos: the folder of images to use instead of the shipped ones.
+    refine: encode-time geometry refinement (`gtok.model.refine`); the reconstructions and
+        the pictures of the Gaussians then show the refined tokens.
     """
     from gtok.decode import decode_store
     from gtok.encode import encode_shards, resolve_model
@@ -120,7 +128,7 @@ def run_demo(
     with _timed(steps, "pack"):
         packed = pack_images(photos, shards, per_shard=PER_SHARD)
     with _timed(steps, "encode"):
-        encoded = encode_shards([shards], store, model_dir, workers=0, device=device)
+        encoded = encode_shards([shards], store, model_dir, workers=0, device=device, refine=refine)
     with _timed(steps, "decode"):
         decode_store(store, recon, gaussians=True, device=device)
     with _timed(steps, "eval"):
@@ -144,6 +152,7 @@ def run_demo(
         ssim=document.get("ssim"),
         unavailable=dict(document.get("unavailable", {})),
         skipped=packed.skipped + encoded.skipped + document["skipped"],
+        refinement=refine.to_dict() if refine is not None and refine.enabled else None,
         steps=steps,
     )
     demo.seconds = round(time.perf_counter() - started, 3)

@@ -33,6 +33,7 @@ __all__ = [
     "image_grid",
     "save_image_grid",
     "to_pil",
+    "with_caption",
 ]
 
 _GOLDEN = 0.618033988749895
@@ -133,12 +134,28 @@ def image_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Ima
     return grid
 
 
+def with_caption(image: Image.Image, caption: str, height: int = 16) -> Image.Image:
+    """A copy of `image` with a strip of `height` pixels below it holding `caption` (light
+    text on the grid's dark background, PIL's default font)."""
+    out = Image.new("RGB", (image.width, image.height + height), (24,) * 3)
+    out.paste(image.convert("RGB"), (0, 0))
+    ImageDraw.Draw(out).text((4, image.height + 2), caption, fill=(230,) * 3)
+    return out
+
+
 def save_image_grid(
-    path: str | os.PathLike, rows: Sequence[Sequence[Image.Image]], pad: int = 2
+    path: str | os.PathLike,
+    rows: Sequence[Sequence[Image.Image]],
+    pad: int = 2,
+    caption: str | None = None,
 ) -> None:
-    """`image_grid(rows)` saved as PNG at `path` (written to a temporary name, then renamed)."""
+    """`image_grid(rows)` (with `caption` below it, if given) saved as PNG at `path`
+    (written to a temporary name, then renamed)."""
+    grid = image_grid(rows, pad)
+    if caption:
+        grid = with_caption(grid, caption)
     buffer = io.BytesIO()
-    image_grid(rows, pad).save(buffer, format="PNG")
+    grid.save(buffer, format="PNG")
     write_atomically(path, buffer.getvalue(), f"{os.fspath(path)}.tmp.png")
 
 

@@ -16,6 +16,7 @@ from torch.autograd.function import once_differentiable
 
 from kernels import runtime
 from kernels._raster_taichi import PARAMS, KernelKey, kernels_for
+from kernels.reference import normalized
 
 __all__ = ["rasterize"]
 
@@ -31,8 +32,11 @@ def rasterize(
     height: int,
     width: int,
     opacities: torch.Tensor | None = None,
+    normalize: bool = False,
 ) -> torch.Tensor:
-    """Render B images of G Gaussians each onto a C-channel map as a plain weighted sum.
+    """Render B images of G Gaussians each onto a C-channel map as a plain weighted sum
+    (`normalize`: divided at each pixel by the sum of the weights + `NORMALIZE_EPS`,
+    rendered as one more all-ones feature channel; see `kernels.reference`).
 
     means: [B, G, 2] centres (x, y) in [-1, 1] (the map spans [-1, 1] on both axes);
     scales: [B, G, 2] standard deviations along the Gaussian's own axes, in map pixels;
@@ -46,7 +50,10 @@ def rasterize(
     """
     _check(means, scales, rotations, features, height, width, opacities)
     runtime.start(features.device)  # refuses cuda:N (N > 0) before Taichi starts
-    return _RasterizeFunction.apply(means, scales, rotations, features, opacities, height, width)
+    if normalize:
+        features = torch.cat([features, torch.ones_like(features[..., :1])], dim=-1)
+    out = _RasterizeFunction.apply(means, scales, rotations, features, opacities, height, width)
+    return normalized(out) if normalize else out
 
 
 class _RasterizeFunction(torch.autograd.Function):

@@ -19,7 +19,10 @@ checkpoints keep their meaning):
   terms: the expanded form cancels catastrophically for thin rotated Gaussians in float32
   (errors of ~5e-4 in sigma near the cut-off, against ~1e-5 here), and never goes negative;
 - `weight = min(1, opacity * exp(-sigma))`, dropped (0) when below 1/255;
-- output = plain weighted sum of features (no compositing, no normalization, background 0).
+- output = plain weighted sum of features (no compositing, no normalization, background 0);
+  with `normalize=True` (opt-in, not the authors') that sum divided at each pixel by the sum
+  of the weights plus `NORMALIZE_EPS`, a weighted mean that a moving Gaussian leaves no
+  hole in (pixels no Gaussian reaches stay 0).
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MIN_SCALE_SQ", "MIN_WEIGHT", "deform_attn", "rasterize"]
+__all__ = ["MIN_SCALE_SQ", "MIN_WEIGHT", "NORMALIZE_EPS", "deform_attn", "normalized", "rasterize"]
 
 MIN_WEIGHT = 1.0 / 255.0
 MIN_SCALE_SQ = 1e-12  # squared scales are clamped here before inversion (map pixels^2)
+NORMALIZE_EPS = 1e-2  # normalized splatting: map / (sum of weights + this)
 
 
 def rasterize(
@@ -41,13 +45,21 @@ def rasterize(
     height: int,
     width: int,
     opacities: torch.Tensor | None = None,
+    normalize: bool = False,
 ) -> torch.Tensor:
-    """Render Gaussians onto a feature map as a weighted sum.
+    """Render Gaussians onto a feature map as a weighted sum (`normalize`: divided by the
+    sum of the weights + `NORMALIZE_EPS`).
 
     means: [B, G, 2] (x, y) in [-1, 1]; scales: [B, G, 2] standard deviations in map pixels;
     rotations: [B, G] radians; features: [B, G, C]; opacities: [B, G] or None (all 1).
     Returns [B, C, height, width], in the dtype of `features`.
     """
+    if normalize:
+        ones = torch.ones_like(features[..., :1])
+        both = rasterize(
+            means, scales, rotations, torch.cat([features, ones], -1), height, width, opacities
+        )
+        return normalized(both)
     cos = torch.cos(rotations)[..., None, None]  # [B, G, 1, 1]
     sin = torch.sin(rotations)[..., None, None]
     inv_x = (1.0 / (scales[..., 0] ** 2).clamp_min(MIN_SCALE_SQ))[..., None, None]
@@ -108,3 +120,9 @@ def deform_attn(
     weights = weights.transpose(1, 2).reshape(b * m, 1, nq, num_total)  # [B*M, 1, Nq, F + P]
     out = (sampled * weights).sum(dim=-1)  # [B*M, Dh, Nq]
     return out.view(b, m, head_dim, nq).permute(0, 3, 1, 2)  # [B, Nq, M, Dh]
+
+
+def normalized(rendered: torch.Tensor) -> torch.Tensor:
+    """[B, C + 1, H, W] rendered with a last all-ones feature -> the first C channels divided
+    by (that last channel, the sum of the weights, + `NORMALIZE_EPS`): [B, C, H, W]."""
+    return rendered[:, :-1] / (rendered[:, -1:] + NORMALIZE_EPS)

@@ -110,3 +110,20 @@ def test_demo_rerun_replaces_and_refuses_other_folders(
     with pytest.raises(GtokError, match=r"notes\.txt"):
         run_demo(out, photos=mine)
     assert (out / "notes.txt").exists() and (out / "tokens.zarr").exists()
+
+
+def test_demo_with_refinement_shows_the_refined_gaussians(tmp_path, standin_default, no_weights):
+    from gtok.model.refine import RefineSettings
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for photo in PHOTOS[:2]:
+        shutil.copy(photo, photos / photo.name)
+    plain = run_demo(tmp_path / "plain", photos=photos)
+    refined = run_demo(tmp_path / "refined", photos=photos, refine=RefineSettings(steps=3))
+    assert plain.refinement is None and refined.refinement["steps"] == 3
+    assert TokenStore(refined.store).refinement["steps"] == 3
+    assert refined.psnr > plain.psnr  # the refined tokens decode closer to the photographs
+    name = f"shard-000000.tar/{PHOTOS[0].stem}.gaussians.png"
+    pictures = [np.asarray(Image.open(Path(d.recon) / name)) for d in (plain, refined)]
+    assert pictures[0].shape == pictures[1].shape and not np.array_equal(*pictures)

@@ -34,6 +34,7 @@ from gtok.metrics import (
     to_uint8,
     try_load,
 )
+from gtok.metrics.geometry import GEOMETRY_KEYS, summary_caption, training_summary
 
 SIZES = [(64, 64), (48, 80), (11, 11), (32, 32), (100, 37)]
 
@@ -336,6 +337,15 @@ def test_geometry_stats_known_values():
     assert s.coverage == pytest.approx(3 / 16)
     assert s.coverage_per_image == pytest.approx(2 / 16)
     assert s.to_dict()["scale"]["p50"] == pytest.approx(2.0)
+    # Gaussian 0 stays at (-0.9, -0.9); Gaussian 1 moves by (0.8, 1.5): std sqrt(0.4^2 + 0.75^2)
+    assert s.centre_movement == pytest.approx((0.0 + 0.85) / 2, rel=1e-6)
+    summary = training_summary(s, map_size=16)
+    assert summary["geo_movement_px"] == pytest.approx(0.425 * 8, rel=1e-6)
+    assert summary["geo_rotation_std"] == pytest.approx(np.std([0.0, 1.0, 2.0, 3.0]), rel=1e-6)
+    assert summary["geo_anisotropy_p50"] == pytest.approx(2.0)
+    assert summary["geo_coverage"] == pytest.approx(2 / 16)
+    assert list(summary) == list(GEOMETRY_KEYS)
+    assert "centre movement 3.40 map px" in summary_caption(summary)
 
 
 def test_geometry_percentiles_and_errors():

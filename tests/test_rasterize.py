@@ -442,3 +442,37 @@ def test_cuda_matches_reference_in_its_own_process():
         [sys.executable, str(script), "--repeats", "3"], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
+
+
+# ---- normalized splatting (opt-in) -----------------------------------------------------
+
+
+def test_normalized_forward_is_the_weighted_mean_and_matches_reference():
+    g = gaussians(2, 12, 3, seed=5)
+    plain = render(reference.rasterize, g, 10, 13)
+    weights = reference.rasterize(
+        g["means"], g["scales"], g["rotations"], torch.ones(2, 12, 1), 10, 13
+    )
+    want = plain / (weights + kernels.NORMALIZE_EPS)
+    args = (g["means"], g["scales"], g["rotations"], g["features"], 10, 13)
+    ref = reference.rasterize(*args, normalize=True)
+    assert max_rel_err(ref, want) <= 1e-6
+    assert max_rel_err(kernels.rasterize(*args, normalize=True), ref) <= 1e-5
+
+
+def test_normalized_gradcheck_float64_every_input():
+    g = smooth_gaussians(2, 3, 2, 9, 7, opacities=True)
+    names = [k for k in NAMES if g[k] is not None]
+
+    def fn(means, scales, rotations, features, opacities):
+        return kernels.rasterize(means, scales, rotations, features, 9, 7, opacities, True)
+
+    inputs = tuple(g[k].clone().requires_grad_() for k in names)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+    upstream = torch.randn(2, 2, 9, 7, generator=torch.Generator().manual_seed(1)).double()
+    got = torch.autograd.grad(fn(*inputs), inputs, upstream)
+    want = torch.autograd.grad(
+        reference.rasterize(*inputs[:4], 9, 7, inputs[4], normalize=True), inputs, upstream
+    )
+    for name, a, b in zip(names, got, want, strict=True):
+        assert max_rel_err(a, b) <= 1e-10, name

@@ -214,3 +214,33 @@ def test_comparison_rows_enlarge_and_draw():
     rows = comparison_rows(images, images, geometry, torch.zeros(2, 3), (4, 4), 64)
     assert len(rows) == 2 and [im.size for im in rows[0]] == [(64, 64)] * 3
     assert rows[0][2].tobytes() != rows[0][1].tobytes()  # ellipses were drawn
+
+
+def test_validation_and_sample_grid_report_the_geometry(tmp_path):
+    from PIL import Image
+    from shardmaker import write_clean_shards
+
+    import gtok
+    from gtok.data import expand_shards
+    from gtok.metrics.geometry import GEOMETRY_KEYS, geometry_stats, training_summary
+    from gtok.train.distributed import Dist
+    from gtok.train.validate import evaluate, first_images, save_samples
+
+    torch.manual_seed(0)
+    small = {"num_gaussians": 8, "codebook_size": 64, "num_rounds": 1, "ffn_dim": 64}
+    model = gtok.build_tokenizer("tiny", image_size=32, map_size=8, **small).eval()
+    shards = expand_shards(write_clean_shards(tmp_path, 1, 6))
+    dist = Dist(0, 1, torch.device("cpu"))
+    metrics, _ = evaluate(model, shards, 32, 4, 6, dist)
+    assert metrics["images"] == 6 and set(GEOMETRY_KEYS) <= set(metrics)
+    pixels = first_images(shards, 32, 6)
+    with torch.no_grad():
+        geometry = model.encode(pixels.permute(0, 3, 1, 2).float() / 127.5 - 1).geometry
+    expected = training_summary(geometry_stats(geometry), 8)
+    assert all(metrics[k] == pytest.approx(expected[k], rel=1e-4, abs=1e-6) for k in expected)
+    assert metrics["geo_movement_px"] > 0
+    save_samples(model, pixels[:2], dist.device, tmp_path / "grid.png")
+    grid = Image.open(tmp_path / "grid.png")
+    x = pixels[:2].permute(0, 3, 1, 2).float() / 127.5 - 1
+    height = comparison_rows(x, x)[0][0].height
+    assert grid.height == 2 * (height + 2) + 2 + 16  # the caption strip

@@ -1,7 +1,7 @@
 """Encoding datasets into token stores: `encode_shards` (what `gtok encode` runs), the model
 resolution behind `--model`, and the worker split behind `--shard-id/--num-shards`."""
 
-from gtok.encode.model import load_encoding_model, resolve_model
+from gtok.encode.model import load_encoding_model, refine_settings, resolve_model
 from gtok.encode.run import EncodeSummary, default_workers, encode_shards
 from gtok.encode.split import WorkerSlice, worker_slice
 
@@ -11,6 +11,7 @@ __all__ = [
     "default_workers",
     "encode_shards",
     "load_encoding_model",
+    "refine_settings",
     "resolve_model",
     "worker_slice",
 ]

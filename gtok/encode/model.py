@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -11,8 +11,9 @@ import torch
 from gtok.console import console, is_quiet
 from gtok.devices import select_device
 from gtok.errors import GtokError
+from gtok.model.refine import DEFAULT_REFINE_LR, RefineSettings
 
-__all__ = ["EncodingModel", "load_encoding_model", "resolve_model"]
+__all__ = ["EncodingModel", "load_encoding_model", "refine_settings", "resolve_model"]
 
 
 def resolve_model(model: str | os.PathLike | None) -> Path:
@@ -36,30 +37,61 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
 
 @dataclass
 class EncodingModel:
-    """A loaded tokenizer in eval mode and what identifies it in a token store."""
+    """A loaded tokenizer in eval mode, what identifies it in a token store, and how its
+    tokens are refined at encode time (`gtok.model.refine`; default: not at all)."""
 
     tokenizer: torch.nn.Module
     path: Path
     weights_sha256: str
     device: torch.device
+    refine: RefineSettings = field(default_factory=RefineSettings)
 
     @property
     def config(self):
         return self.tokenizer.config
 
+    def encode(self, images: torch.Tensor):
+        """images [B, 3, S, S] in [-1, 1] on the model's device -> `Tokens` (refined when
+        `refine` says so)."""
+        if not self.refine.enabled:
+            return self.tokenizer.encode(images)
+        return self.tokenizer.encode(
+            images,
+            refine_steps=self.refine.steps,
+            refine_lr=self.refine.lr,
+        )
+
 
 def load_encoding_model(
-    model: str | os.PathLike | None, device: str | torch.device = "auto"
+    model: str | os.PathLike | None,
+    device: str | torch.device = "auto",
+    refine: RefineSettings | None = None,
 ) -> EncodingModel:
     """Resolve, hash and load the model for encoding (eval mode, on `device`: "auto", "cpu",
-    "cuda" or "cuda:N", as `gtok.devices.select_device` places it)."""
+    "cuda" or "cuda:N", as `gtok.devices.select_device` places it); `refine`: encode-time
+    geometry refinement (GaussianToken models only)."""
     from gtok.model.io import load_tokenizer, weights_sha256
 
+    refine = refine or RefineSettings()
     chosen = select_device(device)  # first: before anything starts CUDA
     path = resolve_model(model)
     tokenizer = load_tokenizer(path, device=chosen).eval()
+    if refine.enabled and tokenizer.config.kind != "gaussian":
+        raise GtokError(
+            f"--refine-steps refines Gaussian geometry, but {path} is a VQ model without "
+            "geometry; drop --refine-steps."
+        )
     _check_finite(tokenizer, path)
-    return EncodingModel(tokenizer, path, weights_sha256(path), chosen)
+    return EncodingModel(tokenizer, path, weights_sha256(path), chosen, refine)
+
+
+def refine_settings(steps: int, lr: float | None = None) -> RefineSettings:
+    """`RefineSettings` from command-line values (lr None: the default); bad values are a
+    `GtokError`."""
+    try:
+        return RefineSettings(steps, DEFAULT_REFINE_LR if lr is None else lr)
+    except ValueError as exc:
+        raise GtokError(f"{str(exc).replace('refine ', '--refine-')}.") from exc
 
 
 def _check_finite(tokenizer: torch.nn.Module, path: Path) -> None:

@@ -26,6 +26,7 @@ from gtok.devices import check_inference_precision, exact_fp32, mixed_precision,
 from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.encode.split import WorkerSlice, worker_slice
 from gtok.errors import GtokError
+from gtok.model.refine import RefineSettings
 from gtok.store import Location, Part, StoreHeader, StoreWriter, finalize_store, schema
 from gtok.store.append import begin_append
 from gtok.store.geometry_bins import MAX_BITS, MIN_BITS, GeometryBinning
@@ -176,6 +177,7 @@ def _header(
         numerics={"tf32": tf32_settings(), "precision": precision},
         metadata_fields=metadata_fields,
         geometry_bins=None if binning is None else binning.to_attrs(),
+        refinement=model.refine.to_dict() if model.refine.enabled else None,
     )
 
 
@@ -187,7 +189,7 @@ def _tokens(
     the host; the encoder CNN runs under `precision`'s autocast (the rest stays fp32)."""
     x = to_model_input(images.to(model.device, non_blocking=True))
     with mixed_precision(model.device, precision):
-        tokens = model.tokenizer.encode(x)
+        tokens = model.encode(x)
     indices = tokens.indices.to(torch.int32).cpu().numpy().astype(schema.INDEX_DTYPE)
     if tokens.geometry is None:
         return indices, None
@@ -231,6 +233,7 @@ def encode_shards(
     append: bool = False,
     jpeg_draft: bool | None = None,
     precision: str = "fp32",
+    refine: RefineSettings | None = None,
 ) -> EncodeSummary:
     """Encode every sample of `shards` into the token store `out` with `model`.
 
@@ -251,6 +254,8 @@ def encode_shards(
         (`.txt` captions are always kept, as `captions`, when the shards have them).
     append: add the shards the existing store `out` lacks after its rows
         (`gtok.store.append`); the store must have been encoded with the same settings.
+    refine: encode-time geometry refinement (`gtok.model.refine`), recorded in the store's
+        header; a resume or another worker must use the same settings.
     Resumes by default: shards already in the store are not encoded again. TF32 is off
     while encoding (`gtok.devices.exact_fp32`), as the store records.
     """
@@ -272,7 +277,7 @@ def encode_shards(
     if max_member_bytes < 1:
         raise GtokError(f"--max-member-bytes must be at least 1, got {max_member_bytes}.")
     check_inference_precision(precision)
-    loaded = load_encoding_model(model, device)
+    loaded = load_encoding_model(model, device, refine)
     size = loaded.config.image_size
     if resize is not None and resize < size:
         raise GtokError(f"--resize {resize} is smaller than the model's image size {size}.")

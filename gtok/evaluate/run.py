@@ -48,6 +48,7 @@ from gtok.evaluate.sources import (
     folder_image_size,
     reference_batches,
 )
+from gtok.model.refine import RefineSettings
 from gtok.store import TokenStore
 
 __all__ = ["PROTOCOL", "EvalResult", "GridSample", "evaluate_model", "evaluate_pairs"]
@@ -103,6 +104,7 @@ def _model_info(reconstructor: Reconstructor) -> dict:
         return {"reconstructions": reconstructor.name}
     info = {"path": str(model.path.resolve()), "weights_sha256": model.weights_sha256}
     info.update(preset=model.config.preset, kind=model.config.kind)
+    info["refinement"] = model.refine.to_dict() if model.refine.enabled else None
     return info
 
 
@@ -268,6 +270,7 @@ def evaluate_model(
     limit: int | None = None,
     device: str = "auto",
     grid_images: int = 9,
+    refine: RefineSettings | None = None,
 ) -> EvalResult:
     """Reconstruct every usable image of `shards` with `model` (and `compare`) and score it.
 
@@ -275,10 +278,13 @@ def evaluate_model(
     centre-cropped as `gtok encode` does. weights: explicit metric weight files by key
     ("vgg16", "lpips-vgg", "alexnet", "lpips-alex", "inception"); skip_metrics: result keys
     not to compute ("lpips_vgg", "lpips_alex", "rfid"); grid_images: images kept for
-    `write_report`'s grid (the best, median and worst by PSNR, see `gtok.evaluate.picks`).
+    `write_report`'s grid (the best, median and worst by PSNR, see `gtok.evaluate.picks`);
+    refine: encode-time geometry refinement (`gtok.model.refine`) of `model`'s tokens
+    (`compare` is not refined, so `--compare` of a model with itself measures what
+    refinement gains).
     """
     chosen = select_device(device)
-    first = load_encoding_model(model, device)
+    first = load_encoding_model(model, device, refine)
     reconstructors: list[Reconstructor] = [ModelReconstructor(first)]
     if compare is not None:
         second = load_encoding_model(compare, device)

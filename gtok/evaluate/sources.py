@@ -165,7 +165,7 @@ class ModelReconstructor:
     def reconstruct(self, keys: list[str], originals: torch.Tensor) -> Reconstruction:
         x = to_model_input(originals.permute(0, 2, 3, 1).to(self.model.device))
         with torch.inference_mode():
-            tokens = self.model.tokenizer.encode(x)
+            tokens = self.model.encode(x)
             images = self.model.tokenizer.decode(tokens)
         geometry = None if tokens.geometry is None else tokens.geometry.cpu()
         return Reconstruction(

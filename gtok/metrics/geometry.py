@@ -9,7 +9,11 @@ axes pooled), the major and minor scale (max and min of the two), the anisotropy
 (major / minor), the rotation and each mean coordinate; and coverage of the image plane:
 [-1, 1]^2 is cut into grid x grid cells, `coverage` is the fraction of cells holding at least
 one Gaussian centre over all images together, `coverage_per_image` the mean over images of
-that fraction for each image alone.
+that fraction for each image alone. `centre_movement`: how far the Gaussians move with the
+image, the mean over Gaussians (token positions) of the standard deviation of that Gaussian's
+centre across images (sqrt of the summed x and y variances, in [-1, 1] units; 0 for a fixed
+lattice; needs at least 2 images to be non-zero). `training_summary` flattens the few
+numbers training logs into `metrics.jsonl` and the sample grid's caption.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from torch import Tensor
 
-__all__ = ["Distribution", "GeometryStats", "geometry_stats"]
+__all__ = [
+    "GEOMETRY_KEYS",
+    "Distribution",
+    "GeometryStats",
+    "geometry_stats",
+    "summary_caption",
+    "training_summary",
+]
 
 PERCENTILES = (1, 5, 50, 95, 99)
 
@@ -58,6 +69,7 @@ class GeometryStats:
     grid: int
     coverage: float  # fraction of grid cells holding a centre, all images together
     coverage_per_image: float  # mean over images of each image's fraction
+    centre_movement: float  # mean over Gaussians of its centre's std across images, [-1, 1]
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -98,4 +110,37 @@ def geometry_stats(geometry: Tensor | ArrayLike, *, grid: int = 16) -> GeometryS
         grid=grid,
         coverage=float(occupied.any(axis=0).mean()),
         coverage_per_image=float(occupied.mean(axis=1).mean()),
+        centre_movement=float(np.sqrt(mean_x.var(axis=0) + mean_y.var(axis=0)).mean()),
+    )
+
+
+GEOMETRY_KEYS = (
+    "geo_rotation_std",
+    "geo_anisotropy_p50",
+    "geo_anisotropy_p95",
+    "geo_movement_px",
+    "geo_coverage",
+)  # the keys of `training_summary`, in its order
+
+
+def training_summary(stats: GeometryStats, map_size: int) -> dict[str, float]:
+    """The geometry numbers training logs (flat, prefixed `geo_`): rotation spread (std,
+    radians), median and p95 anisotropy, centre movement across images in map pixels
+    (`centre_movement` * map_size / 2) and the mean per-image coverage."""
+    return {
+        "geo_rotation_std": stats.rotation.std,
+        "geo_anisotropy_p50": stats.anisotropy.p50,
+        "geo_anisotropy_p95": stats.anisotropy.p95,
+        "geo_movement_px": stats.centre_movement * map_size / 2.0,
+        "geo_coverage": stats.coverage_per_image,
+    }
+
+
+def summary_caption(summary: dict[str, float]) -> str:
+    """`training_summary` as one line of text for a picture's caption."""
+    return (
+        f"rotation std {summary['geo_rotation_std']:.3f} rad  "
+        f"anisotropy p50 {summary['geo_anisotropy_p50']:.2f} p95 "
+        f"{summary['geo_anisotropy_p95']:.2f}  centre movement "
+        f"{summary['geo_movement_px']:.2f} map px  coverage {summary['geo_coverage']:.1%}"
     )

@@ -20,6 +20,13 @@ Presets:
   preset has Gaussians (8x8 = 64, 8x8 = 64, 16x16 = 256), with the same codebook and z. The
   map is one level smaller, so the baselines have one more level (`vq-imagenet` is the
   authors' own baseline config, ch_mult (1, 1, 2, 2, 4)).
+
+Opt-in geometry options (issue 15; every preset keeps them off): `normalized_splatting`
+divides the rendered map by the sum of the Gaussians' weights plus `kernels.NORMALIZE_EPS`
+at each pixel, so a Gaussian that moves leaves no hole; `rotation_param="direction"`
+predicts the rotation as a direction (u, v) (rotation = atan2(v, u) / 2 mod pi), without
+the sigmoid's walls at 0 and pi and its fixed start at pi/2; `anisotropic_init` starts the
+refine heads' scale logits at (+1, -1) instead of (0, 0) (elongated, not round, Gaussians).
 """
 
 from __future__ import annotations
@@ -37,10 +44,18 @@ __all__ = [
     "preset_config",
 ]
 
+# the opt-in geometry options (issue 15), off in every preset
+OPTIONAL_FIELDS = ("normalized_splatting", "rotation_param", "anisotropic_init")
 # Fields added after the first config.json format, with the value that reproduces what a
 # model saved without them did: an older config.json loads with these.
-ADDED_FIELDS: dict[str, Any] = {"restart_used_codes": True}
+ADDED_FIELDS: dict[str, Any] = {
+    "restart_used_codes": True,
+    "normalized_splatting": False,
+    "rotation_param": "sigmoid",
+    "anisotropic_init": False,
+}
 MAX_CODEBOOK_SIZE = 65536  # token ids are stored as uint16
+ROTATION_PARAMS = ("sigmoid", "direction")
 GROUPS = 32  # GroupNorm groups: every CNN channel count is a multiple of this
 MAX_CHANNELS = 4096  # widest CNN level, ch * max(ch_mult) (the presets reach 512)
 MAX_LEVELS = 8  # len(ch_mult): 2^7 = 128x downsampling (the presets use 2 to 5)
@@ -100,6 +115,11 @@ class TokenizerConfig:
     scale_min: float = 0.1  # smallest Gaussian standard deviation, map pixels
     scale_max_init: float = 4.0  # r_max at the start of training, map pixels
     scale_max_floor: float = 3.0  # r_max shrinks towards this during training
+    # opt-in changes to the geometry (issue 15; off = the authors' model, and what model
+    # directories written before these fields existed load with):
+    normalized_splatting: bool = False  # rendered map / (sum of weights + eps), not a sum
+    rotation_param: Literal["sigmoid", "direction"] = "sigmoid"  # see GaussianEmbedConfig
+    anisotropic_init: bool = False  # refine heads start with scale logits (+1, -1)
     # vector quantizer (DESIGN.md 1.4)
     codebook_decay: float = 0.8  # EMA decay of the codebook
     codebook_eps: float = 1e-5  # Laplace smoothing of the EMA cluster sizes
@@ -181,6 +201,14 @@ class TokenizerConfig:
             )
         if not 0 <= self.dropout < 1:
             out.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.rotation_param not in ROTATION_PARAMS:
+            out.append(
+                f"rotation_param must be one of {', '.join(ROTATION_PARAMS)}, "
+                f"got {self.rotation_param!r}"
+            )
+        for name in ("normalized_splatting", "anisotropic_init"):
+            if not isinstance(getattr(self, name), bool):
+                out.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not 0 < self.scale_min < self.scale_max_floor <= self.scale_max_init:
             out.append(
                 "need 0 < scale_min < scale_max_floor <= scale_max_init, got "

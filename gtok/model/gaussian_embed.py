@@ -42,7 +42,6 @@ __all__ = [
 
 LOGIT_CLAMP = 9.21024  # logit(0.9999): every sigmoid input is clamped to +-this
 GROUPS = 32  # GroupNorm groups of the lifter
-NUM_GEOMETRY = 5  # anchor entries before the feature: x, y, rotation, scale_x, scale_y
 # scale-range scheduler (DESIGN.md 1.3)
 EMA_MOMENTUM = 0.01  # weight of the batch's mean scale in the EMA
 SHRINK_RATE = 1e-3  # r_max -= SHRINK_RATE * max(ema - midpoint, MIN_SHRINK)
@@ -67,6 +66,17 @@ class GaussianEmbedConfig:
     scale_min: float = 0.1  # smallest standard deviation
     scale_max_init: float = 4.0  # r_max, the largest standard deviation, at the start
     scale_max_floor: float = 3.0  # r_max shrinks during training, not below this
+    # opt-in (issue 15; defaults are the authors'): "direction" predicts the rotation as a
+    # vector (u, v) in two anchor entries, rotation = atan2(v, u) / 2 mod pi (no sigmoid
+    # walls at 0 and pi), updated residually like xy (so each Gaussian starts at its own
+    # learned anchor's direction, not all at pi/2); anisotropic_init starts each refine
+    # head's scale logits at (+1, -1), elongated Gaussians, instead of round ones
+    rotation_param: str = "sigmoid"
+    anisotropic_init: bool = False
+
+    @property
+    def layout(self) -> AnchorLayout:
+        return AnchorLayout(2 if self.rotation_param == "direction" else 1)
 
     def __post_init__(self) -> None:
         sizes = {
@@ -94,8 +104,32 @@ class GaussianEmbedConfig:
                 "need 0 < scale_min < scale_max_floor <= scale_max_init, got "
                 f"{self.scale_min}, {self.scale_max_floor}, {self.scale_max_init}"
             )
+        if self.rotation_param not in ("sigmoid", "direction"):
+            problems.append(
+                f"rotation_param must be sigmoid or direction, got {self.rotation_param!r}"
+            )
         if problems:
             raise ValueError(f"invalid GaussianEmbed config: {'; '.join(problems)}")
+
+
+class AnchorLayout(NamedTuple):
+    """Where each part of an anchor [.., geometry + D] sits: xy logits 0:2, rotation (1 logit,
+    or a direction (u, v)), scale logits (2), then the feature."""
+
+    rotation_dims: int  # 1 (the authors' sigmoid logit) or 2 (direction)
+
+    @property
+    def rotation(self) -> slice:
+        return slice(2, 2 + self.rotation_dims)
+
+    @property
+    def scale(self) -> slice:
+        return slice(2 + self.rotation_dims, 4 + self.rotation_dims)
+
+    @property
+    def geometry(self) -> int:
+        """Anchor entries before the feature (5 for the authors' layout)."""
+        return 4 + self.rotation_dims
 
 
 class Gaussians(NamedTuple):
@@ -179,13 +213,17 @@ class GaussianLifter(nn.Module):
     features N(0, 1).
     """
 
-    def __init__(self, num_gaussians: int, dim: int) -> None:
+    def __init__(self, num_gaussians: int, dim: int, layout: AnchorLayout | None = None) -> None:
         super().__init__()
         xy = safe_logit(torch.rand(num_gaussians, 2))
         built_scale = safe_logit(torch.rand(num_gaussians, 2))  # read as rotation, scale_x
         built_rotation = torch.zeros(num_gaussians, 1)  # read as scale_y
         feature = torch.randn(num_gaussians, dim)
-        self.anchor = nn.Parameter(torch.cat([xy, built_scale, built_rotation, feature], dim=1))
+        parts = [xy, built_scale, built_rotation, feature]
+        if layout is not None and layout.rotation_dims == 2:  # a direction at angle 2 phi
+            phi = torch.sigmoid(built_scale[:, :1]) * math.pi
+            parts = [xy, torch.cos(2 * phi), torch.sin(2 * phi), built_scale[:, 1:], *parts[2:]]
+        self.anchor = nn.Parameter(torch.cat(parts, dim=1))
         self.instance_feature = nn.Parameter(torch.zeros(num_gaussians, dim), requires_grad=False)
 
     def forward(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,20 +243,21 @@ def _linear_relu_ln(in_dim: int, dim: int) -> nn.Sequential:
 class AnchorEncoder(nn.Module):
     """Embeds raw anchor logits [.., 5 + D] -> [.., D]: one MLP per part, summed, one more."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, layout: AnchorLayout | None = None) -> None:
         super().__init__()
+        self.layout = layout = layout or AnchorLayout(1)
         self.xy_fc = _linear_relu_ln(2, dim)
         self.scale_fc = _linear_relu_ln(2, dim)
-        self.rot_fc = _linear_relu_ln(1, dim)
+        self.rot_fc = _linear_relu_ln(layout.rotation_dims, dim)
         self.feature_fc = _linear_relu_ln(dim, dim)
         self.output_fc = _linear_relu_ln(dim, dim)
 
     def forward(self, anchor: torch.Tensor) -> torch.Tensor:
         parts = (
             self.xy_fc(anchor[..., 0:2])
-            + self.rot_fc(anchor[..., 2:3])
-            + self.scale_fc(anchor[..., 3:5])
-            + self.feature_fc(anchor[..., 5:])
+            + self.rot_fc(anchor[..., self.layout.rotation])
+            + self.scale_fc(anchor[..., self.layout.scale])
+            + self.feature_fc(anchor[..., self.layout.geometry :])
         )
         return self.output_fc(parts)
 
@@ -420,7 +459,11 @@ class Refine(nn.Module):
 
     def __init__(self, cfg: GaussianEmbedConfig, last: bool = False) -> None:
         super().__init__()
-        self.layers = _refine_mlp(cfg.dim, NUM_GEOMETRY + cfg.dim)
+        self.layout = cfg.layout
+        self.layers = _refine_mlp(cfg.dim, self.layout.geometry + cfg.dim)
+        if cfg.anisotropic_init:
+            with torch.no_grad():
+                self.layers[-2].bias[self.layout.scale] = torch.tensor([1.0, -1.0])
         if last:
             self.range_scheduler = ScaleRange(
                 cfg.scale_min, cfg.scale_max_init, cfg.scale_max_floor
@@ -432,14 +475,19 @@ class Refine(nn.Module):
     ) -> torch.Tensor:
         """instance, anchor_embed [B, G, D]; anchor [B, G, 5 + D] -> [B, G, 5 + D]."""
         out = self.layers(instance + anchor_embed)
-        return torch.cat([out[..., :2] + anchor[..., :2], out[..., 2:]], dim=-1)
+        kept = 2 if self.layout.rotation_dims == 1 else 4  # a direction is updated like xy
+        return torch.cat([out[..., :kept] + anchor[..., :kept], out[..., kept:]], dim=-1)
 
     def get_gaussians(self, anchor: torch.Tensor) -> Gaussians:
         """anchor [B, G, 5 + D] -> Gaussians; in training mode also steps the scale range."""
+        layout = self.layout
         means = 2.0 * safe_sigmoid(anchor[..., 0:2]) - 1.0
-        rotations = safe_sigmoid(anchor[..., 2]) * math.pi
-        scales = self.range_scheduler(anchor[..., 3:5])  # with r_max from before this step
-        features = self.to_features(anchor[..., NUM_GEOMETRY:])
+        if layout.rotation_dims == 1:
+            rotations = safe_sigmoid(anchor[..., 2]) * math.pi
+        else:  # direction (u, v) at twice the angle: orientations are pi-periodic
+            rotations = torch.remainder(torch.atan2(anchor[..., 3], anchor[..., 2]) / 2, math.pi)
+        scales = self.range_scheduler(anchor[..., layout.scale])  # r_max from before this step
+        features = self.to_features(anchor[..., layout.geometry :])
         if self.training:
             self.range_scheduler.step(scales.detach().mean())
         return Gaussians(means, scales, rotations, features)
@@ -457,8 +505,8 @@ class GaussianEmbed(nn.Module):
         super().__init__()
         self.config = config
         self.fm_lifter = FeatureMapLifter(config.in_dim, config.dim)
-        self.gaussian_lifter = GaussianLifter(config.num_gaussians, config.dim)
-        self.anchor_encoder = AnchorEncoder(config.dim)
+        self.gaussian_lifter = GaussianLifter(config.num_gaussians, config.dim, config.layout)
+        self.anchor_encoder = AnchorEncoder(config.dim, config.layout)
         self.attn_encoder = AttentionEncoder(config)
         self.layers = nn.ModuleList()  # [cross_attn, ffn, refine] * num_rounds
         for r in range(config.num_rounds):

@@ -28,6 +28,7 @@ from gtok.model.directory import save_pretrained
 from gtok.model.encoder import Encoder
 from gtok.model.gaussian_embed import GaussianEmbed, GaussianEmbedConfig, Gaussians
 from gtok.model.quantizer import QuantizerOutput, VectorQuantizer
+from gtok.model.refine import DEFAULT_REFINE_LR, RefineSettings, refine_geometry
 from kernels import rasterize
 
 __all__ = [
@@ -148,6 +149,8 @@ class GaussianTokenizer(BaseTokenizer):
                 scale_min=config.scale_min,
                 scale_max_init=config.scale_max_init,
                 scale_max_floor=config.scale_max_floor,
+                rotation_param=config.rotation_param,
+                anisotropic_init=config.anisotropic_init,
             )
         )
         self._build_quantizer_and_decoder()
@@ -164,8 +167,20 @@ class GaussianTokenizer(BaseTokenizer):
         return TokenizerOutput(recon, q.commit_loss, q.indices, q.perplexity, q.usage, gaussians)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> Tokens:
-        """images [B, 3, H, W] in [-1, 1] -> Tokens(indices [B, G], geometry [B, G, 5])."""
+    def encode(
+        self,
+        images: torch.Tensor,
+        *,
+        refine_steps: int = 0,
+        refine_lr: float = DEFAULT_REFINE_LR,
+    ) -> Tokens:
+        """images [B, 3, H, W] in [-1, 1] -> Tokens(indices [B, G], geometry [B, G, 5]).
+
+        refine_steps > 0: then fit each image's geometry to the image with that many Adam
+        steps (peak step size `refine_lr`; decoder and codes fixed), see
+        `gtok.model.refine`. Deterministic; each image's tokens
+        do not depend on the rest of the batch's images."""
+        settings = RefineSettings(refine_steps, refine_lr)
         self._check_images(images)
         gaussians = self._gaussians(images)
         with torch.autocast(images.device.type, enabled=False):
@@ -173,6 +188,9 @@ class GaussianTokenizer(BaseTokenizer):
         geometry = torch.cat(
             [gaussians.means, gaussians.scales, gaussians.rotations[..., None]], dim=-1
         )  # [B, G, 5]
+        if settings.enabled:
+            with torch.autocast(images.device.type, enabled=False):
+                geometry = refine_geometry(self, images, geometry, indices, settings)
         return Tokens(indices, geometry)
 
     @torch.no_grad()
@@ -209,7 +227,15 @@ class GaussianTokenizer(BaseTokenizer):
         onto the map and decode it: -> [B, 3, H, W]."""
         size = self.config.map_size
         with torch.autocast(means.device.type, enabled=False):
-            rendered = rasterize(means, scales, rotations, features.float(), size, size)
+            rendered = rasterize(
+                means,
+                scales,
+                rotations,
+                features.float(),
+                size,
+                size,
+                normalize=self.config.normalized_splatting,
+            )
         return self.decoder(rendered)  # rendered: [B, z, map, map]
 
 

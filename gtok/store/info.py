@@ -85,6 +85,7 @@ def store_info(path: str | os.PathLike, *, usage: bool = True) -> dict:
         },
         "preprocessing": header.preprocessing,
         "numerics": header.numerics,
+        "refinement": header.refinement,
         "geometry_dtype": attrs["geometry_dtype"],
         "geometry_bits": header.geometry_bits,
         "input_shards": len(header.shard_names),

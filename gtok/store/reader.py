@@ -157,6 +157,12 @@ class TokenStore(Dataset):
             )
         return Vocabulary(self.codebook_size, None if binning is None else binning.bins)
 
+    @property
+    def refinement(self) -> dict | None:
+        """The encode-time geometry refinement of the tokens (`RefineSettings.to_dict()`), or
+        None: the model's own tokens."""
+        return None if self.header.refinement is None else dict(self.header.refinement)
+
     def __len__(self) -> int:
         return self._length
 

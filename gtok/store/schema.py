@@ -239,8 +239,8 @@ class StoreHeader:
     """What a store is: model, preprocessing, output dtype and its input shards.
 
     Written when the store is created, checked by every later writer (a different model,
-    preprocessing, geometry dtype or shard list is refused), completed by finalize with the
-    counts.
+    preprocessing, geometry refinement, geometry dtype or shard list is refused), completed
+    by finalize with the counts.
     """
 
     model_config: dict  # the model's TokenizerConfig.to_dict()
@@ -258,6 +258,10 @@ class StoreHeader:
     # "precision": "fp32"}; optional (None in stores written before gtok recorded it);
     # only "precision" is compared on resume (missing: fp32).
     numerics: dict | None = None
+    # Encode-time geometry refinement (`gtok.model.refine.RefineSettings.to_dict()`), None
+    # when the tokens are the model's own (and in stores written before gtok could refine);
+    # compared on resume like the preprocessing.
+    refinement: dict | None = None
     # `.json` fields copied into `meta/<field>` (--metadata-fields); compared on resume
     metadata_fields: tuple[str, ...] = ()
     # one record per `gtok encode --append` (`gtok.store.append`); not compared on resume
@@ -305,6 +309,7 @@ class StoreHeader:
             "inputs": {"names": list(self.shard_names), "urls": list(self.shard_urls)},
             "counts": counts,
             "numerics": self.numerics,
+            "refinement": self.refinement,
             "metadata_fields": list(self.metadata_fields),
             "appends": [dict(a) for a in self.appends],
             **({"geometry_bins": self.geometry_bins} if self.geometry_bins is not None else {}),
@@ -325,6 +330,7 @@ class StoreHeader:
             shard_urls=tuple(inputs["urls"]),
             model_path=model.get("path"),
             numerics=attrs.get("numerics"),
+            refinement=attrs.get("refinement"),
             metadata_fields=tuple(attrs.get("metadata_fields") or ()),
             appends=tuple(attrs.get("appends") or ()),
             geometry_bins=attrs.get("geometry_bins"),

@@ -115,6 +115,8 @@ def check_header(store: str, attrs: dict) -> None:
         store, attrs, "model.codebook_size", schema.MIN_CODEBOOK_SIZE, schema.INDEX_FILL
     )
     has_geometry = _field(store, attrs, "model.has_geometry", bool)
+    if "refinement" in attrs:
+        _field(store, attrs, "refinement", (dict, type(None)))
     _check_preprocessing(store, _field(store, attrs, "preprocessing", dict))
     if has_geometry:
         dtype = _field(store, attrs, "geometry_dtype", str)

@@ -161,6 +161,11 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
         return f"was encoded with different preprocessing ({', '.join(changed)} differ)"
     if _precision(old) != _precision(new):
         return f"was encoded with --precision {_precision(old)}, not {_precision(new)}"
+    if old.refinement != new.refinement:
+        return (
+            f"was encoded with geometry refinement {_refinement(old.refinement)}, not "
+            f"{_refinement(new.refinement)}"
+        )
     if old.has_geometry and old.geometry_dtype != new.geometry_dtype:
         return f"stores geometry as {old.geometry_dtype}, not {new.geometry_dtype}"
     if old.metadata_fields != new.metadata_fields:
@@ -191,6 +196,13 @@ def _binning_phrase(header: schema.StoreHeader) -> str:
         return "as floats without --geometry-bits"
     scale = bins["scale"]
     return f"in {bins['bits']}-bit bins (scales {scale['low']:g}..{scale['high']:g})"
+
+
+def _refinement(record: dict | None) -> str:
+    """A refinement record as a phrase: "off" or "steps=50, lr=0.1"."""
+    if not record:
+        return "off"
+    return ", ".join(f"{k}={record.get(k)}" for k in ("steps", "lr"))
 
 
 def part_locks(location: Location, shards: Sequence[str]) -> Mapping[str, str]:

@@ -2,6 +2,10 @@
 
 PSNR and SSIM per image on uint8 images (`gtok.metrics`), LPIPS-VGG when its weights were
 found; means over the first `val_images` validation images, split over ranks and summed.
+GaussianToken models also log their geometry (`gtok.metrics.geometry.training_summary`:
+rotation spread, anisotropy, centre movement across images, coverage), computed on each
+rank's validation images and averaged over ranks weighted by their image counts; the
+sample grid's caption shows the same numbers for its images.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from torch import nn
 
 from gtok.data.shards import ShardRef
 from gtok.metrics import psnr, ssim, to_uint8
+from gtok.metrics.geometry import GEOMETRY_KEYS, geometry_stats, summary_caption, training_summary
 from gtok.train.data import SkipRecord, to_model_input, val_batches
 from gtok.train.distributed import Dist
 from gtok.viz import comparison_rows, save_image_grid
@@ -36,12 +41,16 @@ def evaluate(
     model.eval()
     sums = [0.0, 0.0, 0.0, 0.0]  # images, psnr, ssim, lpips
     skipped: list[SkipRecord] = []
+    geometry: list[torch.Tensor] = []
     for pixels, skips in val_batches(shards, image_size, batch_size, limit, dist.rank, dist.world):
         skipped += skips
         if pixels is None:
             continue
         images = to_model_input(pixels, dist.device)
-        recon = model(images).reconstruction.float()
+        out = model(images)
+        recon = out.reconstruction.float()
+        if out.gaussians is not None:
+            geometry.append(_geometry(out.gaussians).cpu())
         target = pixels.to(dist.device).permute(0, 3, 1, 2)  # uint8 [b, 3, S, S]
         result = to_uint8(recon)
         sums[0] += images.shape[0]
@@ -56,7 +65,34 @@ def evaluate(
     metrics = {"psnr": total_psnr / count, "ssim": total_ssim / count, "images": int(count)}
     if lpips is not None:
         metrics["lpips"] = total_lpips / count
+    if getattr(model.config, "kind", None) == "gaussian":
+        metrics.update(_geometry_over_ranks(geometry, model.config.map_size, dist))
     return metrics, skipped
+
+
+def _geometry(gaussians) -> torch.Tensor:
+    """Gaussians -> token geometry [B, G, 5] (mean_x, mean_y, scale_x, scale_y, rotation)."""
+    parts = [gaussians.means, gaussians.scales, gaussians.rotations[..., None]]
+    return torch.cat(parts, dim=-1).float()
+
+
+def _summary(geometry: torch.Tensor, map_size: int) -> dict[str, float]:
+    return training_summary(geometry_stats(geometry), map_size)
+
+
+def _geometry_over_ranks(
+    geometry: list[torch.Tensor], map_size: int, dist: Dist
+) -> dict[str, float]:
+    """`training_summary` of this rank's geometry, averaged over ranks by image count.
+    Collective under DDP (every rank calls it, with or without images)."""
+    mine = torch.cat(geometry) if geometry else None
+    local = _summary(mine, map_size) if mine is not None and mine.isfinite().all() else {}
+    keys = GEOMETRY_KEYS
+    weight = float(mine.shape[0]) if local else 0.0
+    totals = dist.sum([weight, *(weight * local.get(k, 0.0) for k in keys)])
+    if totals[0] == 0:
+        return {}
+    return {k: t / totals[0] for k, t in zip(keys, totals[1:], strict=True)}
 
 
 def first_images(shards: Sequence[ShardRef], image_size: int, count: int) -> torch.Tensor | None:
@@ -83,4 +119,7 @@ def save_samples(model: nn.Module, pixels: torch.Tensor, device: torch.device, p
         gaussians, codes = (g.means, g.scales, g.rotations), out.indices
         map_size = (model.config.map_size, model.config.map_size)
     rows = comparison_rows(images, out.reconstruction.float(), gaussians, codes, map_size)
-    save_image_grid(path, rows)
+    caption = None
+    if out.gaussians is not None:
+        caption = summary_caption(_summary(_geometry(out.gaussians).cpu(), map_size[0]))
+    save_image_grid(path, rows, caption=caption)
