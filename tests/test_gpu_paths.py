@@ -302,7 +302,7 @@ def test_a_training_step_reads_the_device_once(monkeypatch):
     disc = PatchDiscriminator().train()
     step = TrainStep(model, disc, LeCam(), None, cfg, Dist(0, 1, torch.device("cpu")), "fp32")
     # dead-code restarts count their codes on the host: a separate, known sync
-    monkeypatch.setattr(VectorQuantizer, "_restart_dead_codes", lambda self, flat: None)
+    monkeypatch.setattr(VectorQuantizer, "_restart_dead_codes", lambda self, flat, counts: None)
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     step(images, 0)  # k-means init
     with _host_reads() as reads:

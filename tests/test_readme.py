@@ -2,11 +2,12 @@
 holding the images, shards and model directories it names (stand-in models of random
 weights: `runs/cifar` and `runs/vq-cifar` are small `tiny` and `vq-tiny` models).
 
-Quickstart and "Packing images" run in-process; "Token stores" and "Decoding and
-evaluation" run whole, as bash scripts with the installed `gtok` on PATH (the 4-process
-encode loop included); the training example of the command table runs until a Ctrl-C.
-Lines holding `...` are templates, not examples. The README's Python snippet is run by
-tests/test_encode.py, `make demo` by tests/test_demo.py.
+Quickstart and "Packing images" run in-process; "Token stores", "Tokens for sequence
+models" (with the Python snippet there) and "Decoding and evaluation" run whole, as bash
+scripts with the installed `gtok` on PATH (the 4-process encode loop included); the training
+example of the command table runs until a Ctrl-C. Lines holding `...` are templates, not
+examples. The README's TokenStore training-loop snippet is run by tests/test_encode.py,
+`make demo` by tests/test_demo.py.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ from cli.main import app
 from gtok.demo import DEMO_PHOTOS
 from gtok.store import TokenStore
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 IN_PROCESS = ("## Quickstart", "## Packing images")
-AS_SCRIPTS = ("## Token stores", "## Decoding and evaluation")
+AS_SCRIPTS = ("## Token stores", "## Tokens for sequence models", "## Decoding and evaluation")
 PHOTOS = sorted(DEMO_PHOTOS.glob("*.jpg"))
 TRAIN_EXAMPLE = re.compile(r"e\.g\. `(gtok train [^`]+)`")
 
@@ -137,6 +139,7 @@ def workspace(tmp_path, runner, standin_model, no_weights) -> Path:
     shutil.copytree(standin_model, tmp_path / "runs" / "cifar")
     vq = gtok.build_tokenizer("vq-tiny", seed=1)
     vq.eval().save_pretrained(tmp_path / "runs" / "vq-cifar")
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
     return tmp_path
 
 
@@ -159,6 +162,11 @@ def test_token_store_and_evaluation_scripts_run_as_written(workspace):
     compare = json.loads((workspace / "compare.json").read_text())
     assert compare["n"] == compare["compare"]["n"] == 4
     assert (workspace / "report" / "metrics.json").is_file()
+    assert json.loads((workspace / "prior" / "results.json").read_text())["val_bits_per_id"]
+    snippet = section("## Tokens for sequence models").split("```python\n", 1)[1].split("```")[0]
+    code = f"import gtok\n{snippet}\nassert len(tokens.indices) == 4"
+    done = subprocess.run([sys.executable, "-c", code], cwd=workspace, env=_script_env())
+    assert done.returncode == 0
 
 
 def test_the_training_example_runs_and_a_ctrl_c_saves_the_step(tmp_path, no_weights):
