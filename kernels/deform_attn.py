@@ -12,12 +12,9 @@ from torch.autograd.function import once_differentiable
 
 from kernels import runtime
 from kernels._deform_taichi import DeformKey, kernels_for
-from kernels.rasterize import taichi_stream
+from kernels._launch import MAX_INDEX, check_alike, check_sizes, check_types, taichi_stream
 
 __all__ = ["deform_attn"]
-
-_DTYPES = (torch.float32, torch.float64)
-_MAX_INDEX = 2**31 - 1  # Taichi indexes ndarrays with int32
 
 
 def deform_attn(
@@ -92,12 +89,8 @@ def _check(value, height, width, reference, offsets, logits, fixed_offsets) -> t
     tensors = {"value": value, "reference": reference, "offsets": offsets, "logits": logits}
     if fixed_offsets is not None:
         tensors["fixed_offsets"] = fixed_offsets
-    for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}.")
-    for name, size in (("height", height), ("width", width)):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"{name} must be a positive int, got {size!r}.")
+    check_types(tensors)
+    check_sizes(height, width)
     shapes = ", ".join(f"{name} {list(t.shape)}" for name, t in tensors.items())
     n_fixed = 0 if fixed_offsets is None else fixed_offsets.shape[0]
     if value.dim() != 4 or offsets.dim() != 5:
@@ -119,16 +112,9 @@ def _check(value, height, width, reference, offsets, logits, fixed_offsets) -> t
             )
     if value.shape[3] < 1 or n_fixed + n_p < 1:
         raise ValueError(f"Need at least one channel and one sampling point; got {shapes}.")
-    if max(value.numel(), offsets.numel(), logits.numel()) > _MAX_INDEX:
+    if max(value.numel(), offsets.numel(), logits.numel()) > MAX_INDEX:
         raise ValueError(f"Tensors exceed 2^31 elements ({shapes}); pass fewer images per call.")
-    dtypes = {name: t.dtype for name, t in tensors.items()}
-    if len(set(dtypes.values())) != 1 or value.dtype not in _DTYPES:
-        listed = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
-        raise ValueError(f"All tensors must be float32, or all float64; got {listed}.")
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) != 1:
-        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
-        raise ValueError(f"All tensors must be on one device; got {listed}.")
+    check_alike(tensors)
     if n_fixed == 0:
         return value.new_zeros((1, 2))  # a placeholder the kernels never read
     return fixed_offsets.detach()

@@ -8,20 +8,15 @@ packs the Gaussians into the one tensor the backward needs. Same numbers as
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch.autograd.function import once_differentiable
 
 from kernels import runtime
+from kernels._launch import MAX_INDEX, check_alike, check_sizes, check_types, taichi_stream
 from kernels._raster_taichi import PARAMS, KernelKey, kernels_for
 from kernels.reference import normalized
 
 __all__ = ["rasterize"]
-
-_DTYPES = (torch.float32, torch.float64)
-_MAX_INDEX = 2**31 - 1  # Taichi indexes ndarrays with int32
 
 
 def rasterize(
@@ -105,32 +100,11 @@ class _RasterizeFunction(torch.autograd.Function):
         )
 
 
-@contextlib.contextmanager
-def taichi_stream(device: torch.device) -> Iterator[None]:
-    """Order Taichi's kernels, which it launches on CUDA's legacy default stream, with
-    torch's work on the current stream of `device`: the default stream waits for the
-    current one before the launches in the block, the current one for the default after.
-    Nothing to do on the CPU or when torch's current stream is the default one."""
-    if device.type != "cuda":
-        yield
-        return
-    current = torch.cuda.current_stream(device)
-    default = torch.cuda.default_stream(device)
-    if current == default:
-        yield
-        return
-    default.wait_stream(current)
-    yield
-    current.wait_stream(default)
-
-
 def _check(means, scales, rotations, features, height, width, opacities) -> None:
     tensors = {"means": means, "scales": scales, "rotations": rotations, "features": features}
     if opacities is not None:
         tensors["opacities"] = opacities
-    for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}.")
+    check_types(tensors)
     shapes = ", ".join(f"{name} {list(t.shape)}" for name, t in tensors.items())
     if features.dim() != 3:
         raise ValueError(f"features must be [B, G, C]; got {shapes}.")
@@ -147,19 +121,10 @@ def _check(means, scales, rotations, features, height, width, opacities) -> None
             )
     if n_c < 1:
         raise ValueError(f"features need at least one channel; got {shapes}.")
-    for name, size in (("height", height), ("width", width)):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"{name} must be a positive int, got {size!r}.")
-    if max(n_b * n_c * height * width, n_b * n_g * (PARAMS + n_c)) > _MAX_INDEX:
+    check_sizes(height, width)
+    if max(n_b * n_c * height * width, n_b * n_g * (PARAMS + n_c)) > MAX_INDEX:
         raise ValueError(
             f"The map [{n_b}, {n_c}, {height}, {width}] or the {n_b} x {n_g} Gaussians exceed "
             f"2^31 elements; rasterize fewer images per call."
         )
-    dtypes = {name: t.dtype for name, t in tensors.items()}
-    if len(set(dtypes.values())) != 1 or features.dtype not in _DTYPES:
-        listed = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
-        raise ValueError(f"All tensors must be float32, or all float64; got {listed}.")
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) != 1:
-        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
-        raise ValueError(f"All tensors must be on one device; got {listed}.")
+    check_alike(tensors)

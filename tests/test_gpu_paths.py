@@ -23,8 +23,8 @@ from evalkit import model, one_thread, shards, store  # noqa: F401  (fixtures)
 import gtok.devices as devices
 from gtok.errors import GtokError
 from kernels import runtime
+from kernels._launch import taichi_stream
 from kernels.libcuda import libcuda_problem
-from kernels.rasterize import taichi_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN_RANK3 = {"LOCAL_RANK": "3", "RANK": "3", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "8"}

@@ -1,0 +1,60 @@
+"""What every Taichi op of `kernels` shares around a launch: the argument checks common to
+all ops (tensor types, one float dtype, one device, int32 indexing) and the ordering of
+Taichi's launches with torch's CUDA stream."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+__all__ = ["DTYPES", "MAX_INDEX", "check_alike", "check_sizes", "check_types", "taichi_stream"]
+
+DTYPES = (torch.float32, torch.float64)
+MAX_INDEX = 2**31 - 1  # Taichi indexes ndarrays with int32
+
+
+def check_types(tensors: dict[str, object]) -> None:
+    """`TypeError` naming the first argument that is not a tensor."""
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}.")
+
+
+def check_sizes(height: object, width: object) -> None:
+    """`ValueError` unless both map sizes are positive ints."""
+    for name, size in (("height", height), ("width", width)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{name} must be a positive int, got {size!r}.")
+
+
+def check_alike(tensors: dict[str, torch.Tensor]) -> None:
+    """`ValueError` unless every tensor is float32, or every one float64, on one device."""
+    dtypes = {name: t.dtype for name, t in tensors.items()}
+    if len(set(dtypes.values())) != 1 or next(iter(dtypes.values())) not in DTYPES:
+        listed = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
+        raise ValueError(f"All tensors must be float32, or all float64; got {listed}.")
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) != 1:
+        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(f"All tensors must be on one device; got {listed}.")
+
+
+@contextlib.contextmanager
+def taichi_stream(device: torch.device) -> Iterator[None]:
+    """Order Taichi's kernels, which it launches on CUDA's legacy default stream, with
+    torch's work on the current stream of `device`: the default stream waits for the
+    current one before the launches in the block, the current one for the default after.
+    Nothing to do on the CPU or when torch's current stream is the default one."""
+    if device.type != "cuda":
+        yield
+        return
+    current = torch.cuda.current_stream(device)
+    default = torch.cuda.default_stream(device)
+    if current == default:
+        yield
+        return
+    default.wait_stream(current)
+    yield
+    current.wait_stream(default)
