@@ -1,6 +1,7 @@
 """Tokens for sequence models: `--geometry-bits` (geometry_codes), the vocabulary layout,
 `TokenStore.sequences` / `from_sequences`, and the refusals around them."""
 
+# ruff: noqa: F811  (fixtures imported from test_encode are redefined as test arguments)
 from __future__ import annotations
 
 import importlib.util
@@ -15,7 +16,7 @@ import torch
 import zarr
 from PIL import Image
 from shardmaker import write_clean_shards
-from test_encode import SMALL, _save_model
+from test_encode import SMALL, _save_model, model, one_thread  # noqa: F401  (fixtures)
 from test_store_damage import header
 from test_store_damage import rows as overwrite_rows
 
@@ -30,19 +31,6 @@ from gtok.store.verify import verify_store
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "ar_prior.py"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return _save_model(tmp_path_factory.mktemp("model"), seed=0, **SMALL)
 
 
 @pytest.fixture(scope="module")
