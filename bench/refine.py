@@ -7,10 +7,11 @@ images per second (wall clock and CPU seconds per image of this process: on a sh
 machine wall clock swings, CPU time much less) and the geometry statistics that show
 whether the Gaussians adapt (rotation spread, anisotropy, centre movement).
 
-Images: the first `--images` usable samples of the shards, preprocessed as `gtok encode`
+Images: the first `--images` usable samples of the shards (every `--stride`-th sample: the
+corpus val shard holds 200 crops of each photograph in a row), preprocessed as `gtok encode`
 does (shorter side to the model's size, centre crop), in batches of `--batch-size`.
 
-Usage: .venv/bin/python bench/refine.py /work/corpus/val-000000.tar --images 256
+Usage: .venv/bin/python bench/refine.py /work/corpus/val-000000.tar --images 256 [--stride 5]
     [--steps 0 10 25 50 100] [--lr 0.1] [--model DIR] > out.json
 """
 
@@ -26,12 +27,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gtok.data import Preprocess, to_model_input
-from gtok.evaluate.sources import reference_batches
+from gtok.data import to_model_input
 from gtok.metrics import psnr, to_uint8
 from gtok.metrics.geometry import geometry_stats, training_summary
 from gtok.model import default_model_dir, load_tokenizer
 from gtok.model.refine import DEFAULT_REFINE_LR
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _images import read_images  # bench/_images.py
 
 
 def _run(tok, batches, steps: int, lr: float) -> dict:
@@ -65,6 +68,7 @@ def main() -> None:
     parser.add_argument("shards", nargs="+")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--stride", type=int, default=1, help="take every K-th image")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 10, 25, 50, 100])
     parser.add_argument("--lr", type=float, default=DEFAULT_REFINE_LR)
@@ -73,14 +77,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = args.model or default_model_dir()
     tok = load_tokenizer(model).eval()
-    preprocess = Preprocess(tok.config.image_size)
-    batches = [
-        b.images
-        for b in reference_batches(
-            args.shards, preprocess, batch_size=args.batch_size, limit=args.images
-        )
-        if b.keys
-    ]
+    images = read_images(args.shards, tok.config.image_size, args.images, args.stride)
+    batches = list(images.split(args.batch_size))
     runs = []
     for steps in args.steps:
         runs.append(_run(tok, batches, steps, args.lr))
