@@ -18,7 +18,9 @@ validation bits per token of the GPT against three baselines estimated on the tr
 rows (add-one smoothed): a unigram over the whole vocabulary, a unigram per field, and a
 unigram per position (the strongest: it knows e.g. where Gaussian 17 usually sits). Writes
 `OUT/samples.png` (sampled images, then a row of decoded validation tokens for
-reference), `OUT/results.json` (the numbers) and `OUT/prior.pt` (the GPT's weights).
+reference), `OUT/results.json` (the numbers, with the bits per image each field costs: code
+ids against geometry, to compare a GaussianToken store with a VQ store) and `OUT/prior.pt`
+(the GPT's weights).
 """
 
 from __future__ import annotations
@@ -109,10 +111,11 @@ class GPT(nn.Module):
         begin = torch.full_like(ids[:, :1], self.config.vocab)
         return torch.cat([begin, ids[:, :-1]], 1)
 
-    def loss(self, ids: torch.Tensor) -> torch.Tensor:
-        """Mean next-id cross entropy in nats."""
+    def loss(self, ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Next-id cross entropy in nats: the mean, or per id [B, L] (reduction "none")."""
         logits = self(self.inputs(ids))
-        return F.cross_entropy(logits.flatten(0, 1), ids.flatten())
+        loss = F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction=reduction)
+        return loss if reduction == "mean" else loss.view(ids.shape)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float, top_k: int, generator) -> torch.Tensor:
@@ -163,15 +166,28 @@ def unigram_bits(train: np.ndarray, val: np.ndarray, low: np.ndarray, high: np.n
 # -- training ---------------------------------------------------------------------------------
 
 
-def evaluate(model: GPT, ids: torch.Tensor, batch: int) -> float:
-    """Mean bits per id of `model` on `ids` [n, L]."""
+def position_bits(model: GPT, ids: torch.Tensor, batch: int) -> np.ndarray:
+    """Mean bits of `model` at each position of `ids` [n, L]: float64 [L]."""
     model.eval()
-    total = 0.0
+    total = torch.zeros(ids.shape[1], dtype=torch.float64)
     with torch.no_grad():
         for i in range(0, len(ids), batch):
-            total += float(model.loss(ids[i : i + batch])) * len(ids[i : i + batch])
+            total += model.loss(ids[i : i + batch], reduction="none").double().sum(0)
     model.train()
-    return total / len(ids) / LN2
+    return (total / len(ids) / LN2).numpy()
+
+
+def evaluate(model: GPT, ids: torch.Tensor, batch: int) -> float:
+    """Mean bits per id of `model` on `ids` [n, L]."""
+    return float(position_bits(model, ids, batch).mean())
+
+
+def bits_per_field(per_position: np.ndarray, vocabulary) -> dict[str, float]:
+    """Bits per image spent on each field (code id, each geometry parameter): the sum of
+    `per_position` [L] over the positions that hold the field."""
+    names = [name for name, _, _ in vocabulary.fields]
+    field = np.arange(len(per_position)) % len(names)
+    return {name: float(per_position[field == i].sum()) for i, name in enumerate(names)}
 
 
 def train(model: GPT, data: torch.Tensor, val: torch.Tensor, args, log) -> dict:
@@ -289,7 +305,10 @@ def main(argv: list[str] | None = None) -> dict:
         f"(vocabulary {vocabulary.size}); GPT of {params / 1e6:.2f} M parameters")  # fmt: skip
     baselines = unigram_bits(data, val, low, high)
     run = train(model, torch.from_numpy(data), torch.from_numpy(val), args, log)
-    bits = evaluate(model, torch.from_numpy(val), 64)
+    per_position = position_bits(model, torch.from_numpy(val), 64)
+    bits = float(per_position.mean())
+    prior = position_log_prior(data, low, high)
+    unigram_position = -prior[np.arange(val.shape[1]), val].mean(0) / LN2  # [L]
     model.eval()
     generator = torch.Generator().manual_seed(args.seed)
     sampled = model.sample(args.samples, args.temperature, args.top_k, generator)
@@ -315,6 +334,10 @@ def main(argv: list[str] | None = None) -> dict:
         "val_bits_per_image": {
             "gpt": bits * data.shape[1],
             **{k: v * data.shape[1] for k, v in baselines.items()},
+        },
+        "val_bits_per_image_by_field": {
+            "gpt": bits_per_field(per_position, vocabulary),
+            "unigram_per_position": bits_per_field(unigram_position, vocabulary),
         },
         "samples_png": str(out / "samples.png"),
     }

@@ -207,6 +207,12 @@ def _check_prior(out: Path, ids_per_sequence: int) -> None:
     assert set(bits) == {"gpt", "unigram", "unigram_per_field", "unigram_per_position"}
     assert all(0 < v < 20 for v in bits.values())
     assert results["training"]["steps"] == 30
+    by_field = results["val_bits_per_image_by_field"]  # the per-image bits, split by field
+    names = [f["name"] for f in results["vocabulary"]["fields"]]
+    for name, per_image in results["val_bits_per_image"].items():
+        if name in by_field:
+            assert list(by_field[name]) == names
+            assert sum(by_field[name].values()) == pytest.approx(per_image, rel=1e-6)
     with Image.open(out / "samples.png") as picture:  # 2 rows of 2 samples, 1 of val tokens
         assert picture.size == (2 * 16, 3 * 16 + 2 * 2)
 
