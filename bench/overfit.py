@@ -88,6 +88,8 @@ def _settings(args: argparse.Namespace, kind: str) -> tuple[dict, float]:
         overrides["dropout"] = args.dropout
     if args.dead_threshold is not None:
         overrides["dead_threshold"] = args.dead_threshold
+    if args.norm_groups is not None:
+        overrides["norm_groups"] = args.norm_groups
     scale = recipe.embed_lr_scale if args.embed_lr_scale is None else args.embed_lr_scale
     return overrides, scale
 
@@ -166,6 +168,7 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, help="GaussianEmbed dropout")
     parser.add_argument("--dead-threshold", type=float, help="quantizer restart threshold")
     parser.add_argument("--restart-used", choices=("yes", "no"), help="restart used codes")
+    parser.add_argument("--norm-groups", type=int, help="GroupNorm groups of CNN and lifter")
     print(json.dumps(run(parser.parse_args()), indent=1))
 
 

@@ -140,7 +140,7 @@ def test_authors_presets_follow_the_design_table():
     ("overrides", "message"),
     [
         ({"image_size": 48}, "image_size 48 must be map_size 16"),
-        ({"ch": 48}, "multiples of 32"),
+        ({"ch": 48}, "multiples of norm_groups 32"),
         ({"codebook_size": 70000}, "codebook_size must be an integer in [2, 65536], got 70000"),
         ({"kind": "vae"}, "kind must be"),
         ({"num_gaussians": 0}, "num_gaussians must be an integer in [1, 65536], got 0"),

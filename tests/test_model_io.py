@@ -117,7 +117,7 @@ def test_directory_without_model_is_a_clear_error(tmp_path):
         (lambda d: (d / "config.json").write_text("{not json"), r"is not readable JSON"),
         (lambda d: (d / "config.json").write_text("{}"), r"has no format_version"),
         (lambda d: _edit_config(d, format_version=99), r"model format version 99 but this gtok"),
-        (lambda d: _edit_config(d, ch=48), r"invalid architecture: .*multiples of 32"),
+        (lambda d: _edit_config(d, ch=48), r"invalid architecture: .*multiples of norm_groups 32"),
         (lambda d: _edit_config(d, extra_field=1), None),  # top-level extras are fine
         (lambda d: (d / "model.safetensors").unlink(), r"has config.json but no model.safetensors"),
         (

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from gtok.errors import GtokError
+from gtok.model.blocks import group_norm
 from gtok.model.config import PRESETS, TokenizerConfig
 from gtok.model.quantizer import VectorQuantizer
 from gtok.model.tokenizer import build_from_config
@@ -103,8 +104,42 @@ def test_embed_lr_scale_sets_gaussian_embed_rate_through_the_schedule():
 
 def test_models_saved_before_the_field_existed_load_with_the_old_rule():
     data = PRESETS["tiny"].to_dict()
-    del data["restart_used_codes"]
-    assert TokenizerConfig.from_dict(data).restart_used_codes is True
+    del data["restart_used_codes"], data["norm_groups"]
+    old = TokenizerConfig.from_dict(data)
+    assert old.restart_used_codes is True and old.norm_groups == 32
+
+
+def test_one_channel_per_group_erases_the_colour_of_flat_images():
+    """Why the small recipe changes `norm_groups`: at the small presets' width of 32
+    channels, 32 groups make every GroupNorm an instance norm, and two flat images of
+    different colours come out of it identical; with 8 groups (4 channels each) they differ."""
+    torch.manual_seed(0)
+    lift = nn.Conv2d(3, 32, 1)
+    red = torch.tensor([0.8, -0.6, -0.6])[None, :, None, None].expand(1, 3, 8, 8)
+    blue = torch.tensor([-0.5, -0.2, 0.6])[None, :, None, None].expand(1, 3, 8, 8)
+    with torch.no_grad():
+        for groups, erased in ((32, True), (8, False)):
+            norm = group_norm(32, groups=groups)
+            assert torch.allclose(norm(lift(red)), norm(lift(blue)), atol=1e-4) is erased
+
+
+def test_small_recipe_uses_8_norm_groups_everywhere_at_the_same_size():
+    for preset in ("tiny", "vq-tiny"):
+        arch = tokenizer_config(_cfg(preset))
+        assert arch.norm_groups == 8
+        model, authors = build_from_config(arch), build_from_config(PRESETS[preset])
+        assert {m.num_groups for m in model.modules() if isinstance(m, nn.GroupNorm)} == {8}
+        assert {m.num_groups for m in authors.modules() if isinstance(m, nn.GroupNorm)} == {32}
+        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        assert shapes == {k: v.shape for k, v in authors.state_dict().items()}
+
+
+def test_norm_groups_must_divide_every_normalized_width():
+    with pytest.raises(ValueError, match="multiples of norm_groups 24"):
+        PRESETS["tiny"].replace(norm_groups=24)
+    with pytest.raises(ValueError, match="norm_groups must be"):
+        PRESETS["tiny"].replace(norm_groups=0)
+    assert PRESETS["cifar"].replace(norm_groups=16).norm_groups == 16
 
 
 def test_runs_saved_before_recipes_resume_with_the_authors_recipe(tmp_path):

@@ -1,7 +1,7 @@
 """Building blocks of the CNN encoder and decoder (Open-MAGVIT2 style, DESIGN.md 1.1 and 1.6).
 
-All maps are [B, C, H, W]. GroupNorm always has 32 groups, so every channel count is a
-multiple of 32.
+All maps are [B, C, H, W]. GroupNorm has 32 groups (the authors') unless the config's
+`norm_groups` says otherwise; every channel count is a multiple of the groups.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ NUM_GROUPS = 32
 NORM_EPS = 1e-6
 
 
-def group_norm(channels: int, affine: bool = True) -> nn.GroupNorm:
-    """GroupNorm(32 groups, eps 1e-6) over `channels` channels."""
-    return nn.GroupNorm(NUM_GROUPS, channels, eps=NORM_EPS, affine=affine)
+def group_norm(channels: int, affine: bool = True, groups: int = NUM_GROUPS) -> nn.GroupNorm:
+    """GroupNorm(`groups` groups, eps 1e-6) over `channels` channels."""
+    return nn.GroupNorm(groups, channels, eps=NORM_EPS, affine=affine)
 
 
 def swish(x: torch.Tensor) -> torch.Tensor:
@@ -45,11 +45,11 @@ class ResBlock(nn.Module):
     """GroupNorm - swish - conv3x3 (no bias), twice, plus the input (1x1 no-bias conv when
     the channel count changes). [B, in_ch, H, W] -> [B, out_ch, H, W]."""
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, groups: int = NUM_GROUPS) -> None:
         super().__init__()
-        self.norm1 = group_norm(in_ch)
+        self.norm1 = group_norm(in_ch, groups=groups)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False)
-        self.norm2 = group_norm(out_ch)
+        self.norm2 = group_norm(out_ch, groups=groups)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1, bias=False) if in_ch != out_ch else None
 
@@ -79,9 +79,9 @@ class AdaptiveGroupNorm(nn.Module):
     then sqrt) and mean: out = gamma(std) * GN(x) + beta(mean) (no "1 +").
     """
 
-    def __init__(self, z_dim: int, channels: int) -> None:
+    def __init__(self, z_dim: int, channels: int, groups: int = NUM_GROUPS) -> None:
         super().__init__()
-        self.gn = group_norm(channels, affine=False)
+        self.gn = group_norm(channels, affine=False, groups=groups)
         self.gamma = nn.Linear(z_dim, channels)
         self.beta = nn.Linear(z_dim, channels)
 

@@ -53,10 +53,11 @@ ADDED_FIELDS: dict[str, Any] = {
     "normalized_splatting": False,
     "rotation_param": "sigmoid",
     "anisotropic_init": False,
+    "norm_groups": 32,
 }
 MAX_CODEBOOK_SIZE = 65536  # token ids are stored as uint16
 ROTATION_PARAMS = ("sigmoid", "direction")
-GROUPS = 32  # GroupNorm groups: every CNN channel count is a multiple of this
+GROUPS = 32  # the authors' GroupNorm groups (`norm_groups`' default)
 MAX_CHANNELS = 4096  # widest CNN level, ch * max(ch_mult) (the presets reach 512)
 MAX_LEVELS = 8  # len(ch_mult): 2^7 = 128x downsampling (the presets use 2 to 5)
 
@@ -80,6 +81,7 @@ LIMITS: dict[str, int] = {
     "num_encoder_layers": 16,  # [2]
     "num_decoder_layers": 16,  # [2]
     "kmeans_iters": 1000,  # [10]
+    "norm_groups": 1024,  # [8, 32]
 }
 
 
@@ -97,6 +99,10 @@ class TokenizerConfig:
     ch: int = 128  # base channels
     ch_mult: tuple[int, ...] = (1, 2)  # channels per level = ch * mult; 2^(levels-1) down
     num_res_blocks: int = 4  # ResBlocks per level and in the middle
+    # GroupNorm groups of the CNN and of GaussianEmbed's map lifter. The authors' 32 at a
+    # width of 32 channels is one channel per group: an instance norm, which erases each
+    # channel's mean, i.e. the colour of flat regions (the small presets' recipe uses 8)
+    norm_groups: int = GROUPS
     embed_dim: int = 64  # encoder output channels (vq: equal to z_dim, it is quantized as is)
     map_size: int = 16  # side of the encoder map and of the rendered map, cells
     # tokens and codebook
@@ -151,10 +157,12 @@ class TokenizerConfig:
                 f"most {MAX_CHANNELS}, got ch={self.ch}, ch_mult={self.ch_mult}"
             )
             return out
-        if any(self.ch * m % GROUPS for m in self.ch_mult):
+        if problem := _count_problem("norm_groups", self.norm_groups):
+            return [*out, problem]
+        if any(self.ch * m % self.norm_groups for m in self.ch_mult):
             out.append(
-                f"ch * ch_mult must be multiples of {GROUPS} (GroupNorm groups), "
-                f"got ch={self.ch}, ch_mult={self.ch_mult}"
+                f"ch * ch_mult must be multiples of norm_groups {self.norm_groups} (GroupNorm "
+                f"groups), got ch={self.ch}, ch_mult={self.ch_mult}"
             )
         factor = 2 ** (len(self.ch_mult) - 1)
         if self.image_size != self.map_size * factor:
@@ -194,10 +202,10 @@ class TokenizerConfig:
         out.extend(filter(None, (_count_problem(name, getattr(self, name)) for name in names)))
         if out:
             return out
-        if self.gaussian_dim % GROUPS or self.gaussian_dim % self.num_heads:
+        if self.gaussian_dim % self.norm_groups or self.gaussian_dim % self.num_heads:
             out.append(
-                f"gaussian_dim must be a multiple of {GROUPS} and of num_heads, "
-                f"got gaussian_dim={self.gaussian_dim}, num_heads={self.num_heads}"
+                f"gaussian_dim must be a multiple of norm_groups ({self.norm_groups}) and of "
+                f"num_heads, got gaussian_dim={self.gaussian_dim}, num_heads={self.num_heads}"
             )
         if not 0 <= self.dropout < 1:
             out.append(f"dropout must be in [0, 1), got {self.dropout}")

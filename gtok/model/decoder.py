@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gtok.model.blocks import AdaptiveGroupNorm, ResBlock, Upsampler, group_norm, swish
+from gtok.model.blocks import NUM_GROUPS, AdaptiveGroupNorm, ResBlock, Upsampler, group_norm, swish
 
 __all__ = ["Decoder"]
 
@@ -20,10 +20,12 @@ __all__ = ["Decoder"]
 class _UpLevel(nn.Module):
     """`num_res_blocks` ResBlocks, then conv3x3 C -> 4C and DCR depth-to-space unless level 0."""
 
-    def __init__(self, in_ch: int, out_ch: int, num_res_blocks: int, upsample: bool) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, num_res_blocks: int, upsample: bool, groups: int
+    ) -> None:
         super().__init__()
         self.block = nn.ModuleList(
-            ResBlock(in_ch if i == 0 else out_ch, out_ch) for i in range(num_res_blocks)
+            ResBlock(in_ch if i == 0 else out_ch, out_ch, groups) for i in range(num_res_blocks)
         )
         self.upsample = Upsampler(out_ch) if upsample else None
 
@@ -42,20 +44,29 @@ class Decoder(nn.Module):
     GroupNorm - swish - conv3x3 to RGB.
     """
 
-    def __init__(self, ch: int, ch_mult: Sequence[int], num_res_blocks: int, z_dim: int) -> None:
+    def __init__(
+        self,
+        ch: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        z_dim: int,
+        groups: int = NUM_GROUPS,
+    ) -> None:
         super().__init__()
         block_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_dim, block_in, 3, padding=1)
-        self.mid_block = nn.ModuleList(ResBlock(block_in, block_in) for _ in range(num_res_blocks))
+        self.mid_block = nn.ModuleList(
+            ResBlock(block_in, block_in, groups) for _ in range(num_res_blocks)
+        )
         up, adaptive = [], []  # built top down, stored bottom up
         for level in reversed(range(len(ch_mult))):
             block_out = ch * ch_mult[level]
-            adaptive.append(AdaptiveGroupNorm(z_dim, block_in))
-            up.append(_UpLevel(block_in, block_out, num_res_blocks, upsample=level > 0))
+            adaptive.append(AdaptiveGroupNorm(z_dim, block_in, groups))
+            up.append(_UpLevel(block_in, block_out, num_res_blocks, level > 0, groups))
             block_in = block_out
         self.up = nn.ModuleList(reversed(up))
         self.adaptive = nn.ModuleList(reversed(adaptive))
-        self.norm_out = group_norm(block_in)
+        self.norm_out = group_norm(block_in, groups=groups)
         self.conv_out = nn.Conv2d(block_in, 3, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

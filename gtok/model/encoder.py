@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gtok.model.blocks import ResBlock, group_norm, swish
+from gtok.model.blocks import NUM_GROUPS, ResBlock, group_norm, swish
 
 __all__ = ["Encoder"]
 
@@ -20,10 +20,12 @@ __all__ = ["Encoder"]
 class _DownLevel(nn.Module):
     """`num_res_blocks` ResBlocks, then a stride-2 conv3x3 (with bias) unless last."""
 
-    def __init__(self, in_ch: int, out_ch: int, num_res_blocks: int, downsample: bool) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, num_res_blocks: int, downsample: bool, groups: int
+    ) -> None:
         super().__init__()
         self.block = nn.ModuleList(
-            ResBlock(in_ch if i == 0 else out_ch, out_ch) for i in range(num_res_blocks)
+            ResBlock(in_ch if i == 0 else out_ch, out_ch, groups) for i in range(num_res_blocks)
         )
         self.downsample = nn.Conv2d(out_ch, out_ch, 3, stride=2, padding=1) if downsample else None
 
@@ -42,7 +44,12 @@ class Encoder(nn.Module):
     """
 
     def __init__(
-        self, ch: int, ch_mult: Sequence[int], num_res_blocks: int, out_channels: int
+        self,
+        ch: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int,
+        out_channels: int,
+        groups: int = NUM_GROUPS,
     ) -> None:
         super().__init__()
         self.conv_in = nn.Conv2d(3, ch, 3, padding=1, bias=False)
@@ -51,11 +58,13 @@ class Encoder(nn.Module):
         for level, mult in enumerate(ch_mult):
             block_out = ch * mult
             last = level == len(ch_mult) - 1
-            levels.append(_DownLevel(block_in, block_out, num_res_blocks, downsample=not last))
+            levels.append(_DownLevel(block_in, block_out, num_res_blocks, not last, groups))
             block_in = block_out
         self.down = nn.ModuleList(levels)
-        self.mid_block = nn.ModuleList(ResBlock(block_in, block_in) for _ in range(num_res_blocks))
-        self.norm_out = group_norm(block_in)
+        self.mid_block = nn.ModuleList(
+            ResBlock(block_in, block_in, groups) for _ in range(num_res_blocks)
+        )
+        self.norm_out = group_norm(block_in, groups=groups)
         self.conv_out = nn.Conv2d(block_in, out_channels, 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

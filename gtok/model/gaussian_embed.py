@@ -73,6 +73,7 @@ class GaussianEmbedConfig:
     # head's scale logits at (+1, -1), elongated Gaussians, instead of round ones
     rotation_param: str = "sigmoid"
     anisotropic_init: bool = False
+    norm_groups: int = GROUPS  # GroupNorm groups of the map lifter
 
     @property
     def layout(self) -> AnchorLayout:
@@ -92,10 +93,11 @@ class GaussianEmbedConfig:
             "num_decoder_layers": self.num_decoder_layers,
         }
         problems = [f"{k} must be a positive integer, got {v}" for k, v in sizes.items() if v < 1]
-        if self.dim % self.num_heads or self.dim % GROUPS or self.dim % 4:
+        if self.dim % self.num_heads or self.dim % self.norm_groups or self.dim % 4:
             problems.append(
                 f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads}), "
-                f"by {GROUPS} (GroupNorm) and by 4 (sine position embedding)"
+                f"by norm_groups ({self.norm_groups}, GroupNorm) and by 4 (sine position "
+                "embedding)"
             )
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
@@ -189,11 +191,11 @@ def pixel_centres(height: int, width: int, device: torch.device | None = None) -
 
 
 class FeatureMapLifter(nn.Module):
-    """1x1 conv (xavier, zero bias) + GroupNorm(32, eps 1e-5), flattened, plus position."""
+    """1x1 conv (xavier, zero bias) + GroupNorm(`groups`, eps 1e-5), flattened, plus position."""
 
-    def __init__(self, in_dim: int, dim: int) -> None:
+    def __init__(self, in_dim: int, dim: int, groups: int = GROUPS) -> None:
         super().__init__()
-        self.input_proj = nn.Sequential(nn.Conv2d(in_dim, dim, 1), nn.GroupNorm(GROUPS, dim))
+        self.input_proj = nn.Sequential(nn.Conv2d(in_dim, dim, 1), nn.GroupNorm(groups, dim))
         nn.init.xavier_uniform_(self.input_proj[0].weight)
         nn.init.zeros_(self.input_proj[0].bias)
 
@@ -504,7 +506,7 @@ class GaussianEmbed(nn.Module):
     def __init__(self, config: GaussianEmbedConfig) -> None:
         super().__init__()
         self.config = config
-        self.fm_lifter = FeatureMapLifter(config.in_dim, config.dim)
+        self.fm_lifter = FeatureMapLifter(config.in_dim, config.dim, config.norm_groups)
         self.gaussian_lifter = GaussianLifter(config.num_gaussians, config.dim, config.layout)
         self.anchor_encoder = AnchorEncoder(config.dim, config.layout)
         self.attn_encoder = AttentionEncoder(config)

@@ -94,7 +94,9 @@ class BaseTokenizer(nn.Module):
             dead_threshold=config.dead_threshold,
             restart_used=config.restart_used_codes,
         )
-        self.decoder = Decoder(config.ch, config.ch_mult, config.num_res_blocks, config.z_dim)
+        self.decoder = Decoder(
+            config.ch, config.ch_mult, config.num_res_blocks, config.z_dim, config.norm_groups
+        )
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write `config.json` and `model.safetensors` into `directory` (see
@@ -132,7 +134,9 @@ class GaussianTokenizer(BaseTokenizer):
         if config.kind != "gaussian":
             raise ValueError(f"GaussianTokenizer needs a 'gaussian' config, got {config.kind!r}")
         super().__init__(config)
-        self.encoder = Encoder(config.ch, config.ch_mult, config.num_res_blocks, config.embed_dim)
+        self.encoder = Encoder(
+            config.ch, config.ch_mult, config.num_res_blocks, config.embed_dim, config.norm_groups
+        )
         self.gaussian_embed = GaussianEmbed(
             GaussianEmbedConfig(
                 num_gaussians=config.num_gaussians,
@@ -151,6 +155,7 @@ class GaussianTokenizer(BaseTokenizer):
                 scale_max_floor=config.scale_max_floor,
                 rotation_param=config.rotation_param,
                 anisotropic_init=config.anisotropic_init,
+                norm_groups=config.norm_groups,
             )
         )
         self._build_quantizer_and_decoder()
@@ -246,7 +251,9 @@ class VQTokenizer(BaseTokenizer):
         if config.kind != "vq":
             raise ValueError(f"VQTokenizer needs a 'vq' config, got {config.kind!r}")
         super().__init__(config)
-        self.encoder = Encoder(config.ch, config.ch_mult, config.num_res_blocks, config.z_dim)
+        self.encoder = Encoder(
+            config.ch, config.ch_mult, config.num_res_blocks, config.z_dim, config.norm_groups
+        )
         self._build_quantizer_and_decoder()
 
     def forward(self, images: torch.Tensor) -> TokenizerOutput:
