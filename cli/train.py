@@ -97,8 +97,8 @@ def train(
     recipe: Annotated[
         str | None,
         _opt(
-            "authors or small: quantizer restart rule, GaussianEmbed dropout and lr "
-            "(default: small for tiny and vq-tiny, else authors; see docs/results.md).",
+            "authors or small: quantizer restart rule, GaussianEmbed dropout and lr, GroupNorm "
+            "groups (default: small for tiny and vq-tiny, else authors; see docs/results.md).",
             _LOSS,
         ),
     ] = None,
