@@ -61,6 +61,8 @@ def main() -> None:
     for batch in reference_batches(
         args.shards, preprocess, batch_size=args.batch_size, limit=args.limit
     ):
+        if not batch.keys:  # a shard's end can come as a batch of no images
+            continue
         with torch.inference_mode():
             tokens = tok.encode(to_model_input(batch.images.permute(0, 2, 3, 1)))
             for name, geometry in _variants(tokens.geometry, binnings).items():
