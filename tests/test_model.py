@@ -296,6 +296,9 @@ def test_bad_inputs_are_value_errors_naming_shapes():
     model = gtok.build_tokenizer("tiny", seed=0).eval()
     with pytest.raises(ValueError, match=r"images must be \[B, 3, 64, 64\].*got \[2, 3, 32, 32\]"):
         model.encode(torch.zeros(2, 3, 32, 32))
+    for preset in ("tiny", "vq-tiny"):  # an empty batch: one sentence, not a reshape error
+        with pytest.raises(ValueError, match=r"empty batch \[0, 3, H, W\]; pass at least one"):
+            gtok.build_tokenizer(preset, seed=0).eval().encode(torch.zeros(0, 3, 64, 64))
     indices = torch.zeros(2, 64, dtype=torch.int64)
     with pytest.raises(ValueError, match=r"geometry must be \[2, 64, 5\], got None"):
         model.decode(gtok.Tokens(indices, None))

@@ -110,6 +110,8 @@ class BaseTokenizer(nn.Module):
                 f"images must be [B, 3, {size}, {size}] for this tokenizer, "
                 f"got {list(images.shape)}"
             )
+        if images.shape[0] == 0:
+            raise ValueError("images is an empty batch [0, 3, H, W]; pass at least one image")
 
     def _checked_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Token ids of any integer dtype and device -> int64 on the model's device."""
