@@ -146,20 +146,27 @@ def position_log_prior(train: np.ndarray, low: np.ndarray, high: np.ndarray) -> 
     return out
 
 
-def unigram_bits(train: np.ndarray, val: np.ndarray, low: np.ndarray, high: np.ndarray) -> dict:
-    """Validation bits per id of three add-one-smoothed unigrams estimated on `train`."""
+def position_unigram_bits(prior: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """Mean bits of the per-position unigram `prior` ([L, vocab] log-probabilities) at each
+    position of `val` [n, L]: float64 [L]."""
+    return -prior[np.arange(val.shape[1]), val].astype(np.float64).mean(0) / LN2
+
+
+def unigram_bits(
+    train: np.ndarray, val: np.ndarray, low: np.ndarray, high: np.ndarray, prior: np.ndarray
+) -> dict:
+    """Validation bits per id of three add-one-smoothed unigrams estimated on `train`
+    (`prior`: the per-position one, `position_log_prior(train, low, high)`)."""
     vocab = int(high.max())
     counts = np.bincount(train.ravel(), minlength=vocab) + 1.0
     whole = -np.log2(counts / counts.sum())[val].mean()
     per_field = np.empty(vocab)
     for a, b in np.unique(np.stack([low, high], 1), axis=0):
         per_field[a:b] = -np.log2(counts[a:b] / counts[a:b].sum())
-    prior = position_log_prior(train, low, high)
-    per_position = -prior[np.arange(val.shape[1]), val] / LN2
     return {
         "unigram": float(whole),
         "unigram_per_field": float(per_field[val].mean()),
-        "unigram_per_position": float(per_position.mean()),
+        "unigram_per_position": float(position_unigram_bits(prior, val).mean()),
     }
 
 
@@ -297,18 +304,17 @@ def main(argv: list[str] | None = None) -> dict:
     low, high = vocabulary.position_ranges(data.shape[1])
     config = GPTConfig(vocabulary.size, data.shape[1], args.dim, args.layers, args.heads)
     model = GPT(config, low, high)
+    prior = position_log_prior(data, low, high)
     if args.position_prior:
         with torch.no_grad():
-            model.prior.copy_(torch.from_numpy(position_log_prior(data, low, high)))
+            model.prior.copy_(torch.from_numpy(prior))
     params = sum(p.numel() for p in model.parameters())
     log(f"{len(data)} training and {len(val)} validation sequences of {data.shape[1]} ids "
         f"(vocabulary {vocabulary.size}); GPT of {params / 1e6:.2f} M parameters")  # fmt: skip
-    baselines = unigram_bits(data, val, low, high)
+    baselines = unigram_bits(data, val, low, high, prior)
     run = train(model, torch.from_numpy(data), torch.from_numpy(val), args, log)
     per_position = position_bits(model, torch.from_numpy(val), 64)
     bits = float(per_position.mean())
-    prior = position_log_prior(data, low, high)
-    unigram_position = -prior[np.arange(val.shape[1]), val].mean(0) / LN2  # [L]
     model.eval()
     generator = torch.Generator().manual_seed(args.seed)
     sampled = model.sample(args.samples, args.temperature, args.top_k, generator)
@@ -337,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "val_bits_per_image_by_field": {
             "gpt": bits_per_field(per_position, vocabulary),
-            "unigram_per_position": bits_per_field(unigram_position, vocabulary),
+            "unigram_per_position": bits_per_field(position_unigram_bits(prior, val), vocabulary),
         },
         "samples_png": str(out / "samples.png"),
     }
