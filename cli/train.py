@@ -141,6 +141,14 @@ def train(
         list[str] | None,
         _opt("Architecture override KEY=VALUE (repeatable), e.g. codebook_size=512.", _RUN),
     ] = None,
+    init_from: Annotated[
+        str | None,
+        _opt(
+            "Model or run directory whose weights start the run (fine-tuning); its "
+            "architecture must equal the run's.",
+            _RUN,
+        ),
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Train a tokenizer on WebDataset shards; rerun the same command to resume.
@@ -198,6 +206,7 @@ def train(
             lpips_weights=lpips_weights,
             vgg_weights=vgg_weights,
             model=_model_overrides(model or []),
+            init_from=init_from,
         )
     except GtokError as exc:
         raise typer.BadParameter(str(exc)) from exc

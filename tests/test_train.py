@@ -22,6 +22,7 @@ from shardmaker import encode, write_tar
 
 import gtok.train.step as step_module
 from cli.main import app
+from gtok.data.shards import expand_shards
 from gtok.errors import GtokError
 from gtok.model.io import load_tokenizer
 from gtok.model.tokenizer import build_from_config
@@ -30,6 +31,7 @@ from gtok.train.config import tokenizer_config
 from gtok.train.discriminator import PatchDiscriminator
 from gtok.train.distributed import Dist
 from gtok.train.losses import LeCam
+from gtok.train.rundir import RunDir
 from gtok.train.session import Session, determinism
 from gtok.train.step import TrainStep
 
@@ -365,3 +367,39 @@ def test_a_stream_that_fails_mid_run_stops_training_at_its_batch(data, tmp_path,
     monkeypatch.setattr(loop_module, "train_loader", two_then_broken)
     with pytest.raises(GtokError, match="Training stopped at step 2: the shards went away"):
         train(_config(data, checkpoint_every=100), tmp_path / "run")
+
+
+def _session(cfg: TrainConfig, run_dir: Path) -> Session:
+    arch = tokenizer_config(cfg)
+    resolved = cfg.resolve(None, 1).replace(image_size=arch.image_size)
+    dist = Dist(0, 1, torch.device("cpu"))
+    return Session(resolved, arch, dist, RunDir(run_dir), expand_shards(cfg.shards))
+
+
+def test_init_from_starts_a_new_run_from_a_models_weights_and_records_them(
+    data, reference, tmp_path
+):
+    trained = load_tokenizer(reference).state_dict()
+    fresh = _session(_config(data), tmp_path / "fresh").model.state_dict()
+    started = _session(_config(data, init_from=str(reference)), tmp_path / "ft")
+    state = started.model.state_dict()
+    assert state.keys() == trained.keys()
+    assert all(torch.equal(state[k], trained[k]) for k in trained)
+    assert not all(torch.equal(fresh[k], trained[k]) for k in trained)
+    sha = started.settings["init_weights_sha256"]
+    assert len(sha) == 64 and started.model.training
+
+    run_dir = tmp_path / "run"
+    train(_config(data, init_from=str(reference)), run_dir)
+    settings = json.loads((run_dir / "train.json").read_text())["settings"]
+    assert settings["init_weights_sha256"] == sha
+    with pytest.raises(GtokError, match=r"init_weights_sha256: '[0-9a-f]{64}' -> None"):
+        train(_config(data, steps=6), run_dir)  # a resume must start from the same weights
+
+
+def test_init_from_a_model_of_another_architecture_is_one_sentence(data, reference, tmp_path):
+    other = _config(data, init_from=str(reference), model={**SMALL, "codebook_size": 32})
+    with pytest.raises(GtokError, match=r"another architecture .*codebook_size: 64 there, 32"):
+        train(other, tmp_path / "run")
+    with pytest.raises(GtokError, match="does not exist"):
+        train(_config(data, init_from=str(tmp_path / "nowhere")), tmp_path / "run2")

@@ -60,6 +60,7 @@ FREE_ON_RESUME = frozenset(
         "val_images",
         "lpips_weights",
         "vgg_weights",
+        "init_from",  # the path may move; train.json compares the weights' sha256 instead
     }
 )
 
@@ -118,6 +119,7 @@ class TrainConfig:
     lpips_weights: str | None = None  # LPIPS head file; None: looked up (gtok.weights)
     vgg_weights: str | None = None  # VGG16 backbone file; None: looked up
     model: dict[str, Any] = field(default_factory=dict)  # TokenizerConfig overrides
+    init_from: str | None = None  # model or run directory whose weights start the run
 
     def __post_init__(self) -> None:
         for name in ("shards", "val_shards", "crop_scale"):

@@ -33,6 +33,7 @@ from gtok.errors import GtokError
 from gtok.metrics import Unavailable, try_load
 from gtok.model.config import TokenizerConfig
 from gtok.model.gaussian_embed import GaussianEmbed
+from gtok.model.io import load_tokenizer, read_config, weights_sha256
 from gtok.model.tokenizer import build_from_config
 from gtok.train.config import TrainConfig, resume_conflicts
 from gtok.train.data import SkipRecord, StreamSpec
@@ -79,6 +80,8 @@ class Session:
             "architecture": arch.to_dict(),
             "world_size": dist.world,
             "lpips_loss": self.lpips is not None,
+            # the starting weights are compared on resume by content, not by path
+            "init_weights_sha256": None if cfg.init_from is None else weights_sha256(cfg.init_from),
         }
         saved = run.checkpoints.load_latest()
         if saved is not None:
@@ -86,6 +89,8 @@ class Session:
         seed_everything(cfg.seed)  # identical initial weights on every rank
         device = dist.device
         self.model = build_from_config(arch).to(device).train()
+        if saved is None and cfg.init_from is not None:
+            _load_initial_weights(self.model, arch, cfg.init_from)
         self.disc = PatchDiscriminator().to(device).train()
         self.lecam = LeCam().to(device)
         self.stepper = TrainStep(
@@ -378,3 +383,17 @@ def _load_extra(model: nn.Module, extra: dict[str, Any]) -> None:
     modules = dict(model.named_modules())
     for name, state in extra.items():
         modules[name].load_scheduler_state(state)
+
+
+def _load_initial_weights(model: nn.Module, arch: TokenizerConfig, path: str) -> None:
+    """Start `model` (architecture `arch`) from the weights of the model at `path` (a model
+    or run directory); GtokError in one sentence when its architecture differs."""
+    theirs, ours = read_config(path).to_dict(), arch.to_dict()
+    if differing := [k for k in sorted(ours) if theirs.get(k) != ours[k]]:
+        shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in differing[:4])
+        raise GtokError(
+            f"--init-from {path} has another architecture than this run ({shown}); choose the "
+            "preset, recipe and --model overrides it was trained with."
+        )
+    device = next(model.parameters()).device
+    model.load_state_dict(load_tokenizer(path, device=device).state_dict())
