@@ -12,7 +12,7 @@ corpus val shard holds 200 crops of each photograph in a row), preprocessed as `
 does (shorter side to the model's size, centre crop), in batches of `--batch-size`.
 
 Usage: .venv/bin/python bench/refine.py /work/corpus/val-000000.tar --images 256 [--stride 5]
-    [--steps 0 10 25 50 100] [--lr 0.1] [--model DIR] > out.json
+    [--steps 0 10 25 50 100] [--lr 0.1] [--loss mse|l1] [--model DIR] > out.json
 """
 
 from __future__ import annotations
@@ -31,19 +31,19 @@ from gtok.data import to_model_input
 from gtok.metrics import psnr, to_uint8
 from gtok.metrics.geometry import geometry_stats, training_summary
 from gtok.model import default_model_dir, load_tokenizer
-from gtok.model.refine import DEFAULT_REFINE_LR
+from gtok.model.refine import DEFAULT_REFINE_LOSS, DEFAULT_REFINE_LR, REFINE_LOSSES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _images import read_images  # bench/_images.py
 
 
-def _run(tok, batches, steps: int, lr: float) -> dict:
+def _run(tok, batches, steps: int, lr: float, loss: str) -> dict:
     scores, geometry, wall, cpu = [], [], 0.0, 0.0
     for pixels in batches:
         x = to_model_input(pixels.permute(0, 2, 3, 1))
         began, began_cpu = time.perf_counter(), time.process_time()
         with torch.inference_mode():
-            tokens = tok.encode(x, refine_steps=steps, refine_lr=lr)
+            tokens = tok.encode(x, refine_steps=steps, refine_lr=lr, refine_loss=loss)
         wall += time.perf_counter() - began
         cpu += time.process_time() - began_cpu
         with torch.inference_mode():
@@ -55,6 +55,7 @@ def _run(tok, batches, steps: int, lr: float) -> dict:
     return {
         "steps": steps,
         "lr": lr,
+        "loss": loss,
         "images": n,
         "psnr": float(torch.cat(scores).mean()),
         "encode_images_per_s": n / wall,
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 10, 25, 50, 100])
     parser.add_argument("--lr", type=float, default=DEFAULT_REFINE_LR)
+    parser.add_argument("--loss", choices=REFINE_LOSSES, default=DEFAULT_REFINE_LOSS)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,7 +83,7 @@ def main() -> None:
     batches = list(images.split(args.batch_size))
     runs = []
     for steps in args.steps:
-        runs.append(_run(tok, batches, steps, args.lr))
+        runs.append(_run(tok, batches, steps, args.lr, args.loss))
         base = runs[0]["psnr"] if runs[0]["steps"] == 0 else None
         runs[-1]["psnr_gain"] = None if base is None else runs[-1]["psnr"] - base
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)

@@ -40,6 +40,11 @@ RefineLrOption = Annotated[
     typer.Option(help="Peak step size of --refine-steps (cosine-decayed). [default: 0.1]"),
 ]
 
+RefineLossOption = Annotated[
+    str | None,
+    typer.Option(help="Loss of --refine-steps: mse (what PSNR scores) or l1. [default: mse]"),
+]
+
 
 def human_bytes(size: float) -> str:
     """1234567 -> '1.2 MB'."""

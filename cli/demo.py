@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli._common import JsonFlag, print_json
-from cli._tokens import RefineLrOption, RefineStepsOption
+from cli._tokens import RefineLossOption, RefineLrOption, RefineStepsOption
 
 
 def demo(
@@ -35,6 +35,7 @@ def demo(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     refine_steps: RefineStepsOption = 0,
     refine_lr: RefineLrOption = None,
+    refine_loss: RefineLossOption = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Show the whole job on 36 small photographs that ship with gtok (public domain / CC0).
@@ -61,7 +62,7 @@ def demo(
         model=model,
         photos=photos or DEMO_PHOTOS,
         device=device,
-        refine=refine_settings(refine_steps, refine_lr),
+        refine=refine_settings(refine_steps, refine_lr, refine_loss),
     )
     if json_output:
         print_json(result.to_dict())

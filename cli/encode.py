@@ -9,7 +9,7 @@ import typer
 
 from cli._common import ConfigOption, JsonFlag, Precision, PrecisionOption, print_json
 from cli._options import resumable
-from cli._tokens import RefineLrOption, RefineStepsOption, ShardsArgument
+from cli._tokens import RefineLossOption, RefineLrOption, RefineStepsOption, ShardsArgument
 from gtok.console import console, is_quiet
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
@@ -124,6 +124,7 @@ def encode(
     precision: PrecisionOption = Precision.fp32,
     refine_steps: RefineStepsOption = 0,
     refine_lr: RefineLrOption = None,
+    refine_loss: RefineLossOption = None,
     finalize: Annotated[
         bool,
         typer.Option("--finalize", help="Only build the final arrays after parallel workers."),
@@ -189,7 +190,7 @@ def encode(
             append=append,
             jpeg_draft=jpeg_draft,
             precision=precision.value,
-            refine=refine_settings(refine_steps, refine_lr),
+            refine=refine_settings(refine_steps, refine_lr, refine_loss),
         )
     if json_output:
         print_json(summary.to_dict())

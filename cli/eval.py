@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cli._common import ConfigOption, JsonFlag, print_json, table_text
-from cli._tokens import RefineLrOption, RefineStepsOption, ShardsArgument
+from cli._tokens import RefineLossOption, RefineLrOption, RefineStepsOption, ShardsArgument
 from gtok.console import console, is_quiet
 
 
@@ -89,6 +89,7 @@ def eval_command(
     ] = None,
     refine_steps: RefineStepsOption = 0,
     refine_lr: RefineLrOption = None,
+    refine_loss: RefineLossOption = None,
     skip: Annotated[
         list[Metric] | None, typer.Option(help="Do not compute this metric (repeatable).")
     ] = None,
@@ -142,7 +143,7 @@ def eval_command(
         "device": device,
         "grid_images": grid_images if report is not None else 0,
     }
-    refine = refine_settings(refine_steps, refine_lr)
+    refine = refine_settings(refine_steps, refine_lr, refine_loss)
     if reference or reconstructed:
         if refine.enabled:
             raise typer.BadParameter("--refine-steps applies when eval encodes (SHARDS).")

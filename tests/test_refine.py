@@ -57,7 +57,7 @@ def _l1(tok, tokens, images) -> torch.Tensor:
 
 def test_refinement_lowers_every_images_loss_within_the_models_ranges(tok, images):
     plain = tok.encode(images)
-    refined = tok.encode(images, refine_steps=15, refine_lr=0.1)
+    refined = tok.encode(images, refine_steps=15, refine_lr=0.1, refine_loss="l1")
     assert torch.equal(refined.indices, plain.indices)  # codes fixed
     assert (_l1(tok, refined, images) < _l1(tok, plain, images) - 1e-3).all()
     g = refined.geometry
@@ -66,6 +66,22 @@ def test_refinement_lowers_every_images_loss_within_the_models_ranges(tok, image
     assert g[..., 2:4].min() >= tok.config.scale_min and g[..., 2:4].max() <= r_max + 1e-6
     assert g[..., 4].min() >= 0.0 and g[..., 4].max() < math.pi
     assert (g - plain.geometry).abs().max() > 1e-3  # it moved
+
+
+def test_each_loss_lowers_its_own_objective_more_than_the_other_does(tok, images):
+    """mse (the default) and l1 refine toward different optima: each wins on its own loss."""
+    plain = tok.encode(images)
+    by_loss = {
+        loss: tok.encode(images, refine_steps=15, refine_loss=loss) for loss in ("mse", "l1")
+    }
+    assert torch.equal(by_loss["mse"].geometry, tok.encode(images, refine_steps=15).geometry)
+
+    def mse(tokens):
+        return (tok.decode(tokens) - images).square().mean(dim=(1, 2, 3))
+
+    assert (mse(by_loss["mse"]) < mse(plain)).all()
+    assert mse(by_loss["mse"]).sum() < mse(by_loss["l1"]).sum()
+    assert _l1(tok, by_loss["l1"], images).sum() < _l1(tok, by_loss["mse"], images).sum()
 
 
 def test_weights_get_no_gradient_and_do_not_change(tok, images):
@@ -92,7 +108,8 @@ def test_inference_mode_callers_and_zero_steps(tok, images):
 
 
 def test_bad_settings_are_value_errors():
-    for bad in ({"steps": -1}, {"steps": 1.5}, {"lr": 0.0}, {"lr": float("nan")}):
+    bad_values = [{"steps": -1}, {"steps": 1.5}, {"lr": 0.0}, {"lr": float("nan")}]
+    for bad in (*bad_values, {"loss": "l2"}):
         with pytest.raises(ValueError):
             RefineSettings(**bad)
 
@@ -127,6 +144,9 @@ def test_resume_with_other_refinement_is_refused(tmp_path, model_dir, shards, ru
         _encode(shards / "shard-0000.tar", out, model_dir)
     with pytest.raises(GtokError, match="geometry refinement"):
         _encode(shards / "shard-0000.tar", out, model_dir, refine=RefineSettings(steps=3))
+    l1 = RefineSettings(steps=2, loss="l1")
+    with pytest.raises(GtokError, match=r"steps=2, lr=0.1, loss=mse, not steps=2, lr=0.1, loss=l1"):
+        _encode(shards / "shard-0000.tar", out, model_dir, refine=l1)
     _encode(shards / "shard-0000.tar", out, model_dir, refine=RefineSettings(steps=2))  # resumes
 
 
@@ -147,11 +167,14 @@ def test_cli_refine_options(tmp_path, model_dir, shards, runner):
     result = runner.invoke(app, ["encode", *common, "--refine-steps", "-1"])
     assert result.exit_code == 1 and "--refine-steps must be" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+    result = runner.invoke(app, ["encode", *common, "--refine-steps", "2", "--refine-loss", "l2"])
+    assert result.exit_code == 1 and "--refine-loss must be one of mse, l1" in result.stderr
     args = ["encode", *common, "--workers", "0", "--refine-steps", "2", "--refine-lr", "0.2"]
-    result = runner.invoke(app, [*args, "--json"])
+    result = runner.invoke(app, [*args, "--refine-loss", "l1", "--json"])
     assert result.exit_code == 0, result.stderr
     info = runner.invoke(app, ["info", str(out), "--json"])
-    assert json.loads(info.stdout)["refinement"]["lr"] == 0.2
+    record = json.loads(info.stdout)["refinement"]
+    assert (record["lr"], record["loss"]) == (0.2, "l1")
 
 
 def test_vq_model_refuses_refinement(tmp_path, shards, runner):

@@ -11,7 +11,7 @@ import torch
 from gtok.console import console, is_quiet
 from gtok.devices import select_device
 from gtok.errors import GtokError
-from gtok.model.refine import DEFAULT_REFINE_LR, RefineSettings
+from gtok.model.refine import DEFAULT_REFINE_LOSS, DEFAULT_REFINE_LR, RefineSettings
 
 __all__ = ["EncodingModel", "load_encoding_model", "refine_settings", "resolve_model"]
 
@@ -59,6 +59,7 @@ class EncodingModel:
             images,
             refine_steps=self.refine.steps,
             refine_lr=self.refine.lr,
+            refine_loss=self.refine.loss,
         )
 
 
@@ -85,11 +86,12 @@ def load_encoding_model(
     return EncodingModel(tokenizer, path, weights_sha256(path), chosen, refine)
 
 
-def refine_settings(steps: int, lr: float | None = None) -> RefineSettings:
-    """`RefineSettings` from command-line values (lr None: the default); bad values are a
-    `GtokError`."""
+def refine_settings(steps: int, lr: float | None = None, loss: str | None = None) -> RefineSettings:
+    """`RefineSettings` from command-line values (lr, loss None: the defaults); bad values
+    are a `GtokError`."""
     try:
-        return RefineSettings(steps, DEFAULT_REFINE_LR if lr is None else lr)
+        lr = DEFAULT_REFINE_LR if lr is None else lr
+        return RefineSettings(steps, lr, DEFAULT_REFINE_LOSS if loss is None else loss)
     except ValueError as exc:
         raise GtokError(f"{str(exc).replace('refine ', '--refine-')}.") from exc
 

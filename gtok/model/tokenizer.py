@@ -28,7 +28,12 @@ from gtok.model.directory import save_pretrained
 from gtok.model.encoder import Encoder
 from gtok.model.gaussian_embed import GaussianEmbed, GaussianEmbedConfig, Gaussians
 from gtok.model.quantizer import QuantizerOutput, VectorQuantizer
-from gtok.model.refine import DEFAULT_REFINE_LR, RefineSettings, refine_geometry
+from gtok.model.refine import (
+    DEFAULT_REFINE_LOSS,
+    DEFAULT_REFINE_LR,
+    RefineSettings,
+    refine_geometry,
+)
 from kernels import rasterize
 
 __all__ = [
@@ -180,14 +185,15 @@ class GaussianTokenizer(BaseTokenizer):
         *,
         refine_steps: int = 0,
         refine_lr: float = DEFAULT_REFINE_LR,
+        refine_loss: str = DEFAULT_REFINE_LOSS,
     ) -> Tokens:
         """images [B, 3, H, W] in [-1, 1] -> Tokens(indices [B, G], geometry [B, G, 5]).
 
         refine_steps > 0: then fit each image's geometry to the image with that many Adam
-        steps (peak step size `refine_lr`; decoder and codes fixed), see
+        steps (peak step size `refine_lr`, loss "mse" or "l1"; decoder and codes fixed), see
         `gtok.model.refine`. Deterministic; each image's tokens
         do not depend on the rest of the batch's images."""
-        settings = RefineSettings(refine_steps, refine_lr)
+        settings = RefineSettings(refine_steps, refine_lr, refine_loss)
         self._check_images(images)
         gaussians = self._gaussians(images)
         with torch.autocast(images.device.type, enabled=False):
