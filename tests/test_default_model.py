@@ -11,7 +11,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import torch
 from defaultkit import (  # noqa: F401
     standin_default,
     standin_model,
@@ -22,13 +21,12 @@ from evalkit import (  # noqa: F401
     shards,
 )
 from PIL import Image
+from scriptkit import BENCH, script_module
 
 import gtok
 from cli.main import app
-from gtok.data import center_crop, decode_rgb, to_tensor
 from gtok.demo import DEMO_PHOTOS
 from gtok.errors import GtokError
-from gtok.metrics import to_uint8
 from gtok.model import default as default_module
 from gtok.model.default import DEFAULT_MODEL_ENV, SHIPPED_MODEL_DIR, default_model_dir
 from gtok.store import TokenStore
@@ -154,15 +152,7 @@ def test_the_shipped_model_keeps_grayscale_gray():
     (the previous default model, trained with one channel per GroupNorm group: casts +3.1 /
     +4.1, per pixel 9.0 / 10.1; this one: -1.5 / -1.6 and 3.1 / 3.4)."""
     tok = gtok.load_tokenizer(SHIPPED_MODEL_DIR).eval()
-    size = tok.config.image_size
-    paths = sorted(DEMO_PHOTOS.glob("*.jpg"))
-    gray = [
-        center_crop(decode_rgb(p.read_bytes()).convert("L").convert("RGB"), size)[0] for p in paths
-    ]
-    with torch.inference_mode():
-        decoded = tok.decode(tok.encode(torch.stack([to_tensor(g) for g in gray])))
-    rgb = to_uint8(decoded).double()
-    for channel in (0, 2):
-        difference = rgb[:, channel] - rgb[:, 1]
-        cast, noise = difference.mean().item(), difference.abs().mean().item()
-        assert abs(cast) < 2.0 and noise < 4.0, (channel, cast, noise)
+    with script_module(BENCH / "colour.py") as colour:
+        shift = colour.grayscale_shift(tok, sorted(DEMO_PHOTOS.glob("*.jpg")))
+    for difference in shift.values():
+        assert abs(difference["cast"]) < 2.0 and difference["per_pixel"] < 4.0, shift

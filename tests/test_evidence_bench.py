@@ -6,32 +6,25 @@ script on generated shards."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from evalkit import shards  # noqa: F401
 from PIL import Image
+from scriptkit import BENCH, script_module
 from test_encode import one_thread  # noqa: F401 (autouse: one torch thread)
 
 import gtok
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
 
 @pytest.fixture(scope="module")
 def evidence():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("evidence", BENCH / "evidence.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(BENCH))
+    with script_module(BENCH / "evidence.py") as module:
+        yield module
 
 
 def _photo_like(seed: int = 0) -> torch.Tensor:

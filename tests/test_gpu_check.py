@@ -4,28 +4,23 @@ the GPU run will report, including the device each part used."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from scriptkit import BENCH, script_module
 from test_encode import one_thread  # noqa: F401 (autouse: one torch thread)
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+SCRIPT = BENCH / "gpu_check.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # its dataclass looks itself up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["gpu_check"]
+    with script_module(SCRIPT) as module:
+        yield module
 
 
 def test_without_a_cuda_gpu_it_exits_1_with_one_line(tmp_path):

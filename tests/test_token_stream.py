@@ -4,10 +4,8 @@
 # ruff: noqa: F811  (fixtures imported from test_encode are redefined as test arguments)
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 import torch
 import zarr
 from PIL import Image
+from scriptkit import script_module
 from shardmaker import write_clean_shards
 from test_encode import SMALL, _save_model, model, one_thread  # noqa: F401  (fixtures)
 from test_store_damage import header
@@ -217,22 +216,19 @@ def _check_prior(out: Path, ids_per_sequence: int) -> None:
         assert picture.size == (2 * 16, 3 * 16 + 2 * 2)
 
 
-def _run_prior(argv: list[str], monkeypatch) -> None:
+def _run_prior(argv: list[str]) -> None:
     """examples/ar_prior.py's main(argv), in this process."""
-    spec = importlib.util.spec_from_file_location("ar_prior", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "ar_prior", module)  # its dataclasses look it up
-    spec.loader.exec_module(module)
-    module.main(argv)
+    with script_module(EXAMPLE) as module:
+        module.main(argv)
 
 
-def test_ar_prior_smoke_on_a_gaussian_store(stores, tmp_path, monkeypatch):
-    _run_prior([str(stores[6]), "--smoke", "-o", str(tmp_path / "prior")], monkeypatch)
+def test_ar_prior_smoke_on_a_gaussian_store(stores, tmp_path):
+    _run_prior([str(stores[6]), "--smoke", "-o", str(tmp_path / "prior")])
     _check_prior(tmp_path / "prior", SMALL["num_gaussians"] * 6)
 
 
-def test_ar_prior_smoke_on_a_vq_store(vq, tmp_path, monkeypatch):
-    _run_prior([str(vq[1]), "--smoke", "-o", str(tmp_path / "prior")], monkeypatch)
+def test_ar_prior_smoke_on_a_vq_store(vq, tmp_path):
+    _run_prior([str(vq[1]), "--smoke", "-o", str(tmp_path / "prior")])
     _check_prior(tmp_path / "prior", 64)
 
 
