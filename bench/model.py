@@ -14,7 +14,10 @@ of its 1-thread speed. So unless OMP_WAIT_POLICY is already set, this script set
 PASSIVE (threads sleep while they wait) before torch starts; the JSON records the policy.
 
 `tiny_vs_vq_tiny` (issue 16's targets): `tiny` with the Taichi deformable-attention kernel,
-`tiny` with the PyTorch reference path and `vq-tiny` timed side by side, interleaved
+`tiny` with the PyTorch reference path and `vq-tiny`, each with the model settings of
+`--recipe` (default: small, the recipe `gtok train` gives these presets: no GaussianEmbed
+dropout, 8 GroupNorm groups; `authors`: the presets as the authors define them), timed
+side by side, interleaved
 (`SIDE_REPEATS` rounds, medians), forward and forward+backward at batch 32, with the
 ratios tiny / vq-tiny against the 0.9 targets and GaussianEmbed's share of tiny's
 forward+backward (GaussianEmbed's own forward+backward on the encoder's feature map, timed in
@@ -24,7 +27,8 @@ the same rounds, over tiny's forward+backward).
 image forward+backward): enough for an order of magnitude, not for a precise figure. Pass
 `--skip-imagenet` to leave them out. The whole run takes about 2-3 minutes on 2 cores.
 
-Usage: .venv/bin/python bench/model.py [--skip-imagenet] [--presets tiny vq-tiny] > out.json
+Usage: .venv/bin/python bench/model.py [--skip-imagenet] [--presets tiny vq-tiny]
+    [--recipe small|authors] > out.json
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import gtok
 from gtok.model.deform_attn import set_implementation
+from gtok.train.recipe import RECIPES, default_recipe
 
 # preset -> (batch, timed iterations, warm-up iterations)
 PLAN = {
@@ -134,8 +139,10 @@ def bench_preset(name: str, batch: int, iters: int, warmup: int) -> dict:
     return result
 
 
-def _trained_once(name: str, images: torch.Tensor) -> torch.nn.Module:
-    model = gtok.build_tokenizer(name, seed=0).train()
+def _trained_once(name: str, images: torch.Tensor, recipe: str) -> torch.nn.Module:
+    kind = gtok.build_tokenizer(name).config.kind
+    overrides = RECIPES[recipe].model_overrides(kind)
+    model = gtok.build_tokenizer(name, seed=0, **overrides).train()
     with torch.no_grad():  # the codebook's k-means init
         model(images[:1])
     return model
@@ -170,12 +177,13 @@ def _jobs(models: dict[str, torch.nn.Module], images: torch.Tensor) -> dict:
     return jobs
 
 
-def side_by_side() -> dict:
-    """tiny (kernel), tiny (reference path) and vq-tiny, interleaved; medians in img/s."""
+def side_by_side(recipe: str) -> dict:
+    """tiny (kernel), tiny (reference path) and vq-tiny with `recipe`'s model settings,
+    interleaved; medians in img/s."""
     images = torch.rand(SIDE_BATCH, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     images = images * 2 - 1
-    models = {n: _trained_once(n, images) for n in ("tiny", "vq-tiny")}
-    models["tiny-reference"] = _trained_once("tiny", images)
+    models = {n: _trained_once(n, images, recipe) for n in ("tiny", "vq-tiny")}
+    models["tiny-reference"] = _trained_once("tiny", images, recipe)
     set_implementation(models["tiny-reference"], "reference")
     jobs = _jobs(models, images)
     for job in jobs.values():  # warm-up (compiles the kernels)
@@ -187,7 +195,8 @@ def side_by_side() -> dict:
             job()
             seconds[name].append(time.perf_counter() - start)
     rates = {n: round(SIDE_BATCH / statistics.median(t), 2) for n, t in seconds.items()}
-    out: dict = {"batch": SIDE_BATCH, "repeats": SIDE_REPEATS, "img_s": rates, "targets": {}}
+    out: dict = {"batch": SIDE_BATCH, "repeats": SIDE_REPEATS, "recipe": recipe}
+    out |= {"img_s": rates, "targets": {}}
     for kind in ("forward", "forward_backward"):
         for tiny in ("tiny", "tiny-reference"):
             ratio = rates[f"{tiny}/{kind}"] / rates[f"vq-tiny/{kind}"]
@@ -205,6 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-imagenet", action="store_true", help="leave out the 256px presets")
     parser.add_argument("--presets", nargs="+", choices=list(PLAN), default=list(PLAN))
+    parser.add_argument("--recipe", choices=list(RECIPES), default=default_recipe("tiny"))
     args = parser.parse_args()
     report: dict = {
         "torch": torch.__version__,
@@ -225,7 +235,7 @@ def main() -> None:
         report["presets"][name] = bench_preset(name, batch, iters, warmup)
     if {"tiny", "vq-tiny"} <= set(args.presets):
         print("bench: tiny vs vq-tiny side by side", file=sys.stderr, flush=True)
-        report["tiny_vs_vq_tiny"] = side_by_side()
+        report["tiny_vs_vq_tiny"] = side_by_side(args.recipe)
     report["seconds"] = round(time.perf_counter() - began, 1)
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))
