@@ -185,9 +185,12 @@ def evaluate_set(
     for side in args.thumbnails:
         entry = scores(images, thumbnails(images, side)) | {"bytes": 3 * side * side}
         out["baselines"][f"bicubic_{side}x{side}"] = entry
+    by_budget: dict[int, dict] = {}  # models with equal token bytes share one JPEG search
     for name, tok in models.items():
         budget = int(token_bytes(tok))
-        out["baselines"][f"jpeg_at_{name}_bytes"] = jpeg_baseline(images, budget)
+        if budget not in by_budget:
+            by_budget[budget] = jpeg_baseline(images, budget)
+        out["baselines"][f"jpeg_at_{name}_bytes"] = by_budget[budget]
     return out
 
 
