@@ -147,12 +147,12 @@ def test_the_shipped_model_loads_is_tiny_and_small(monkeypatch):
 @shipped
 def test_the_shipped_model_keeps_grayscale_gray():
     """Grayscale input comes back without a colour cast: over the 36 demo photographs in
-    grayscale, the mean of R - G and of B - G of the reconstructions is within 2 levels (of
-    255) of 0, and the per-pixel mean |R - G|, |B - G| (cast plus colour noise) under 4
-    (the previous default model, trained with one channel per GroupNorm group: casts +3.1 /
-    +4.1, per pixel 9.0 / 10.1; this one: -1.5 / -1.6 and 3.1 / 3.4)."""
+    grayscale, the mean of R - G and of B - G of the reconstructions is within 1 level (of
+    255) of 0, and the per-pixel mean |R - G|, |B - G| (cast plus colour noise) under 3
+    (bench/colour.py; the default model before the GroupNorm fix, one channel per group:
+    casts +3.1 / +4.1, per pixel 9.0 / 10.1; this one: -0.66 / -0.60 and 2.54 / 2.57)."""
     tok = gtok.load_tokenizer(SHIPPED_MODEL_DIR).eval()
     with script_module(BENCH / "colour.py") as colour:
         shift = colour.grayscale_shift(tok, sorted(DEMO_PHOTOS.glob("*.jpg")))
     for difference in shift.values():
-        assert abs(difference["cast"]) < 2.0 and difference["per_pixel"] < 4.0, shift
+        assert abs(difference["cast"]) < 1.0 and difference["per_pixel"] < 3.0, shift
