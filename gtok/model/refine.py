@@ -44,7 +44,7 @@ __all__ = [
 
 DEFAULT_REFINE_LR = 0.1  # Adam step size in logit / radian units
 REFINE_LOSSES = ("mse", "l1")
-DEFAULT_REFINE_LOSS = "mse"  # docs/results.md: +0.5 dB over l1 at 50 steps
+DEFAULT_REFINE_LOSS = "mse"  # docs/results.md: +0.4 dB over l1 at 50 steps
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 

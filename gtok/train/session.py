@@ -389,7 +389,8 @@ def _load_initial_weights(model: nn.Module, arch: TokenizerConfig, path: str) ->
     """Start `model` (architecture `arch`) from the weights of the model at `path` (a model
     or run directory); GtokError in one sentence when its architecture differs."""
     theirs, ours = read_config(path).to_dict(), arch.to_dict()
-    if differing := [k for k in sorted(ours) if theirs.get(k) != ours[k]]:
+    compared = sorted(set(ours) - {"preset"})  # the preset name is informational
+    if differing := [k for k in compared if theirs.get(k) != ours[k]]:
         shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in differing[:4])
         raise GtokError(
             f"--init-from {path} has another architecture than this run ({shown}); choose the "
