@@ -37,12 +37,17 @@ RefineStepsOption = Annotated[
 
 RefineLrOption = Annotated[
     float | None,
-    typer.Option(help="Peak step size of --refine-steps (cosine-decayed). [default: 0.1]"),
+    typer.Option(
+        help="Peak step size of --refine-steps (linear warm-up, then linear decay). [default: 0.2]"
+    ),
 ]
 
 RefineLossOption = Annotated[
     str | None,
-    typer.Option(help="Loss of --refine-steps: mse (what PSNR scores) or l1. [default: mse]"),
+    typer.Option(
+        help="Loss of --refine-steps, per image: psnr (the log of the squared error), mse or "
+        "l1. [default: psnr]"
+    ),
 ]
 
 

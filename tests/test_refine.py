@@ -4,8 +4,9 @@
 Covers: refinement lowers every image's reconstruction loss and keeps the geometry in the
 model's ranges; the model's weights get no gradient; refinement is deterministic and each
 image's result does not depend on the rest of its batch; it works under inference mode;
-the store records the settings, refuses a resume with other settings,
-and two workers equal one process; bad values and VQ models get one error line.
+each loss wins on its own objective; the step size warms up, then decays; the store
+records the settings, refuses a resume with other settings (or another optimizer), and two
+workers equal one process; bad values and VQ models get one error line.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import gtok
 from cli.main import app
 from gtok.encode import encode_shards
 from gtok.errors import GtokError
-from gtok.model.refine import RefineSettings
+from gtok.model.refine import FINAL_FRACTION, RefineSettings, _step_size
 from gtok.store import TokenStore, finalize_store
 
 
@@ -51,8 +52,13 @@ def shards(tmp_path_factory):
     return folder
 
 
+def _pixels(tok, tokens) -> torch.Tensor:
+    """The decoded images as refinement scores them: clamped to [-1, 1], as pixels are."""
+    return tok.decode(tokens).clamp(-1.0, 1.0)
+
+
 def _l1(tok, tokens, images) -> torch.Tensor:
-    return (tok.decode(tokens) - images).abs().mean(dim=(1, 2, 3))
+    return (_pixels(tok, tokens) - images).abs().mean(dim=(1, 2, 3))
 
 
 def test_refinement_lowers_every_images_loss_within_the_models_ranges(tok, images):
@@ -69,19 +75,32 @@ def test_refinement_lowers_every_images_loss_within_the_models_ranges(tok, image
 
 
 def test_each_loss_lowers_its_own_objective_more_than_the_other_does(tok, images):
-    """mse (the default) and l1 refine toward different optima: each wins on its own loss."""
+    """psnr (the default), mse and l1 refine toward different optima: squared-error losses
+    win on the squared error, l1 on the absolute error."""
     plain = tok.encode(images)
     by_loss = {
-        loss: tok.encode(images, refine_steps=15, refine_loss=loss) for loss in ("mse", "l1")
+        loss: tok.encode(images, refine_steps=30, refine_loss=loss)
+        for loss in ("psnr", "mse", "l1")
     }
-    assert torch.equal(by_loss["mse"].geometry, tok.encode(images, refine_steps=15).geometry)
+    assert torch.equal(by_loss["psnr"].geometry, tok.encode(images, refine_steps=30).geometry)
+    assert not torch.equal(by_loss["psnr"].geometry, by_loss["mse"].geometry)
 
     def mse(tokens):
-        return (tok.decode(tokens) - images).square().mean(dim=(1, 2, 3))
+        return (_pixels(tok, tokens) - images).square().mean(dim=(1, 2, 3))
 
-    assert (mse(by_loss["mse"]) < mse(plain)).all()
-    assert mse(by_loss["mse"]).sum() < mse(by_loss["l1"]).sum()
+    for squared in ("psnr", "mse"):
+        assert (mse(by_loss[squared]) < mse(plain)).all()
+        assert mse(by_loss[squared]).sum() < mse(by_loss["l1"]).sum()
+    assert mse(by_loss["psnr"]).log().sum() < mse(by_loss["l1"]).log().sum()
     assert _l1(tok, by_loss["l1"], images).sum() < _l1(tok, by_loss["mse"], images).sum()
+
+
+def test_step_size_warms_up_then_decays():
+    sizes = [_step_size(0.2, step, 50) for step in range(1, 51)]
+    assert sizes[:11] == sorted(sizes[:11]) and max(sizes) == pytest.approx(0.2)
+    assert sizes[10:] == sorted(sizes[10:], reverse=True)
+    assert sizes[-1] == pytest.approx(0.2 * FINAL_FRACTION) and sizes[0] < sizes[-1]
+    assert 0 < _step_size(0.2, 1, 1) < 0.2  # a single step is still damped
 
 
 def test_weights_get_no_gradient_and_do_not_change(tok, images):
@@ -145,9 +164,20 @@ def test_resume_with_other_refinement_is_refused(tmp_path, model_dir, shards, ru
     with pytest.raises(GtokError, match="geometry refinement"):
         _encode(shards / "shard-0000.tar", out, model_dir, refine=RefineSettings(steps=3))
     l1 = RefineSettings(steps=2, loss="l1")
-    with pytest.raises(GtokError, match=r"steps=2, lr=0.1, loss=mse, not steps=2, lr=0.1, loss=l1"):
+    with pytest.raises(GtokError, match=r"loss=psnr, optimizer=\S+, not steps=2, lr=0.2, loss=l1"):
         _encode(shards / "shard-0000.tar", out, model_dir, refine=l1)
     _encode(shards / "shard-0000.tar", out, model_dir, refine=RefineSettings(steps=2))  # resumes
+
+
+def test_a_store_refined_with_an_older_optimizer_is_not_resumed(tmp_path, model_dir, shards):
+    """Tokens depend on the optimizer: a store from gtok's earlier cosine schedule is refused."""
+    out = tmp_path / "old.zarr"
+    _encode(shards / "shard-0000.tar", out, model_dir, refine=RefineSettings(steps=2))
+    meta = json.loads((out / "zarr.json").read_text())
+    meta["attributes"]["gtok"]["refinement"]["optimizer"] = "adam-cosine"
+    (out / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(GtokError, match=r"optimizer=adam-cosine, not .*optimizer=adam-warmup"):
+        _encode(shards / "shard-0000.tar", out, model_dir, refine=RefineSettings(steps=2))
 
 
 def test_two_refining_workers_equal_one_process(tmp_path, model_dir, shards):
@@ -168,13 +198,13 @@ def test_cli_refine_options(tmp_path, model_dir, shards, runner):
     assert result.exit_code == 1 and "--refine-steps must be" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
     result = runner.invoke(app, ["encode", *common, "--refine-steps", "2", "--refine-loss", "l2"])
-    assert result.exit_code == 1 and "--refine-loss must be one of mse, l1" in result.stderr
-    args = ["encode", *common, "--workers", "0", "--refine-steps", "2", "--refine-lr", "0.2"]
+    assert result.exit_code == 1 and "--refine-loss must be one of psnr, mse, l1" in result.stderr
+    args = ["encode", *common, "--workers", "0", "--refine-steps", "2", "--refine-lr", "0.3"]
     result = runner.invoke(app, [*args, "--refine-loss", "l1", "--json"])
     assert result.exit_code == 0, result.stderr
     info = runner.invoke(app, ["info", str(out), "--json"])
     record = json.loads(info.stdout)["refinement"]
-    assert (record["lr"], record["loss"]) == (0.2, "l1")
+    assert (record["lr"], record["loss"]) == (0.3, "l1")
 
 
 def test_vq_model_refuses_refinement(tmp_path, shards, runner):

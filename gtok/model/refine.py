@@ -11,12 +11,17 @@ does that for a batch:
   own parametrization); rotation as a free angle wrapped into [0, pi) (the rasterizer is
   pi-periodic in the rotation, so this is the same Gaussian without the sigmoid's walls at
   0 and pi);
-- loss: the mean squared error (`loss="mse"`, the default: what PSNR scores) or the mean
-  absolute error (`"l1"`, the models' training loss) of the decoded image against the input
-  (both in [-1, 1]), per image, summed over the batch, so each image's gradient (and, Adam
-  being elementwise, its whole trajectory) is independent of the other images in the batch;
-- Adam (betas 0.9, 0.999) for `steps` steps at learning rate `lr`, cosine-decayed to 0
-  over the steps; no randomness anywhere, so the result is a function of the inputs;
+- loss, per image, of the decoded image clamped to [-1, 1] (as it becomes pixels: what
+  PSNR scores) against the input (in [-1, 1]): the log of the
+  mean squared error (`loss="psnr"`, the default: minimizing it maximizes the image's PSNR,
+  whose mean over images is what `gtok eval` reports), the mean squared error (`"mse"`) or
+  the mean absolute error (`"l1"`, the models' training loss); summed over the batch, so
+  each image's gradient (and, Adam being elementwise, its whole trajectory) is independent
+  of the other images in the batch;
+- Adam with betas (0.9, 0.9) (the short second-moment memory follows the gradients as they
+  shrink) for `steps` steps: the step size rises linearly to `lr` over the first fifth of
+  the steps, then falls linearly to `FINAL_FRACTION` of it (docs/results.md measures each
+  choice); no randomness anywhere, so the result is a function of the inputs;
 - gradients flow only to the geometry (`torch.autograd.grad`): the model's weights get
   none and keep no `.grad`.
 
@@ -42,17 +47,21 @@ __all__ = [
     "refine_geometry",
 ]
 
-DEFAULT_REFINE_LR = 0.1  # Adam step size in logit / radian units
-REFINE_LOSSES = ("mse", "l1")
-DEFAULT_REFINE_LOSS = "mse"  # docs/results.md: +0.4 dB over l1 at 50 steps
-BETAS = (0.9, 0.999)
+DEFAULT_REFINE_LR = 0.2  # peak Adam step size in logit / radian units
+REFINE_LOSSES = ("psnr", "mse", "l1")
+DEFAULT_REFINE_LOSS = "psnr"  # docs/results.md: +0.03 dB over mse, +0.4 dB over l1 at 50 steps
+OPTIMIZER = "adam-warmup-linear"  # recorded in stores: tokens depend on it
+BETAS = (0.9, 0.9)
+WARMUP_FRACTION = 0.2  # of the steps, spent rising to the peak step size
+FINAL_FRACTION = 0.25  # of the peak step size, reached at the last step
 EPS = 1e-8
+LOG_EPS = 1e-12  # the psnr loss is log(mse + this)
 
 
 @dataclass(frozen=True)
 class RefineSettings:
     """How tokens were refined: Adam `steps` (0: off) at peak step size `lr` on `loss`
-    ("mse" or "l1").
+    ("psnr", "mse" or "l1").
 
     Stored in a token store's header (`to_dict`), so a resumed or parallel encode with other
     settings is refused.
@@ -77,7 +86,7 @@ class RefineSettings:
         return self.steps > 0
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "optimizer": "adam-cosine"}
+        return {**asdict(self), "optimizer": OPTIMIZER}
 
 
 class _Unconstrained:
@@ -120,9 +129,24 @@ def _adam_step(
         p.data.addcdiv_(m_hat, v_hat.sqrt().add_(EPS), value=-lr)
 
 
-def _cosine_lr(lr: float, step: int, steps: int) -> float:
-    """Learning rate of step `step` (1-based) of `steps`: cosine from lr towards 0."""
-    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / steps))
+def _step_size(lr: float, step: int, steps: int) -> float:
+    """Step size of step `step` (1-based) of `steps`: a linear rise to `lr` over the first
+    `WARMUP_FRACTION` of the steps (at least one), then a linear fall to `FINAL_FRACTION`
+    of `lr` at the last step."""
+    warmup = max(1, round(WARMUP_FRACTION * steps))
+    if step <= warmup:
+        return lr * step / (warmup + 1)
+    fall = (step - 1 - warmup) / max(steps - 1 - warmup, 1)  # 0 at the peak, 1 at the end
+    return lr * (1.0 - (1.0 - FINAL_FRACTION) * fall)
+
+
+def _per_image_loss(recon: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """[B, 3, H, W] twice -> [B]: the refinement loss of each image (module doc)."""
+    error = recon.float().clamp(-1.0, 1.0) - target
+    if loss == "l1":
+        return error.abs().mean(dim=(1, 2, 3))
+    mse = error.square().mean(dim=(1, 2, 3))
+    return (mse + LOG_EPS).log() if loss == "psnr" else mse
 
 
 def refine_geometry(
@@ -151,11 +175,9 @@ def refine_geometry(
         for step in range(1, settings.steps + 1):
             means, scales, rotations = space.to_geometry(*params)
             recon = tokenizer._render_decode(means, scales, rotations, features)
-            error = recon.float() - target
-            error = error.square() if settings.loss == "mse" else error.abs()
-            loss = error.mean(dim=(1, 2, 3)).sum()
+            loss = _per_image_loss(recon, target, settings.loss).sum()
             grads = torch.autograd.grad(loss, params)
-            _adam_step(params, grads, moments, step, _cosine_lr(settings.lr, step, settings.steps))
+            _adam_step(params, grads, moments, step, _step_size(settings.lr, step, settings.steps))
         with torch.no_grad():
             means, scales, rotations = space.to_geometry(*params)
             refined = torch.cat([means, scales, rotations[..., None]], dim=-1)

@@ -190,9 +190,9 @@ class GaussianTokenizer(BaseTokenizer):
         """images [B, 3, H, W] in [-1, 1] -> Tokens(indices [B, G], geometry [B, G, 5]).
 
         refine_steps > 0: then fit each image's geometry to the image with that many Adam
-        steps (peak step size `refine_lr`, loss "mse" or "l1"; decoder and codes fixed), see
-        `gtok.model.refine`. Deterministic; each image's tokens
-        do not depend on the rest of the batch's images."""
+        steps (peak step size `refine_lr`, loss "psnr", "mse" or "l1"; decoder and codes
+        fixed), see `gtok.model.refine`. Deterministic; each image's tokens do not depend on
+        the rest of the batch's images."""
         settings = RefineSettings(refine_steps, refine_lr, refine_loss)
         self._check_images(images)
         gaussians = self._gaussians(images)

@@ -199,10 +199,11 @@ def _binning_phrase(header: schema.StoreHeader) -> str:
 
 
 def _refinement(record: dict | None) -> str:
-    """A refinement record as a phrase: "off" or "steps=50, lr=0.1, loss=mse"."""
+    """A refinement record as a phrase: "off" or "steps=50, lr=0.2, loss=psnr,
+    optimizer=adam-warmup-linear"."""
     if not record:
         return "off"
-    return ", ".join(f"{k}={record.get(k)}" for k in ("steps", "lr", "loss"))
+    return ", ".join(f"{k}={record.get(k)}" for k in ("steps", "lr", "loss", "optimizer"))
 
 
 def part_locks(location: Location, shards: Sequence[str]) -> Mapping[str, str]:
