@@ -12,12 +12,12 @@ does that for a batch:
   pi-periodic in the rotation, so this is the same Gaussian without the sigmoid's walls at
   0 and pi);
 - loss, per image, of the decoded image clamped to [-1, 1] (as it becomes pixels: what
-  PSNR scores) against the input (in [-1, 1]): the log of the
-  mean squared error (`loss="psnr"`, the default: minimizing it maximizes the image's PSNR,
-  whose mean over images is what `gtok eval` reports), the mean squared error (`"mse"`) or
-  the mean absolute error (`"l1"`, the models' training loss); summed over the batch, so
-  each image's gradient (and, Adam being elementwise, its whole trajectory) is independent
-  of the other images in the batch;
+  PSNR scores) against the input (in [-1, 1]): the log of the mean squared error
+  (`loss="psnr"`, the default: minimizing it maximizes the image's PSNR, whose mean over
+  images is what `gtok eval` reports), the mean squared error (`"mse"`) or the mean
+  absolute error (`"l1"`, the models' training loss); summed over the batch, so each
+  image's gradient (and, Adam being elementwise, its whole trajectory) is independent of
+  the other images in the batch;
 - Adam with betas (0.9, 0.9) (the short second-moment memory follows the gradients as they
   shrink) for `steps` steps: the step size rises linearly to `lr` over the first fifth of
   the steps, then falls linearly to `FINAL_FRACTION` of it (docs/results.md measures each
@@ -49,7 +49,7 @@ __all__ = [
 
 DEFAULT_REFINE_LR = 0.2  # peak Adam step size in logit / radian units
 REFINE_LOSSES = ("psnr", "mse", "l1")
-DEFAULT_REFINE_LOSS = "psnr"  # docs/results.md: +0.03 dB over mse, +0.4 dB over l1 at 50 steps
+DEFAULT_REFINE_LOSS = "psnr"  # docs/results.md: +0.03 dB over mse at 50 steps
 OPTIMIZER = "adam-warmup-linear"  # recorded in stores: tokens depend on it
 BETAS = (0.9, 0.9)
 WARMUP_FRACTION = 0.2  # of the steps, spent rising to the peak step size
