@@ -47,6 +47,12 @@ def verify(
                 if report.stats_checked
                 else ""
             )
+            + (
+                f"; {report.fingerprints_missing} shards have no recorded fingerprint (an "
+                "older gtok wrote them), so their files were compared by sample keys only"
+                if report.fingerprints_missing
+                else ""
+            )
         )
         for problem in report.problems:
             console.print(f"[red]-[/] {problem}", soft_wrap=True)

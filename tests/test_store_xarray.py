@@ -51,7 +51,8 @@ def _dimension_names(group) -> dict[str, tuple | None]:
 
 def test_every_array_names_each_dimension(tmp_path, store_path):
     specs = schema.row_arrays(4, has_geometry=True, geometry_dtype="float16", has_labels=True)
-    tables = {schema.SKIPPED: schema.SKIPPED_COLUMNS, schema.INPUTS: schema.INPUT_COLUMNS}
+    inputs = schema.INPUT_COLUMNS | schema.INPUT_IDENTITY_COLUMNS
+    tables = {schema.SKIPPED: schema.SKIPPED_COLUMNS, schema.INPUTS: inputs}
     expected = {s.name: s.dimension_names for s in specs} | {
         f"{table}/{column}": (schema.TABLE_DIMS[table],)
         for table, columns in tables.items()

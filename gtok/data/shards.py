@@ -12,27 +12,46 @@ A spec is one of
 
 Shards are returned sorted by file name, and file names must be unique across the whole
 list: a row's key is `"<shard file name>/<sample key>"`, so two `000000.tar` from two folders
-would give two rows the same key. A shard's name is its file name escaped as tar member
-names are (`gtok.data.tario.escape_name`: bytes that are not UTF-8 become `%XX`). A spec
-that names nothing is a `GtokError` raised before any work starts.
+would give two rows the same key. One file named twice (`A/../A/x.tar`, through a symbolic
+link, as a `file://` URL) counts once: local files are compared by their resolved real
+path, others by URL. A shard's name is its file name escaped as tar member names are
+(`gtok.data.tario.escape_name`: bytes that are not UTF-8 become `%XX`). A spec that names
+nothing is a `GtokError` raised before any work starts.
+
+`shard_fingerprint(url)` identifies a shard file's content cheaply (its size and a hash of
+its first and last MiB, read as two ranges): a store records it per input shard
+(`gtok.store.identity`), so a new file under a stored shard's name is told apart from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from gtok.data.tario import escape_name
 from gtok.errors import GtokError
 
-__all__ = ["ShardRef", "brace_expand", "expand_shards", "split_for_worker"]
+__all__ = [
+    "ShardFingerprint",
+    "ShardRef",
+    "brace_expand",
+    "expand_shards",
+    "shard_fingerprint",
+    "shard_fingerprints",
+    "split_for_worker",
+]
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 _GLOB_CHARS = set("*?[")
 SHARD_SUFFIX = ".tar"
+FINGERPRINT_SPAN = 1 << 20  # bytes hashed at each end of a shard file
+_FINGERPRINT_HEX = re.compile(r"^[0-9a-f]{64}$")
+_FINGERPRINT_THREADS = 8  # files fingerprinted at once (remote reads wait on the network)
 
 
 @dataclass(frozen=True, order=True)
@@ -42,6 +61,49 @@ class ShardRef:
 
     name: str
     url: str
+
+
+@dataclass(frozen=True)
+class ShardFingerprint:
+    """A shard file's identity: `size` in bytes and `digest`, the sha256 hex digest of the
+    size and the file's first and last `FINGERPRINT_SPAN` bytes (`shard_fingerprint`)."""
+
+    size: int
+    digest: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 0:
+            raise ValueError(f"a shard fingerprint's size must be a byte count, not {self.size!r}")
+        if not isinstance(self.digest, str) or not _FINGERPRINT_HEX.match(self.digest):
+            raise ValueError(f"a shard fingerprint must be 64 hex digits, not {self.digest!r}")
+
+    def difference(self, stored: ShardFingerprint) -> str:
+        """How this file differs from the `stored` one, as a phrase."""
+        if self.size != stored.size:
+            return f"it is {self.size} bytes, the encoded file was {stored.size}"
+        return f"both are {self.size} bytes, but their content differs"
+
+
+def shard_fingerprint(url: str) -> ShardFingerprint:
+    """The fingerprint of the shard at `url` (a local path or an fsspec URL), reading only its
+    first and last `FINGERPRINT_SPAN` bytes; a `GtokError` when it cannot be read."""
+    fs, path = _filesystem(url)
+    try:
+        size = int(fs.size(path))
+        head_end = min(size, FINGERPRINT_SPAN)
+        head = fs.cat_file(path, start=0, end=head_end) if head_end else b""
+        tail_start = max(head_end, size - FINGERPRINT_SPAN)
+        tail = fs.cat_file(path, start=tail_start, end=size) if tail_start < size else b""
+    except OSError as exc:
+        raise GtokError(f"Cannot read {url}: {exc}.") from exc
+    digest = hashlib.sha256(size.to_bytes(8, "little") + head + tail).hexdigest()
+    return ShardFingerprint(size, digest)
+
+
+def shard_fingerprints(refs: Sequence[ShardRef]) -> list[ShardFingerprint]:
+    """`shard_fingerprint` of each shard, in order, several read at once."""
+    with ThreadPoolExecutor(_FINGERPRINT_THREADS) as pool:
+        return list(pool.map(shard_fingerprint, [r.url for r in refs]))
 
 
 def brace_expand(pattern: str) -> list[str]:
@@ -100,13 +162,31 @@ def _expand_one(spec: str) -> list[ShardRef]:
     return [ShardRef(name=_name(p), url=_url(fs, p, spec)) for p in found]
 
 
+def _same_file(a: ShardRef, b: ShardRef) -> bool:
+    """Whether two shard refs name one file: local files by resolved real path, others by
+    URL."""
+    if a.url == b.url:
+        return True
+    paths = [_local_path(r.url) for r in (a, b)]
+    return None not in paths and os.path.realpath(paths[0]) == os.path.realpath(paths[1])
+
+
+def _local_path(url: str) -> str | None:
+    """The local path a shard URL opens, or None when it is not on the local file system."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    fs, path = _filesystem(url)
+    return path if isinstance(fs, LocalFileSystem) else None
+
+
 def _name(path: str) -> str:
     """A shard's name: its file name, escaped as member names are (valid UTF-8, `%XX`)."""
     return escape_name(os.fsencode(os.path.basename(path.rstrip("/"))))
 
 
 def expand_shards(specs: Iterable[str | os.PathLike]) -> list[ShardRef]:
-    """All shards the specs name, sorted by file name, duplicates of one file removed.
+    """All shards the specs name, sorted by file name, duplicates of one file removed (the
+    first way it was named is kept).
 
     Raises `GtokError` when no spec is given, a spec names nothing, or two different files
     share a file name.
@@ -119,7 +199,7 @@ def expand_shards(specs: Iterable[str | os.PathLike]) -> list[ShardRef]:
         for expanded in brace_expand(spec):
             for ref in _expand_one(expanded):
                 other = refs.setdefault(ref.name, ref)
-                if other.url != ref.url:
+                if not _same_file(other, ref):
                     raise GtokError(
                         f"Two shards are named {ref.name} ({other.url} and {ref.url}); shard "
                         "file names must be unique in one store, so encode them into separate "

@@ -20,7 +20,7 @@ import torch
 from gtok.console import console, is_quiet, progress
 from gtok.data import EncodeStream, Preprocess, ShardChunk, expand_shards, loader, to_model_input
 from gtok.data.images import DEFAULT_MAX_PIXELS
-from gtok.data.shards import ShardRef, split_for_worker
+from gtok.data.shards import ShardRef, shard_fingerprint, split_for_worker
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, utf8_text
 from gtok.devices import check_inference_precision, exact_fp32, mixed_precision, tf32_settings
 from gtok.encode.model import EncodingModel, load_encoding_model
@@ -30,6 +30,7 @@ from gtok.model.refine import RefineSettings
 from gtok.store import Location, Part, StoreHeader, StoreWriter, finalize_store, schema
 from gtok.store.append import begin_append
 from gtok.store.geometry_bins import MAX_BITS, MIN_BITS, GeometryBinning
+from gtok.store.identity import check_same_files
 from gtok.store.writer import open_root, read_header
 
 __all__ = ["EncodeSummary", "default_workers", "encode_shards"]
@@ -144,6 +145,7 @@ class _PartBuffer:
             captions=self.captions,
             meta={f: [m[i] for m in self.meta] for i, f in enumerate(self.fields)},
             geometry_codes=codes,
+            fingerprint=shard_fingerprint(self.shard.url),
         )
 
 
@@ -256,7 +258,8 @@ def encode_shards(
         (`gtok.store.append`); the store must have been encoded with the same settings.
     refine: encode-time geometry refinement (`gtok.model.refine`), recorded in the store's
         header; a resume or another worker must use the same settings.
-    Resumes by default: shards already in the store are not encoded again. TF32 is off
+    Resumes by default: shards already in the store are not encoded again (another file
+    under an encoded shard's name is refused, `gtok.store.identity`). TF32 is off
     while encoding (`gtok.devices.exact_fp32`), as the store records.
     """
     started = time.perf_counter()
@@ -299,6 +302,7 @@ def encode_shards(
         if writer.state != schema.STATE_COMPLETE:
             writer.claim([r.name for r in mine])
         done = writer.completed([r.name for r in mine])
+        check_same_files(writer.location, mine, writer.recorded_fingerprints(sorted(done)))
         todo = [r for r in mine if r.name not in done]
         summary = EncodeSummary(
             store=str(writer.location),

@@ -21,7 +21,9 @@ An append goes through three crash-safe steps:
    the state "complete". Rerunning an interrupted finalize redoes step 3 from the same inputs.
 
 Rerunning the same `gtok encode NEW... -o STORE --append` resumes an interrupted append;
-rerunning it on a finished store finds nothing new and encodes nothing.
+rerunning it on a finished store finds nothing new and encodes nothing. A given shard named
+like one the store holds is skipped only when it is the same file (`gtok.store.identity`):
+another file of that name is refused before anything changes.
 """
 
 from __future__ import annotations
@@ -32,10 +34,16 @@ from typing import Any
 import numpy as np
 
 from gtok._version import __version__
-from gtok.data.shards import ShardRef
+from gtok.data.shards import ShardFingerprint, ShardRef
 from gtok.data.tario import utf8_text
 from gtok.errors import GtokError
 from gtok.store import lock, schema
+from gtok.store.identity import (
+    check_same_files,
+    has_identity_table,
+    read_identity_columns,
+    table_fingerprints,
+)
 from gtok.store.location import Location
 from gtok.store.writer import _difference, _write_whole, open_root, read_header
 
@@ -100,8 +108,10 @@ def begin_append(
     _refuse_other_settings(location, existing, header)
     with lock.Locks(location, "starting an append") as locks:
         locks.acquire({lock.STORE: str(location)}, advice="wait for it to finish", wait=30.0)
-        existing, attrs = read_header(open_root(location))
+        root = open_root(location)
+        existing, attrs = read_header(root)
         new = _plan(existing, refs)
+        check_same_files(location, refs, _kept_fingerprints(location, root, existing, attrs))
         if attrs["state"] == schema.STATE_COMPLETE:
             if not new:
                 return existing, []  # every given shard is in the store already
@@ -114,6 +124,20 @@ def begin_append(
                 "command, or gtok encode --finalize), then append."
             )
     return existing, _to_encode(existing, refs)
+
+
+def _kept_fingerprints(
+    location: Location, root, header: schema.StoreHeader, attrs: dict
+) -> dict[str, ShardFingerprint]:
+    """Shard name -> recorded fingerprint, for the shards a complete store holds, or that a
+    store being appended to held before the append (a first encode: none)."""
+    if attrs["state"] == schema.STATE_COMPLETE:
+        return table_fingerprints(location, root, header.shard_names)
+    record = pending_append(header)
+    if record is None or SNAPSHOT not in root:  # a missing snapshot: finalize refuses it
+        return {}
+    kept = header.shard_names[: record["first_shard"]]
+    return table_fingerprints(location, root[SNAPSHOT], kept)
 
 
 def _to_encode(header: schema.StoreHeader, refs: list[ShardRef]) -> list[ShardRef]:
@@ -171,16 +195,33 @@ def _snapshot(location: Location, root) -> None:
     """Copy the skipped and inputs tables to `parts/_before`, durably, marked complete."""
     location.remove(SNAPSHOT)
     group = root.require_group(SNAPSHOT)
-    for table, columns in _TABLES.items():
-        for column, dtype in columns.items():
-            data = np.asarray(root[f"{table}/{column}"][...])
-            data = data.astype(object) if dtype is str else data.astype(dtype)
-            fill = "" if dtype is str else -1
-            dims = (schema.TABLE_DIMS[table],)
-            _write_whole(group, f"{table}/{column}", data, dtype, fill, dims)
+    for table, column, dtype in _table_columns(root):
+        data = np.asarray(root[f"{table}/{column}"][...])
+        data = data.astype(object) if dtype is str else data.astype(dtype)
+        fill = "" if dtype is str else -1
+        dims = (schema.TABLE_DIMS[table],)
+        _write_whole(group, f"{table}/{column}", data, dtype, fill, dims)
     location.sync(SNAPSHOT)
     group.attrs[schema.PART_COMPLETE] = True
     location.sync(SNAPSHOT)
+
+
+def _table_columns(group) -> list[tuple[str, str, Any]]:
+    """(table, column, dtype) of each column of `group`'s tables: the inputs table's
+    fingerprint columns only where it has them (stores from before gtok recorded them lack
+    them)."""
+    columns = [(t, c, dtype) for t, cols in _TABLES.items() for c, dtype in cols.items()]
+    if has_identity_table(group):
+        identity = schema.INPUT_IDENTITY_COLUMNS.items()
+        columns += [(schema.INPUTS, c, dtype) for c, dtype in identity]
+    return columns
+
+
+def _empty_tables() -> dict[str, dict[str, list]]:
+    """Every table column (the inputs table's fingerprint columns included), empty."""
+    tables = {t: {c: [] for c in cols} for t, cols in _TABLES.items()}
+    tables[schema.INPUTS] |= {c: [] for c in schema.INPUT_IDENTITY_COLUMNS}
+    return tables
 
 
 @dataclass
@@ -191,9 +232,7 @@ class Before:
     shards: int = 0
     rows: int = 0
     counts: dict = field(default_factory=lambda: dict.fromkeys(schema.COUNT_KEYS, 0))
-    tables: dict[str, dict[str, list]] = field(
-        default_factory=lambda: {t: {c: [] for c in cols} for t, cols in _TABLES.items()}
-    )
+    tables: dict[str, dict[str, list]] = field(default_factory=_empty_tables)
 
 
 def load_before(location: Location, root, header: schema.StoreHeader) -> Before:
@@ -216,6 +255,7 @@ def load_before(location: Location, root, header: schema.StoreHeader) -> Before:
         tables[table] = {
             c: [_plain(v) for v in group[f"{table}/{c}"][...].tolist()] for c in columns
         }
+    tables[schema.INPUTS] |= read_identity_columns(location, group, record["first_shard"])
     return Before(record["first_shard"], record["first_row"], record["counts_before"], tables)
 
 

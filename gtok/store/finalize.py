@@ -22,9 +22,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from gtok._version import __version__
+from gtok.data.shards import ShardFingerprint
 from gtok.errors import GtokError
 from gtok.store import lock, schema
 from gtok.store.append import Before, load_before
+from gtok.store.identity import UNRECORDED, part_fingerprint, source_record
 from gtok.store.location import Location
 from gtok.store.writer import open_root, part_counts, part_locks, read_header
 
@@ -157,7 +159,8 @@ def _finalize(location: Location, root, header: schema.StoreHeader) -> dict:
     table = root.require_group(schema.SKIPPED)
     for column, values in skipped.items():
         _string_table(table, column, values)
-    _write_inputs(root, header, before, [counts[n] for n in names])
+    sources = [part_fingerprint(location, root, n) for n in names]
+    _write_inputs(root, header, before, [counts[n] for n in names], sources)
     appends = header.appends
     if appends and not appends[-1].get("finished"):
         appends = (*appends[:-1], {**appends[-1], "finished": True})
@@ -225,8 +228,15 @@ def _part_column(part, spec: schema.ArraySpec, rows: int) -> np.ndarray:
     return block.astype(object) if spec.dtype is str else block
 
 
-def _write_inputs(root, header: schema.StoreHeader, before: Before, counts: list[dict]) -> None:
-    """The per-shard table: the shards before (as they were), then the new parts."""
+def _write_inputs(
+    root,
+    header: schema.StoreHeader,
+    before: Before,
+    counts: list[dict],
+    sources: list[ShardFingerprint | None],
+) -> None:
+    """The per-shard table: the shards before (as they were), then the new parts, with the
+    size and fingerprint of each part's file (`sources`, None: not recorded)."""
     old = before.tables[schema.INPUTS]
     rows = [c["rows"] for c in counts]
     first = (before.rows + np.concatenate([[0], np.cumsum(rows)[:-1]])).astype(np.int64)
@@ -238,6 +248,9 @@ def _write_inputs(root, header: schema.StoreHeader, before: Before, counts: list
     _count_table(inputs, "samples", old["samples"] + [c["samples"] for c in counts])
     _count_table(inputs, "skipped", old["skipped"] + [c["skipped"] for c in counts])
     _string_table(inputs, "problem", old["problem"] + [c["problem"] or "" for c in counts])
+    records = [UNRECORDED if s is None else source_record(s) for s in sources]
+    _count_table(inputs, "bytes", old["bytes"] + [r["bytes"] for r in records])
+    _string_table(inputs, "fingerprint", old["fingerprint"] + [r["fingerprint"] for r in records])
 
 
 def _check_written(location: Location, shard: str, name: str, block: np.ndarray) -> None:

@@ -20,6 +20,11 @@ M skipped samples):
     inputs/name, inputs/url       [S] string   the input shards, sorted by name
     inputs/first_row, inputs/rows, inputs/samples, inputs/skipped   [S] int64
     inputs/problem                [S] string   "" or why the tar could not be read to its end
+    inputs/bytes                  [S] int64    the shard file's size when encoded; -1: not
+                                  recorded (a shard of a store from before gtok recorded it)
+    inputs/fingerprint            [S] string   its `gtok.data.shards.shard_fingerprint`
+                                  digest, "" when not recorded; both columns are absent in
+                                  stores written before gtok recorded them
     captions  [N]        string   the `.txt` member (UTF-8), "" when a sample has none; fill "";
                                   only when at least one encoded sample had one
     meta/<field>  [N]    string   field <field> of the sample's `.json` (strings as they are,
@@ -46,6 +51,8 @@ file `locks/<part name>.lock` (JSON: pid, host, since when; see `gtok.store.lock
 works; `locks/_store.lock` is held while a process creates, overwrites or finalizes the
 store. Finalize takes every lock, concatenates the parts into the root arrays and deletes
 `parts/`; a finished store has neither `parts/` nor `locks/`.
+A part's `source` attribute records the size and fingerprint of the shard file it was read
+from (absent in parts written before gtok recorded them), which `inputs/` keeps.
 
 Unwritten rows never read as tokens: the fill values (65535, NaN, "", -1) are not values a
 model produces, and `state` stays "encoding" until every row is written.
@@ -76,6 +83,7 @@ __all__ = [
     "GEOMETRY_DTYPES",
     "INDEX_FILL",
     "INPUT_COLUMNS",
+    "INPUT_IDENTITY_COLUMNS",
     "MAX_NUM_TOKENS",
     "MAX_STRING_BYTES",
     "SHARD_ROWS",
@@ -140,6 +148,9 @@ INPUT_COLUMNS: dict[str, Any] = {
     "skipped": COUNT_DTYPE,
     "problem": str,
 }
+# optional inputs columns (`gtok.store.identity`): both or neither; -1 and "": not recorded
+INPUT_IDENTITY_COLUMNS: dict[str, Any] = {"bytes": COUNT_DTYPE, "fingerprint": str}
+PART_SOURCE = "source"  # part attribute: {"bytes", "fingerprint"} of the shard file read
 COUNT_KEYS = ("shards", "samples", "encoded", "skipped", "damaged_shards", "labeled", "upscaled")
 CAPTIONED = "captioned"  # optional count (stores before captions lack it): rows with a `.txt`
 MAX_TEXT_BYTES = MAX_STRING_BYTES  # longest caption or metadata value a row may store

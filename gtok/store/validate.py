@@ -12,8 +12,9 @@ these right after opening the store, so that nothing it reads next can surprise 
   chunk and shard shape and codecs, so a chunk cannot hold more than `CHUNK_ROWS` rows of
   the row size; and, on a local disk, a data file for every Zarr shard of the token arrays.
   The optional text arrays (`captions` when the counts say rows have one, `meta/<field>` for
-  each of the header's `metadata_fields`) are checked the same way; the header's optional
-  `appends` records by `gtok.store.append.check_appends`.
+  each of the header's `metadata_fields`) are checked the same way, and so are the inputs
+  table's fingerprint columns where it has one of them (`gtok.store.identity`; both or
+  neither); the header's optional `appends` records by `gtok.store.append.check_appends`.
 
 A failure is a `GtokError`: one sentence naming the store and what is wrong with it.
 """
@@ -28,6 +29,7 @@ import numpy as np
 
 from gtok.errors import GtokError
 from gtok.store import schema
+from gtok.store.identity import has_identity_table
 from gtok.store.location import Location
 
 __all__ = ["CheckedStore", "check_arrays", "check_header", "get_array", "open_checked"]
@@ -316,6 +318,9 @@ def check_arrays(root, header: schema.StoreHeader, attrs: dict, location: Locati
         _check_layout(store, spec.name, array, _row_layout(spec, rows), spec.fill)
     _check_table(root, store, schema.SKIPPED, schema.SKIPPED_COLUMNS, None)
     _check_table(root, store, schema.INPUTS, schema.INPUT_COLUMNS, len(header.shard_names))
+    if has_identity_table(root):
+        identity = schema.INPUT_IDENTITY_COLUMNS
+        _check_table(root, store, schema.INPUTS, identity, len(header.shard_names))
     return rows
 
 

@@ -10,7 +10,10 @@ row of its shard's row range or as a skipped record with a reason; the store mus
 nothing else; a tar that cannot be read to its end must be recorded as damaged; the
 per-shard table and the header's counts must agree with the arrays. Only tar headers and
 member bytes are read: no image is decoded, so a verify is much faster than an encode.
-Where img2dataset's accounting sits beside a shard (`00000_stats.json` next to
+Each source file must be the file the store encoded under its name: its size and
+fingerprint (`gtok.store.identity`) must equal the recorded ones; shards of stores written
+before gtok recorded fingerprints are counted in `fingerprints_missing` and compared by
+sample keys only. Where img2dataset's accounting sits beside a shard (`00000_stats.json` next to
 `00000.tar`), the samples the tar holds must equal the `successes` it recorded: a tar cut
 short after it was written is reported with the number of samples it lacks.
 Memory holds one Zarr shard of rows, and the keys of one input shard, at a time.
@@ -26,11 +29,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gtok.data.shards import ShardRef, expand_shards
+from gtok.data.shards import ShardFingerprint, ShardRef, expand_shards, shard_fingerprint
 from gtok.data.tario import RawSample, TarProblem, read_tar
 from gtok.store import schema
 from gtok.store.damage import blocks, read_block, row_damage
 from gtok.store.geometry_bins import GeometryBinning
+from gtok.store.identity import table_fingerprints
 from gtok.store.location import Location
 from gtok.store.validate import CheckedStore, get_array, open_checked
 
@@ -50,6 +54,8 @@ class VerifyReport:
     rows: int = 0
     skipped: int = 0
     stats_checked: int = 0  # shards compared with img2dataset's `_stats.json`
+    fingerprints_checked: int = 0  # source files compared with the recorded fingerprint
+    fingerprints_missing: int = 0  # source shards the store records no fingerprint for
     problem_count: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -221,6 +227,20 @@ def _check_source(
     return sum(expected.values())
 
 
+def _check_file(ref: ShardRef, stored: ShardFingerprint | None, report: VerifyReport) -> None:
+    """Compare the file of `ref` with the fingerprint the store recorded under its name."""
+    if stored is None:
+        report.fingerprints_missing += 1
+        return
+    report.fingerprints_checked += 1
+    found = shard_fingerprint(ref.url)
+    if found != stored:
+        report.add(
+            f"{ref.name}: {ref.url} is not the file the store encoded under this name "
+            f"({found.difference(stored)})"
+        )
+
+
 def _stats_url(url: str) -> str | None:
     """Where img2dataset writes a shard's accounting: `<name>_stats.json` beside `<name>.tar`."""
     return url[: -len(".tar")] + "_stats.json" if url.endswith(".tar") else None
@@ -288,9 +308,11 @@ def verify_store(path: str | os.PathLike, shards: Iterable[str | os.PathLike]) -
         str(n): (max(0, min(f, report.rows)), max(0, min(f + r, report.rows)))
         for n, f, r in zip(table["name"], table["first_row"], table["rows"], strict=True)
     }
+    recorded = table_fingerprints(location, store.root, store.header.shard_names)
     for ref in sources:
         if ref.name in stored_names:
             report.shards_checked += 1
+            _check_file(ref, recorded.get(ref.name), report)
             samples = _check_source(store, ref, spans.get(ref.name, (0, 0)), skipped, report)
             report.source_samples += samples
             _check_stats(ref, samples, report)

@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gtok._version import __version__
+from gtok.data.shards import ShardFingerprint
 from gtok.errors import GtokError
 from gtok.store import lock, schema
+from gtok.store.identity import part_fingerprint, source_record, table_fingerprints
 from gtok.store.location import Location
 
 __all__ = ["Part", "StoreWriter", "open_root", "part_locks", "read_header"]
@@ -44,7 +46,8 @@ class Part:
     per unusable sample; samples: samples read (n + len(skipped)); problem: why the tar could
     not be read to its end, if so; upscaled: images smaller than the resize target;
     captions: n `.txt` captions, None for a sample without one (None: no sample had one);
-    meta: metadata field -> n strings (the store's `metadata_fields`, each one).
+    meta: metadata field -> n strings (the store's `metadata_fields`, each one);
+    fingerprint: of the shard file read (`gtok.data.shards.shard_fingerprint`), if known.
     """
 
     shard: str
@@ -59,6 +62,7 @@ class Part:
     captions: list[str | None] | None = None
     meta: dict[str, list[str]] = field(default_factory=dict)
     geometry_codes: np.ndarray | None = None
+    fingerprint: ShardFingerprint | None = None
 
     def __post_init__(self) -> None:
         n = len(self.keys)
@@ -283,6 +287,16 @@ class StoreWriter:
             return set(names)
         return {n for n in names if part_counts(self.root, n) is not None}
 
+    def recorded_fingerprints(self, names: Sequence[str]) -> dict[str, ShardFingerprint]:
+        """Shard name -> the fingerprint of its file that the store records, for those of
+        `names` (encoded shards) that have one: from the inputs table of a complete store,
+        else from the parts (`gtok.store.identity`)."""
+        if self.state == schema.STATE_COMPLETE:
+            recorded = table_fingerprints(self.location, self.root, self.header.shard_names)
+            return {n: recorded[n] for n in names if n in recorded}
+        found = {n: part_fingerprint(self.location, self.root, n) for n in names}
+        return {n: f for n, f in found.items() if f is not None}
+
     def write_part(self, part: Part) -> None:
         """Write `part` durably, then mark it complete (replacing any earlier attempt)."""
         if part.shard not in self.header.shard_names:
@@ -295,9 +309,10 @@ class StoreWriter:
         path = f"{schema.PARTS}/{name}"
         self.location.remove(path)
         parts = self.root.require_group(schema.PARTS)
-        group = parts.create_group(
-            name, attributes={"shard": part.shard, "weights_sha256": self.header.weights_sha256}
-        )
+        attributes = {"shard": part.shard, "weights_sha256": self.header.weights_sha256}
+        if part.fingerprint is not None:
+            attributes[schema.PART_SOURCE] = source_record(part.fingerprint)
+        group = parts.create_group(name, attributes=attributes)
         specs = self.header.row_arrays(has_labels=True)
         columns = {
             schema.INDICES: part.indices,
