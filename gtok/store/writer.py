@@ -3,7 +3,9 @@
 Rules this module keeps (see `schema` for the layout):
 - The first writer creates the store with its header; every later writer (a resumed run, or
   another worker of a parallel run) must bring the same model weights, preprocessing,
-  geometry dtype and shard list, or is refused with one sentence saying what differs.
+  geometry dtype and set of shards, or is refused with one sentence saying what differs.
+  The store keeps its own shard order, which is row order (shards added by `--append`
+  follow the others), so the same shards given in name order are the same plan.
 - An input shard's rows go to its own part, written by the one process that holds the part's
   lock file (`gtok.store.lock`: `locks/<part name>.lock`), so no two processes ever write the
   same Zarr object; a second writer of a locked part is refused with one sentence naming the
@@ -175,7 +177,7 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
         )
     if old.has_geometry and old.geometry_bins != new.geometry_bins:
         return f"stores geometry {_binning_phrase(old)}, not {_binning_phrase(new)}"
-    if old.shard_names != new.shard_names:
+    if set(old.shard_names) != set(new.shard_names):  # the store's order is row order
         extra = sorted(set(new.shard_names) - set(old.shard_names))
         lacking = sorted(set(old.shard_names) - set(new.shard_names))
         detail = (
