@@ -7,15 +7,19 @@ writers, `TokenStore` for readers.
 
 from __future__ import annotations
 
+import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from shardmaker import clean_samples, write_tar
+from hostilekit import assert_one_error
+from shardmaker import clean_samples, write_clean_shards, write_tar
 from test_encode import SMALL, _save_model, one_thread  # noqa: F401  (autouse fixture)
 from test_hostile_cli import _in_process
 
 from gtok.store import TokenStore
+from gtok.store.info import store_info
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +52,65 @@ def test_resume_with_every_shard_after_an_append_of_shards_that_sort_first(tmp_p
     out = _ok(_encode(runner, [old, new], store, model))
     assert "from 0 shards (2 were already done)" in out
     assert TokenStore(store).keys() == before
+
+
+def _first_worker(runner, shards: Path, store: Path, model: Path) -> None:
+    """Worker 0 of 2 encodes its shard with --batch-size 4; the store stays unfinished."""
+    flags = ("--batch-size", "4", "--shard-id", "0", "--num-shards", "2")
+    _ok(_encode(runner, [shards], store, model, *flags))
+    assert store_info(store)["shards_done"] == 1
+
+
+def _edit_numerics(store: Path, edit: Callable[[dict], object]) -> None:
+    """Edit the `numerics` record of the store's header in place."""
+    meta = json.loads((store / "zarr.json").read_text())
+    edit(meta["attributes"]["gtok"]["numerics"])
+    (store / "zarr.json").write_text(json.dumps(meta))
+
+
+def test_a_resume_or_append_with_another_batch_size_is_refused(tmp_path, runner, model):
+    """Point 4: tokens depend slightly on the batch size, so the store records it and does
+    not take tokens made with another."""
+    shards = tmp_path / "shards"
+    write_clean_shards(shards, 2, 3)
+    store = tmp_path / "s.zarr"
+    _first_worker(runner, shards, store, model)
+    assert store_info(store)["numerics"]["batch_size"] == 4
+    resumed = _encode(runner, [shards], store, model, "--batch-size", "2")
+    assert_one_error(resumed, contains="was encoded with --batch-size 4, not 2")
+    assert store_info(store)["shards_done"] == 1
+    _ok(_encode(runner, [shards], store, model, "--batch-size", "4"))
+    more = write_tar(tmp_path / "more" / "shard-9.tar", clean_samples(2, start=20))
+    appended = _encode(runner, [more], store, model, "--append", "--batch-size", "2")
+    assert_one_error(appended, contains="was encoded with --batch-size 4, not 2")
+    finished = TokenStore(store)
+    assert len(finished) == 6 and finished.header.appends == ()
+
+
+def test_a_store_that_predates_the_recorded_batch_size_resumes_with_any(tmp_path, runner, model):
+    shards = tmp_path / "shards"
+    write_clean_shards(shards, 2, 3)
+    store = tmp_path / "s.zarr"
+    _first_worker(runner, shards, store, model)
+    _edit_numerics(store, lambda numerics: numerics.pop("batch_size"))  # as gtok wrote it
+    _ok(_encode(runner, [shards], store, model, "--batch-size", "2"))
+    assert len(TokenStore(store)) == 6
+    assert "batch_size" not in store_info(store)["numerics"]  # still unknown, not guessed
+
+
+@pytest.mark.parametrize(
+    ("edit", "phrase"),
+    [
+        (lambda numerics: numerics.update(batch_size="4"), "numerics.batch_size is '4'"),
+        (lambda numerics: numerics.update(precision=["fp32"]), "numerics.precision is ['fp32']"),
+    ],
+    ids=["batch size a string", "precision a list"],
+)
+def test_a_hand_edited_numerics_record_is_one_sentence(tmp_path, runner, model, edit, phrase):
+    shards = tmp_path / "shards"
+    write_clean_shards(shards, 2, 3)
+    store = tmp_path / "s.zarr"
+    _first_worker(runner, shards, store, model)
+    _edit_numerics(store, edit)
+    line = assert_one_error(_encode(runner, [shards], store, model), contains=phrase)
+    assert f"{store} is damaged" in line

@@ -4,7 +4,11 @@ The pipeline: `EncodeStream` decodes and crops images in DataLoader worker proce
 while the main process runs the model; every input shard's rows are collected in memory and
 written as one part when its last chunk arrives, then the shard counts as done. Batches
 never span two shards, so a shard's tokens do not depend on how the work was split or
-resumed (a model's numbers can depend on batch composition).
+resumed. They do depend slightly on the batch size, through the kernels a batch shape
+selects: on one CPU thread the default model's Gaussian features differ by up to 5e-5
+between batches of 1 or 4 and of 64, enough to flip an id now and then, while the other
+images of a batch make no difference. So the store records the batch size, and a resume,
+another worker or an `--append` must use the same.
 """
 
 from __future__ import annotations
@@ -154,6 +158,7 @@ def _header(
     shards: list[ShardRef],
     metadata_fields: tuple[str, ...],
     precision: str,
+    batch_size: int,
     binning: GeometryBinning | None = None,
 ) -> StoreHeader:
     config = model.config
@@ -174,7 +179,7 @@ def _header(
         shard_names=tuple(s.name for s in shards),
         shard_urls=tuple(utf8_text(s.url) for s in shards),
         model_path=str(model.path.resolve()),
-        numerics={"tf32": tf32_settings(), "precision": precision},
+        numerics={"tf32": tf32_settings(), "precision": precision, "batch_size": batch_size},
         metadata_fields=metadata_fields,
         geometry_bins=None if binning is None else binning.to_attrs(),
         refinement=model.refine.to_dict() if model.refine.enabled else None,
@@ -239,6 +244,8 @@ def encode_shards(
 
     shards: folders, .tar files, globs, brace patterns or fsspec URLs (`expand_shards`).
     model: a model directory or training run directory (None: the default model, if any).
+    batch_size: images per model forward; recorded in the store (tokens depend slightly on
+        it), and a resume, another worker or an append must use the same.
     resize: shorter side before the centre crop (default: the model's image size).
     max_member_bytes: a sample with a larger tar member is skipped without reading it.
     jpeg_draft: decode large JPEGs at reduced scale first (`gtok.data.transforms`); None: as
@@ -289,7 +296,9 @@ def encode_shards(
         jpeg_draft=_jpeg_draft(out, jpeg_draft, overwrite),
     )
     binning = _binning(loaded, geometry_bits)
-    header = _header(loaded, preprocess, geometry_dtype, refs, fields, precision, binning)
+    header = _header(
+        loaded, preprocess, geometry_dtype, refs, fields, precision, batch_size, binning
+    )
     appended = begin_append(str(out), header, refs) if append else None
     if appended is not None:
         header, refs = appended

@@ -147,6 +147,11 @@ def _precision(header: schema.StoreHeader) -> str:
     return (header.numerics or {}).get("precision", "fp32")
 
 
+def _batch_size(header: schema.StoreHeader) -> int | None:
+    """The images per model forward that made the tokens (None in stores that predate it)."""
+    return (header.numerics or {}).get("batch_size")
+
+
 def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
     """What makes `new` incompatible with the store's `old` header, as a phrase, or None."""
     if old.weights_sha256 != new.weights_sha256:
@@ -163,6 +168,11 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
         return f"was encoded with different preprocessing ({', '.join(changed)} differ)"
     if _precision(old) != _precision(new):
         return f"was encoded with --precision {_precision(old)}, not {_precision(new)}"
+    if _batch_size(old) is not None and _batch_size(old) != _batch_size(new):
+        return (
+            f"was encoded with --batch-size {_batch_size(old)}, not {_batch_size(new)} (tokens "
+            "depend slightly on the batch size)"
+        )
     if old.refinement != new.refinement:
         return (
             f"was encoded with geometry refinement {_refinement(old.refinement)}, not "
