@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from hostilekit import assert_one_error
-from shardmaker import clean_samples, write_clean_shards, write_tar
+from shardmaker import clean_samples, png, write_clean_shards, write_tar
 from test_encode import SMALL, _save_model, one_thread  # noqa: F401  (autouse fixture)
 from test_hostile_cli import _in_process
 
@@ -114,3 +114,34 @@ def test_a_hand_edited_numerics_record_is_one_sentence(tmp_path, runner, model, 
     _edit_numerics(store, edit)
     line = assert_one_error(_encode(runner, [shards], store, model), contains=phrase)
     assert f"{store} is damaged" in line
+
+
+RESIZE_CASES = [  # (gtok arguments after the command, the one error); the model takes 16 px
+    ("encode --resize 20000", "--resize 20000 is so large that every resized image would"),
+    ("encode --resize 8", "--resize 8 is smaller than the model's image size 16; use --resize"),
+    ("encode --max-pixels 100", "--max-pixels 100 would skip every image"),
+    ("eval --resize 20000", "use --resize in 16..9459."),
+    ("pairs --resize 20000", "use --resize in 16..9459."),
+]
+
+
+@pytest.mark.parametrize(("command", "message"), RESIZE_CASES, ids=[c[0] for c in RESIZE_CASES])
+def test_a_resize_no_image_could_pass_is_refused_before_any_work(
+    tmp_path, runner, model, command, message
+):
+    """Point 17: a resized image has at least --resize squared pixels, so a --resize whose
+    square exceeds --max-pixels would skip every image and exit 0."""
+    shards = tmp_path / "shards"
+    write_clean_shards(shards, 1, 2)
+    (tmp_path / "recon").mkdir()
+    (tmp_path / "recon" / "shard-0000.tar").mkdir()
+    (tmp_path / "recon" / "shard-0000.tar" / "000000.png").write_bytes(png(0, (16, 16)))
+    name, *flags = command.split()
+    args = {
+        "encode": ["encode", shards, "-o", tmp_path / "out", "-m", model, "--workers", "0"],
+        "eval": ["eval", shards, "-m", model, "--workers", "0"],
+        "pairs": ["eval", "--reference", shards, "--reconstructed", tmp_path / "recon",
+                  "--size", "16", "--workers", "0"],
+    }[name]  # fmt: skip
+    assert_one_error(_in_process(runner, *args, *flags), contains=message)
+    assert not (tmp_path / "out").exists()

@@ -26,6 +26,7 @@ from gtok.data import EncodeStream, Preprocess, ShardChunk, expand_shards, loade
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.shards import ShardRef, split_for_worker
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, utf8_text
+from gtok.data.transforms import check_resize
 from gtok.devices import check_inference_precision, exact_fp32, mixed_precision, tf32_settings
 from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.encode.split import WorkerSlice, worker_slice
@@ -286,8 +287,7 @@ def encode_shards(
     check_inference_precision(precision)
     loaded = load_encoding_model(model, device, refine)
     size = loaded.config.image_size
-    if resize is not None and resize < size:
-        raise GtokError(f"--resize {resize} is smaller than the model's image size {size}.")
+    check_resize(resize, size, max_pixels)
     preprocess = Preprocess(
         size,
         resize,
