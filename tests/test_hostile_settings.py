@@ -12,13 +12,17 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hostilekit import assert_one_error
 from shardmaker import clean_samples, png, write_clean_shards, write_tar
 from test_encode import SMALL, _save_model, one_thread  # noqa: F401  (autouse fixture)
 from test_hostile_cli import _in_process
+from test_store_append import append, encode, small_shards  # noqa: F401  (a fixture)
 
+from gtok.errors import GtokError
 from gtok.store import TokenStore
+from gtok.store import finalize as finalize_module
 from gtok.store.info import store_info
 
 
@@ -145,3 +149,63 @@ def test_a_resize_no_image_could_pass_is_refused_before_any_work(
     }[name]  # fmt: skip
     assert_one_error(_in_process(runner, *args, *flags), contains=message)
     assert not (tmp_path / "out").exists()
+
+
+def _rows(store: TokenStore, rows: slice) -> dict:
+    """Rows of every array of `store` a reader reads, keys included."""
+    batch = store[rows]
+    return {"keys": store.keys()[rows], **{k: v for k, v in batch.items() if k != "row"}}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name, values in a.items():
+        assert np.array_equal(values, b[name], equal_nan=name == "geometry"), name
+
+
+def test_a_reader_opened_before_an_append_reads_on_and_sees_the_new_rows(tmp_path, runner, model):
+    """Point 6, the issue's sequence: a TokenStore opened before `gtok encode --append` and
+    read after its finalize, which rewrote the Zarr shard file holding its last rows."""
+    old = write_tar(tmp_path / "old" / "shard-0.tar", clean_samples(3))
+    new = write_tar(tmp_path / "new" / "shard-1.tar", clean_samples(2, start=10))
+    path = tmp_path / "s.zarr"
+    _ok(_encode(runner, [old], path, model))
+    reader = TokenStore(path, fields=("indices", "geometry", "labels", "keys"))
+    before = _rows(reader, slice(0, 3))
+    flags = ("--append", "--shard-id", "0", "--num-shards", "2")  # one worker: unfinished
+    _ok(_encode(runner, [new], path, model, *flags))
+    assert len(reader) == 3  # the append is under way: the old rows read as they were
+    _assert_same(_rows(reader, slice(0, 3)), before)
+    _ok(_in_process(runner, "encode", "--finalize", "-o", path))
+    assert len(reader) == 5
+    _assert_same(_rows(reader, slice(0, 3)), before)
+    fresh = TokenStore(path, fields=reader.fields)
+    _assert_same(_rows(reader, slice(0, 5)), _rows(fresh, slice(0, 5)))
+    assert reader.counts == fresh.counts and [i["name"] for i in reader.inputs()] == [
+        "shard-0.tar",
+        "shard-1.tar",
+    ]
+    _ok(_encode(runner, [new], path, model, "--overwrite"))  # another store at the path
+    with pytest.raises(GtokError, match="changed while it was open: it is no longer the store"):
+        reader[0]
+
+
+@pytest.mark.usefixtures("small_shards")
+def test_a_reader_reads_its_rows_while_finalize_rewrites_their_file(tmp_path, monkeypatch):
+    """Point 6 inside the append's finalize: the last Zarr shard file is rewritten before
+    the header says so; a reader that indexed the old file reads the new one."""
+    out = encode(tmp_path / "s.zarr", ["a.tar", "b.tar"])  # 7 rows: shard 1 holds rows 4-6
+    reader = TokenStore(out, fields=("indices", "geometry", "keys"))
+    before = _rows(reader, slice(0, 7))
+    during = []
+    original = finalize_module._string_table
+
+    def read_then_write(*args, **kwargs):  # after the row arrays, before the header
+        during.append(_rows(reader, slice(0, 7)))
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(finalize_module, "_string_table", read_then_write)
+    append(out, ["a.tar", "b.tar", "c.tar", "d.tar"])
+    assert during and len(reader) == 17
+    for rows in (*during, _rows(reader, slice(0, 7))):
+        _assert_same(rows, before)
