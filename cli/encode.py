@@ -49,13 +49,14 @@ def encode(
         ),
     ] = None,
     batch_size: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="Images per model forward; recorded in the store, and a resume or --append "
-            "must use the same (tokens depend slightly on it).",
+            "must use the same (tokens depend slightly on it). [default: 64 for a new store, "
+            "as recorded when resuming]",
             min=1,
         ),
-    ] = 64,
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(

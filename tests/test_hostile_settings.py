@@ -73,8 +73,8 @@ def _edit_numerics(store: Path, edit: Callable[[dict], object]) -> None:
 
 
 def test_a_resume_or_append_with_another_batch_size_is_refused(tmp_path, runner, model):
-    """Point 4: tokens depend slightly on the batch size, so the store records it and does
-    not take tokens made with another."""
+    """Point 4: tokens depend slightly on the batch size, so the store records it, a rerun
+    without --batch-size takes the recorded one, and another one is refused."""
     shards = tmp_path / "shards"
     write_clean_shards(shards, 2, 3)
     store = tmp_path / "s.zarr"
@@ -83,12 +83,14 @@ def test_a_resume_or_append_with_another_batch_size_is_refused(tmp_path, runner,
     resumed = _encode(runner, [shards], store, model, "--batch-size", "2")
     assert_one_error(resumed, contains="was encoded with --batch-size 4, not 2")
     assert store_info(store)["shards_done"] == 1
-    _ok(_encode(runner, [shards], store, model, "--batch-size", "4"))
+    _ok(_encode(runner, [shards], store, model))  # no --batch-size: the recorded one
     more = write_tar(tmp_path / "more" / "shard-9.tar", clean_samples(2, start=20))
     appended = _encode(runner, [more], store, model, "--append", "--batch-size", "2")
     assert_one_error(appended, contains="was encoded with --batch-size 4, not 2")
     finished = TokenStore(store)
     assert len(finished) == 6 and finished.header.appends == ()
+    _ok(_encode(runner, [more], store, model, "--append"))
+    assert len(TokenStore(store)) == 8 and store_info(store)["numerics"]["batch_size"] == 4
 
 
 def test_a_store_that_predates_the_recorded_batch_size_resumes_with_any(tmp_path, runner, model):

@@ -202,19 +202,41 @@ def _tokens(
     return indices, tokens.geometry.float().cpu().numpy()
 
 
-def _jpeg_draft(out: str | os.PathLike, requested: bool | None, overwrite: bool) -> bool:
+DEFAULT_BATCH_SIZE = 64
+
+
+def _recorded(out: str | os.PathLike, overwrite: bool) -> StoreHeader | None:
+    """The header of the store at `out` that this run resumes (or appends to); None for a
+    new store, `--overwrite`, or a path that is not a store (opening it for writing says
+    so)."""
+    location = Location(str(out))
+    if overwrite or not location.has("zarr.json"):
+        return None
+    try:
+        return read_header(open_root(location))[0]
+    except GtokError:
+        return None
+
+
+def _jpeg_draft(requested: bool | None, recorded: StoreHeader | None) -> bool:
     """`requested`, else what the store being resumed records (stores written before gtok
     had JPEG draft decoding record nothing: exact), else on (a new store)."""
     if requested is not None:
         return requested
-    location = Location(str(out))
-    if overwrite or not location.has("zarr.json"):
+    if recorded is None:
         return True
-    try:
-        header, _ = read_header(open_root(location))
-    except GtokError:
-        return True  # not a store: opening it for writing says so
-    return bool(header.preprocessing.get("jpeg_draft", False))
+    return bool(recorded.preprocessing.get("jpeg_draft", False))
+
+
+def _batch_size(requested: int | None, recorded: StoreHeader | None) -> int:
+    """`requested`, else what the store being resumed records, else `DEFAULT_BATCH_SIZE`
+    (a new store, or one written before gtok recorded it)."""
+    if requested is not None:
+        if requested < 1:
+            raise GtokError(f"--batch-size must be at least 1, got {requested}.")
+        return requested
+    recorded_size = (recorded.numerics or {}).get("batch_size") if recorded else None
+    return DEFAULT_BATCH_SIZE if recorded_size is None else recorded_size
 
 
 @exact_fp32()
@@ -223,7 +245,7 @@ def encode_shards(
     out: str | os.PathLike,
     model: str | os.PathLike | None,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
     resize: int | None = None,
@@ -246,7 +268,8 @@ def encode_shards(
     shards: folders, .tar files, globs, brace patterns or fsspec URLs (`expand_shards`).
     model: a model directory or training run directory (None: the default model, if any).
     batch_size: images per model forward; recorded in the store (tokens depend slightly on
-        it), and a resume, another worker or an append must use the same.
+        it), and a resume, another worker or an append must use the same; None: as the
+        store being resumed records it, else `DEFAULT_BATCH_SIZE`.
     resize: shorter side before the centre crop (default: the model's image size).
     max_member_bytes: a sample with a larger tar member is skipped without reading it.
     jpeg_draft: decode large JPEGs at reduced scale first (`gtok.data.transforms`); None: as
@@ -280,8 +303,8 @@ def encode_shards(
         )
     if geometry_dtype not in schema.GEOMETRY_DTYPES:
         raise GtokError(f"--geometry-dtype must be one of {', '.join(schema.GEOMETRY_DTYPES)}.")
-    if batch_size < 1:
-        raise GtokError(f"--batch-size must be at least 1, got {batch_size}.")
+    recorded = _recorded(out, overwrite)
+    batch_size = _batch_size(batch_size, recorded)
     if max_member_bytes < 1:
         raise GtokError(f"--max-member-bytes must be at least 1, got {max_member_bytes}.")
     check_inference_precision(precision)
@@ -293,7 +316,7 @@ def encode_shards(
         resize,
         background=background,
         max_pixels=max_pixels,
-        jpeg_draft=_jpeg_draft(out, jpeg_draft, overwrite),
+        jpeg_draft=_jpeg_draft(jpeg_draft, recorded),
     )
     binning = _binning(loaded, geometry_bits)
     header = _header(
