@@ -48,7 +48,15 @@ def encode(
             "model shipped with gtok).",
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per model forward.", min=1)] = 64,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Images per model forward; recorded in the store, and a resume or --append "
+            "must use the same (tokens depend slightly on it). [default: 64 for a new store, "
+            "as recorded when resuming]",
+            min=1,
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(

@@ -236,7 +236,8 @@ def test_encode_decode_and_eval_compute_without_tf32_and_record_it(
     encoding = _record_tf32(monkeypatch, encode_run, "_tokens")
     decoding = _record_tf32(monkeypatch, decode_run, "decode_batch")
     encode_shards([shards / "shard-0000.tar"], tmp_path / "t.zarr", model, workers=0)
-    assert store_info(tmp_path / "t.zarr")["numerics"] == {"tf32": EXACT, "precision": "fp32"}
+    numerics = {"tf32": EXACT, "precision": "fp32", "batch_size": 64}
+    assert store_info(tmp_path / "t.zarr")["numerics"] == numerics
     decode_store(store, tmp_path / "png", limit=2)
     result = evaluate_model([shards / "shard-0000.tar"], model, limit=2, skip_metrics=["rfid"])
     assert result.document["protocol"]["tf32"] == EXACT

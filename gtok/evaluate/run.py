@@ -31,6 +31,7 @@ from gtok._version import __version__
 from gtok.console import console, is_quiet, progress
 from gtok.data import Preprocess
 from gtok.data.images import DEFAULT_MAX_PIXELS
+from gtok.data.transforms import check_resize
 from gtok.decode import model_for_store
 from gtok.devices import exact_fp32, select_device, tf32_settings
 from gtok.encode.model import load_encoding_model
@@ -295,8 +296,7 @@ def evaluate_model(
             )
         reconstructors.append(ModelReconstructor(second))
     size = first.config.image_size
-    if resize is not None and resize < size:
-        raise GtokError(f"--resize {resize} is smaller than the model's image size {size}.")
+    check_resize(resize, size, max_pixels)
     preprocess = Preprocess(size, resize, background=background, max_pixels=max_pixels)
     return _evaluate(
         shards,
@@ -360,8 +360,7 @@ def evaluate_pairs(
             raise GtokError("--model applies to a token store; reconstructions in a folder.")
         reconstructor = FolderReconstructor(reconstructed)
         side = size if size is not None else folder_image_size(reconstructed)
-        if resize is not None and resize < side:
-            raise GtokError(f"--resize {resize} is smaller than the image size {side}.")
+        check_resize(resize, side, max_pixels, "the image size")
         preprocess = Preprocess(side, resize, background=background, max_pixels=max_pixels)
     return _evaluate(
         reference,

@@ -24,12 +24,21 @@ it). With a DataLoader, either let it fetch whole batches (`__getitems__`, used 
 `DataLoader(store, batch_size=None, sampler=BatchSampler(RandomSampler(store), B, False))`.
 `in_memory=True` reads every array once at open (indices of 1.28M images x 256 tokens are
 655 MB) for the fastest random access.
+
+A store that `gtok encode --append` extends while it is open keeps reading: its rows stay
+as they were, and on a local disk each read first looks (one `stat` of the root
+`zarr.json`, which every header change replaces) whether the header changed; once the
+append is finished, the store reloads and the new rows are there (`len` grows). A store
+replaced in any other way (`--overwrite`, another store at the path) is refused with one
+sentence instead of read. A remote store reads its old rows and sees new ones when opened
+again.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -42,8 +51,8 @@ from gtok.store.damage import blocks, read_block, read_errors, row_damage
 from gtok.store.location import Location
 from gtok.store.rowread import RowReader
 from gtok.store.sequences import Vocabulary
-from gtok.store.validate import get_array, open_checked
-from gtok.store.writer import open_root
+from gtok.store.validate import CheckedStore, get_array, open_checked
+from gtok.store.writer import open_root, read_header
 
 __all__ = ["TokenStore"]
 
@@ -67,15 +76,27 @@ class TokenStore(Dataset):
         self.format = format
         self.in_memory = in_memory
         self._location = Location(self.path)
-        checked = open_checked(self._location)
-        root, self.header, self.attrs = checked.root, checked.header, checked.attrs
+        self._stamp = _header_stamp(self._location)  # first: a change after it is seen
+        self._load(open_checked(self._location))
+        self.fields = tuple(self._available if fields is None else fields)
+        known = [*self._available, *self._optional, schema.KEYS, *self.text_fields]
+        for name in self.fields:
+            if name not in known:
+                raise ValueError(f"{name!r} is not an array of this store ({known})")
+
+    def _load(self, checked: CheckedStore) -> None:
+        """Take the header, arrays and rows of the checked store (at open, and when an
+        append has finished since); a `GtokError` when it is unfinished."""
         if checked.rows is None:
             raise GtokError(
-                f"{self._location} is not finished (state: {self.attrs['state']}); rerun the "
-                "encode command to resume it, or run `gtok encode --finalize -o "
+                f"{self._location} is not finished (state: {checked.attrs['state']}); rerun "
+                "the encode command to resume it, or run `gtok encode --finalize -o "
                 f"{self.path}` once all parallel workers are done."
             )
-        available = [n for n in (schema.INDICES, schema.GEOMETRY, schema.LABELS) if n in root]
+        root, self.header, self.attrs = checked.root, checked.header, checked.attrs
+        self._available = tuple(
+            n for n in (schema.INDICES, schema.GEOMETRY, schema.LABELS) if n in root
+        )
         self.text_fields = tuple(
             s.name
             for s in schema.text_arrays(
@@ -86,14 +107,29 @@ class TokenStore(Dataset):
         # read on request (`fields`, `sequences`), not by default: readers that predate an
         # optional array see the batches they always saw
         self._optional = tuple(n for n in (schema.GEOMETRY_CODES,) if n in root)
-        self.fields = tuple(available if fields is None else fields)
-        known = [*available, *self._optional, schema.KEYS, *self.text_fields]
-        for name in self.fields:
-            if name not in known:
-                raise ValueError(f"{name!r} is not an array of this store ({known})")
         self._length = checked.rows
         self._arrays: dict[str, Any] | None = None
         self._key_index: dict[str, int] | None = None
+
+    def _follow_changes(self) -> None:
+        """Reload the store when an append to it has finished since it was loaded; keep
+        reading its rows while one is under way; refuse a store replaced otherwise (see the
+        module doc). Local stores only: one `stat` when nothing changed."""
+        stamp = _header_stamp(self._location)
+        if stamp == self._stamp:
+            return
+        header, attrs = read_header(open_root(self._location))
+        complete = attrs["state"] == schema.STATE_COMPLETE
+        same = header == self.header
+        if (same and not complete) or not (same or _grown(self.header, self._length, header)):
+            raise GtokError(
+                f"{self.path} changed while it was open: it is no longer the store of "
+                f"{self._length} rows this reader opened (overwritten or replaced); open it "
+                "again."
+            )
+        if complete:
+            self._load(open_checked(self._location))
+        self._stamp = stamp
 
     # -- what the store holds ----------------------------------------------------------------
 
@@ -164,10 +200,11 @@ class TokenStore(Dataset):
         return None if self.header.refinement is None else dict(self.header.refinement)
 
     def __len__(self) -> int:
+        self._follow_changes()
         return self._length
 
     def __repr__(self) -> str:
-        return f"TokenStore({self.path!r}, rows={len(self)}, fields={self.fields})"
+        return f"TokenStore({self.path!r}, rows={self._length}, fields={self.fields})"
 
     # -- pickling: no open handles -----------------------------------------------------------
 
@@ -190,8 +227,8 @@ class TokenStore(Dataset):
                     fast = RowReader.open(self._location.path / name, array)
                 arrays[name] = fast or array
             if self.in_memory:
-                everything = np.arange(len(self))
-                with read_errors(self.path, f"the {len(self)} rows of {sorted(arrays)}"):
+                everything = np.arange(self._length)
+                with read_errors(self.path, f"the {self._length} rows of {sorted(arrays)}"):
                     arrays = {
                         n: a.take(everything) if isinstance(a, RowReader) else a[...]
                         for n, a in arrays.items()
@@ -204,12 +241,12 @@ class TokenStore(Dataset):
     def _rows(self, selection) -> tuple[np.ndarray | slice, bool]:
         """(what to read, is_single_row) for an int, slice, or index array/list/tensor."""
         if isinstance(selection, (int, np.integer)):
-            row = int(selection) + (len(self) if selection < 0 else 0)
-            if not 0 <= row < len(self):
-                raise IndexError(f"row {selection} is out of range for {len(self)} rows")
+            row = int(selection) + (self._length if selection < 0 else 0)
+            if not 0 <= row < self._length:
+                raise IndexError(f"row {selection} is out of range for {self._length} rows")
             return slice(row, row + 1), True
         if isinstance(selection, slice):
-            start, stop, step = selection.indices(len(self))
+            start, stop, step = selection.indices(self._length)
             if step == 1:
                 return slice(start, max(start, stop)), False
             return np.arange(start, stop, step), False
@@ -217,15 +254,15 @@ class TokenStore(Dataset):
             selection = selection.cpu().numpy()
         rows = np.asarray(selection)
         if rows.dtype == bool:
-            if rows.shape != (len(self),):
-                raise IndexError(f"boolean mask of shape {rows.shape} for {len(self)} rows")
+            if rows.shape != (self._length,):
+                raise IndexError(f"boolean mask of shape {rows.shape} for {self._length} rows")
             return np.flatnonzero(rows), False
         if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
             raise IndexError(f"index with an int, a slice or a 1-D integer array, not {rows!r}")
         rows = rows.astype(np.int64)
-        rows = np.where(rows < 0, rows + len(self), rows)
-        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
-            raise IndexError(f"row index out of range for {len(self)} rows")
+        rows = np.where(rows < 0, rows + self._length, rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= self._length):
+            raise IndexError(f"row index out of range for {self._length} rows")
         return rows, False
 
     def _read(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
@@ -259,6 +296,7 @@ class TokenStore(Dataset):
 
     def batch(self, selection) -> dict[str, Any]:
         """Rows `selection` (int, slice or index array) as one dict of batched arrays."""
+        self._follow_changes()
         rows, _ = self._rows(selection)
         return self._batch(rows)
 
@@ -316,12 +354,14 @@ class TokenStore(Dataset):
         and, when asked for in `fields`, "keys", "captions" and "meta/<field>" (lists of
         str).
         """
+        self._follow_changes()
         rows, single = self._rows(selection)
         batch = self._batch(rows)
         return _row_of(batch, 0) if single else batch
 
     def __getitems__(self, selection: Sequence[int]) -> list[dict[str, Any]]:
         """Rows for a DataLoader fetch: one read for the whole list, then split into rows."""
+        self._follow_changes()
         batch = self._batch(self._rows(np.asarray(selection, dtype=np.int64))[0])
         return [_row_of(batch, i) for i in range(len(selection))]
 
@@ -335,10 +375,11 @@ class TokenStore(Dataset):
         drop_last: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Batches over every row: in order, or shuffled by (seed, epoch)."""
-        order = np.arange(len(self))
+        rows = len(self)  # as the store is now: rows appended later are not in this pass
+        order = np.arange(rows)
         if shuffle:
-            order = np.random.default_rng([seed, epoch]).permutation(len(self))
-        stop = len(self) - (len(self) % batch_size if drop_last else 0)
+            order = np.random.default_rng([seed, epoch]).permutation(rows)
+        stop = rows - (rows % batch_size if drop_last else 0)
         for start in range(0, stop, batch_size):
             chunk = order[start : start + batch_size]
             yield self.batch(slice(start, start + len(chunk)) if not shuffle else chunk)
@@ -348,6 +389,7 @@ class TokenStore(Dataset):
     def sequences(self, selection=None) -> np.ndarray | torch.Tensor:
         """Rows `selection` (int, slice, index array; None: every row) as int64 token ids
         [n, G * vocabulary.ids_per_token] (numpy or torch, as `format`)."""
+        self._follow_changes()
         vocabulary = self.vocabulary
         rows, _ = self._rows(slice(None) if selection is None else selection)
         batch = {"row": np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows}
@@ -390,12 +432,13 @@ class TokenStore(Dataset):
 
     def keys(self) -> list[str]:
         """Every row's key "<shard file name>/<sample key>", in row order."""
+        self._follow_changes()
         array = self._open()[schema.KEYS]
         if isinstance(array, np.ndarray):  # in memory
             return [str(k) for k in array]
         return [
             str(k)
-            for start, stop in blocks(len(self))
+            for start, stop in blocks(self._length)
             for k in read_block(self.path, schema.KEYS, array, start, stop)
         ]
 
@@ -426,6 +469,7 @@ class TokenStore(Dataset):
 
     def _column(self, table: str, column: str) -> list:
         """Every value of column `column` of table `table`, read a block at a time."""
+        self._follow_changes()
         path = f"{table}/{column}"
         array = get_array(open_root(self._location), path, self.path)
         return [
@@ -433,6 +477,36 @@ class TokenStore(Dataset):
             for start, stop in blocks(int(array.shape[0]))
             for value in read_block(self.path, path, array, start, stop).tolist()
         ]
+
+
+def _header_stamp(location: Location) -> tuple[int, ...] | None:
+    """The identity of a local store's root `zarr.json` (inode, size, modification and
+    change times in ns), which every header change replaces; None when it is gone, and for
+    a remote store, whose changes are not followed."""
+    if not location.is_local:
+        return None
+    try:
+        status = (location.path / "zarr.json").stat()
+    except FileNotFoundError:
+        return None
+    return (status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+
+
+def _grown(old: schema.StoreHeader, rows: int, new: schema.StoreHeader) -> bool:
+    """Whether `new` is the header of the store `old` (of `rows` rows) with appends begun
+    since: the same store up to the shards and append records it adds, its first new
+    append starting at row `rows` after the old shards."""
+    known = len(old.appends)
+    added = new.appends[known:]
+    return (
+        bool(added)
+        and new.appends[:known] == old.appends
+        and added[0].get("first_row") == rows
+        and added[0].get("first_shard") == len(old.shard_names)
+        and new.shard_names[: len(old.shard_names)] == old.shard_names
+        and replace(new, shard_names=old.shard_names, shard_urls=old.shard_urls, appends=())
+        == replace(old, appends=())
+    )
 
 
 def _row_of(batch: dict[str, Any], i: int) -> dict[str, Any]:

@@ -12,6 +12,11 @@ Chunks are bounded: the shard index must point inside the file, and each chunk's
 header must declare exactly one chunk's bytes (`zstdguard.check_frame`) before it is
 decompressed; anything else raises `CorruptChunk`.
 
+A shard's index is read from the open file it indexes, and kept only while that file is
+the same (inode, size, modification time): `gtok encode --append` rewrites the last, partly
+filled shard file (its old rows unchanged), and a reader that opened the store before reads
+those rows from the new file with the new file's index.
+
 `RowReader.open` returns None for any array not in exactly that layout (or not on a local
 disk), and `TokenStore` then reads through zarr; tests check both give the same rows.
 """
@@ -60,7 +65,7 @@ class RowReader:
         self.chunk_rows = chunk_rows
         self.fill = fill
         self.per_shard = shard_rows // chunk_rows
-        self._indexes: dict[int, np.ndarray | None] = {}
+        self._indexes: dict[int, tuple[tuple[int, int, int], np.ndarray]] = {}
 
     @classmethod
     def open(cls, folder: Path, array) -> RowReader | None:
@@ -95,30 +100,41 @@ class RowReader:
     def _shard_path(self, shard: int) -> Path:
         return self.folder.joinpath("c", str(shard), *["0"] * (len(self.shape) - 1))
 
-    def _index(self, shard: int) -> np.ndarray | None:
-        """[per_shard, 2] (offset, nbytes) of the shard's inner chunks; None: no shard file."""
-        if shard not in self._indexes:
-            path = self._shard_path(shard)
-            size = 16 * self.per_shard + 4
-            try:
-                with path.open("rb") as f:
-                    data_bytes = f.seek(0, os.SEEK_END) - size
-                    if data_bytes < 0:
-                        raise CorruptChunk(f"{path} is shorter than its shard index")
-                    f.seek(data_bytes)
-                    raw = f.read(size)
-            except FileNotFoundError:
-                self._indexes[shard] = None
-                return None
-            index = np.frombuffer(raw[:-4], "<u8").reshape(self.per_shard, 2)
-            present = index[:, 0] != _MISSING
-            ends = index[present, 0].astype(object) + index[present, 1].astype(object)
-            if len(ends) and max(ends) > data_bytes:
-                raise CorruptChunk(f"the shard index of {path} points past the end of its data")
-            self._indexes[shard] = index
-        return self._indexes[shard]
+    def _open_shard(self, shard: int) -> tuple[int | None, np.ndarray | None]:
+        """(an open handle, the [per_shard, 2] (offset, nbytes) index of its inner chunks) of
+        the shard's file; (None, None) when there is no file. The caller closes the handle."""
+        path = self._shard_path(shard)
+        try:
+            handle = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None, None
+        try:
+            status = os.fstat(handle)
+            identity = (status.st_ino, status.st_size, status.st_mtime_ns)
+            cached = self._indexes.get(shard)
+            if cached is None or cached[0] != identity:
+                cached = (identity, self._read_index(handle, status.st_size, path))
+                self._indexes[shard] = cached
+        except BaseException:
+            os.close(handle)
+            raise
+        return handle, cached[1]
 
-    def _chunk(self, shard: int, handle, entry: np.ndarray) -> np.ndarray:
+    def _read_index(self, handle: int, file_bytes: int, path: Path) -> np.ndarray:
+        """The index at the end of the open shard file `handle` of `file_bytes` bytes."""
+        size = 16 * self.per_shard + 4
+        data_bytes = file_bytes - size
+        if data_bytes < 0:
+            raise CorruptChunk(f"{path} is shorter than its shard index")
+        raw = os.pread(handle, size, data_bytes)
+        index = np.frombuffer(raw[:-4], "<u8").reshape(self.per_shard, 2)
+        present = index[:, 0] != _MISSING
+        ends = index[present, 0].astype(object) + index[present, 1].astype(object)
+        if len(ends) and max(ends) > data_bytes:
+            raise CorruptChunk(f"the shard index of {path} points past the end of its data")
+        return index
+
+    def _chunk(self, handle: int | None, entry: np.ndarray | None) -> np.ndarray:
         shape = (self.chunk_rows, *self.shape[1:])
         if handle is None or entry[0] == _MISSING:
             return np.full(shape, self.fill, self.dtype)
@@ -136,21 +152,19 @@ class RowReader:
         chunks = rows // self.chunk_rows
         starts = np.flatnonzero(np.r_[True, chunks[1:] != chunks[:-1]])
         ends = np.r_[starts[1:], len(rows)]
-        handles: dict[int, int | None] = {}
+        opened: dict[int, tuple[int | None, np.ndarray | None]] = {}
         try:
             for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
                 chunk = int(chunks[start])
                 shard, slot = divmod(chunk, self.per_shard)
-                if shard not in handles:
-                    index = self._index(shard)
-                    path = self._shard_path(shard)
-                    handles[shard] = os.open(path, os.O_RDONLY) if index is not None else None
-                index = self._indexes[shard]
+                if shard not in opened:
+                    opened[shard] = self._open_shard(shard)
+                handle, index = opened[shard]
                 entry = index[slot] if index is not None else None
-                block = self._chunk(shard, handles[shard], entry)
+                block = self._chunk(handle, entry)
                 out[start:end] = block[rows[start:end] - chunk * self.chunk_rows]
         finally:
-            for handle in handles.values():
+            for handle, _ in opened.values():
                 if handle is not None:
                     os.close(handle)
         return out

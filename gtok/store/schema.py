@@ -266,8 +266,10 @@ class StoreHeader:
     shard_urls: tuple[str, ...]  # where they were read from when the store was created
     model_path: str | None = None  # absolute model directory at creation (decode finds it)
     # How the tokens were computed, e.g. {"tf32": {"cudnn": False, "matmul": False},
-    # "precision": "fp32"}; optional (None in stores written before gtok recorded it);
-    # only "precision" is compared on resume (missing: fp32).
+    # "precision": "fp32", "batch_size": 64}; optional (None in stores written before gtok
+    # recorded it); "precision" (missing: fp32) and "batch_size" (images per model forward;
+    # missing in stores written before gtok recorded it: not compared) are compared on
+    # resume and --append.
     numerics: dict | None = None
     # Encode-time geometry refinement (`gtok.model.refine.RefineSettings.to_dict()`), None
     # when the tokens are the model's own (and in stores written before gtok could refine);

@@ -103,6 +103,20 @@ def _check_binning(store: str, attrs: dict, has_geometry: bool) -> None:
         raise _damaged(store, f"its header's geometry_bins record is unusable ({exc!r})") from exc
 
 
+def _check_numerics(store: str, numerics: Any) -> None:
+    """The optional `numerics` record: None, or a dict whose `precision` (if any) is a
+    string and whose `batch_size` (if any) is a positive int."""
+    if numerics is None:
+        return
+    if not isinstance(numerics, dict):
+        raise _damaged(store, f"its header's numerics record is {type(numerics).__name__}")
+    batch_size = numerics.get("batch_size", 1)
+    if not _is_int(batch_size) or batch_size < 1:
+        raise _damaged(store, f"its header's numerics.batch_size is {batch_size!r}")
+    if not isinstance(numerics.get("precision", ""), str):
+        raise _damaged(store, f"its header's numerics.precision is {numerics['precision']!r}")
+
+
 def check_header(store: str, attrs: dict) -> None:
     """The root attribute `gtok` (format and version already checked) is well formed."""
     state = _field(store, attrs, "state", str)
@@ -120,6 +134,7 @@ def check_header(store: str, attrs: dict) -> None:
     if "refinement" in attrs:
         _field(store, attrs, "refinement", (dict, type(None)))
     _check_preprocessing(store, _field(store, attrs, "preprocessing", dict))
+    _check_numerics(store, attrs.get("numerics"))
     if has_geometry:
         dtype = _field(store, attrs, "geometry_dtype", str)
         if dtype not in schema.GEOMETRY_DTYPES:

@@ -3,7 +3,9 @@
 Rules this module keeps (see `schema` for the layout):
 - The first writer creates the store with its header; every later writer (a resumed run, or
   another worker of a parallel run) must bring the same model weights, preprocessing,
-  geometry dtype and shard list, or is refused with one sentence saying what differs.
+  geometry dtype and set of shards, or is refused with one sentence saying what differs.
+  The store keeps its own shard order, which is row order (shards added by `--append`
+  follow the others), so the same shards given in name order are the same plan.
 - An input shard's rows go to its own part, written by the one process that holds the part's
   lock file (`gtok.store.lock`: `locks/<part name>.lock`), so no two processes ever write the
   same Zarr object; a second writer of a locked part is refused with one sentence naming the
@@ -149,6 +151,11 @@ def _precision(header: schema.StoreHeader) -> str:
     return (header.numerics or {}).get("precision", "fp32")
 
 
+def _batch_size(header: schema.StoreHeader) -> int | None:
+    """The images per model forward that made the tokens (None in stores that predate it)."""
+    return (header.numerics or {}).get("batch_size")
+
+
 def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
     """What makes `new` incompatible with the store's `old` header, as a phrase, or None."""
     if old.weights_sha256 != new.weights_sha256:
@@ -165,6 +172,11 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
         return f"was encoded with different preprocessing ({', '.join(changed)} differ)"
     if _precision(old) != _precision(new):
         return f"was encoded with --precision {_precision(old)}, not {_precision(new)}"
+    if _batch_size(old) is not None and _batch_size(old) != _batch_size(new):
+        return (
+            f"was encoded with --batch-size {_batch_size(old)}, not {_batch_size(new)} (tokens "
+            "depend slightly on the batch size)"
+        )
     if old.refinement != new.refinement:
         return (
             f"was encoded with geometry refinement {_refinement(old.refinement)}, not "
@@ -179,7 +191,7 @@ def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
         )
     if old.has_geometry and old.geometry_bins != new.geometry_bins:
         return f"stores geometry {_binning_phrase(old)}, not {_binning_phrase(new)}"
-    if old.shard_names != new.shard_names:
+    if set(old.shard_names) != set(new.shard_names):  # the store's order is row order
         extra = sorted(set(new.shard_names) - set(old.shard_names))
         lacking = sorted(set(old.shard_names) - set(new.shard_names))
         detail = (
