@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gtok.errors import GtokError
+from gtok.outputs import write_atomically
 
 if TYPE_CHECKING:
     from gtok.model.refine import RefineSettings
@@ -156,5 +157,5 @@ def run_demo(
         steps=steps,
     )
     demo.seconds = round(time.perf_counter() - started, 3)
-    (out / "demo.json").write_text(json.dumps(demo.to_dict(), indent=2) + "\n")
+    write_atomically(out / "demo.json", (json.dumps(demo.to_dict(), indent=2) + "\n").encode())
     return demo

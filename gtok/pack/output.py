@@ -17,8 +17,8 @@ from pathlib import Path
 
 from gtok._version import __version__
 from gtok.errors import GtokError
-from gtok.outputs import naming, write_atomically
-from gtok.pack.shard import TEMP_SUFFIX, ShardStats, shard_name, stats_name
+from gtok.outputs import is_temporary, naming, write_atomically
+from gtok.pack.shard import ShardStats, shard_name, stats_name
 
 __all__ = ["CLASSES_FILE", "MANIFEST", "finish_manifest", "prepare_output", "write_json"]
 
@@ -26,13 +26,14 @@ MANIFEST = "pack.json"
 CLASSES_FILE = "classes.json"
 FORMAT = "gtok-pack"
 FORMAT_VERSION = 1
+LEGACY_TEMPORARY = ".partial"  # the suffix of the temporary files of earlier gtok versions
 _OURS = re.compile(
     r"^(shard-\d{6,}(\.tar|_stats\.json)|"
     + re.escape(MANIFEST)
     + "|"
     + re.escape(CLASSES_FILE)
     + ")("
-    + re.escape(TEMP_SUFFIX)
+    + re.escape(LEGACY_TEMPORARY)
     + ")?$"
 )
 SETTING_DEFAULTS = {"image_format": "keep"}  # of settings that packs before them did not record
@@ -49,14 +50,20 @@ _DESCRIBE = {
 def write_json(path: Path, document: dict) -> None:
     """`document` as indented JSON at `path`, written under a temporary name and renamed."""
     text = json.dumps(document, indent=2, default=str) + "\n"
-    write_atomically(path, text.encode(), path.with_name(path.name + TEMP_SUFFIX))
+    write_atomically(path, text.encode())
+
+
+def _is_leftover(name: str) -> bool:
+    """Whether `name` is a temporary file that a pack killed while writing it left."""
+    return is_temporary(name) or name.endswith(LEGACY_TEMPORARY)
 
 
 def _ours(folder: Path) -> tuple[list[Path], list[Path]]:
     """(files a pack writes, everything else) directly in `folder`."""
     mine, other = [], []
     for child in sorted(folder.iterdir()):
-        (mine if _OURS.match(child.name) and child.is_file() else other).append(child)
+        written = _OURS.match(child.name) or is_temporary(child.name)
+        (mine if written and child.is_file() else other).append(child)
     return mine, other
 
 
@@ -113,7 +120,7 @@ def prepare_output(
             )
         done = _done_shards(folder, shards)
     for path in mine:
-        if overwrite or path.name.endswith(TEMP_SUFFIX):
+        if overwrite or _is_leftover(path.name):
             path.unlink()
     document = {
         "format": FORMAT,

@@ -144,10 +144,10 @@ def _write_shards(
                         writer.add(entry.key, checked.ext, checked.data, entry.label, meta)
                         stats.add(len(checked.data), checked.converted)
                     bar.advance(task)
+                stats.bytes = writer.close()
             except BaseException:
                 writer.abort()
                 raise
-            stats.bytes = writer.close()
             stats.seconds = time.perf_counter() - started
             stats.write(out / stats_name(index))
             yield index, stats
