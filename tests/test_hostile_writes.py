@@ -1,28 +1,40 @@
-"""Hostile output folders: links planted where gtok writes (issue 30, point 9).
+"""Hostile output folders: links planted where gtok writes, two packs into one folder at once
+(issue 30, points 5 and 9).
 
 Promise (README, "Reliability"): every file gtok writes is created under a new random name
 with `O_EXCL | O_NOFOLLOW` and renamed into place (`gtok.outputs`), so a symbolic link
 planted in an output folder, at a name an earlier gtok used or at any other, is never
-written through.
+written through; one `gtok pack` at a time writes into a folder (a second one is refused
+with one sentence, a killed one's lock and temporary files are taken over).
 """
 
 # ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from evalkit import _encode, one_thread, shards, vq_model, vq_store  # noqa: F401
+from hostilekit import assert_no_temp_files, assert_one_error, run_gtok, start_gtok
+from shardmaker import jpeg
 from test_hostile_outputs import NO_METRICS, _convert_checkpoint
 
 from cli.main import app
 from gtok import outputs
 from gtok.decode import key_path
 from gtok.outputs import is_temporary, write_atomically
+from gtok.pack import MANIFEST, ShardStats, shard_name, stats_name
 from gtok.store import TokenStore
 
 SECRET = b"the victim's own bytes\n"
+PACK_FILES = 600  # enough for a pack to take a while: stopped with SIGSTOP mid-way
+PER_SHARD = 20
 
 
 def _old_temporary(target: Path) -> Path:
@@ -97,3 +109,70 @@ def test_temporary_files_are_created_exclusively(tmp_path, monkeypatch):
         [to_victim.name, dangling.name, "result.bin"]
     )
     assert not any(is_temporary(p.name) and not p.is_symlink() for p in out.iterdir())
+
+
+def _photos(folder: Path, count: int = PACK_FILES) -> Path:
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"{i:04d}.jpg").write_bytes(jpeg(i, (64, 64)))
+    return folder
+
+
+def _stopped_while_packing(src: Path, out: Path) -> subprocess.Popen:
+    """A `gtok pack SRC -o OUT` stopped (SIGSTOP) as soon as it has started writing OUT."""
+    first = start_gtok("pack", src, "-o", out, "--per-shard", PER_SHARD)
+    deadline = time.monotonic() + 120
+    while not (out / MANIFEST).exists() and first.poll() is None:
+        assert time.monotonic() < deadline, "the first pack never started writing"
+        time.sleep(0.005)
+    os.kill(first.pid, signal.SIGSTOP)
+    time.sleep(0.2)  # a stop is asynchronous: let it land
+    assert first.poll() is None, f"the first pack ended before it was stopped: {first.stderr}"
+    return first
+
+
+def _assert_complete_pack(out: Path, files: int) -> dict:
+    """The pack in `out` is complete and its records agree with the tars on disk."""
+    manifest = json.loads((out / MANIFEST).read_text())
+    shards = -(-files // PER_SHARD)
+    sizes = [(out / shard_name(i)).stat().st_size for i in range(shards)]
+    stats = [ShardStats.read(out / stats_name(i)) for i in range(shards)]
+    assert manifest["complete"] is True
+    assert [s.bytes for s in stats] == sizes
+    assert manifest["summary"]["bytes"] == sum(sizes)
+    assert manifest["summary"]["packed"] == sum(s.count for s in stats) == files
+    assert not (out / "locks").exists()
+    assert not [p for p in out.iterdir() if is_temporary(p.name)]
+    assert_no_temp_files(out)
+    return manifest
+
+
+def test_a_second_pack_into_a_busy_folder_is_refused(tmp_path):
+    """Point 5: two `gtok pack` into one folder at once. The second is refused with one
+    sentence naming the first, which then finishes a correct pack (no traceback, stats and
+    summary agree with the tars)."""
+    src, out = _photos(tmp_path / "photos"), tmp_path / "shards"
+    first = _stopped_while_packing(src, out)
+    try:
+        second = run_gtok("pack", src, "-o", out, "--per-shard", PER_SHARD)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    _, stderr = first.communicate(timeout=300)
+    line = assert_one_error(second, contains=f"is in use by process {first.pid} on ")
+    assert f"the pack folder {out}" in line and "pack into another folder" in line, line
+    assert first.returncode == 0 and "Traceback" not in stderr, stderr
+    _assert_complete_pack(out, PACK_FILES)
+
+
+def test_a_killed_pack_leaves_nothing_that_stops_the_next(tmp_path):
+    """Point 5: a pack killed mid-way (SIGKILL) leaves its lock and temporary file; the next
+    pack takes the lock over (said on stderr), deletes the temporary file and finishes."""
+    src, out = _photos(tmp_path / "photos"), tmp_path / "shards"
+    first = _stopped_while_packing(src, out)
+    os.kill(first.pid, signal.SIGKILL)
+    first.communicate(timeout=60)
+    assert (out / "locks" / "pack.lock").is_file()
+    again = run_gtok("pack", src, "-o", out, "--per-shard", PER_SHARD)
+    assert again.returncode == 0, again.stderr
+    assert f"took over the stale lock of the pack folder {out}" in again.stderr
+    _assert_complete_pack(out, PACK_FILES)
