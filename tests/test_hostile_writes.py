@@ -1,14 +1,15 @@
-"""Hostile output folders: links planted where gtok writes, two packs into one folder at once
-(issue 30, points 5 and 9).
+"""Hostile output folders: links planted where gtok writes, two packs into one folder at once,
+demo parts that are links (issue 30, points 5, 9 and 16).
 
 Promise (README, "Reliability"): every file gtok writes is created under a new random name
 with `O_EXCL | O_NOFOLLOW` and renamed into place (`gtok.outputs`), so a symbolic link
 planted in an output folder, at a name an earlier gtok used or at any other, is never
 written through; one `gtok pack` at a time writes into a folder (a second one is refused
-with one sentence, a killed one's lock and temporary files are taken over).
+with one sentence, a killed one's lock and temporary files are taken over); `gtok demo`
+neither deletes nor writes through a link in the place of one of its parts.
 """
 
-# ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
+# ruff: noqa: F811  (fixtures imported from evalkit / defaultkit are redefined as test arguments)
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-from evalkit import _encode, one_thread, shards, vq_model, vq_store  # noqa: F401
+from defaultkit import standin_default, standin_model  # noqa: F401
+from evalkit import _encode, no_weights, one_thread, shards, vq_model, vq_store  # noqa: F401
 from hostilekit import assert_no_temp_files, assert_one_error, run_gtok, start_gtok
 from shardmaker import jpeg
 from test_hostile_outputs import NO_METRICS, _convert_checkpoint
@@ -176,3 +178,22 @@ def test_a_killed_pack_leaves_nothing_that_stops_the_next(tmp_path):
     assert again.returncode == 0, again.stderr
     assert f"took over the stale lock of the pack folder {out}" in again.stderr
     _assert_complete_pack(out, PACK_FILES)
+
+
+@pytest.mark.parametrize("part", ["recon", "tokens.zarr", "demo.json"])
+def test_demo_never_replaces_a_link_in_place_of_a_part(part, tmp_path, standin_default, no_weights):
+    """Point 16: `gtok demo -o D` where D/recon (a folder's place), D/tokens.zarr (a dangling
+    link) or D/demo.json (a file's place) is a symbolic link: one sentence naming it; the link
+    and what it points at are left as they were."""
+    out, elsewhere = tmp_path / "demo", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.png").write_bytes(SECRET)
+    victim = _victim(tmp_path)
+    target = {"recon": elsewhere, "tokens.zarr": tmp_path / "nowhere", "demo.json": victim}[part]
+    link = _plant(out / part, target)
+    result = run_gtok("demo", "-o", out, timeout=120)
+    line = assert_one_error(result, contains=f"{link} is a symbolic link")
+    assert "remove the link" in line, line
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert (elsewhere / "keep.png").read_bytes() == SECRET and victim.read_bytes() == SECRET
+    assert not (tmp_path / "nowhere").exists()
