@@ -15,7 +15,9 @@ and writes a report. Everything lands in one folder:
                        plots, metrics.json, grid.png, per_image.csv
     OUT/demo.json      this run's summary (`DemoResult`)
 
-A rerun replaces these; a folder holding anything else is refused.
+A rerun replaces these; a folder holding anything else is refused, and so is one where any
+of these names is a symbolic link (the demo never deletes or writes through a link: the
+user made it, and it may point at anything).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gtok.errors import GtokError
+from gtok.outputs import write_atomically
 
 if TYPE_CHECKING:
     from gtok.model.refine import RefineSettings
@@ -80,7 +83,8 @@ def _timed(steps: dict[str, float], name: str) -> Iterator[None]:
 
 
 def _clear(out: Path) -> None:
-    """Make `out` an empty demo folder: remove a previous demo's parts, refuse anything else."""
+    """Make `out` an empty demo folder: remove a previous demo's parts, refuse anything else
+    (symbolic links in the place of a part included)."""
     if out.exists() and not out.is_dir():
         raise GtokError(f"{out} is a file; give a new folder for the demo's output.")
     out.mkdir(parents=True, exist_ok=True)
@@ -89,6 +93,12 @@ def _clear(out: Path) -> None:
         raise GtokError(
             f"{out} holds files the demo does not write (e.g. {other[0]}); give a new or "
             "empty folder with -o."
+        )
+    links = [name for name in PARTS if (out / name).is_symlink()]
+    if links:
+        raise GtokError(
+            f"{out / links[0]} is a symbolic link, which the demo would replace; remove the "
+            "link or give a new or empty folder with -o."
         )
     for name in PARTS:
         path = out / name
@@ -156,5 +166,5 @@ def run_demo(
         steps=steps,
     )
     demo.seconds = round(time.perf_counter() - started, 3)
-    (out / "demo.json").write_text(json.dumps(demo.to_dict(), indent=2) + "\n")
+    write_atomically(out / "demo.json", (json.dumps(demo.to_dict(), indent=2) + "\n").encode())
     return demo

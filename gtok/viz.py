@@ -156,7 +156,7 @@ def save_image_grid(
         grid = with_caption(grid, caption)
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
-    write_atomically(path, buffer.getvalue(), f"{os.fspath(path)}.tmp.png")
+    write_atomically(path, buffer.getvalue())
 
 
 def comparison_rows(

@@ -121,6 +121,12 @@ def store(tmp_path_factory, shards, model) -> Path:
     return _encode(shards, tmp_path_factory.mktemp("store") / "tokens.zarr", model)
 
 
+@pytest.fixture(scope="module")
+def vq_store(tmp_path_factory, shards, vq_model) -> Path:
+    """The shards encoded with the VQ model (no Gaussians)."""
+    return _encode(shards, tmp_path_factory.mktemp("vq") / "tokens.zarr", vq_model)
+
+
 def crops(shards: Path, size: int = 32) -> dict[str, torch.Tensor]:
     """key -> the centre crop every usable sample becomes, float [3, S, S] in [-1, 1],
     computed from the tar contents written above (independently of the stream code)."""

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["GTOK", "assert_no_temp_files", "assert_one_error", "run_gtok"]
+__all__ = ["GTOK", "assert_no_temp_files", "assert_one_error", "run_gtok", "start_gtok"]
 
 REPO = Path(__file__).resolve().parents[1]
 GTOK = [sys.executable, "-c", "from cli.main import main; main()"]
@@ -49,6 +49,32 @@ def run_gtok(
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
+    return subprocess.run(
+        [*GTOK, *map(str, args)],
+        cwd=cwd or REPO,
+        env=_environment(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=limit,
+    )
+
+
+def start_gtok(*args: str | os.PathLike, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`gtok ARGS...` started in a subprocess that runs on while the test goes on (text output
+    to pipes: read them with `communicate()`), for a second gtok to meet it at work."""
+    return subprocess.Popen(
+        [*GTOK, *map(str, args)],
+        cwd=REPO,
+        env=_environment(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _environment(env: dict[str, str] | None) -> dict[str, str]:
+    """The test process's environment for a gtok subprocess, plus `env`, without `-v`."""
     environment = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -57,15 +83,7 @@ def run_gtok(
         **(env or {}),
     }
     environment.pop("GTOK_VERBOSE", None)
-    return subprocess.run(
-        [*GTOK, *map(str, args)],
-        cwd=cwd or REPO,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=limit,
-    )
+    return environment
 
 
 def assert_one_error(

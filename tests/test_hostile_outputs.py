@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from evalkit import _encode, one_thread, shards, vq_model  # noqa: F401
+from evalkit import _encode, one_thread, shards, vq_model, vq_store  # noqa: F401
 from hostilekit import assert_no_temp_files, assert_one_error, run_gtok
 from shardmaker import jpeg, write_tar
 
 from cli.main import app
+from gtok import outputs
 from gtok.data.tario import escape_name, read_tar
 from gtok.decode import HASHED_DIR, read_index, wds_key_path
 from gtok.evaluate import sources
@@ -34,7 +35,7 @@ from gtok.store import TokenStore
 
 # sample keys that collide as paths: a file and a folder of one name, names that differ in
 # case only, a folder named like a label member, a name longer than a file system takes
-HOSTILE = ["a", "a.png/b", "A", "a.cls/c", "d/" + "x" * 240, "e/f", "e"]
+HOSTILE = ["a", "a.png/b", "A", "a.cls/c", "d/" + "x" * 250, "e/f", "e"]
 FULL = 3000  # bytes per file: every command's first real output file is larger
 NO_METRICS = ["--skip", "lpips-vgg", "--skip", "lpips-alex", "--skip", "rfid"]
 
@@ -45,11 +46,6 @@ def hostile(tmp_path_factory, vq_model) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("hostile")
     shard = write_tar(folder / "shard.tar", [(k, {"jpg": jpeg(i)}) for i, k in enumerate(HOSTILE)])
     return shard, _encode(shard, folder / "tokens.zarr", vq_model)
-
-
-@pytest.fixture(scope="module")
-def vq_store(tmp_path_factory, shards, vq_model) -> Path:
-    return _encode(shards, tmp_path_factory.mktemp("vq") / "tokens.zarr", vq_model)
 
 
 def eval_json(runner, *args: str) -> dict:
@@ -69,7 +65,7 @@ def test_colliding_and_long_keys_are_all_written_and_read_back(tmp_path, hostile
     assert (out / "shard.tar" / "a.png").is_file()
     assert (out / "shard.tar" / "a%2Epng" / "b.png").is_file()
     hashed = read_index(out)  # the long key, and "A" (it differs from "a" only in case)
-    assert set(hashed) == {"shard.tar/A", f"shard.tar/d/{'x' * 240}"}
+    assert set(hashed) == {"shard.tar/A", f"shard.tar/d/{'x' * 250}"}
     assert all((out / f"{p}.png").is_file() for p in hashed.values())
     pairs = eval_json(runner, "--reference", str(shard), "--reconstructed", str(out))
     assert pairs["n"] == len(HOSTILE) and pairs["skipped"] == 0
@@ -163,14 +159,18 @@ def test_full_disk_is_one_sentence_and_no_temporary_file(
     assert_no_temp_files(out, markers=(".tmp", ".partial", ".part", ".tmp-"))
 
 
-@pytest.mark.parametrize(("output", "refused"), [("png", "write_bytes"), ("wds", "addfile")])
+@pytest.mark.parametrize(
+    ("output", "refused"),
+    [("png", (outputs, "create_temporary")), ("wds", (tarfile.TarFile, "addfile"))],
+)
 def test_read_only_output_is_one_sentence(output, refused, tmp_path, vq_store, runner, monkeypatch):
-    """EROFS from the first write of a file (simulated: root writes anywhere)."""
+    """EROFS from the creation of the first file (png) or the first write into it (wds)
+    (simulated: root writes anywhere)."""
 
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(tarfile.TarFile if output == "wds" else Path, refused, refuse)
+    monkeypatch.setattr(*refused, refuse)
     out = tmp_path / "ro"
     result = runner.invoke(app, ["decode", str(vq_store), "-o", str(out), "--format", output])
     assert result.exit_code == 1 and "Traceback" not in result.stderr

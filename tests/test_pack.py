@@ -243,12 +243,14 @@ def test_rerun_resumes_and_rewrites_only_unfinished_shards(tmp_path):
     (out / "shard-000001_stats.json").unlink()
     tar2 = out / "shard-000002.tar"
     tar2.write_bytes(tar2.read_bytes()[:700])
-    (out / "shard-000000.tar.partial").write_bytes(b"half")
+    (out / "shard-000000.tar.partial").write_bytes(b"half")  # as gtok before issue 30 named it
+    leftover = out / ".gtok-0123456789abcdef.tmp"
+    leftover.write_bytes(b"half")
     before = (out / "shard-000000.tar").stat().st_mtime_ns
     resumed = pack_images(src, out, per_shard=2)
     assert (resumed.shards_already_done, resumed.shards_written) == (1, 2)
     assert (out / "shard-000000.tar").stat().st_mtime_ns == before
-    assert not (out / "shard-000000.tar.partial").exists()
+    assert not (out / "shard-000000.tar.partial").exists() and not leftover.exists()
     assert {p.name: p.read_bytes() for p in out.glob("shard-*.tar")} == snapshot  # same bytes
     assert resumed.packed == first.packed == 5 and resumed.skipped == 1
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
+from gtok import outputs
 from gtok.errors import GtokError
 from gtok.evaluate import EvalResult, MetricNets, Scorer, write_report
 from gtok.evaluate.picks import GridPicker, split_count
@@ -229,14 +230,14 @@ def test_rerun_replaces_the_pictures_of_an_earlier_report(report, tmp_path):
 
 
 def test_a_refused_write_names_its_file_and_leaves_no_page(tmp_path, monkeypatch):
-    write_bytes = Path.write_bytes
+    create = outputs.create_temporary
 
-    def full_disk(self: Path, data: bytes) -> int:
-        if "psnr" in self.name:
+    def full_disk(path: Path) -> tuple[Path, int]:
+        if "psnr" in path.name:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return write_bytes(self, data)
+        return create(path)
 
-    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    monkeypatch.setattr(outputs, "create_temporary", full_disk)
     with pytest.raises(OSError) as caught:
         write_report(_result(grid=0), tmp_path)
     assert describe_write_failure(caught.value) == (
@@ -244,7 +245,7 @@ def test_a_refused_write_names_its_file_and_leaves_no_page(tmp_path, monkeypatch
         "choose another output."
     )
     assert not (tmp_path / "index.html").exists()  # the page comes last: no broken links
-    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+    assert not [p for p in tmp_path.rglob("*") if outputs.is_temporary(p.name)]
 
 
 def test_missing_matplotlib_is_one_sentence(tmp_path, monkeypatch):

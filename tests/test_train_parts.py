@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from gtok.errors import GtokError
-from gtok.train.atomic import atomic_torch_save
+from gtok.outputs import AtomicFile, is_temporary
 from gtok.train.checkpoints import CheckpointDir
 from gtok.train.config import TrainConfig, resume_conflicts, tokenizer_config
 from gtok.train.discriminator import PatchDiscriminator
@@ -163,7 +163,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
         for step in folder.steps():  # no half-written file under a final name
             assert torch.load(folder.path(step), weights_only=True)["step"] == step
         folder.remove_stale()
-        assert not [p for p in (tmp_path / "ck").iterdir() if ".tmp-" in p.name]
+        assert not [p for p in (tmp_path / "ck").iterdir() if is_temporary(p.name)]
 
 
 def test_checkpoints_keep_the_last_k_and_the_best(tmp_path):
@@ -180,8 +180,9 @@ def test_checkpoints_keep_the_last_k_and_the_best(tmp_path):
 
 def test_atomic_save_replaces_the_file_whole(tmp_path):
     path = tmp_path / "state.pt"
-    atomic_torch_save({"a": 1}, path)
-    atomic_torch_save({"a": 2}, path)
+    for value in (1, 2):
+        with AtomicFile(path, durable=True) as handle:
+            torch.save({"a": value}, handle)
     assert torch.load(path, weights_only=True) == {"a": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
 

@@ -86,10 +86,10 @@ def key_path(key: str) -> PurePosixPath:
 
 def fits(path: PurePosixPath) -> bool:
     """Whether `path` (from `key_path`) with the longest suffix is safe to create: every
-    component at most `MAX_NAME_BYTES` bytes, also as the writer's temporary name
-    `.<name>.tmp`, and the whole at most `MAX_PATH_BYTES`; False for text that is not
-    UTF-8 (a lone surrogate)."""
-    names = [*path.parts[:-1], f".{path.name}{GAUSSIANS_SUFFIX}.tmp"]
+    component at most `MAX_NAME_BYTES` bytes (the writer's temporary names are short and
+    fixed in length, `gtok.outputs.create_temporary`) and the whole at most
+    `MAX_PATH_BYTES`; False for text that is not UTF-8 (a lone surrogate)."""
+    names = [*path.parts[:-1], f"{path.name}{GAUSSIANS_SUFFIX}"]
     try:
         return (
             all(len(n.encode()) <= MAX_NAME_BYTES for n in names)

@@ -1,9 +1,10 @@
 """Where `gtok decode` puts reconstructions: a folder of PNGs, or WebDataset tar shards.
 
 Both take one sample at a time (`write(key, png, gaussians_png, label, text)`) and never leave a
-half-written file under its final name (each file, or each tar, is written under a temporary
-name and renamed when complete; `abort` removes what a failed run was writing). A sample that
-cannot be written where its key says (a name the file system refuses) raises
+half-written file under its final name (each file, or each tar, is written under a new
+temporary name and renamed when complete: `gtok.outputs.AtomicFile`, which never writes
+through a link planted in the folder; `abort` removes what a failed run was writing). A
+sample that cannot be written where its key says (a name the file system refuses) raises
 `SampleNotWritten` and leaves none of its files; a write the machine refuses (full disk,
 read-only folder: `gtok.outputs.WRITE_FAILURES`) raises its `OSError`, naming the file.
 
@@ -42,7 +43,7 @@ from gtok.decode.keys import (
     key_path,
     read_index,
 )
-from gtok.outputs import WRITE_FAILURES, naming, write_atomically
+from gtok.outputs import WRITE_FAILURES, AtomicFile, naming, write_atomically
 
 __all__ = ["PngFolder", "SampleNotWritten", "SampleWriter", "WdsShards", "wds_key_path"]
 
@@ -72,10 +73,6 @@ class SampleWriter(Protocol):
     def abort(self) -> None:
         """Stop after a failure: remove unfinished files, keep (and index) finished ones."""
         ...
-
-
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
 
 
 class PngFolder:
@@ -117,7 +114,7 @@ class PngFolder:
             for path, data in files:
                 with naming(path):
                     path.parent.mkdir(parents=True, exist_ok=True)
-                done.append(write_atomically(path, data, _temporary(path)))
+                done.append(write_atomically(path, data))
         except OSError as exc:
             for written in done:
                 written.unlink(missing_ok=True)
@@ -133,7 +130,7 @@ class PngFolder:
         path = self.out / HASHED_DIR / INDEX_FILE
         path.parent.mkdir(exist_ok=True)
         text = json.dumps(index_document(self.hashed), indent=1) + "\n"
-        write_atomically(path, text.encode(), _temporary(path))
+        write_atomically(path, text.encode())
         self._indexed = dict(self.hashed)
 
     def close(self) -> list[Path]:
@@ -163,6 +160,7 @@ class WdsShards:
             self.out.mkdir(parents=True, exist_ok=True)
         self.shard_size = shard_size
         self.files: list[Path] = []
+        self._file: AtomicFile | None = None  # the shard being written, and its tar
         self._tar: tarfile.TarFile | None = None
         self._path = self.out / SHARD_PATTERN.format(0)  # the shard being written
         self._in_shard = 0
@@ -183,11 +181,12 @@ class WdsShards:
         label: int,
         text: dict[str, bytes] | None = None,
     ) -> None:
-        if self._tar is None:
+        if self._file is None:
             self._path = self.out / SHARD_PATTERN.format(len(self.files))
-            with naming(self._path):
-                tmp = _temporary(self._path)
-                self._tar = tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+            self._file = AtomicFile(self._path)
+            self._tar = tarfile.TarFile(
+                fileobj=self._file.handle, mode="w", format=tarfile.PAX_FORMAT
+            )
         stem = wds_key_path(key)
         with naming(self._path):
             self._add(stem + RECON_SUFFIX, png)
@@ -202,22 +201,22 @@ class WdsShards:
             self._finish_shard()
 
     def _finish_shard(self) -> None:
-        assert self._tar is not None
-        with naming(self._path):
+        assert self._tar is not None and self._file is not None
+        with naming(self._path):  # a failure here: `abort` drops the file
             self._tar.close()
-            os.replace(_temporary(self._path), self._path)
-        self.files.append(self._path)
-        self._tar, self._in_shard = None, 0
+        self.files.append(self._file.commit())
+        self._file, self._tar, self._in_shard = None, None, 0
 
     def close(self) -> list[Path]:
-        if self._tar is not None:
+        if self._file is not None:
             self._finish_shard()
         return list(self.files)
 
     def abort(self) -> None:
-        if self._tar is None:
+        if self._file is None:
             return
-        with contextlib.suppress(OSError):  # flushes what it can; the file goes anyway
-            self._tar.close()
-        _temporary(self._path).unlink(missing_ok=True)
-        self._tar, self._in_shard = None, 0
+        if self._tar is not None:
+            with contextlib.suppress(OSError):  # flushes what it can; the file goes anyway
+                self._tar.close()
+        self._file.discard()
+        self._file, self._tar, self._in_shard = None, None, 0

@@ -16,9 +16,10 @@ REPORT_DIR/grid.png       the grid in one unlabelled picture: original | reconst
 REPORT_DIR/per_image.csv  tokenizer, key and every per-image metric (psnr, ssim, lpips_*)
 
 The grid shows images chosen across the set by the first tokenizer's PSNR: the best, those
-nearest the median and the worst (`gtok.evaluate.picks`). Each file is written under a
-temporary name and renamed, the page last, so it never links a missing file; pictures of an
-earlier report in images/ and plots/ that this one does not use are removed.
+nearest the median and the worst (`gtok.evaluate.picks`). Each file is written under a new
+temporary name and renamed (`gtok.outputs.write_atomically`), the page last, so it never
+links a missing file; pictures of an earlier report in images/ and plots/ that this one does
+not use are removed.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class _Writer:
         if not path.parent.is_dir():
             with naming(path.parent):
                 path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, data, path.with_name(f".{path.name}.tmp"))
+        write_atomically(path, data)
         self.written[name] = path
         return name
 

@@ -58,7 +58,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
     # in memory, because `save_file`'s write errors carry no errno
     weights = save(tensors, metadata={"format": "pt"})
     for name, data in ((WEIGHTS_FILE, weights), (CONFIG_FILE, _json_bytes(document))):
-        write_atomically(directory / name, data, directory / f".{name}.tmp")
+        write_atomically(directory / name, data)
     return directory
 
 

@@ -7,32 +7,52 @@ whose tar has the size the stats record are kept, the others are written again. 
 that holds a pack of other files or settings, or files `gtok pack` does not write, is
 refused; `overwrite` deletes a previous pack's files first (only those: anything else in the
 folder is still refused, so a mistyped `-o` never deletes a user's files).
+
+One pack at a time writes into a folder (`hold_output`): while it runs it holds the lock file
+`SHARDS_DIR/locks/pack.lock` (`gtok.store.lock`: pid, host, start time), and a second pack
+into the folder is refused with one sentence naming the first; the lock of a pack that was
+killed on this host is taken over. So the temporary files found at the start are all a killed
+pack's, and are deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from gtok._version import __version__
 from gtok.errors import GtokError
-from gtok.outputs import naming, write_atomically
-from gtok.pack.shard import TEMP_SUFFIX, ShardStats, shard_name, stats_name
+from gtok.outputs import is_temporary, naming, write_atomically
+from gtok.pack.shard import ShardStats, shard_name, stats_name
+from gtok.store.location import Location
+from gtok.store.lock import FOLDER as LOCKS_FOLDER
+from gtok.store.lock import Locks
 
-__all__ = ["CLASSES_FILE", "MANIFEST", "finish_manifest", "prepare_output", "write_json"]
+__all__ = [
+    "CLASSES_FILE",
+    "MANIFEST",
+    "finish_manifest",
+    "hold_output",
+    "prepare_output",
+    "write_json",
+]
 
 MANIFEST = "pack.json"
 CLASSES_FILE = "classes.json"
 FORMAT = "gtok-pack"
 FORMAT_VERSION = 1
+LOCK = "pack"  # the lock file locks/pack.lock
+LEGACY_TEMPORARY = ".partial"  # the suffix of the temporary files of earlier gtok versions
 _OURS = re.compile(
     r"^(shard-\d{6,}(\.tar|_stats\.json)|"
     + re.escape(MANIFEST)
     + "|"
     + re.escape(CLASSES_FILE)
     + ")("
-    + re.escape(TEMP_SUFFIX)
+    + re.escape(LEGACY_TEMPORARY)
     + ")?$"
 )
 SETTING_DEFAULTS = {"image_format": "keep"}  # of settings that packs before them did not record
@@ -49,14 +69,23 @@ _DESCRIBE = {
 def write_json(path: Path, document: dict) -> None:
     """`document` as indented JSON at `path`, written under a temporary name and renamed."""
     text = json.dumps(document, indent=2, default=str) + "\n"
-    write_atomically(path, text.encode(), path.with_name(path.name + TEMP_SUFFIX))
+    write_atomically(path, text.encode())
+
+
+def _is_leftover(name: str) -> bool:
+    """Whether `name` is a temporary file that a pack killed while writing it left."""
+    return is_temporary(name) or name.endswith(LEGACY_TEMPORARY)
 
 
 def _ours(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(files a pack writes, everything else) directly in `folder`."""
+    """(files a pack writes, everything else) directly in `folder`; the lock folder is
+    neither."""
     mine, other = [], []
     for child in sorted(folder.iterdir()):
-        (mine if _OURS.match(child.name) and child.is_file() else other).append(child)
+        if child.name == LOCKS_FOLDER and child.is_dir() and not child.is_symlink():
+            continue
+        written = _OURS.match(child.name) or is_temporary(child.name)
+        (mine if written and child.is_file() else other).append(child)
     return mine, other
 
 
@@ -77,15 +106,28 @@ def _done_shards(folder: Path, shards: int) -> set[int]:
     return done
 
 
-def prepare_output(
-    folder: Path, images_dir: Path, settings: dict, shards: int, overwrite: bool
-) -> set[int]:
-    """Make `folder` ready for a pack of `shards` shards with `settings` and record them;
-    returns the indices of the shards a previous run of the same pack finished."""
+@contextlib.contextmanager
+def hold_output(folder: Path) -> Iterator[None]:
+    """Create the pack folder `folder` and hold its lock while the block runs (see the module
+    doc); raises `GtokError` when `folder` is a file or another pack holds the lock."""
     if folder.exists() and not folder.is_dir():
         raise GtokError(f"{folder} is a file; give a new or empty folder for the shards.")
     with naming(folder):
         folder.mkdir(parents=True, exist_ok=True)
+    with Locks(Location(str(folder)), "packing") as locks:
+        locks.acquire(
+            {LOCK: f"the pack folder {folder}"},
+            advice="wait for that pack to finish, or pack into another folder",
+        )
+        yield
+
+
+def prepare_output(
+    folder: Path, images_dir: Path, settings: dict, shards: int, overwrite: bool
+) -> set[int]:
+    """Make `folder` (created by `hold_output`, which holds its lock) ready for a pack of
+    `shards` shards with `settings` and record them; returns the indices of the shards a
+    previous run of the same pack finished."""
     mine, other = _ours(folder)
     if other:
         raise GtokError(
@@ -113,7 +155,7 @@ def prepare_output(
             )
         done = _done_shards(folder, shards)
     for path in mine:
-        if overwrite or path.name.endswith(TEMP_SUFFIX):
+        if overwrite or _is_leftover(path.name):
             path.unlink()
     document = {
         "format": FORMAT,

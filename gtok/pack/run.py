@@ -22,7 +22,13 @@ from gtok.console import console, is_quiet, progress
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.errors import GtokError
 from gtok.pack.check import IMAGE_FORMATS, Checked, check_file
-from gtok.pack.output import CLASSES_FILE, finish_manifest, prepare_output, write_json
+from gtok.pack.output import (
+    CLASSES_FILE,
+    finish_manifest,
+    hold_output,
+    prepare_output,
+    write_json,
+)
 from gtok.pack.scan import Entry, Scan, scan_folder
 from gtok.pack.shard import ShardStats, ShardWriter, shard_name, stats_name
 
@@ -144,10 +150,10 @@ def _write_shards(
                         writer.add(entry.key, checked.ext, checked.data, entry.label, meta)
                         stats.add(len(checked.data), checked.converted)
                     bar.advance(task)
+                stats.bytes = writer.close()
             except BaseException:
                 writer.abort()
                 raise
-            stats.bytes = writer.close()
             stats.seconds = time.perf_counter() - started
             stats.write(out / stats_name(index))
             yield index, stats
@@ -170,7 +176,8 @@ def pack_images(
     labels: the first-level sub-folder of each file is its class: `<key>.cls` holds the class
         id and `out/classes.json` the class name -> id mapping.
     overwrite: replace a previous pack in `out`; without it, the same pack resumes and a
-        different one is refused (`gtok.pack.output`).
+        different one is refused (`gtok.pack.output`). A pack still running into `out` (in
+        another process) is refused whatever this is (`gtok.pack.output.hold_output`).
     workers: processes that read and check files (0: this process).
     image_format: "keep" (JPEG, PNG and WebP as they are, other formats as PNG), or "jpg",
         "png", "webp": every sample in that format, re-encoded only when the file is in
@@ -211,34 +218,37 @@ def pack_images(
         "entries": len(scan.entries),
         "fingerprint": scan.fingerprint(),
     }
-    done = prepare_output(folder, root, settings, shards, overwrite)
-    summary = PackSummary(
-        images_dir=str(source),
-        out=str(folder),
-        per_shard=per_shard,
-        labels=labels,
-        shards=shards,
-        shard_pattern=_pattern(shards),
-        shards_already_done=len(done),
-        hidden_ignored=len(scan.hidden),
-        hidden_examples=scan.hidden[:EXAMPLES],
-    )
-    if scan.classes is not None:
-        write_json(folder / CLASSES_FILE, scan.classes)
-        summary.classes, summary.classes_file = len(scan.classes), str(folder / CLASSES_FILE)
-    finished: dict[int, ShardStats] = {i: ShardStats.read(folder / stats_name(i)) for i in done}
-    todo = [i for i in range(shards) if i not in done]
+    with hold_output(folder):
+        done = prepare_output(folder, root, settings, shards, overwrite)
+        summary = PackSummary(
+            images_dir=str(source),
+            out=str(folder),
+            per_shard=per_shard,
+            labels=labels,
+            shards=shards,
+            shard_pattern=_pattern(shards),
+            shards_already_done=len(done),
+            hidden_ignored=len(scan.hidden),
+            hidden_examples=scan.hidden[:EXAMPLES],
+        )
+        if scan.classes is not None:
+            write_json(folder / CLASSES_FILE, scan.classes)
+            summary.classes, summary.classes_file = len(scan.classes), str(folder / CLASSES_FILE)
+        finished: dict[int, ShardStats] = {i: ShardStats.read(folder / stats_name(i)) for i in done}
+        todo = [i for i in range(shards) if i not in done]
 
-    written_shards = _write_shards(scan, folder, todo, per_shard, workers, max_pixels, image_format)
-    for index, stats in written_shards:
-        finished[index] = stats
-        summary.shards_written += 1
-    for index in sorted(finished):
-        summary.add(finished[index])
-    summary.seconds = time.perf_counter() - started
-    written = sum(finished[i].files for i in todo)
-    summary.files_per_second = written / summary.seconds if summary.seconds else 0.0
-    finish_manifest(folder, summary.to_dict())
+        written_shards = _write_shards(
+            scan, folder, todo, per_shard, workers, max_pixels, image_format
+        )
+        for index, stats in written_shards:
+            finished[index] = stats
+            summary.shards_written += 1
+        for index in sorted(finished):
+            summary.add(finished[index])
+        summary.seconds = time.perf_counter() - started
+        written = sum(finished[i].files for i in todo)
+        summary.files_per_second = written / summary.seconds if summary.seconds else 0.0
+        finish_manifest(folder, summary.to_dict())
     if summary.skipped and not is_quiet():
         console.print(
             f"[yellow]{summary.skipped} files skipped[/] ("

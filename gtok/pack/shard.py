@@ -14,17 +14,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gtok.data.samples import NO_LABEL
-from gtok.outputs import naming, write_atomically
+from gtok.outputs import AtomicFile, naming, write_atomically
 
 __all__ = ["ShardStats", "ShardWriter", "reason_kind", "shard_name", "stats_name"]
-
-TEMP_SUFFIX = ".partial"
 
 
 def shard_name(index: int, prefix: str = "shard") -> str:
@@ -81,19 +78,18 @@ class ShardStats:
 
     def write(self, path: Path) -> None:
         text = json.dumps(self.to_dict(), indent=2) + "\n"
-        write_atomically(path, text.encode(), path.with_name(path.name + TEMP_SUFFIX))
+        write_atomically(path, text.encode())
 
 
 class ShardWriter:
-    """Writes samples into `folder/shard_name(index, prefix)` under a temporary name; `close`
-    renames it into place and returns its size in bytes."""
+    """Writes samples into `folder/shard_name(index, prefix)` under a temporary name
+    (`gtok.outputs.AtomicFile`); `close` renames it into place and returns its size in bytes."""
 
     def __init__(self, folder: Path, index: int, prefix: str = "shard") -> None:
         self.path = folder / shard_name(index, prefix)
-        self._tmp = folder / (self.path.name + TEMP_SUFFIX)
-        # closed by `close` or `abort`, which the caller calls in a try/except
-        with naming(self.path):
-            self._tar = tarfile.open(self._tmp, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        # committed by `close` or discarded by `abort`, which the caller calls in a try/except
+        self._file = AtomicFile(self.path)
+        self._tar = tarfile.TarFile(fileobj=self._file.handle, mode="w", format=tarfile.PAX_FORMAT)
 
     def _add(self, name: str, data: bytes) -> None:
         info = tarfile.TarInfo(name)
@@ -109,13 +105,12 @@ class ShardWriter:
         self._add(f"{key}.json", json.dumps(meta, sort_keys=True).encode())
 
     def close(self) -> int:
-        with naming(self.path):
+        with naming(self.path):  # a failure here: `abort` drops the file
             self._tar.close()
-            os.replace(self._tmp, self.path)
-        return self.path.stat().st_size
+        return self._file.commit().stat().st_size
 
     def abort(self) -> None:
         """Drop the unfinished tar (an interrupted run leaves nothing under the final name)."""
         with contextlib.suppress(OSError):  # flushing it may fail as the write did: it goes
             self._tar.close()
-        self._tmp.unlink(missing_ok=True)
+        self._file.discard()

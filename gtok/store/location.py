@@ -5,9 +5,10 @@ if it does not exist yet, read one back, list a folder)."""
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from gtok.outputs import create_temporary
 
 __all__ = ["Location"]
 
@@ -159,12 +160,12 @@ class Location:
 
 
 def _create_local(target: Path, data: bytes) -> bool:
-    """`Location.create` on a local disk: write a temporary file, hard-link it to `target`."""
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    """`Location.create` on a local disk: write a new temporary file
+    (`gtok.outputs.create_temporary`), hard-link it to `target`."""
     while True:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            temporary, fd = create_temporary(target)
             break
         except FileNotFoundError:  # another process removed the folder as it emptied it
             continue

@@ -1,6 +1,7 @@
 """The training states of a run: `RUN_DIR/checkpoints/step-NNNNNN.pt`, the last K and the best.
 
-Each state is one file written atomically (`gtok.train.atomic`), holding only tensors and
+Each state is one file written atomically and durably (`gtok.outputs.AtomicFile`: a kill or
+a power cut at any moment leaves the old file or the new one), holding only tensors and
 plain Python values so that it loads with `torch.load(weights_only=True)`. `best.json`
 names the step with the best validation PSNR; that state is kept however old it gets.
 """
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from gtok.console import console
-from gtok.train.atomic import atomic_torch_save, atomic_write_bytes, remove_stale
+from gtok.outputs import AtomicFile, remove_temporaries, write_atomically
 
 __all__ = ["CheckpointDir"]
 
@@ -47,14 +48,16 @@ class CheckpointDir:
         """Write the state of `step`, then delete states beyond the last `keep_last` (never
         the best one)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = atomic_torch_save(state, self.path(step))
+        path = self.path(step)
+        with AtomicFile(path, durable=True) as handle:
+            torch.save(state, handle)
         self.prune(keep_last)
         return path
 
     def mark_best(self, step: int, psnr: float) -> None:
         """Record the state of `step` (already on disk) as the best by validation PSNR (dB)."""
         record = json.dumps({"step": step, "psnr": psnr}).encode()
-        atomic_write_bytes(self.folder / "best.json", record)
+        write_atomically(self.folder / "best.json", record, durable=True)
 
     def prune(self, keep_last: int) -> None:
         best = self.best()
@@ -67,7 +70,7 @@ class CheckpointDir:
 
     def remove_stale(self) -> None:
         """Delete the temporary files of a writer that was killed (rank 0, at start)."""
-        remove_stale(self.folder)
+        remove_temporaries(self.folder)
 
     def load_latest(self) -> dict[str, Any] | None:
         """The newest state that loads, or None when there is none (temporary files of a

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gtok.model.io import RUN_MODEL_SUBDIR
-from gtok.train.atomic import atomic_write_bytes
+from gtok.outputs import write_atomically
 from gtok.train.checkpoints import CheckpointDir
 
 __all__ = ["RunDir"]
@@ -75,7 +75,8 @@ class RunDir:
         return settings if isinstance(settings, dict) else None
 
     def write_settings(self, document: dict[str, Any]) -> None:
-        atomic_write_bytes(self.settings_path, (json.dumps(document, indent=2) + "\n").encode())
+        text = json.dumps(document, indent=2) + "\n"
+        write_atomically(self.settings_path, text.encode(), durable=True)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one metrics record (a JSON line)."""
@@ -104,7 +105,8 @@ class RunDir:
                     continue  # the line a kill cut short
                 if record.get("step", 0) <= step:
                     kept.append(line)
-            atomic_write_bytes(path, "".join(f"{line}\n" for line in kept).encode())
+            text = "".join(f"{line}\n" for line in kept)
+            write_atomically(path, text.encode(), durable=True)
 
 
 def _append(path: Path, records: list[dict[str, Any]]) -> None:
