@@ -5,6 +5,9 @@
   read-only or write-protected output, file size limit) that names its file
   (`gtok.outputs.describe_write_failure`); usage errors exit 2 as Click does; `-v` (or
   `GTOK_VERBOSE=1`) shows the traceback instead.
+- SIGTERM (Slurm, Kubernetes, `timeout`) stops any command as Ctrl-C does, then ends it with
+  one line and exit code 143 (`cli._options.sigterm_as_interrupt`); resumable commands say
+  how to resume.
 - The global flags `-q/--quiet` and `-v/--verbose` go before or after the command.
 - `--json` prints exactly one JSON document on stdout and nothing else there.
 - `--config FILE.toml` fills the command's defaults. Precedence: flag > environment
@@ -27,7 +30,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from cli._options import read_text_file
+from cli._options import Terminated, read_text_file, sigterm_as_interrupt, stop_terminated
 from gtok.console import console, set_quiet
 from gtok.errors import GtokError
 from gtok.outputs import describe_write_failure
@@ -149,7 +152,10 @@ class GtokGroup(TyperGroup):
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
+        except Terminated:
+            stop_terminated("it did not finish, so rerun the command")
         except USER_ERRORS as exc:
             if state.verbose:
                 raise

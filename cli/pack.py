@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from cli._common import ConfigOption, JsonFlag, print_json
+from cli._options import resumable
 from cli._tokens import human_bytes
 from gtok.data.images import DEFAULT_MAX_PIXELS
 
@@ -77,16 +78,17 @@ def pack(
     from gtok.encode import default_workers
     from gtok.pack import pack_images
 
-    summary = pack_images(
-        images_dir,
-        output,
-        per_shard=per_shard,
-        labels=labels,
-        overwrite=overwrite,
-        workers=default_workers() if workers is None else workers,
-        max_pixels=max_pixels,
-        image_format=image_format.value,
-    )
+    with resumable():
+        summary = pack_images(
+            images_dir,
+            output,
+            per_shard=per_shard,
+            labels=labels,
+            overwrite=overwrite,
+            workers=default_workers() if workers is None else workers,
+            max_pixels=max_pixels,
+            image_format=image_format.value,
+        )
     if json_output:
         print_json(summary.to_dict())
         return

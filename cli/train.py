@@ -9,9 +9,10 @@ from typing import Annotated, Any
 import typer
 
 from cli._common import ConfigOption, JsonFlag, print_json
+from cli._options import RESUME, TERMINATED, resumable, stop_terminated
 from gtok.console import console, is_quiet
 from gtok.errors import GtokError
-from gtok.train import TrainConfig
+from gtok.train import TrainConfig, TrainResult
 from gtok.train import train as run_training
 
 _RUN = "Run"
@@ -210,8 +211,12 @@ def train(
         )
     except GtokError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    result = run_training(cfg, out)
+    with resumable():  # stopped before the training loop; the loop saves, then stops
+        result = run_training(cfg, out)
+    terminated = result.stopped == "terminated"  # exit 143 then, for Slurm and Kubernetes
     if result.rank != 0:  # the other processes of a torchrun job: rank 0 reports
+        if terminated:
+            raise typer.Exit(TERMINATED)
         return
     document = {
         "run_dir": str(result.run_dir),
@@ -228,7 +233,14 @@ def train(
     }
     if json_output:
         print_json(document)
-        return
+    else:
+        _print_result(result, document)
+    if terminated:
+        stop_terminated(RESUME)
+
+
+def _print_result(result: TrainResult, document: dict) -> None:
+    """The result of `gtok train` for a person: state, validation, skipped samples."""
     state = "stopped early" if result.stopped else "done"
     print(f"{state}: step {result.step}/{result.steps}, model in {document['model_dir']}")
     if result.val:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from shardmaker import write_clean_shards
 
 import gtok
 from gtok.errors import GtokError
@@ -147,3 +151,51 @@ def test_each_loading_failure_is_one_clear_sentence(vq_dir, tmp_path, breakage, 
     with pytest.raises(GtokError, match=message) as info:
         load_tokenizer(directory)
     assert "\n" not in str(info.value)
+
+
+# ---- the recorded sha256 is that of the weights used (issue 30, point 3) ------------------------
+
+
+def _re_export(model_dir: Path, weights_from: Path) -> None:
+    """Replace `model_dir`'s weights with those of `weights_from` as `save_pretrained` does
+    (a complete file renamed over the old one), e.g. a training run exporting its model."""
+    replacement = model_dir / "model.safetensors.new"
+    shutil.copyfile(weights_from / "model.safetensors", replacement)
+    os.replace(replacement, model_dir / "model.safetensors")
+
+
+def _sha256_of_the_weights_in(model: torch.nn.Module, *model_dirs: Path) -> str:
+    """The sha256 of whichever of the `model_dirs`' weights files `model` holds."""
+    state = model.state_dict()
+    for directory in model_dirs:
+        tensors = load_file(directory / "model.safetensors")
+        if all(torch.equal(state[name].cpu(), tensors[name]) for name in tensors):
+            return hashlib.sha256((directory / "model.safetensors").read_bytes()).hexdigest()
+    raise AssertionError("the model holds none of the weights")
+
+
+def test_a_store_records_the_sha256_of_the_weights_that_encoded_it(tmp_path, monkeypatch):
+    """The model is re-exported while encode starts, after its weights were loaded: the
+    store must name the weights that made its tokens, not the file's new content."""
+    from test_encode import SMALL, _save_model
+
+    from gtok.encode import encode_shards
+    from gtok.encode import model as encode_model
+    from gtok.store import TokenStore
+
+    model = _save_model(tmp_path / "model", seed=0, **SMALL)
+    original = _save_model(tmp_path / "original", seed=0, **SMALL)  # a copy of model/
+    newer = _save_model(tmp_path / "newer", seed=1, **SMALL)
+    used: list[torch.nn.Module] = []
+    check_finite = encode_model._check_finite
+
+    def re_exported_meanwhile(tokenizer, path):
+        used.append(tokenizer)
+        _re_export(model, newer)
+        check_finite(tokenizer, path)
+
+    monkeypatch.setattr(encode_model, "_check_finite", re_exported_meanwhile)
+    write_clean_shards(tmp_path / "data", 1, 2)
+    encode_shards([tmp_path / "data"], tmp_path / "t.zarr", model, batch_size=2, workers=0)
+    recorded = TokenStore(tmp_path / "t.zarr").weights_sha256
+    assert recorded == _sha256_of_the_weights_in(used[0], original, newer)

@@ -29,7 +29,7 @@ from test_store import NAMES, assert_same_store, header, make_part
 from gtok.encode import encode_shards
 from gtok.errors import GtokError
 from gtok.store import Location, StoreWriter, finalize_store, schema
-from gtok.store.lock import Holder, LockBusy, _proc_stat
+from gtok.store.lock import Holder, LockBusy, _boot_id, _pid_namespace, _proc_stat
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,8 +77,11 @@ def other_process():
     proc.wait()
 
 
-def _plant(out, name: str, pid: int, host: str | None = None, start: int | None = None) -> None:
-    """A lock file `name` held by process `pid` (default host: this one)."""
+def _plant(
+    out, name: str, pid: int, host: str | None = None, start: int | None = None, **recorded
+) -> None:
+    """A lock file `name` held by process `pid` (default host: this one); `recorded`: the
+    holder's `pid_namespace` and `boot_id` (default: none, as older gtok versions wrote)."""
     stat = _proc_stat(pid)
     holder = Holder(
         pid=pid,
@@ -87,8 +90,17 @@ def _plant(out, name: str, pid: int, host: str | None = None, start: int | None 
         process_start=start if start is not None else (stat[1] if stat else None),
         activity="encoding",
         token="planted",
+        **recorded,
     )
     assert Location(str(out)).create(f"locks/{name}.lock", holder.to_bytes())
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    printed = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    )
+    return int(printed.stdout)
 
 
 def test_a_held_part_is_refused_naming_its_holder(tmp_path, other_process):
@@ -135,16 +147,71 @@ def test_a_held_part_is_refused_naming_its_holder(tmp_path, other_process):
 
 def test_stale_locks_are_taken_over_and_said_so(tmp_path, capsys, other_process):
     out = tmp_path / "s.zarr"
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
-    ).stdout
-    _plant(out, "a.tar", int(dead))  # its pid is gone
+    dead = _dead_pid()
+    _plant(out, "a.tar", dead)  # its pid is gone
     _plant(out, "b.tar", other_process.pid, start=1)  # the pid lives, but was reused
     (out / "locks" / "c.tar.lock").write_text("")  # unreadable: a crash while writing it
     _encode(out)
     said = capsys.readouterr().err
     assert f"took over the stale lock of input shard a.tar of {out} and 2 more" in said
-    assert f"process {int(dead)} on {socket.gethostname()}" in said
+    assert f"process {dead} on {socket.gethostname()}" in said
+    assert_clean_and_complete(out)
+
+
+def test_a_holder_in_another_pid_namespace_is_never_presumed_dead(tmp_path):
+    """Another container with this host name: its pids are not ours, so a pid that does not
+    exist here may be a live writer there."""
+    out = tmp_path / "s.zarr"
+    StoreWriter.open(str(out), header()).close()
+    theirs = {"pid_namespace": "pid:[4026532999]", "boot_id": _boot_id()}
+    assert theirs["pid_namespace"] != _pid_namespace()
+    dead = _dead_pid()
+    _plant(out, "a.tar", dead, **theirs)
+    with pytest.raises(LockBusy) as refused:
+        _encode(out)
+    assert str(refused.value) == (
+        f"input shard a.tar of {out} is in use by process {dead} on {socket.gethostname()} "
+        "in another PID namespace (encoding, since 2025-01-02 03:04:05+00:00); wait for it "
+        "to finish, or give each parallel worker its own --shard-id (if that process is gone, "
+        f"delete {out}/locks/a.tar.lock)."
+    )
+    assert (out / "locks" / "a.tar.lock").exists()
+    (out / "locks" / "a.tar.lock").unlink()  # what the message says, once it is known gone
+    _encode(out)
+    assert_clean_and_complete(out)
+
+
+def test_a_holder_from_before_a_reboot_is_dead(tmp_path, capsys, other_process):
+    """After a reboot every pid means a new process, in any namespace."""
+    out = tmp_path / "s.zarr"
+    ours = {"pid_namespace": _pid_namespace(), "boot_id": "00000000-0000-0000-0000-000000000000"}
+    _plant(out, "a.tar", other_process.pid, **ours)  # a live pid, but of this boot
+    _plant(out, "b.tar", other_process.pid, **{**ours, "pid_namespace": "pid:[4026532999]"})
+    _encode(out)
+    assert f"took over the stale lock of input shard a.tar of {out} and 1 more" in (
+        capsys.readouterr().err
+    )
+    assert_clean_and_complete(out)
+
+
+def test_lock_files_of_older_versions_count_as_this_namespace(tmp_path, capsys, other_process):
+    """A lock file without pid_namespace and boot_id (gtok before they were recorded) is
+    judged by its pid, as then."""
+    out = tmp_path / "s.zarr"
+    StoreWriter.open(str(out), header()).close()
+    old_fields = ("pid", "host", "since", "process_start", "activity", "token")
+    for name, pid in (("a.tar", _dead_pid()), ("b.tar", other_process.pid)):
+        _plant(out, name, pid)
+        path = out / "locks" / f"{name}.lock"
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({field: record[field] for field in old_fields}))
+    with pytest.raises(LockBusy, match=rf"b\.tar of .* in use by process {other_process.pid} on"):
+        _encode(out)
+    assert sorted(p.name for p in (out / "locks").iterdir()) == ["b.tar.lock"]  # a.tar's: stale
+    other_process.kill()
+    other_process.wait()
+    _encode(out)
+    assert f"took over the stale lock of input shard b.tar of {out}:" in capsys.readouterr().err
     assert_clean_and_complete(out)
 
 

@@ -19,7 +19,9 @@ import pytest
 import torch
 from PIL import Image
 from shardmaker import encode, write_tar
+from test_model_io import _re_export, _sha256_of_the_weights_in
 
+import gtok.train.session as session_module
 import gtok.train.step as step_module
 from cli.main import app
 from gtok.data.shards import expand_shards
@@ -395,6 +397,27 @@ def test_init_from_starts_a_new_run_from_a_models_weights_and_records_them(
     assert settings["init_weights_sha256"] == sha
     with pytest.raises(GtokError, match=r"init_weights_sha256: '[0-9a-f]{64}' -> None"):
         train(_config(data, steps=6), run_dir)  # a resume must start from the same weights
+
+
+def test_init_from_records_the_sha256_of_the_weights_it_starts_from(
+    data, reference, tmp_path, monkeypatch
+):
+    """--init-from a run that exports a newer model while this run starts: train.json names
+    the weights this run started from (issue 30, point 3)."""
+    start, original, newer = tmp_path / "start", tmp_path / "original", tmp_path / "newer"
+    for folder in (start, original):
+        shutil.copytree(reference / "model", folder)
+    _session(_config(data), tmp_path / "fresh").model.save_pretrained(newer)  # other weights
+    build = session_module.build_from_config
+
+    def re_exported_meanwhile(arch):
+        _re_export(start, newer)
+        return build(arch)
+
+    monkeypatch.setattr(session_module, "build_from_config", re_exported_meanwhile)
+    started = _session(_config(data, init_from=str(start)), tmp_path / "run")
+    recorded = started.settings["init_weights_sha256"]
+    assert recorded == _sha256_of_the_weights_in(started.model, original, newer)
 
 
 def test_init_from_a_model_of_another_architecture_is_one_sentence(data, reference, tmp_path):

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from gtok.data import center_crop, decode_rgb, to_tensor
 from gtok.demo import DEMO_PHOTOS
-from gtok.model import default_model_dir, load_tokenizer, weights_sha256
+from gtok.model import default_model_dir, load_tokenizer_with_sha256
 from gtok.viz import draw_gaussians, ellipse_points, image_grid, to_pil
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def _psnr(decoded: torch.Tensor, image: torch.Tensor) -> float:
 def make(model: Path, photo: Path, out: Path, refine_steps: int = 0) -> str:
     """Draw the figure for `photo` with the model at `model` into `out`; returns the caption.
     refine_steps > 0 adds a second row: the same after encode-time geometry refinement."""
-    tok = load_tokenizer(model)
+    tok, sha = load_tokenizer_with_sha256(model)  # the sha256 of the weights drawn with
     size, map_size = tok.config.image_size, tok.config.map_size
     crop, _ = center_crop(decode_rgb(photo.read_bytes()), size)
     image = to_tensor(crop)[None]  # [1, 3, S, S] in [-1, 1]
@@ -120,7 +120,6 @@ def make(model: Path, photo: Path, out: Path, refine_steps: int = 0) -> str:
             f"{tok.config.codebook_size} + geometry: mean (x, y) = ({mx:+.2f}, {my:+.2f}) "
             f"in [-1, 1], scales = ({sx:.2f}, {sy:.2f}) map px, rotation = {rot:.2f} rad"
         )
-    sha = weights_sha256(model)
     lines = [caption]
     if refine_steps:
         lines.append(

@@ -256,27 +256,46 @@ def to_tensor_from_array(pixels: np.ndarray) -> torch.Tensor:
     return to_model_input(torch.from_numpy(np.ascontiguousarray(pixels))[None])[0]
 
 
+_STOPS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; the SIGTERM of timeout, Slurm, Kubernetes
+
+
 class _SpawnLoader(DataLoader):
-    """A DataLoader whose worker processes ignore SIGINT.
+    """A DataLoader whose worker processes ignore SIGINT and SIGTERM.
 
     Ctrl-C reaches the whole process group; a worker still importing torch (a spawned one
-    takes seconds) would print a traceback of its own. The main process alone turns it into
-    a KeyboardInterrupt, and its loader then shuts the workers down. Signal dispositions can
-    only be changed from the main thread; elsewhere the workers keep the default.
+    takes seconds) would print a traceback of its own. SIGTERM from `timeout` or Slurm
+    reaches it too, and a worker it killed would end the main process with "DataLoader
+    worker ... is killed" instead of its clean stop (or, in training, before the step is
+    saved). The main process alone turns either into its stop, and its loader then shuts the
+    workers down (it tells them to exit; its SIGTERM, for a worker that did not, is ignored
+    then, and such a worker ends after its item). Signal dispositions can only be changed
+    from the main thread; elsewhere the workers keep the default.
     """
 
     def _get_iterator(self):
         if self.num_workers == 0 or threading.current_thread() is not threading.main_thread():
             return super()._get_iterator()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by spawned children
+        # SIG_IGN is inherited by spawned children, until torch sets its own SIGTERM handler
+        # in them (`_ignore_stops` then ignores it again)
+        previous = {stop: signal.signal(stop, signal.SIG_IGN) for stop in _STOPS}
         try:
             return super()._get_iterator()  # starts the workers
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for stop, handler in previous.items():
+                signal.signal(stop, handler)
+
+
+def _ignore_stops(worker_id: int) -> None:
+    """A worker's `worker_init_fn`: ignore Ctrl-C and SIGTERM (torch's own handler, set just
+    before, lets a SIGTERM that the main process did not send kill the worker)."""
+    for stop in _STOPS:
+        signal.signal(stop, signal.SIG_IGN)
 
 
 def loader(dataset: IterableDataset, *, workers: int, batch_size: int | None = None, **kw):
     """A DataLoader over `dataset` with `spawn` workers (none when `workers` is 0) that leave
-    Ctrl-C to the main process."""
+    Ctrl-C and SIGTERM to the main process; `kw` go to the DataLoader (and win)."""
     extra = {"multiprocessing_context": "spawn", "persistent_workers": False} if workers else {}
-    return _SpawnLoader(dataset, batch_size=batch_size, num_workers=workers, **extra, **kw)
+    if workers:
+        extra["worker_init_fn"] = _ignore_stops
+    return _SpawnLoader(dataset, batch_size=batch_size, num_workers=workers, **{**extra, **kw})

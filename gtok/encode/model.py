@@ -71,19 +71,19 @@ def load_encoding_model(
     """Resolve, hash and load the model for encoding (eval mode, on `device`: "auto", "cpu",
     "cuda" or "cuda:N", as `gtok.devices.select_device` places it); `refine`: encode-time
     geometry refinement (GaussianToken models only)."""
-    from gtok.model.io import load_tokenizer, weights_sha256
+    from gtok.model.io import load_tokenizer_with_sha256
 
     refine = refine or RefineSettings()
     chosen = select_device(device)  # first: before anything starts CUDA
     path = resolve_model(model)
-    tokenizer = load_tokenizer(path, device=chosen).eval()
+    tokenizer, sha256 = load_tokenizer_with_sha256(path, device=chosen)
     if refine.enabled and tokenizer.config.kind != "gaussian":
         raise GtokError(
             f"--refine-steps refines Gaussian geometry, but {path} is a VQ model without "
             "geometry; drop --refine-steps."
         )
     _check_finite(tokenizer, path)
-    return EncodingModel(tokenizer, path, weights_sha256(path), chosen, refine)
+    return EncodingModel(tokenizer, path, sha256, chosen, refine)
 
 
 def refine_settings(steps: int, lr: float | None = None, loss: str | None = None) -> RefineSettings:

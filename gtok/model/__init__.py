@@ -28,6 +28,7 @@ __all__ = [
     "build_tokenizer",
     "default_model_dir",
     "load_tokenizer",
+    "load_tokenizer_with_sha256",
     "save_pretrained",
     "weights_sha256",
 ]
@@ -49,6 +50,7 @@ _HOME = {
     "VectorQuantizer": "gtok.model.quantizer",
     "default_model_dir": "gtok.model.default",
     "load_tokenizer": "gtok.model.io",
+    "load_tokenizer_with_sha256": "gtok.model.io",
     "save_pretrained": "gtok.model.io",
     "weights_sha256": "gtok.model.io",
 }

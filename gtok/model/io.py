@@ -8,7 +8,9 @@ A training run directory holds its exported model (EMA weights) in `RUN_DIR/mode
 resumable training state beside it; wherever a model directory is expected, a run directory
 (or the path of a model directory's `config.json` / `model.safetensors`) works too and is
 resolved by `resolve_model_dir`. Loading never unpickles: weights are safetensors, config is
-JSON, and every mismatch is a `GtokError` of one sentence.
+JSON, and every mismatch is a `GtokError` of one sentence. The weights file is read once, and
+its sha256 (`load_tokenizer_with_sha256`) is that of the very bytes the weights come from: a
+file replaced meanwhile (a training run re-exporting its model) cannot make them disagree.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors import SafetensorError
+from safetensors.torch import load
 from torch.overrides import TorchFunctionMode
 
 from gtok._version import __version__
@@ -39,6 +41,7 @@ __all__ = [
     "RUN_MODEL_SUBDIR",
     "WEIGHTS_FILE",
     "load_tokenizer",
+    "load_tokenizer_with_sha256",
     "read_config",
     "resolve_model_dir",
     "save_pretrained",
@@ -93,6 +96,14 @@ def read_config(path: str | os.PathLike) -> TokenizerConfig:
 def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu") -> BaseTokenizer:
     """Load the tokenizer at `path` (model directory, run directory, or one of its files)
     onto `device`, in eval mode. Raises `GtokError` for anything wrong with the files."""
+    return load_tokenizer_with_sha256(path, device)[0]
+
+
+def load_tokenizer_with_sha256(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[BaseTokenizer, str]:
+    """`load_tokenizer`, and the hex sha256 of the bytes of `model.safetensors` that its
+    weights were loaded from (what identifies them in token stores and training runs)."""
     from gtok.model.tokenizer import build_from_config
 
     model_dir = resolve_model_dir(path)
@@ -100,19 +111,27 @@ def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu") 
     weights_path = model_dir / WEIGHTS_FILE
     if not weights_path.is_file():
         raise GtokError(f"{model_dir} has {CONFIG_FILE} but no {WEIGHTS_FILE}; re-export it.")
+    tensors, sha256 = _read_weights(weights_path)
     # the config is built only as far as the weights file's size allows, and compared with
-    # the file's header before any weight is read
-    found = _header_shapes(weights_path)
+    # the file's tensors before the model takes any of them
+    found = {name: tuple(tensor.shape) for name, tensor in tensors.items()}
     with _CreationBudget(sum(math.prod(shape) for shape in found.values()), weights_path):
         model = build_from_config(config)
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     _check_state(weights_path, expected, found)
+    model.load_state_dict(tensors, strict=True)
+    return model.to(device).eval(), sha256
+
+
+def _read_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of a safetensors file (on the CPU) and the hex sha256 of the bytes they
+    were read from: the file is read once, into memory (so loading holds its size twice for
+    a moment; safetensors checks that the header's offsets cover the bytes exactly)."""
     try:
-        tensors = load_file(weights_path, device="cpu")
+        data = weights_path.read_bytes()
+        return load(data), hashlib.sha256(data).hexdigest()
     except (SafetensorError, OSError) as exc:
         raise _unreadable(weights_path, exc) from exc
-    model.load_state_dict(tensors, strict=True)
-    return model.to(device).eval()
 
 
 # the torch functions that create a tensor from a size: how nn.Module parameters and buffers
@@ -150,17 +169,6 @@ class _CreationBudget(TorchFunctionMode):
                     "two files do not belong together."
                 )
         return result
-
-
-def _header_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor name -> shape from the safetensors header (no tensor data is read; safetensors
-    checks that the header's offsets cover the file exactly)."""
-    try:
-        with safe_open(weights_path, framework="pt") as f:
-            names = f.keys()
-            return {name: tuple(f.get_slice(name).get_shape()) for name in names}
-    except (SafetensorError, OSError) as exc:
-        raise _unreadable(weights_path, exc) from exc
 
 
 def _unreadable(weights_path: Path, exc: Exception) -> GtokError:
@@ -203,7 +211,8 @@ def _sample(names: list[str], limit: int = 3) -> str:
 
 
 def weights_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of the model's `model.safetensors` (identifies the weights in token stores)."""
+    """Hex sha256 of the model's `model.safetensors` as it is now (identifies the weights in
+    token stores); the weights of a loaded model: `load_tokenizer_with_sha256`."""
     weights_path = resolve_model_dir(path) / WEIGHTS_FILE
     if not weights_path.is_file():
         raise GtokError(f"{weights_path} does not exist; the model directory is incomplete.")

@@ -4,6 +4,7 @@ Layout, inside the store: `locks/<part name>.lock` while a process encodes that 
 `locks/_store.lock` while a process creates, overwrites or finalizes the whole store (part
 names never start with "_"). A lock file is a small JSON record of its holder: pid, host name,
 since when (local time, seconds), the process's own start time (Linux, to tell a reused pid),
+its PID namespace and the kernel's boot id (Linux, to tell containers and reboots apart),
 what it is doing ("encoding", "finalizing", ...) and a random token.
 
 Rules:
@@ -12,13 +13,16 @@ Rules:
 - A lock file is created atomically: on local disks a complete temporary file is hard-linked
   to its name, which fails when the name exists (also on NFS), so of two racing processes
   exactly one gets it and nobody ever reads a half-written lock.
-- A lock already held by this very process (same pid, host and start time) is borrowed: it
-  counts as taken and stays with its first taker, which releases it. This is how a
-  single-process encode finalizes its own store while it holds every part.
-- Stale locks: a holder on this host whose pid is gone (or a zombie, or the pid now belongs
-  to a newer process) is dead, and its lock is taken over with a message on stderr. A holder
-  on another host is never presumed dead; the message names the lock file to delete once
-  that process is known to be gone.
+- A lock already held by this very process (same pid, host, start time, PID namespace and
+  boot id) is borrowed: it counts as taken and stays with its first taker, which releases
+  it. This is how a single-process encode finalizes its own store while it holds every part.
+- Stale locks: a holder on this host in this PID namespace whose pid is gone (or a zombie, or
+  the pid now belongs to a newer process) is dead, and so is a holder on this host from
+  before a reboot (another boot id); its lock is taken over with a message on stderr. A
+  holder on another host, or in another PID namespace of this host (another container with
+  the same host name, whose pids mean other processes), is never presumed dead; the message
+  names the lock file to delete once that process is known to be gone. Lock files of older
+  gtok versions, without namespace and boot id, count as this namespace and boot.
 - `release` deletes this object's lock files, then `locks/` when it is empty; `with` releases
   on exceptions and Ctrl-C too. A killed process leaves its locks behind: they are stale.
 - Finalize deletes every part lock once the store is complete (`remove_part_locks`): the parts
@@ -70,9 +74,26 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[19])  # starttime is field 22
 
 
+def _pid_namespace() -> str | None:
+    """This process's PID namespace ("pid:[4026531836]"; Linux), or None where unknown."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _boot_id() -> str | None:
+    """The kernel's boot id (a new random UUID at every boot; Linux), or None where unknown."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class Holder:
-    """Who holds a lock: the process and since when."""
+    """Who holds a lock: the process and since when. `pid_namespace` and `boot_id` are None
+    where unknown, and in lock files of older gtok versions."""
 
     pid: int
     host: str
@@ -80,6 +101,8 @@ class Holder:
     process_start: int | None
     activity: str
     token: str
+    pid_namespace: str | None = None
+    boot_id: str | None = None
 
     @classmethod
     def this_process(cls, activity: str) -> Holder:
@@ -91,6 +114,8 @@ class Holder:
             process_start=None if stat is None else stat[1],
             activity=activity,
             token=uuid.uuid4().hex,
+            pid_namespace=_pid_namespace(),
+            boot_id=_boot_id(),
         )
 
     def to_bytes(self) -> bytes:
@@ -98,24 +123,44 @@ class Holder:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Holder | None:
-        """The holder recorded in a lock file (extra fields ignored), or None when it is not
-        a valid record."""
+        """The holder recorded in a lock file (extra fields ignored, the optional ones may be
+        missing), or None when it is not a valid record."""
         try:
             record = json.loads(data)
-            return cls(**{name: record[name] for name in cls.__dataclass_fields__})
+            return cls(
+                **{name: record[name] for name in cls.__dataclass_fields__ if name in record}
+            )
         except (ValueError, TypeError, KeyError):
             return None
 
     def same_process(self, other: Holder) -> bool:
-        mine = (self.pid, self.host, self.process_start)
-        return mine == (other.pid, other.host, other.process_start)
+        return self._identity() == other._identity()
+
+    def _identity(self) -> tuple:
+        return (self.pid, self.host, self.process_start, self.pid_namespace, self.boot_id)
 
     def on_this_host(self) -> bool:
         return self.host == socket.gethostname()
 
+    def in_other_namespace(self) -> bool:
+        """Whether the holder ran in another PID namespace than this process (another
+        container): its pid means another process here. Unknown namespaces count as ours."""
+        here = _pid_namespace()
+        return None not in (self.pid_namespace, here) and self.pid_namespace != here
+
+    def before_reboot(self) -> bool:
+        """Whether the holder ran before this machine last booted (another boot id)."""
+        here = _boot_id()
+        return None not in (self.boot_id, here) and self.boot_id != here
+
     def is_gone(self) -> bool:
-        """Whether the holder is known to be dead (only decidable on this host)."""
+        """Whether the holder is known to be dead (only decidable on this host, and in this
+        PID namespace unless the machine rebooted since)."""
         if not self.on_this_host():
+            return False
+        if self.before_reboot():
+            return True
+        if self.in_other_namespace():
             return False
         try:
             os.kill(self.pid, 0)
@@ -131,7 +176,8 @@ class Holder:
         return state in "ZX" or reused
 
     def describe(self) -> str:
-        return f"process {self.pid} on {self.host} ({self.activity}, since {self.since})"
+        where = f"{self.host} in another PID namespace" if self.in_other_namespace() else self.host
+        return f"process {self.pid} on {where} ({self.activity}, since {self.since})"
 
 
 class LockBusy(GtokError):
@@ -252,6 +298,6 @@ def _stale_message(stale: list[tuple[str, Holder | None]]) -> str:
 
 def _busy_message(location: Location, name: str, what: str, holder: Holder, advice: str) -> str:
     message = f"{what} is in use by {holder.describe()}; {advice}"
-    if not holder.on_this_host():
+    if not holder.on_this_host() or holder.in_other_namespace():
         message += f" (if that process is gone, delete {location}/{key(name)})"
     return message + "."

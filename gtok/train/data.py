@@ -44,6 +44,7 @@ from gtok.data.samples import (
     image_member,
 )
 from gtok.data.shards import ShardRef
+from gtok.data.stream import loader
 from gtok.data.stream import to_model_input as pixels_to_input
 from gtok.data.tario import RawSample, member_name, open_tar, split_member_name
 from gtok.data.transforms import Preprocess, center_crop, random_resized_crop
@@ -255,11 +256,9 @@ def train_loader(
     dataset = TrainStream(spec, positions, first_stream)
     if workers == 0:
         return DataLoader(dataset, batch_size=None)
-    return DataLoader(
+    return loader(  # spawn workers that leave Ctrl-C and SIGTERM to the training loop
         dataset,
-        batch_size=None,
-        num_workers=workers,
-        multiprocessing_context="spawn",
+        workers=workers,
         persistent_workers=True,
         prefetch_factor=4,
         pin_memory=pin_memory,

@@ -7,7 +7,7 @@ done: log every `log_every`; write a training state (and export the EMA model) e
 (a new best PSNR marks the state just written as the best and exports it to `best/`);
 save a sample grid every `sample_every`. SIGINT/SIGTERM stop the run after the step whose
 flag check sees them (the current one, or the next when they arrive after its backward pass)
-with a saved state (a second SIGINT aborts at once).
+with a saved state (a second SIGINT aborts at once); the result says which stopped it.
 
 Batch t + 1 is read before step t's optimizer update, so whether any rank's stream failed,
 whether any rank was signalled and whether any loss or gradient is not finite travel in one
@@ -44,7 +44,9 @@ SAMPLE_IMAGES = 8  # images in each sample grid
 @dataclass
 class TrainResult:
     """What a call to `train` did (on this process: `rank`). `stopped` is None when the run
-    reached its last step; `best` ({"step", "psnr"}) is only known on rank 0."""
+    reached its last step, else "interrupted" (SIGINT, Ctrl-C; or a stop of another rank)
+    or "terminated" (SIGTERM to this process); `best` ({"step", "psnr"}) is only known on
+    rank 0."""
 
     rank: int
     run_dir: Path
@@ -64,11 +66,13 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.requested = False
+        self.terminated = False  # SIGTERM came (Slurm, Kubernetes, `timeout`)
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        self.terminated |= signum == signal.SIGTERM
         self.requested = True
         console.print(
             "[yellow]Stopping after this step and saving a checkpoint "
@@ -171,7 +175,7 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
             if stopping and step < steps:
                 if not saved:
                     session.save(step)
-                result.stopped = "interrupted"
+                result.stopped = "terminated" if stop.terminated else "interrupted"
                 break
     images = (step - start_step) * resolved.batch_size * dist.world
     result.step = step

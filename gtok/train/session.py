@@ -33,7 +33,7 @@ from gtok.errors import GtokError
 from gtok.metrics import Unavailable, try_load
 from gtok.model.config import TokenizerConfig
 from gtok.model.gaussian_embed import GaussianEmbed
-from gtok.model.io import load_tokenizer, read_config, weights_sha256
+from gtok.model.io import load_tokenizer_with_sha256, read_config, weights_sha256
 from gtok.model.tokenizer import build_from_config
 from gtok.train.config import TrainConfig, resume_conflicts
 from gtok.train.data import SkipRecord, StreamSpec
@@ -80,17 +80,21 @@ class Session:
             "architecture": arch.to_dict(),
             "world_size": dist.world,
             "lpips_loss": self.lpips is not None,
-            # the starting weights are compared on resume by content, not by path
-            "init_weights_sha256": None if cfg.init_from is None else weights_sha256(cfg.init_from),
+            # the starting weights are compared on resume by content, not by path; a new
+            # run records the sha256 of the bytes it loads them from (below)
+            "init_weights_sha256": None,
         }
         saved = run.checkpoints.load_latest()
         if saved is not None:
+            if cfg.init_from is not None:
+                self.settings["init_weights_sha256"] = weights_sha256(cfg.init_from)
             self._check_compatible(saved)
         seed_everything(cfg.seed)  # identical initial weights on every rank
         device = dist.device
         self.model = build_from_config(arch).to(device).train()
         if saved is None and cfg.init_from is not None:
-            _load_initial_weights(self.model, arch, cfg.init_from)
+            sha256 = _load_initial_weights(self.model, arch, cfg.init_from)
+            self.settings["init_weights_sha256"] = sha256
         self.disc = PatchDiscriminator().to(device).train()
         self.lecam = LeCam().to(device)
         self.stepper = TrainStep(
@@ -385,9 +389,10 @@ def _load_extra(model: nn.Module, extra: dict[str, Any]) -> None:
         modules[name].load_scheduler_state(state)
 
 
-def _load_initial_weights(model: nn.Module, arch: TokenizerConfig, path: str) -> None:
+def _load_initial_weights(model: nn.Module, arch: TokenizerConfig, path: str) -> str:
     """Start `model` (architecture `arch`) from the weights of the model at `path` (a model
-    or run directory); GtokError in one sentence when its architecture differs."""
+    or run directory) and return the hex sha256 of the bytes they were loaded from;
+    GtokError in one sentence when its architecture differs."""
     theirs, ours = read_config(path).to_dict(), arch.to_dict()
     compared = sorted(set(ours) - {"preset"})  # the preset name is informational
     if differing := [k for k in compared if theirs.get(k) != ours[k]]:
@@ -397,4 +402,6 @@ def _load_initial_weights(model: nn.Module, arch: TokenizerConfig, path: str) ->
             "preset, recipe and --model overrides it was trained with."
         )
     device = next(model.parameters()).device
-    model.load_state_dict(load_tokenizer(path, device=device).state_dict())
+    initial, sha256 = load_tokenizer_with_sha256(path, device=device)
+    model.load_state_dict(initial.state_dict())
+    return sha256
