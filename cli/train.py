@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +10,7 @@ import typer
 from cli._common import ConfigOption, JsonFlag, print_json
 from gtok.console import console, is_quiet
 from gtok.errors import GtokError
+from gtok.safeload import TooDeep, Unreadable, parse_json
 from gtok.train import TrainConfig
 from gtok.train import train as run_training
 
@@ -32,8 +32,10 @@ def _model_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise typer.BadParameter(f"{item!r} is not KEY=VALUE (e.g. --model codebook_size=512).")
         try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
+            out[key.strip()] = parse_json(value, f"--model {key}")
+        except TooDeep as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        except Unreadable:
             out[key.strip()] = value
     return out
 
