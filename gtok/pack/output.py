@@ -19,6 +19,7 @@ from gtok._version import __version__
 from gtok.errors import GtokError
 from gtok.outputs import naming, write_atomically
 from gtok.pack.shard import TEMP_SUFFIX, ShardStats, shard_name, stats_name
+from gtok.safeload import SETTINGS_BYTES, Unreadable, load_json
 
 __all__ = ["CLASSES_FILE", "MANIFEST", "finish_manifest", "prepare_output", "write_json"]
 
@@ -72,7 +73,7 @@ def _done_shards(folder: Path, shards: int) -> set[int]:
         try:
             if tar.stat().st_size == ShardStats.read(stats).bytes:
                 done.add(index)
-        except (OSError, ValueError, TypeError):
+        except (OSError, Unreadable, TypeError):
             continue  # missing or unreadable: write the shard again
     return done
 
@@ -96,8 +97,8 @@ def prepare_output(
     manifest = folder / MANIFEST
     if mine and not overwrite:
         try:
-            before = json.loads(manifest.read_text())
-        except (OSError, ValueError):
+            before = load_json(manifest, SETTINGS_BYTES)
+        except Unreadable:
             before = None
         if not isinstance(before, dict) or before.get("format") != FORMAT:
             raise GtokError(
@@ -130,6 +131,6 @@ def prepare_output(
 def finish_manifest(folder: Path, summary: dict) -> None:
     """Mark the pack in `folder` complete and add its summary to `pack.json`."""
     manifest = folder / MANIFEST
-    document = json.loads(manifest.read_text())
+    document = load_json(manifest, SETTINGS_BYTES)
     document.update(complete=True, summary=summary)
     write_json(manifest, document)
