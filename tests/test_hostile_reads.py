@@ -77,6 +77,21 @@ def test_an_endless_lock_file_is_one_sentence(tmp_path):
     assert_one_error(result, contains=f"{planted} is larger than 64 KiB")
 
 
+def test_a_huge_image_file_is_skipped_unread(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(jpeg(0))
+    with open(images / "huge.jpg", "wb") as huge:
+        huge.truncate(8 << 30)  # sparse: 8 GiB of zeros on no disk blocks
+    out = tmp_path / "shards"
+    result = run_gtok("pack", images, "-o", out, "--workers", "0", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["packed"], summary["skipped"]) == (1, 1)
+    (skipped,) = summary["skipped_examples"]
+    assert skipped["reason"] == "file is larger than 256 MiB, the most gtok reads of it"
+
+
 # ---- 13: JSON and TOML nested 10^5 deep --------------------------------------------------
 
 
