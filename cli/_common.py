@@ -11,7 +11,11 @@
   variable (`GTOK_<COMMAND>_<OPTION>`, e.g. `GTOK_ENCODE_BATCH_SIZE`, `GTOK_DECODE_FORMAT`:
   the option's long name; `GTOK_<OPTION>` for the global flags) > config file > default.
   `--help` and `--version` are never read from the environment. The file holds option names
-  as keys, at top level or under a `[<command>]` table.
+  as keys, at top level or under a `[<command>]` table; it is read through `gtok.safeload`
+  (1 MiB, nesting 64 deep). A value no option takes (a table, a date, a list for one value,
+  a non-boolean for an on/off flag or a boolean for anything else) is refused naming the
+  file and key, and a bad value's message names where it came from: the flag, the
+  environment variable, or the config file and key.
 """
 
 from __future__ import annotations
