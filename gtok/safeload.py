@@ -55,6 +55,9 @@ class Unreadable(GtokError):
         self.name = name
         self.reason = reason
 
+    def __reduce__(self) -> tuple:  # raised in a worker process, it arrives whole
+        return type(self), (self.name, self.reason)
+
 
 def _size(limit: int) -> str:
     """`limit` bytes as the largest whole binary unit (64 KiB, 1 MiB)."""
@@ -103,8 +106,9 @@ def _too_deep(document: Any) -> bool:
 class TooDeep(Unreadable):
     """A JSON or TOML document nested more than `MAX_DEPTH` deep."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(name, f"nests arrays or tables more than {MAX_DEPTH} deep")
+
+def _too_deep_error(name: str) -> TooDeep:
+    return TooDeep(name, f"nests arrays or tables more than {MAX_DEPTH} deep")
 
 
 def parse_json(data: bytes | str, name: str) -> Any:
@@ -114,11 +118,11 @@ def parse_json(data: bytes | str, name: str) -> Any:
     try:
         document = json.loads(text)
     except RecursionError:
-        raise TooDeep(name) from None
+        raise _too_deep_error(name) from None
     except ValueError as exc:
         raise Unreadable(name, f"is not valid JSON ({exc})") from exc
     if _too_deep(document):
-        raise TooDeep(name)
+        raise _too_deep_error(name)
     return document
 
 
@@ -147,15 +151,15 @@ def parse_toml(text: str, name: str) -> dict[str, Any]:
     """The TOML document `text` from `name`, nested at most `MAX_DEPTH` deep; anything else
     is an `Unreadable` naming `name`."""
     if _dotted_parts(text) > MAX_DEPTH:
-        raise TooDeep(name)
+        raise _too_deep_error(name)
     try:
         document = tomllib.loads(text)
     except RecursionError:
-        raise TooDeep(name) from None
+        raise _too_deep_error(name) from None
     except tomllib.TOMLDecodeError as exc:
         raise Unreadable(name, f"is not valid TOML ({exc})") from exc
     if _too_deep(document):
-        raise TooDeep(name)
+        raise _too_deep_error(name)
     return document
 
 

@@ -10,6 +10,7 @@ limit, so that a regression fails the test instead of taking the machine down.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,10 @@ NESTED = f"nests arrays or tables more than {MAX_DEPTH} deep"
 def test_nesting_limit_is_the_same_whatever_the_parser_would_manage():
     assert parse_json("[" * MAX_DEPTH + "]" * MAX_DEPTH, "x")
     for text in ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), DEEP_JSON, '{"a":' * 10**5):
-        with pytest.raises(TooDeep, match=f"^x {NESTED}.$"):
+        with pytest.raises(TooDeep, match=f"^x {NESTED}.$") as info:
             parse_json(text, "x")
+    sent = pickle.loads(pickle.dumps(info.value))  # as from a worker process
+    assert (type(sent), str(sent), sent.reason) == (TooDeep, f"x {NESTED}.", NESTED)
     assert parse_toml("a.b.c = 1\n[t]\nx = [1.5, 2.5]\n", "x") == {
         "a": {"b": {"c": 1}},
         "t": {"x": [1.5, 2.5]},
