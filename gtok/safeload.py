@@ -1,6 +1,7 @@
 """Bounded reads of the files a user or a dataset hands gtok: `--config` and `--keys @FILE`,
 model `config.json`, `pack.json` and pack stats, img2dataset `_stats.json`, lock files,
-`%hashed/keys.json`, `.json` sidecars of samples, a training run's records.
+`%hashed/keys.json`, `.json` sidecars of samples, a training run's records, the image files
+given to `gtok pack`.
 
 - A file is read up to a limit in bytes, never further: `/dev/zero`, a FIFO or a
   multi-gigabyte file gets one sentence naming it and the limit, not an exhausted memory.
@@ -12,7 +13,7 @@ model `config.json`, `pack.json` and pack stats, img2dataset `_stats.json`, lock
   5 * 10^5), so the parts of TOML keys are counted before parsing.
 
 Every refusal is an `Unreadable` (a `GtokError`); a missing or unreadable file is one too
-when read with `load_json`/`load_toml`, while `read_limited` leaves `OSError`s to its caller.
+when read with `load_json`, while `read_limited` leaves `OSError`s to its caller.
 """
 
 from __future__ import annotations
@@ -32,9 +33,7 @@ __all__ = [
     "SETTINGS_BYTES",
     "TooDeep",
     "Unreadable",
-    "decode_text",
     "load_json",
-    "load_toml",
     "parse_json",
     "parse_toml",
     "read_limited",
@@ -81,7 +80,7 @@ def read_limited(source: str | os.PathLike | BinaryIO, limit: int, name: str = "
     return data
 
 
-def decode_text(data: bytes, name: str) -> str:
+def _decode_text(data: bytes, name: str) -> str:
     """`data` as UTF-8 text, or an `Unreadable` naming `name` and the first bad byte."""
     try:
         return data.decode("utf-8")
@@ -114,7 +113,7 @@ def _too_deep_error(name: str) -> TooDeep:
 def parse_json(data: bytes | str, name: str) -> Any:
     """The JSON document `data` (UTF-8 bytes or text) from `name`, nested at most
     `MAX_DEPTH` deep; anything else is an `Unreadable` naming `name`."""
-    text = decode_text(data, name) if isinstance(data, bytes) else data
+    text = _decode_text(data, name) if isinstance(data, bytes) else data
     try:
         document = json.loads(text)
     except RecursionError:
@@ -174,9 +173,3 @@ def load_json(path: str | os.PathLike, limit: int) -> Any:
     """The JSON document in the file at `path`, of at most `limit` bytes (`parse_json`);
     a missing or unreadable file is an `Unreadable` too."""
     return parse_json(_read(path, limit), str(path))
-
-
-def load_toml(path: str | os.PathLike, limit: int) -> dict[str, Any]:
-    """The TOML document in the file at `path`, of at most `limit` bytes (`parse_toml`);
-    a missing or unreadable file is an `Unreadable` too."""
-    return parse_toml(decode_text(_read(path, limit), str(path)), str(path))
