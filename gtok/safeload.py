@@ -162,14 +162,11 @@ def parse_toml(text: str, name: str) -> dict[str, Any]:
     return document
 
 
-def _read(path: str | os.PathLike, limit: int) -> bytes:
-    try:
-        return read_limited(path, limit)
-    except OSError as exc:
-        raise Unreadable(str(path), f"cannot be read ({exc.strerror or exc})") from exc
-
-
 def load_json(path: str | os.PathLike, limit: int) -> Any:
     """The JSON document in the file at `path`, of at most `limit` bytes (`parse_json`);
     a missing or unreadable file is an `Unreadable` too."""
-    return parse_json(_read(path, limit), str(path))
+    try:
+        data = read_limited(path, limit)
+    except OSError as exc:
+        raise Unreadable(str(path), f"cannot be read ({exc.strerror or exc})") from exc
+    return parse_json(data, str(path))
