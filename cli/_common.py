@@ -14,14 +14,18 @@
   variable (`GTOK_<COMMAND>_<OPTION>`, e.g. `GTOK_ENCODE_BATCH_SIZE`, `GTOK_DECODE_FORMAT`:
   the option's long name; `GTOK_<OPTION>` for the global flags) > config file > default.
   `--help` and `--version` are never read from the environment. The file holds option names
-  as keys, at top level or under a `[<command>]` table.
+  as keys, at top level or under a `[<command>]` table; it is read through `gtok.safeload`
+  (1 MiB, nesting 64 deep). A value no option takes (a table, a date, a list for one value,
+  a non-boolean for an on/off flag or a boolean for anything else) is refused naming the
+  file and key, and a bad value's message names where it came from: the flag, the
+  environment variable, or the config file and key.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
-import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +38,7 @@ from cli._options import Terminated, read_text_file, sigterm_as_interrupt, stop_
 from gtok.console import console, set_quiet
 from gtok.errors import GtokError
 from gtok.outputs import describe_write_failure
+from gtok.safeload import SETTINGS_BYTES, Unreadable, parse_toml
 from kernels.runtime import ArchError
 
 __all__ = [
@@ -156,6 +161,9 @@ class GtokGroup(TyperGroup):
                 return super().invoke(ctx)
         except Terminated:
             stop_terminated("it did not finish, so rerun the command")
+        except typer.BadParameter as exc:
+            _blame(exc)
+            raise
         except USER_ERRORS as exc:
             if state.verbose:
                 raise
@@ -193,23 +201,83 @@ def table_text(table: Table) -> str:
     return "\n".join(line.rstrip() for line in capture.get().splitlines())
 
 
+CONFIG_SOURCES = "gtok.config"  # ctx.meta key: {option name: "KEY in the config file PATH"}
+
+
+def _config_section(data: dict, command: str, path: Path) -> tuple[dict, str]:
+    """(the settings of `command` in the config file `path`, "[command] " or "" as it names
+    them): its `[command]` table when the file has one, else the file's top level."""
+    if command not in data:
+        return data, ""
+    if not isinstance(data[command], dict):
+        raise typer.BadParameter(
+            f"{path} sets {command} = {data[command]!r}, but {command} must be a table of "
+            f"`gtok {command}`'s options ([{command}])."
+        )
+    return data[command], f"[{command}] "
+
+
+def _setting_problem(option, value: Any) -> str | None:
+    """Why the config value `value` cannot set `option`, or None: TOML has tables, dates and
+    times, which no option takes; an on/off flag takes true or false and nothing else does;
+    a list sets only an option given several times."""
+    several = option.multiple or option.nargs != 1
+    if isinstance(value, list) and not several:
+        return f"is a list, but {_long_name(option)} takes one value"
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, dict):
+            return f"is a table, but {_long_name(option)} takes a value"
+        if isinstance(item, datetime.date | datetime.time):
+            return f'is a date or time; write it in quotes ("{item.isoformat()}")'
+        flag = getattr(option, "is_flag", False)
+        if flag and not isinstance(item, bool):
+            return f"is {item!r}; {_long_name(option)} is an on/off flag: write true or false"
+        if isinstance(item, bool) and not flag:
+            return f"is {str(item).lower()}, but {_long_name(option)} is not an on/off flag"
+    return None
+
+
 def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
     if value is None:
         return None
     try:
-        data = tomllib.loads(read_text_file(value, "config file"))
-    except tomllib.TOMLDecodeError as exc:
-        raise typer.BadParameter(f"{value} is not valid TOML: {exc}.") from exc
-    section = data.get(ctx.info_name, data)
-    settings = {k.replace("-", "_"): v for k, v in section.items() if not isinstance(v, dict)}
-    known = {p.name for p in ctx.command.params if p.name != param.name}
-    if unknown := sorted(set(settings) - known):
+        data = parse_toml(read_text_file(value, "config file", SETTINGS_BYTES), str(value))
+    except Unreadable as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    section, where = _config_section(data, ctx.info_name, value)
+    options = {p.name: p for p in ctx.command.params if p.name != param.name}
+    # key -> option name; at the top level a table is another command's section
+    named = {k: k.replace("-", "_") for k, v in section.items() if where or not isinstance(v, dict)}
+    if unknown := sorted(name for name in named.values() if name not in options):
         raise typer.BadParameter(
             f"{value} sets {', '.join(unknown)}, which `gtok {ctx.info_name}` does not take "
-            f"(it takes: {', '.join(sorted(known))})."
+            f"(it takes: {', '.join(sorted(options))})."
         )
-    ctx.default_map = {**(ctx.default_map or {}), **settings}
+    for key, name in named.items():
+        if problem := _setting_problem(options[name], section[key]):
+            raise typer.BadParameter(f"{value}: {where}{key} {problem}.")
+    ctx.default_map = {**(ctx.default_map or {}), **{n: section[k] for k, n in named.items()}}
+    ctx.meta[CONFIG_SOURCES] = {
+        n: f"{where}{k} in the config file {value}" for k, n in named.items()
+    }
     return value
+
+
+def _blame(exc: typer.BadParameter) -> None:
+    """Make a bad option value's message name where the value came from: the flag, its
+    environment variable, or the config file and key (Click names the variable whatever
+    the source)."""
+    option, ctx = exc.param, exc.ctx
+    if exc.param_hint is not None or option is None or ctx is None:
+        return
+    source = getattr(ctx.get_parameter_source(option.name), "name", None)
+    flags = " / ".join(f"'{name}'" for name in option.opts)
+    if source == "COMMANDLINE" and option.envvar:
+        exc.param_hint = flags
+    elif source == "ENVIRONMENT":
+        exc.param_hint = f"{flags} (from the environment variable {option.envvar})"
+    elif source == "DEFAULT_MAP" and option.name in ctx.meta.get(CONFIG_SOURCES, {}):
+        exc.param_hint = f"{flags} (from {ctx.meta[CONFIG_SOURCES][option.name]})"
 
 
 class Precision(StrEnum):

@@ -13,6 +13,7 @@ from typing import NoReturn
 import typer
 
 from gtok.console import console
+from gtok.safeload import Unreadable, read_limited
 
 __all__ = [
     "INTERRUPTED",
@@ -30,12 +31,17 @@ TERMINATED = 143  # ... stopped by SIGTERM (128 + SIGTERM), as a process killed 
 RESUME = "rerun the same command to resume"  # what a stopped resumable command says to do
 
 
-def read_text_file(path: Path, what: str) -> str:
-    """The UTF-8 text of `path`; an unreadable or binary file is a usage error naming `what`."""
+def read_text_file(path: Path, what: str, limit: int) -> str:
+    """The UTF-8 text of `path`, of at most `limit` bytes; an unreadable, larger or binary
+    file is a usage error naming `what`."""
     try:
-        return path.read_text(encoding="utf-8")
+        data = read_limited(path, limit)
     except OSError as exc:
         raise typer.BadParameter(f"cannot read the {what} {path}: {exc.strerror}.") from exc
+    except Unreadable as exc:
+        raise typer.BadParameter(f"the {what} {exc}") from exc
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise typer.BadParameter(
             f"the {what} {path} is not UTF-8 text (byte {exc.start}); give a text file."

@@ -11,6 +11,7 @@ import typer
 from cli._common import ConfigOption, JsonFlag, Precision, PrecisionOption, fail, print_json
 from cli._options import read_text_file
 from cli._tokens import StoreArgument
+from gtok.safeload import LIST_BYTES
 
 if TYPE_CHECKING:
     from gtok.decode import DecodeSummary
@@ -30,7 +31,7 @@ def _expand_keys(values: list[str] | None) -> list[str] | None:
         if not value.startswith("@"):
             keys.append(value)
             continue
-        text = read_text_file(Path(value[1:]), "key file")
+        text = read_text_file(Path(value[1:]), "key file", LIST_BYTES)
         keys += [line.strip() for line in text.splitlines() if line.strip()]
     return keys
 

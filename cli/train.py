@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +11,7 @@ from cli._common import ConfigOption, JsonFlag, print_json
 from cli._options import RESUME, TERMINATED, resumable, stop_terminated
 from gtok.console import console, is_quiet
 from gtok.errors import GtokError
+from gtok.safeload import TooDeep, Unreadable, parse_json
 from gtok.train import TrainConfig, TrainResult
 from gtok.train import train as run_training
 
@@ -33,8 +33,10 @@ def _model_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise typer.BadParameter(f"{item!r} is not KEY=VALUE (e.g. --model codebook_size=512).")
         try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
+            out[key.strip()] = parse_json(value, f"--model {key}")
+        except TooDeep as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        except Unreadable:
             out[key.strip()] = value
     return out
 

@@ -118,11 +118,31 @@ def test_directory_without_model_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
-        (lambda d: (d / "config.json").write_text("{not json"), r"is not readable JSON"),
+        (lambda d: (d / "config.json").write_text("{not json"), r"is not valid JSON"),
         (lambda d: (d / "config.json").write_text("{}"), r"has no format_version"),
         (lambda d: _edit_config(d, format_version=99), r"model format version 99 but this gtok"),
         (lambda d: _edit_config(d, ch=48), r"invalid architecture: .*multiples of norm_groups 32"),
         (lambda d: _edit_config(d, extra_field=1), None),  # top-level extras are fine
+        (  # issue 30, point 19: JSON's Infinity and NaN were blamed on the weights later
+            lambda d: _edit_config(d, scale_max_init=float("inf")),
+            r"invalid architecture: .*scale_max_init must be a finite number, got inf",
+        ),
+        (
+            lambda d: _edit_config(d, codebook_eps=float("nan")),
+            r"invalid architecture: .*codebook_eps must be a finite number, got nan",
+        ),
+        (
+            lambda d: _edit_config(d, dead_threshold=float("-inf")),
+            r"invalid architecture: .*dead_threshold must be a finite number, got -inf",
+        ),
+        (  # issue 30, point 13: a RecursionError traceback
+            lambda d: (d / "config.json").write_text("[" * 100_000 + "]" * 100_000),
+            r"config.json nests arrays or tables more than 64 deep; re-export the model",
+        ),
+        (  # issue 30, point 11: read whole, however large
+            lambda d: _edit_config(d, padding="x" * (1 << 20)),
+            r"config.json is larger than 1 MiB, the most gtok reads of it; re-export the model",
+        ),
         (lambda d: (d / "model.safetensors").unlink(), r"has config.json but no model.safetensors"),
         (
             lambda d: (d / "model.safetensors").write_bytes(b"garbage"),

@@ -18,6 +18,7 @@ from PIL import Image
 from gtok.data.images import IMAGE_EXTENSIONS, ImageRejected, decode_rgb_reduced
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, RawSample, TarProblem, read_tar
 from gtok.data.transforms import Preprocess, center_crop
+from gtok.safeload import Unreadable, parse_json
 
 __all__ = [
     "NO_LABEL",
@@ -134,9 +135,9 @@ def parse_metadata(raw: RawSample, fields: tuple[str, ...]) -> tuple[str, ...]:
     if not fields or data is None:
         return ("",) * len(fields)
     try:
-        record = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ImageRejected(f"unreadable .json metadata {data[:32]!r}") from None
+        record = parse_json(data, ".json metadata")
+    except Unreadable as exc:
+        raise ImageRejected(f"unreadable .json metadata {data[:32]!r}: it {exc.reason}") from None
     if not isinstance(record, dict):
         raise ImageRejected(f".json metadata is a {type(record).__name__}, not an object")
     return tuple(_text_limit(f".json field {f!r}", _meta_value(record.get(f))) for f in fields)

@@ -24,13 +24,13 @@ suffix, or over `MAX_PATH_BYTES` bytes in all) is replaced by `hashed_path(key)`
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote
 
 from gtok.errors import GtokError
+from gtok.safeload import LIST_BYTES, Unreadable, load_json
 
 __all__ = [
     "GAUSSIANS_SUFFIX",
@@ -122,9 +122,11 @@ def read_index(folder: str | os.PathLike) -> dict[str, str]:
     if not path.exists():
         return {}
     try:
-        document = json.loads(path.read_text())
+        document = load_json(path, LIST_BYTES)
         keys = document["keys"] if document.get("format") == INDEX_FORMAT else None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except Unreadable as exc:
+        raise GtokError(f"{path} {exc.reason}; decode into a new folder.") from exc
+    except (TypeError, KeyError, AttributeError) as exc:
         raise GtokError(f"cannot read {path} ({exc}); decode into a new folder.") from exc
     if not isinstance(keys, dict) or not all(
         isinstance(v, str) and _HASHED.fullmatch(v) for v in keys.values()

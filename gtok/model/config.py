@@ -32,6 +32,7 @@ refine heads' scale logits at (+1, -1) instead of (0, 0) (elongated, not round, 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -146,6 +147,7 @@ class TokenizerConfig:
             out.append(f"kind must be 'gaussian' or 'vq', got {self.kind!r}")
         names = ("image_size", "ch", "num_res_blocks", "embed_dim", "map_size", "z_dim")
         out.extend(filter(None, (_count_problem(name, getattr(self, name)) for name in names)))
+        out.extend(filter(None, (_real_problem(f.name, getattr(self, f.name)) for f in _REALS)))
         if out:
             return out
         if not self.ch_mult or any(not _is_int(m) or m < 1 for m in self.ch_mult):
@@ -262,6 +264,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _real_problem(name: str, value: Any) -> str | None:
+    """Why `value` is not a finite number (JSON's Infinity and NaN are not), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return f"{name} must be a finite number, got {value!r}"
+    return None
+
+
 def _count_problem(name: str, value: Any, low: int = 1) -> str | None:
     """Why `value` is not an integer in [low, LIMITS[name]], or None when it is."""
     high = LIMITS[name]
@@ -269,6 +278,9 @@ def _count_problem(name: str, value: Any, low: int = 1) -> str | None:
         return f"{name} must be an integer in [{low}, {high}], got {value!r}"
     return None
 
+
+# the float fields, each checked to be a finite number before any is compared with a bound
+_REALS = tuple(f for f in dataclasses.fields(TokenizerConfig) if f.type == "float")
 
 PRESETS: dict[str, TokenizerConfig] = {
     c.preset: c

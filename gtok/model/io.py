@@ -16,7 +16,6 @@ file replaced meanwhile (a training run re-exporting its model) cannot make them
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from pathlib import Path
@@ -31,6 +30,7 @@ from gtok._version import __version__
 from gtok.errors import GtokError
 from gtok.model.config import TokenizerConfig
 from gtok.model.directory import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, save_pretrained
+from gtok.safeload import SETTINGS_BYTES, Unreadable, load_json
 
 if TYPE_CHECKING:
     from gtok.model.tokenizer import BaseTokenizer
@@ -73,11 +73,9 @@ def read_config(path: str | os.PathLike) -> TokenizerConfig:
     """The `TokenizerConfig` of the model at `path` (any form `resolve_model_dir` takes)."""
     config_path = resolve_model_dir(path) / CONFIG_FILE
     try:
-        document = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GtokError(
-            f"{config_path} is not readable JSON ({exc}); re-export the model."
-        ) from exc
+        document = load_json(config_path, SETTINGS_BYTES)
+    except Unreadable as exc:
+        raise GtokError(f"{config_path} {exc.reason}; re-export the model.") from exc
     if not isinstance(document, dict) or "format_version" not in document:
         raise GtokError(f"{config_path} has no format_version; it is not a gtok model config.")
     version = document["format_version"]

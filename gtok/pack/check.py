@@ -4,7 +4,9 @@ a reason.
 Every file is decoded in full with `gtok.data.decode_rgb` (the decoder `gtok encode` and
 training use), so what is packed is what they can read: a file that is not an image, is
 empty, truncated or corrupt, or claims more than `max_pixels` pixels is skipped with the
-decoder's reason. The image format (`IMAGE_FORMATS`, `gtok pack --image-format`):
+decoder's reason; one larger than `DEFAULT_MAX_MEMBER_BYTES` (the tar member limit of
+`gtok encode`) is skipped after reading no more than that. The image format
+(`IMAGE_FORMATS`, `gtok pack --image-format`):
 
 - "keep" (default): a JPEG, PNG or WebP file (by its content, whatever its name says) is
   kept byte for byte under the matching extension; any other format Pillow reads (GIF, BMP,
@@ -26,6 +28,8 @@ from pathlib import Path
 from PIL import Image
 
 from gtok.data.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_rgb
+from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
+from gtok.safeload import Unreadable, read_limited
 
 __all__ = ["IMAGE_FORMATS", "JPEG_QUALITY", "KEPT_FORMATS", "Checked", "check_file"]
 
@@ -65,9 +69,11 @@ def check_file(
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
     try:
-        data = Path(path).read_bytes()
+        data = read_limited(path, DEFAULT_MAX_MEMBER_BYTES)
     except OSError as exc:
         return Checked(reason=f"unreadable file ({exc.strerror or exc})")
+    except Unreadable as exc:
+        return Checked(reason=f"file {exc.reason}")
     if not data:
         return Checked(reason="empty file (0 bytes)")
     try:

@@ -27,6 +27,7 @@ from gtok._version import __version__
 from gtok.errors import GtokError
 from gtok.outputs import is_temporary, naming, write_atomically
 from gtok.pack.shard import ShardStats, shard_name, stats_name
+from gtok.safeload import SETTINGS_BYTES, Unreadable, load_json
 from gtok.store.location import Location
 from gtok.store.lock import FOLDER as LOCKS_FOLDER
 from gtok.store.lock import Locks
@@ -101,7 +102,7 @@ def _done_shards(folder: Path, shards: int) -> set[int]:
         try:
             if tar.stat().st_size == ShardStats.read(stats).bytes:
                 done.add(index)
-        except (OSError, ValueError, TypeError):
+        except (OSError, Unreadable, TypeError):
             continue  # missing or unreadable: write the shard again
     return done
 
@@ -138,8 +139,8 @@ def prepare_output(
     manifest = folder / MANIFEST
     if mine and not overwrite:
         try:
-            before = json.loads(manifest.read_text())
-        except (OSError, ValueError):
+            before = load_json(manifest, SETTINGS_BYTES)
+        except Unreadable:
             before = None
         if not isinstance(before, dict) or before.get("format") != FORMAT:
             raise GtokError(
@@ -172,6 +173,6 @@ def prepare_output(
 def finish_manifest(folder: Path, summary: dict) -> None:
     """Mark the pack in `folder` complete and add its summary to `pack.json`."""
     manifest = folder / MANIFEST
-    document = json.loads(manifest.read_text())
+    document = load_json(manifest, SETTINGS_BYTES)
     document.update(complete=True, summary=summary)
     write_json(manifest, document)

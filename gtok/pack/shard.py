@@ -20,6 +20,7 @@ from pathlib import Path
 
 from gtok.data.samples import NO_LABEL
 from gtok.outputs import AtomicFile, naming, write_atomically
+from gtok.safeload import LIST_BYTES, load_json
 
 __all__ = ["ShardStats", "ShardWriter", "reason_kind", "shard_name", "stats_name"]
 
@@ -74,7 +75,7 @@ class ShardStats:
 
     @classmethod
     def read(cls, path: Path) -> ShardStats:
-        return cls(**json.loads(path.read_text()))
+        return cls(**load_json(path, LIST_BYTES))
 
     def write(self, path: Path) -> None:
         text = json.dumps(self.to_dict(), indent=2) + "\n"

@@ -1,6 +1,6 @@
 """Where a store lives: a local folder or an fsspec URL, and the few file operations the
 writer needs beyond Zarr (delete a subtree, make a subtree durable, create a small file only
-if it does not exist yet, read one back, list a folder)."""
+if it does not exist yet, read one back (at most `LOCK_BYTES`), list a folder)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gtok.outputs import create_temporary
+from gtok.safeload import LOCK_BYTES, read_limited
 
 __all__ = ["Location"]
 
@@ -81,12 +82,15 @@ class Location:
         return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(target, detail=False))
 
     def read(self, key: str) -> bytes | None:
-        """The bytes of the object `key`, or None when there is none."""
+        """The bytes of the small object `key` (a lock file), or None when there is none; one
+        of more than `LOCK_BYTES` is an `Unreadable` naming it."""
+        name = f"{self}/{key}"
         try:
             if self.is_local:
-                return (self.path / key).read_bytes()
+                return read_limited(self.path / key, LOCK_BYTES, name)
             fs, _ = self._fs()
-            return fs.cat_file(self._key(key))
+            with fs.open(self._key(key), "rb") as file:
+                return read_limited(file, LOCK_BYTES, name)
         except FileNotFoundError:
             return None
 

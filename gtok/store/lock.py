@@ -51,6 +51,7 @@ from pathlib import Path
 
 from gtok.console import console, is_quiet
 from gtok.errors import GtokError
+from gtok.safeload import Unreadable, parse_json
 from gtok.store.location import Location
 
 __all__ = ["FOLDER", "STORE", "Holder", "LockBusy", "Locks", "key", "remove_part_locks"]
@@ -126,11 +127,11 @@ class Holder:
         """The holder recorded in a lock file (extra fields ignored, the optional ones may be
         missing), or None when it is not a valid record."""
         try:
-            record = json.loads(data)
+            record = parse_json(data, "a lock file")
             return cls(
                 **{name: record[name] for name in cls.__dataclass_fields__ if name in record}
             )
-        except (ValueError, TypeError, KeyError):
+        except (Unreadable, TypeError, KeyError):
             return None
 
     def same_process(self, other: Holder) -> bool:

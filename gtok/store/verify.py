@@ -21,7 +21,6 @@ Memory holds one Zarr shard of rows, and the keys of one input shard, at a time.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -31,6 +30,7 @@ import numpy as np
 
 from gtok.data.shards import ShardFingerprint, ShardRef, expand_shards, shard_fingerprint
 from gtok.data.tario import RawSample, TarProblem, read_tar
+from gtok.safeload import Unreadable, parse_json, read_limited
 from gtok.store import schema
 from gtok.store.damage import blocks, read_block, row_damage
 from gtok.store.geometry_bins import GeometryBinning
@@ -255,11 +255,14 @@ def _check_stats(ref: ShardRef, samples: int, report: VerifyReport) -> None:
         return
     try:
         with fsspec.open(url, "rb") as f:
-            stats = json.loads(f.read(_STATS_BYTES + 1)[:_STATS_BYTES])
+            stats = parse_json(read_limited(f, _STATS_BYTES, url), url)
     except FileNotFoundError:  # not written by img2dataset
         return
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         report.add(f"{ref.name}: its img2dataset stats {url} cannot be read ({exc})")
+        return
+    except Unreadable as exc:
+        report.add(f"{ref.name}: its img2dataset stats {url} {exc.reason}")
         return
     successes = stats.get("successes") if isinstance(stats, dict) else None
     if not isinstance(successes, int) or isinstance(successes, bool):

@@ -17,6 +17,7 @@ import torch
 
 from gtok.console import console
 from gtok.outputs import AtomicFile, remove_temporaries, write_atomically
+from gtok.safeload import SETTINGS_BYTES, load_json
 
 __all__ = ["CheckpointDir"]
 
@@ -42,7 +43,7 @@ class CheckpointDir:
     def best(self) -> dict[str, Any] | None:
         """`{"step": int, "psnr": float}` of the best state so far, or None."""
         path = self.folder / "best.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return load_json(path, SETTINGS_BYTES) if path.is_file() else None
 
     def save(self, state: dict[str, Any], step: int, keep_last: int) -> Path:
         """Write the state of `step`, then delete states beyond the last `keep_last` (never

@@ -25,6 +25,7 @@ from typing import Any
 
 from gtok.model.io import RUN_MODEL_SUBDIR
 from gtok.outputs import write_atomically
+from gtok.safeload import SETTINGS_BYTES, Unreadable, load_json, parse_json
 from gtok.train.checkpoints import CheckpointDir
 
 __all__ = ["RunDir"]
@@ -69,8 +70,8 @@ class RunDir:
         """The "settings" of an existing `train.json`, or None (no run here, or unreadable:
         then the checkpoint's own settings decide whether a resume is compatible)."""
         try:
-            settings = json.loads(self.settings_path.read_text())["settings"]
-        except (OSError, ValueError, KeyError, TypeError):
+            settings = load_json(self.settings_path, SETTINGS_BYTES)["settings"]
+        except (Unreadable, KeyError, TypeError):
             return None
         return settings if isinstance(settings, dict) else None
 
@@ -100,8 +101,8 @@ class RunDir:
             kept = []
             for line in path.read_text().splitlines():
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
+                    record = parse_json(line, str(path))
+                except Unreadable:
                     continue  # the line a kill cut short
                 if record.get("step", 0) <= step:
                     kept.append(line)

@@ -35,6 +35,7 @@ from gtok.model.config import TokenizerConfig
 from gtok.model.gaussian_embed import GaussianEmbed
 from gtok.model.io import load_tokenizer_with_sha256, read_config, weights_sha256
 from gtok.model.tokenizer import build_from_config
+from gtok.safeload import parse_json
 from gtok.train.config import TrainConfig, resume_conflicts
 from gtok.train.data import SkipRecord, StreamSpec
 from gtok.train.discriminator import PatchDiscriminator
@@ -175,7 +176,7 @@ class Session:
     # -- resume -------------------------------------------------------------------------
 
     def _check_compatible(self, saved: dict[str, Any]) -> None:
-        before = json.loads(saved["settings"])
+        before = parse_json(saved["settings"], f"the settings saved in {self.run.root}")
         conflicts = resume_conflicts(before, self.settings)
         if conflicts:
             raise GtokError(
