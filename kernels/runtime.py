@@ -48,6 +48,7 @@ __all__ = [
     "resolve_arch",
     "start",
     "started_arch",
+    "tensor_device",
 ]
 
 ARCHES = ("cpu", "cuda", "vulkan", "metal")  # Taichi arches gtok's kernels run on
@@ -94,6 +95,12 @@ def _unknown(arch: str) -> str:
 def has_float64(arch: str) -> bool:
     """Whether Taichi's `arch` computes in float64 (cpu, cuda; not vulkan or metal)."""
     return arch in _FLOAT64_ARCHES
+
+
+def tensor_device(arch: str) -> str:
+    """The torch device of the tensors that `arch` takes without a copy on the torch side:
+    "cuda" for cuda, else "cpu" (vulkan and metal stage CPU tensors through host memory)."""
+    return "cuda" if arch == "cuda" else "cpu"
 
 
 def cache_dir() -> Path:
