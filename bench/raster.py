@@ -11,7 +11,15 @@ uniform in [0, pi], scales 0.1 + 3.9 * sigmoid(N(0, 1)) map pixels, features N(0
 The dense baseline runs with the torch thread count and chunk size that are fastest on
 this machine at the moment (picked by a short trial before the measurement).
 
-Usage: python bench/raster.py [--repeats N]
+With `--arch vulkan` (or `metal`) it measures instead, in this process on that Taichi arch,
+per shape: the median forward and forward+backward times of `kernels.rasterize` on CPU
+tensors (which Taichi stages through host memory: copied into device buffers before each
+launch and back after it), and the cost of that staging: each kernel launched on the
+same tensors against on Taichi ndarrays that live on the device (no copies), the
+difference being the staging. On Mesa's software Vulkan (lavapipe) the "device" is the
+CPU too, so only the staging figures carry over to a GPU.
+
+Usage: python bench/raster.py [--repeats N] [--arch vulkan|metal]
 """
 
 from __future__ import annotations
@@ -182,10 +190,91 @@ def gpu() -> dict:
     return json.loads(out.stdout)
 
 
+def median_ms(fn, repeats: int) -> float:
+    """Median wall-clock milliseconds of fn() over `repeats` calls, after one warm-up."""
+    fn()
+    return statistics.median(timed(fn) for _ in range(repeats))
+
+
+def bench_staging(name: str, repeats: int) -> dict:
+    """On the running (GPU) arch: `kernels.rasterize` forward and forward+backward on CPU
+    tensors, and its two kernels on those tensors (staged) against on device ndarrays."""
+    import taichi as ti
+
+    from kernels import runtime
+    from kernels._raster_taichi import PARAMS, KernelKey, kernels_for
+
+    n_b, n_g, height, width, n_c = SHAPES[name]
+    inputs = gaussians(n_b, n_g, n_c)
+    opacities = torch.ones(n_b, n_g)
+    grad = torch.randn(n_b, n_c, height, width, generator=torch.Generator().manual_seed(1))
+    host = {
+        "forward": [*inputs, opacities, torch.empty(n_b, n_g, PARAMS + n_c),
+                    torch.empty(n_b, n_c, height, width)],
+        "backward": [torch.empty(n_b, n_g, PARAMS + n_c), grad,
+                     torch.empty(n_b, height, width, n_c), torch.empty(n_b, n_g, PARAMS + n_c)],
+    }  # fmt: skip
+    device = {
+        stage: [_on_device(ti, t, is_vector(stage, i)) for i, t in enumerate(tensors)]
+        for stage, tensors in host.items()
+    }
+    kernel = kernels_for(KernelKey(n_c, torch.float32, False))
+    launch = {"forward": kernel.forward_gather, "backward": kernel.backward_narrow}
+    result: dict = {"shape": {"B": n_b, "G": n_g, "H": height, "W": width, "C": n_c}}
+    with runtime.kernel_lock:
+        for stage, fn in launch.items():
+            staged = median_ms(lambda f=fn, a=host[stage]: f(*a), repeats)
+            on_device = median_ms(lambda f=fn, a=device[stage]: (f(*a), ti.sync()), repeats)
+            result[f"{stage}_kernel_host_tensors_ms"] = round(staged, 3)
+            result[f"{stage}_kernel_device_ndarrays_ms"] = round(on_device, 3)
+            result[f"{stage}_staging_ms"] = round(staged - on_device, 3)
+            result[f"{stage}_staged_mib"] = round(
+                sum(t.numel() * t.element_size() for t in host[stage]) / 2**20, 3
+            )
+    result["rasterize_forward_ms"] = round(
+        median_ms(lambda: kernels.rasterize(*inputs, height, width), repeats), 3
+    )
+    result["rasterize_forward_backward_ms"] = round(
+        median_ms(forward_and_backward(kernels.rasterize, inputs, height, width, grad), repeats), 3
+    )
+    return result
+
+
+def is_vector(stage: str, index: int) -> bool:
+    """Whether argument `index` of the `stage` kernel is an ndarray of vectors (its last
+    torch axis), as `kernels._raster_taichi` declares it."""
+    vectors = {"forward": {0, 1, 3, 5}, "backward": {0, 2, 3}}
+    return index in vectors[stage]
+
+
+def _on_device(ti, tensor: torch.Tensor, vector: bool):
+    """A Taichi ndarray on the running arch's device holding `tensor` (its last axis as
+    vectors when `vector`)."""
+    if vector:
+        array = ti.Vector.ndarray(tensor.shape[-1], ti.f32, tuple(tensor.shape[:-1]))
+    else:
+        array = ti.ndarray(ti.f32, tuple(tensor.shape))
+    array.from_numpy(tensor.numpy())
+    return array
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--arch", choices=("vulkan", "metal"), help="measure staging there")
     args = parser.parse_args()
+    if args.arch:
+        kernels.runtime.request_arch(args.arch)
+        kernels.start("cpu")
+        staging = {
+            "benchmark": f"rasterizer on Taichi's {args.arch} arch, CPU tensors staged",
+            "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__,
+                        "load_average_1min": round(os.getloadavg()[0], 2)},
+            "repeats": args.repeats,
+            "shapes": {name: bench_staging(name, args.repeats) for name in SHAPES},
+        }  # fmt: skip
+        print(json.dumps(staging, indent=2))
+        return
     report = {
         "benchmark": "rasterizer",
         "machine": {

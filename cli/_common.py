@@ -8,7 +8,8 @@
 - SIGTERM (Slurm, Kubernetes, `timeout`) stops any command as Ctrl-C does, then ends it with
   one line and exit code 143 (`cli._options.sigterm_as_interrupt`); resumable commands say
   how to resume.
-- The global flags `-q/--quiet` and `-v/--verbose` go before or after the command.
+- The global flags `-q/--quiet`, `-v/--verbose` and `--kernel-arch` go before or after the
+  command.
 - `--json` prints exactly one JSON document on stdout and nothing else there.
 - `--config FILE.toml` fills the command's defaults. Precedence: flag > environment
   variable (`GTOK_<COMMAND>_<OPTION>`, e.g. `GTOK_ENCODE_BATCH_SIZE`, `GTOK_DECODE_FORMAT`:
@@ -39,6 +40,7 @@ from gtok.console import console, set_quiet
 from gtok.errors import GtokError
 from gtok.outputs import describe_write_failure
 from gtok.safeload import SETTINGS_BYTES, Unreadable, parse_toml
+from kernels import runtime
 from kernels.runtime import ArchError
 
 __all__ = [
@@ -55,7 +57,7 @@ __all__ = [
 USER_ERRORS = (GtokError, ArchError)
 ENV_PREFIX = "GTOK"
 NOT_FROM_ENV = frozenset({"help", "version"})  # options that print and exit
-GLOBAL_FLAGS = ("--verbose", "--quiet")  # GTOK_VERBOSE, GTOK_QUIET on every command
+GLOBAL_FLAGS = ("--verbose", "--quiet", "--kernel-arch")  # GTOK_VERBOSE, GTOK_QUIET, ...
 
 
 class _State:
@@ -73,6 +75,22 @@ def _verbose(value: bool) -> None:
 def _quiet(value: bool) -> None:
     if value:
         set_quiet(True)
+
+
+class KernelArch(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    vulkan = "vulkan"
+    metal = "metal"
+
+
+def _kernel_arch(ctx: typer.Context, param: typer.CallbackParam, value: KernelArch | None) -> None:
+    """Request the arch given on the command line (or by --config). None: not given here
+    (perhaps before the command); from $GTOK_KERNEL_ARCH (Click has checked it), `runtime`
+    reads it itself, and a flag on the other side of the command name keeps precedence."""
+    if value is not None and ctx.get_parameter_source(param.name).name != "ENVIRONMENT":
+        runtime.request_arch(value.value)
 
 
 def _global_flags(
@@ -96,6 +114,18 @@ def _global_flags(
             expose_value=False,
         ),
     ] = False,
+    kernel_arch: Annotated[
+        KernelArch | None,
+        typer.Option(
+            "--kernel-arch",
+            help="Taichi arch of the kernels: auto (CUDA tensors on cuda, CPU on cpu, MPS "
+            "on metal), cpu, cuda, vulkan or metal (these two take CPU tensors through host "
+            "memory, float32 only). `gtok env` lists those that start here.",
+            case_sensitive=False,
+            callback=_kernel_arch,
+            expose_value=False,
+        ),
+    ] = None,
 ) -> None:
     """The global flags, accepted before and after the command: each command gets a copy
     (`GtokGroup`), built by Typer from this signature."""
@@ -153,6 +183,7 @@ class GtokGroup(TyperGroup):
         if parent is None:  # a new run (tests run several in one process)
             state.verbose = False
             set_quiet(False)
+            runtime.request_arch(None)
         return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx: typer.Context) -> Any:

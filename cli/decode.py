@@ -84,7 +84,9 @@ def decode(
     shard_size: Annotated[
         int, typer.Option(help="Samples per tar with --format wds.", min=1)
     ] = 10000,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (Apple; untested on a Mac).")
+    ] = "auto",
     precision: PrecisionOption = Precision.fp32,
     json_output: JsonFlag = False,
 ) -> None:

@@ -63,7 +63,9 @@ def encode(
             help="Decoding processes (0: decode in this process). [default: cores - 1]", min=0
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (Apple; untested on a Mac).")
+    ] = "auto",
     resize: Annotated[
         int | None,
         typer.Option(

@@ -11,8 +11,9 @@ from gtok.envinfo import collect
 
 def env(json_output: JsonFlag = False) -> None:
     """Show versions, devices, the Taichi arch that starts (and how to fix a CUDA driver
-    library Taichi cannot find), whether the rasterizer's kernels compile and agree with the
-    reference on it, and which weight files are found.
+    library Taichi cannot find), whether the kernels compile and agree with the reference on
+    it; for every arch (cpu, cuda, vulkan, metal, each probed in a subprocess) whether it
+    starts here and its kernels agree; and which weight files are found.
 
     Example: gtok env --json > env.json
     """
@@ -35,8 +36,19 @@ def env(json_output: JsonFlag = False) -> None:
         table.add_row("libcuda", f"[red]{taichi['libcuda_problem']}[/]")
     kernels = taichi["kernels"]
     table.add_row("taichi kernels", kernels if kernels == "ok" else f"[red]{kernels}[/]")
+    table.add_row("kernel arch asked", taichi["requested_arch"])
+    for arch, found in taichi["arches"].items():
+        table.add_row(f"arch {arch}", _arch_line(found))
     table.add_row("kernel cache", taichi["cache_dir"])
     for key, weight in report["weights"].items():
         where = weight["found"] or f"[yellow]not found[/] ({weight['file']})"
         table.add_row(f"weights: {key}", where)
     typer.echo(table_text(table))  # a result: on stdout, laid out as on the terminal
+
+
+def _arch_line(found: dict) -> str:
+    """One arch of `gtok env`: whether it starts and its kernels agree, or why not."""
+    if not found["starts"]:
+        return f"[yellow]does not start[/] ({found['error']})"
+    kernels = found["kernels"]
+    return "starts, kernels ok" if kernels == "ok" else f"starts, [red]kernels {kernels}[/]"

@@ -71,7 +71,9 @@ def eval_command(
             help="Decoding processes (0: decode in this process; default: cores - 1).", min=0
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (Apple; untested on a Mac).")
+    ] = "auto",
     vgg16_weights: Annotated[
         Path | None, _weights_option("vgg16", "vgg16-397923af.pth (LPIPS-VGG backbone)")
     ] = None,

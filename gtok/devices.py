@@ -10,6 +10,10 @@ rasterizer all compute. The GPU is `--device cuda:N` when given, else the proces
 it starts, so this must run before anything touches `torch.cuda`: `gtok train`, `encode`,
 `decode` and `eval` call it first thing.
 
+Encode, decode and eval also take `mps` (`allow_mps`): the model on Apple's MPS and the
+Taichi kernels on Metal, their tensors staged through host memory (`kernels.runtime`).
+Written and tested with MPS mocked; it has not run on a Mac.
+
 `exact_fp32` turns TF32 off while tokens and scores are computed (encode, decode, eval), so
 fp32 results on a GPU do not depend on the GPU's TF32 units.
 
@@ -45,12 +49,15 @@ _original: list[str] | None = None  # the visible GPUs before this process reord
 _placed: str | None = None  # the GPU this process moved to the front (its cuda:0)
 
 
-def select_device(requested: str | torch.device = "auto") -> torch.device:
-    """The torch device for `requested` ("auto", "cpu", "cuda" or "cuda:N"): the CPU, or
-    `cuda:0` after moving the chosen GPU to the front of `CUDA_VISIBLE_DEVICES` (see the
-    module doc). N counts the GPUs visible when the process started. "auto" is the CPU
-    when CUDA is not available. Asking for a second GPU in one process is a `GtokError`,
-    as is a GPU that is not there or cannot be put first because CUDA already started."""
+def select_device(
+    requested: str | torch.device = "auto", *, allow_mps: bool = False
+) -> torch.device:
+    """The torch device for `requested` ("auto", "cpu", "cuda", "cuda:N", or "mps" where
+    `allow_mps`): the CPU, MPS, or `cuda:0` after moving the chosen GPU to the front of
+    `CUDA_VISIBLE_DEVICES` (see the module doc). N counts the GPUs visible when the process
+    started. "auto" is the CPU when CUDA is not available. Asking for a second GPU in one
+    process is a `GtokError`, as is a GPU that is not there or cannot be put first because
+    CUDA already started, or MPS where it is not available."""
     text = str(requested)
     if text == "auto":
         kind, index = "auto", None
@@ -59,11 +66,13 @@ def select_device(requested: str | torch.device = "auto") -> torch.device:
             device = torch.device(text)
         except RuntimeError as exc:
             raise GtokError(f"Unknown device {text!r}; use auto, cpu, cuda or cuda:N.") from exc
-        if device.type not in ("cpu", "cuda"):
+        if device.type not in ("cpu", "cuda", "mps"):
             raise GtokError(f"gtok runs on cpu or cuda, not {device.type}; use --device cpu.")
         kind, index = device.type, device.index
     if kind == "cpu":
         return torch.device("cpu")
+    if kind == "mps":
+        return _mps(allow_mps)
     if index is None:
         index = _local_rank()
     if not _place(index, text, required=kind == "cuda"):
@@ -73,6 +82,18 @@ def select_device(requested: str | torch.device = "auto") -> torch.device:
             return torch.device("cpu")
         raise GtokError(f"Device {text} was asked for but CUDA is not available; use --device cpu.")
     return torch.device("cuda", 0)
+
+
+def _mps(allowed: bool) -> torch.device:
+    """torch's MPS device, or a `GtokError` where it cannot be used."""
+    if not allowed:
+        raise GtokError("--device mps is for encode, decode and eval; use --device cpu or cuda.")
+    if not torch.backends.mps.is_available():
+        raise GtokError(
+            "Device mps was asked for but MPS is not available (it needs macOS on Apple "
+            "silicon); use --device cpu."
+        )
+    return torch.device("mps")
 
 
 def _local_rank() -> int:

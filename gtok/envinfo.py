@@ -1,4 +1,4 @@
-"""What `gtok env` reports: versions, hardware, the Taichi arch that starts, weight files.
+"""What `gtok env` reports: versions, hardware, the Taichi arches that start, weight files.
 
 Paste its output into a bug report: it answers the first questions a maintainer asks.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import Any
 
@@ -56,10 +57,13 @@ def _torch_devices() -> list[str]:
 def _taichi() -> dict[str, Any]:
     from kernels import runtime, selfcheck
     from kernels.libcuda import libcuda_problem
+    from kernels.selfcheck import probe
 
     report: dict[str, Any] = {
         "cache_dir": str(runtime.cache_dir()),
         "libcuda_problem": libcuda_problem(),  # None: libcuda.so loads, or no NVIDIA driver
+        "requested_arch": _requested_arch(runtime),
+        "arches": _probe_all(probe, runtime.ARCHES),
     }
     try:
         report["arch"] = runtime.start("auto")
@@ -73,6 +77,21 @@ def _taichi() -> dict[str, Any]:
     except Exception as exc:  # reported, not raised, as above
         report["kernels"] = f"error: {type(exc).__name__}: {exc}"
     return report
+
+
+def _probe_all(probe, arches: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """`probe(arch)` of every arch, each in a subprocess of its own (Taichi runs one arch per
+    process), side by side."""
+    with ThreadPoolExecutor(len(arches)) as pool:
+        return dict(zip(arches, pool.map(probe, arches), strict=True))
+
+
+def _requested_arch(runtime) -> str:
+    """`--kernel-arch` / GTOK_KERNEL_ARCH, or why it is not a known arch."""
+    try:
+        return runtime.requested_arch()
+    except runtime.ArchError as exc:
+        return f"error: {exc}"
 
 
 def _weight(key: str) -> dict[str, Any]:

@@ -9,11 +9,16 @@ learned sampling points. All heads and points of a query are sampled in one task
 from the [B, H*W, M, Dh] value layout (no per-head copies of the map).
 
 Variants of the backward:
-- `backward_serial` (CPU): one task per image, its queries in order; the value gradient is
-  accumulated without atomics, deterministic.
-- `backward_atomic` (CUDA): one thread per query; the value gradient is accumulated with
-  atomic adds (their order, hence the last bits, may vary between runs). It also runs on
-  the CPU, where the tests check it.
+- `backward_serial` (cpu arch): one task per image, its queries in order; the value
+  gradient is accumulated without atomics, deterministic. It cannot run on SPIR-V arches:
+  there Taichi dispatches a loop of run-time length as 131,072 threads, so its one thread
+  per group (`block_dim=1`, as `forward_scatter`'s) makes 131,072 workgroups, beyond
+  Vulkan's guaranteed maxComputeWorkGroupCount of 65,535 (Mesa's lavapipe has no more):
+  the launch fails with `RhiResult(not_supported)`.
+- `backward_atomic` (GPU arches: cuda, vulkan, metal): one thread per query; the value
+  gradient is accumulated with float atomic adds (their order, hence the last bits, may
+  vary between runs). It also runs on the CPU, where the tests check it.
+All of it is float32 math for float32 inputs, so it compiles for SPIR-V as it is.
 """
 
 import functools

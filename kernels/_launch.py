@@ -1,6 +1,7 @@
 """What every Taichi op of `kernels` shares around a launch: the argument checks common to
-all ops (tensor types, one float dtype, one device, int32 indexing) and the ordering of
-Taichi's launches with torch's CUDA stream."""
+all ops (tensor types, one float dtype, one device, int32 indexing, float64 only where the
+arch has it), MPS tensors' trip through host memory, and the ordering of Taichi's launches
+with torch's CUDA stream."""
 
 from __future__ import annotations
 
@@ -9,7 +10,18 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["DTYPES", "MAX_INDEX", "check_alike", "check_sizes", "check_types", "taichi_stream"]
+from kernels.runtime import ArchError, has_float64
+
+__all__ = [
+    "DTYPES",
+    "MAX_INDEX",
+    "check_alike",
+    "check_arch_dtype",
+    "check_sizes",
+    "check_types",
+    "taichi_stream",
+    "to_host",
+]
 
 DTYPES = (torch.float32, torch.float64)
 MAX_INDEX = 2**31 - 1  # Taichi indexes ndarrays with int32
@@ -39,6 +51,22 @@ def check_alike(tensors: dict[str, torch.Tensor]) -> None:
     if len(set(devices.values())) != 1:
         listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
         raise ValueError(f"All tensors must be on one device; got {listed}.")
+
+
+def check_arch_dtype(arch: str, dtype: torch.dtype) -> None:
+    """`ArchError` for float64 tensors on an arch without float64 math (vulkan, metal)."""
+    if dtype == torch.float64 and not has_float64(arch):
+        raise ArchError(
+            f"Taichi's {arch} arch has no float64 math; pass float32 tensors, or choose "
+            "--kernel-arch cpu or cuda for float64."
+        )
+
+
+def to_host(tensors: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
+    """The tensors on the CPU, unchanged when they are there already (None stays None): MPS
+    tensors go to Taichi's metal arch through host memory, as autograd-tracked copies whose
+    gradients flow back to the MPS originals."""
+    return tuple(None if t is None else t.cpu() for t in tensors)
 
 
 @contextlib.contextmanager

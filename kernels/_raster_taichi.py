@@ -17,12 +17,20 @@ backward. Inside, maps are accumulated channels last ([B, H, W] of C-vectors, so
 channels are read and written together) and converted from/to [B, C, H, W] once.
 
 Variants:
-- `forward_scatter` (CPU): one task per image; each Gaussian is splatted over the pixels of
-  its ellipse of weight >= 1/255, row by row. No atomics, deterministic.
-- `forward_gather` (CUDA): one thread per pixel, looping over the image's Gaussians in
-  order; deterministic. It also runs (slowly) on the CPU, where the tests check it.
-- `backward` (both): one task per Gaussian gathering the output gradient over its ellipse.
-  No atomics, deterministic.
+- `forward_scatter` (cpu arch): one task per image; each Gaussian is splatted over the
+  pixels of its ellipse of weight >= 1/255, row by row. No atomics, deterministic. Its
+  float64 bounds and one thread per group (see `kernels._deform_taichi`) rule out SPIR-V.
+- `forward_gather` (GPU arches: cuda, vulkan, metal): one thread per pixel, looping over
+  the image's Gaussians in order, in the kernel's dtype only; deterministic. It also runs
+  (slowly) on the CPU, where the tests check it.
+- `backward` (cpu, cuda): one task per Gaussian gathering the output gradient over its
+  ellipse, walked in float64. No atomics, deterministic.
+Taichi 1.7's SPIR-V code generator also fails on a local vector written at a loop index
+("Value ... does not yet exist"): the kernels write such elements into ndarrays.
+- `backward_narrow` (vulkan, metal: SPIR-V backends, which have no float64): the same tasks
+  in the kernel's dtype only, each pixel's weight computed as `forward_gather` does (so
+  both keep the same pixels), over float32 bounds with margins (`narrow_bounds`) that never
+  clip a pixel of weight >= 1/255. It also runs on the CPU, where the tests check it.
 """
 
 import functools
@@ -45,6 +53,16 @@ _BOX_MAX_SQ = 1e30
 # relative to the squared Mahalanobis radius, and absolute in map pixels.
 _BOX_REL_SLACK = 1e-4
 _BOX_ABS_SLACK = 1e-3
+# Margins of the float32 bounds of `backward_narrow` (see `narrow_bounds`): the squared
+# Mahalanobis radius is widened by _NARROW_REL_SLACK (relative and absolute), ~1e4 times
+# float32's rounding of sigma, and the ellipse dilated by _NARROW_ABS_SLACK map pixels plus
+# _NARROW_POS_SLACK times (height + width), over 100 times float32's rounding of a pixel's
+# offset from the centre. Gaussians with a squared scale above _NARROW_FLAT_SQ (map
+# pixels^2) are scanned over the whole map: their bounds would overflow float32.
+_NARROW_REL_SLACK = 1e-3
+_NARROW_ABS_SLACK = 1e-2
+_NARROW_POS_SLACK = 1e-5
+_NARROW_FLAT_SQ = 1e12
 
 
 @dataclass(frozen=True)
@@ -68,11 +86,14 @@ class RasterKernels(NamedTuple):
     one thread per pixel, without scratch.
     backward(params, grad_out [B, C, H, W], scratch [B, H, W, C], grads [B, G, PARAMS + C])
     writes the gradient of the loss with respect to every packed parameter.
+    backward_narrow(params, grad_out, scratch, grads): the same without float64, for the
+    maps of `forward_gather`.
     """
 
     forward_scatter: Any
     forward_gather: Any
     backward: Any
+    backward_narrow: Any
 
 
 @functools.cache
@@ -224,6 +245,17 @@ def _build(channels: int, double: bool, has_opacities: bool) -> RasterKernels:
             out[b, i, j] = out[b, i, j] + ti.min(w, 1.0) * feat
 
     @ti.func
+    def dot(go, feat):
+        """go . feat of two C-vectors, in the kernel's dtype."""
+        total = real(0.0)
+        if ti.static(channels <= 32):  # Taichi unrolls .dot(), warning beyond 32
+            total = go.dot(feat)
+        else:
+            for ch in range(channels):
+                total += go[ch] * feat[ch]
+        return total
+
+    @ti.func
     def gather(
         grad_pixels: ti.template(),
         b,
@@ -243,12 +275,7 @@ def _build(channels: int, double: bool, has_opacities: bool) -> RasterKernels:
             go = grad_pixels[b, i, j]
             grad_feat += ti.min(w, 1.0) * go
             if w <= 1:
-                gw = ti.f64(0.0)
-                if ti.static(channels <= 32):  # Taichi unrolls .dot(), warning beyond 32
-                    gw = ti.cast(go.dot(feat), ti.f64)
-                else:
-                    for ch in range(channels):
-                        gw += ti.cast(go[ch] * feat[ch], ti.f64)
+                gw = ti.cast(dot(go, feat), ti.f64)
                 gs = gw * ti.cast(w, ti.f64)
                 sums += ti.Vector([gs, gs * k, gs * k * k, gw * e], dt=ti.f64)
 
@@ -270,18 +297,126 @@ def _build(channels: int, double: bool, has_opacities: bool) -> RasterKernels:
             opacity = opacities[b, g]
         m = means[b, g]
         sc = scales[b, g]
-        pv = ti.Vector.zero(real, PARAMS + channels)
-        pv[_MEAN_X] = m[0]
-        pv[_MEAN_Y] = m[1]
-        pv[_SCALE_X] = sc[0]
-        pv[_SCALE_Y] = sc[1]
-        pv[_ROTATION] = rotations[b, g]
-        pv[_OPACITY] = opacity
-        f = features[b, g]
+        # Element by element into the ndarray: Taichi 1.7's SPIR-V code generator fails
+        # ("Value ... does not yet exist") on a local vector written at a loop index.
+        params[b, g][_MEAN_X] = m[0]
+        params[b, g][_MEAN_Y] = m[1]
+        params[b, g][_SCALE_X] = sc[0]
+        params[b, g][_SCALE_Y] = sc[1]
+        params[b, g][_ROTATION] = rotations[b, g]
+        params[b, g][_OPACITY] = opacity
         for ch in range(channels):
-            pv[PARAMS + ch] = f[ch]
-        params[b, g] = pv
-        return pv
+            params[b, g][PARAMS + ch] = features[b, g][ch]
+        return params[b, g]
+
+    @ti.func
+    def channels_last(grad_out: ti.template(), scratch: ti.template()):
+        """scratch[b, i, j] = grad_out[b, :, i, j]: [C, H, W] -> channels last, a row a task.
+        Inlined at the top of a kernel, so its loop is the kernel's parallel loop; written
+        element by element, as in `pack`."""
+        for b, i in ti.ndrange(grad_out.shape[0], grad_out.shape[2]):
+            for j in range(grad_out.shape[3]):
+                for ch in range(channels):
+                    scratch[b, i, j][ch] = grad_out[b, ch, i, j]
+
+    @ti.func
+    def write_grads(
+        grads: ti.template(), b, g, pv, fr, moments, grad_feat, height, width, wide: ti.template()
+    ):
+        """Writes Gaussian (b, g)'s gradients (see `backward`) from its frame fr (cos fr[2],
+        sin fr[3], 1/sx^2 fr[4], 1/sy^2 fr[5]) and the moments (S_u, S_v, S_uu, S_vv, S_uv,
+        dL/do) over its pixels, computing in the dtype `wide`."""
+        cos, sin, inv_x, inv_y = fr[2], fr[3], fr[4], fr[5]
+        s_u, s_v, s_uu, s_vv, s_uv = moments[0], moments[1], moments[2], moments[3], moments[4]
+        sx = ti.cast(pv[_SCALE_X], wide)
+        sy = ti.cast(pv[_SCALE_Y], wide)
+        grad_sx = wide(0.0)
+        grad_sy = wide(0.0)
+        if sx * sx >= wide(MIN_SCALE_SQ):
+            grad_sx = (inv_x * s_uu) * (inv_x * sx)
+        if sy * sy >= wide(MIN_SCALE_SQ):
+            grad_sy = (inv_y * s_vv) * (inv_y * sy)
+        half_w = 0.5 * ti.cast(width, wide)
+        half_h = 0.5 * ti.cast(height, wide)
+        geometry = ti.Vector(
+            [
+                -half_w * (inv_x * cos * s_u + inv_y * sin * s_v),
+                -half_h * (inv_y * cos * s_v - inv_x * sin * s_u),
+                grad_sx,
+                grad_sy,
+                -(inv_y - inv_x) * s_uv,
+                moments[5],
+            ],
+            dt=real,
+        )
+        for k in ti.static(range(PARAMS)):
+            grads[b, g][k] = geometry[k]
+        for ch in range(channels):
+            grads[b, g][PARAMS + ch] = grad_feat[ch]
+
+    @ti.func
+    def narrow_bounds(pv, fr, height, width):
+        """Float32-safe bounds of the pixels where Gaussian pv (frame fr) can weigh >= 1/255,
+        in the kernel's dtype: (0 r2s, 1 Sigma_yy, 2 shift, 3 Sigma_xx given the row,
+        4 eps, 5 first row, 6 last row, 7 1 when the whole map is scanned).
+
+        r2s = 2 ln(255 o) (1 + rel) + rel is the squared Mahalanobis radius of the weight
+        1/255 widened by rel = _NARROW_REL_SLACK, which covers float32's rounding of sigma
+        (relative ~1e-6) and of the bounds' own arithmetic; the ellipse sigma <= r2s / 2 is
+        then dilated by eps = _NARROW_ABS_SLACK + _NARROW_POS_SLACK (height + width) map
+        pixels, which covers float32's rounding of a pixel's offset (dx, dy) from the
+        centre (< 1e-6 (height + width + |centre|) on the map), however thin the Gaussian:
+        rows within sqrt(r2s Sigma_yy) + eps of the centre (see `narrow_span` for a row's
+        columns). Empty when no weight reaches 1/255 (or an input is NaN)."""
+        sx2 = ti.max(pv[_SCALE_X] * pv[_SCALE_X], real(MIN_SCALE_SQ))
+        sy2 = ti.max(pv[_SCALE_Y] * pv[_SCALE_Y], real(MIN_SCALE_SQ))
+        c, s, opacity = fr[2], fr[3], fr[6]
+        eps = real(_NARROW_ABS_SLACK) + real(_NARROW_POS_SLACK) * ti.cast(height + width, real)
+        r2 = real(-1.0)
+        if 255 * opacity > 0:
+            r2 = 2 * ti.log(255 * opacity)
+        r2 = r2 * (1 + real(_NARROW_REL_SLACK)) + real(_NARROW_REL_SLACK)
+        syy = s * s * sx2 + c * c * sy2
+        shift = c * s * (sy2 - sx2) / syy  # Sigma_xy / Sigma_yy
+        sxx_row = 1 / (c * c / sx2 + s * s / sy2)  # det / Sigma_yy = 1 / (Sigma^-1)_xx
+        first = 0
+        last = -1
+        flat = 0
+        if r2 >= 0:
+            if ti.max(sx2, sy2) > real(_NARROW_FLAT_SQ):  # also inf
+                last = height - 1
+                flat = 1
+            else:
+                ey = ti.sqrt(r2 * syy) + eps
+                if fr[1] - ey <= height - 1 and fr[1] + ey >= 0:  # false for NaN
+                    first = ti.cast(ti.ceil(ti.max(fr[1] - ey, 0.0)), ti.i32)
+                    last = ti.cast(ti.floor(ti.min(fr[1] + ey, ti.cast(height - 1, real))), ti.i32)
+        return ti.Vector([r2, syy, shift, sxx_row, eps, first, last, flat], dt=real)
+
+    @ti.func
+    def narrow_span(nb, fr, i, width):
+        """(first, last) columns of row i within `narrow_bounds` nb (last < first: none).
+
+        A pixel (j, i) within eps of a point (x, y) of the ellipse: y's offset dy' from the
+        centre is within eps of dy = cy - i, so the ellipse's section at y, centred on
+        cx - shift dy' with half-width sqrt((r2s - dy'^2 / Sigma_yy) Sigma_xx|y), lies
+        within |shift| eps of row i's centre and is no wider than at |dy'| = max(|dy| -
+        eps, 0); x lies within eps of j."""
+        first = 0
+        last = -1
+        if nb[7] > 0:
+            last = width - 1
+        else:
+            eps = nb[4]
+            dy = fr[1] - ti.cast(i, real)
+            near = ti.max(ti.abs(dy) - eps, 0.0)
+            half = ti.sqrt(ti.max(nb[0] - near * near / nb[1], 0.0) * nb[3])
+            half += eps * (1 + ti.abs(nb[2]))
+            mid = fr[0] - nb[2] * dy
+            if mid - half <= width - 1 and mid + half >= 0:  # false for NaN
+                first = ti.cast(ti.ceil(ti.max(mid - half, 0.0)), ti.i32)
+                last = ti.cast(ti.floor(ti.min(mid + half, ti.cast(width - 1, real))), ti.i32)
+        return first, last
 
     @ti.kernel
     def forward_scatter(
@@ -379,12 +514,7 @@ def _build(channels: int, double: bool, has_opacities: bool) -> RasterKernels:
         """
         n_b, n_g = params.shape[0], params.shape[1]
         height, width = grad_out.shape[2], grad_out.shape[3]
-        for b, i in ti.ndrange(n_b, height):  # [C, H, W] -> channels last, a row a task
-            for j in range(width):
-                go = ti.Vector.zero(real, channels)
-                for ch in range(channels):
-                    go[ch] = grad_out[b, ch, i, j]
-                scratch[b, i, j] = go
+        channels_last(grad_out, scratch)
         for bg in range(n_b * n_g):
             b = bg // n_g
             g = bg % n_g
@@ -419,7 +549,7 @@ def _build(channels: int, double: bool, has_opacities: bool) -> RasterKernels:
                 mid += el[9]
                 rem += step
                 step += el[14]
-            cos, sin, inv_x, inv_y = el[2], el[3], el[4], el[5]
+            cos, sin = el[2], el[3]
             # (dx, dy) moments to frame moments: u = cos dx - sin dy, v = sin dx + cos dy
             s_u = cos * moments[0] - sin * moments[1]
             s_v = sin * moments[0] + cos * moments[1]
@@ -427,30 +557,41 @@ def _build(channels: int, double: bool, has_opacities: bool) -> RasterKernels:
             s_uu = cc * moments[2] - 2 * cs * moments[3] + ss * moments[4]
             s_vv = ss * moments[2] + 2 * cs * moments[3] + cc * moments[4]
             s_uv = cs * (moments[2] - moments[4]) + (cc - ss) * moments[3]
-            sx = ti.cast(pv[_SCALE_X], ti.f64)
-            sy = ti.cast(pv[_SCALE_Y], ti.f64)
-            grad_sx = ti.f64(0.0)
-            grad_sy = ti.f64(0.0)
-            if sx * sx >= ti.f64(MIN_SCALE_SQ):
-                grad_sx = (inv_x * s_uu) * (inv_x * sx)
-            if sy * sy >= ti.f64(MIN_SCALE_SQ):
-                grad_sy = (inv_y * s_vv) * (inv_y * sy)
-            half_w = 0.5 * ti.cast(width, ti.f64)
-            half_h = 0.5 * ti.cast(height, ti.f64)
-            geometry = ti.Vector(
-                [
-                    -half_w * (inv_x * cos * s_u + inv_y * sin * s_v),
-                    -half_h * (inv_y * cos * s_v - inv_x * sin * s_u),
-                    grad_sx,
-                    grad_sy,
-                    -(inv_y - inv_x) * s_uv,
-                    moments[5],
-                ],
-                dt=real,
-            )
-            for k in ti.static(range(PARAMS)):
-                grads[b, g][k] = geometry[k]
-            for ch in range(channels):
-                grads[b, g][PARAMS + ch] = grad_feat[ch]
+            frame_moments = ti.Vector([s_u, s_v, s_uu, s_vv, s_uv, moments[5]])
+            write_grads(grads, b, g, pv, el, frame_moments, grad_feat, height, width, ti.f64)
 
-    return RasterKernels(forward_scatter, forward_gather, backward)
+    @ti.kernel
+    def backward_narrow(params: params_t, grad_out: map_t, scratch: pixels_t, grads: params_t):
+        """`backward` without float64 (for SPIR-V arches): the same gradients, with the
+        moments S_u .. S_uv gathered per pixel from u and v directly (no cancellation in
+        float32), each weight computed as `forward_gather` computes it, over the pixels of
+        `narrow_bounds`."""
+        n_b, n_g = params.shape[0], params.shape[1]
+        height, width = grad_out.shape[2], grad_out.shape[3]
+        channels_last(grad_out, scratch)
+        for bg in range(n_b * n_g):
+            b = bg // n_g
+            g = bg % n_g
+            pv = params[b, g]
+            feat = pv[PARAMS:]
+            fr = frame(pv, height, width)
+            nb = narrow_bounds(pv, fr, height, width)
+            grad_feat = ti.Vector.zero(real, channels)
+            moments = ti.Vector.zero(real, 6)  # S_u, S_v, S_uu, S_vv, S_uv of gs; dL/do
+            for i in range(ti.cast(nb[5], ti.i32), ti.cast(nb[6], ti.i32) + 1):
+                first, last = narrow_span(nb, fr, i, width)
+                for j in range(first, last + 1):
+                    wt = weight(fr, i, j)  # (w, e, u, v)
+                    if wt[0] >= real(MIN_WEIGHT):
+                        go = scratch[b, i, j]
+                        grad_feat += ti.min(wt[0], 1.0) * go
+                        if wt[0] <= 1:
+                            gw = dot(go, feat)
+                            gs = gw * wt[0]
+                            u, v = wt[2], wt[3]
+                            moments += ti.Vector(
+                                [gs * u, gs * v, gs * u * u, gs * v * v, gs * u * v, gw * wt[1]]
+                            )
+            write_grads(grads, b, g, pv, fr, moments, grad_feat, height, width, real)
+
+    return RasterKernels(forward_scatter, forward_gather, backward, backward_narrow)

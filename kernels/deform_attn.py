@@ -12,7 +12,15 @@ from torch.autograd.function import once_differentiable
 
 from kernels import runtime
 from kernels._deform_taichi import DeformKey, kernels_for
-from kernels._launch import MAX_INDEX, check_alike, check_sizes, check_types, taichi_stream
+from kernels._launch import (
+    MAX_INDEX,
+    check_alike,
+    check_arch_dtype,
+    check_sizes,
+    check_types,
+    taichi_stream,
+    to_host,
+)
 
 __all__ = ["deform_attn"]
 
@@ -36,12 +44,18 @@ def deform_attn(
     constants (no gradient), or None (F = 0).
     Returns [B, Nq, M, Dh] in the inputs' dtype (float32 or float64, all alike),
     differentiable in value, reference, offsets and logits. Tensors on the CPU run on
-    Taichi's cpu arch, CUDA tensors on its cuda arch (see `kernels.rasterize` for the
-    device rules).
+    Taichi's cpu arch, CUDA tensors on its cuda arch, unless `kernels.runtime` chose
+    another arch (see `kernels.rasterize` for the device rules).
     """
     fixed = _check(value, height, width, reference, offsets, logits, fixed_offsets)
-    runtime.start(value.device)
-    return _DeformAttnFunction.apply(value, reference, offsets, logits, fixed, height, width)
+    check_arch_dtype(runtime.start(value.device), value.dtype)
+    device = value.device
+    if device.type == "mps":
+        value, reference, offsets, logits, fixed = to_host(
+            (value, reference, offsets, logits, fixed)
+        )
+    out = _DeformAttnFunction.apply(value, reference, offsets, logits, fixed, height, width)
+    return out.to(device)
 
 
 class _DeformAttnFunction(torch.autograd.Function):
@@ -71,10 +85,11 @@ class _DeformAttnFunction(torch.autograd.Function):
             grads = [torch.zeros_like(t) for t in (value, reference, offsets, weights)]
         else:
             # Every gradient is written in full, but the atomic kernel adds to grad_value.
+            serial = runtime.started_arch() == "cpu"
             grads = [torch.empty_like(t) for t in (reference, offsets, weights)]
-            grads.insert(0, torch.zeros_like(value) if value.is_cuda else torch.empty_like(value))
+            grads.insert(0, torch.empty_like(value) if serial else torch.zeros_like(value))
             kernels = kernels_for(ctx.key)
-            backward = kernels.backward_atomic if value.is_cuda else kernels.backward_serial
+            backward = kernels.backward_serial if serial else kernels.backward_atomic
             with runtime.kernel_lock, taichi_stream(value.device):
                 backward(
                     value, reference, offsets, fixed, weights, grad_out.contiguous(),

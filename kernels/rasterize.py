@@ -12,9 +12,18 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from kernels import runtime
-from kernels._launch import MAX_INDEX, check_alike, check_sizes, check_types, taichi_stream
+from kernels._launch import (
+    MAX_INDEX,
+    check_alike,
+    check_arch_dtype,
+    check_sizes,
+    check_types,
+    taichi_stream,
+    to_host,
+)
 from kernels._raster_taichi import PARAMS, KernelKey, kernels_for
 from kernels.reference import normalized
+from kernels.runtime import has_float64
 
 __all__ = ["rasterize"]
 
@@ -38,16 +47,24 @@ def rasterize(
     rotations: [B, G] radians; features: [B, G, C]; opacities: [B, G] or None (all 1);
     height, width: map size in pixels.
     Returns [B, C, height, width] in the inputs' dtype (float32 or float64, all alike),
-    differentiable in every tensor argument. Tensors on the CPU run on Taichi's cpu arch,
-    CUDA tensors on its cuda arch, without copies, ordered with torch's current CUDA
-    stream; a device that does not match the arch Taichi runs on in this process, or a CUDA
-    device other than cuda:0, raises `kernels.ArchError`.
+    differentiable in every tensor argument. The arch is `kernels.runtime`'s: by default
+    CPU tensors run on Taichi's cpu arch and CUDA tensors on its cuda arch, without copies,
+    ordered with torch's current CUDA stream; on vulkan or metal (float32 only) the tensors
+    go through host memory. A device that the arch Taichi runs on in this process cannot
+    take, or a CUDA device other than cuda:0, raises `kernels.ArchError`.
     """
     _check(means, scales, rotations, features, height, width, opacities)
-    runtime.start(features.device)  # refuses cuda:N (N > 0) before Taichi starts
+    arch = runtime.start(features.device)  # refuses cuda:N (N > 0) before Taichi starts
+    check_arch_dtype(arch, features.dtype)
     if normalize:
         features = torch.cat([features, torch.ones_like(features[..., :1])], dim=-1)
+    device = features.device
+    if device.type == "mps":
+        means, scales, rotations, features, opacities = to_host(
+            (means, scales, rotations, features, opacities)
+        )
     out = _RasterizeFunction.apply(means, scales, rotations, features, opacities, height, width)
+    out = out.to(device)
     return normalized(out) if normalize else out
 
 
@@ -66,11 +83,11 @@ class _RasterizeFunction(torch.autograd.Function):
             inputs = [t.detach().contiguous() for t in (means, scales, rotations, features)]
             inputs.append(inputs[2] if opacities is None else opacities.detach().contiguous())
             with runtime.kernel_lock, taichi_stream(features.device):
-                if features.is_cuda:
-                    kernels.forward_gather(*inputs, params, out)
-                else:
+                if runtime.started_arch() == "cpu":
                     scratch = features.new_empty((n_b, height, width, n_c))
                     kernels.forward_scatter(*inputs, params, scratch, out)
+                else:  # a GPU arch: one thread per pixel
+                    kernels.forward_gather(*inputs, params, out)
         ctx.save_for_backward(params)
         ctx.has_opacities = opacities is not None
         return out
@@ -86,8 +103,10 @@ class _RasterizeFunction(torch.autograd.Function):
             grads = torch.empty_like(params)
             scratch = params.new_empty((n_b, *grad_out.shape[2:], n_k - PARAMS))
             kernels = kernels_for(KernelKey(n_k - PARAMS, params.dtype, ctx.has_opacities))
+            arch = runtime.started_arch()
+            backward = kernels.backward if has_float64(arch) else kernels.backward_narrow
             with runtime.kernel_lock, taichi_stream(params.device):
-                kernels.backward(params, grad_out.contiguous(), scratch, grads)
+                backward(params, grad_out.contiguous(), scratch, grads)
         need = ctx.needs_input_grad
         return (
             grads[..., 0:2] if need[0] else None,

@@ -9,10 +9,11 @@ from typing import Annotated
 import pytest
 import typer
 
-from cli._common import ConfigOption, JsonFlag, new_app, print_json, state
+from cli._common import GLOBAL_FLAGS, ConfigOption, JsonFlag, new_app, print_json, state
 from cli.main import app as gtok_app
 from gtok import GtokError, __version__
 from gtok.console import is_quiet
+from kernels import runtime
 
 GTOK = typer.main.get_command(gtok_app)
 
@@ -22,7 +23,7 @@ def _demo_app() -> typer.Typer:
 
     @app.command("flags")
     def flags() -> None:
-        print(f"quiet={is_quiet()} verbose={state.verbose}")
+        print(f"quiet={is_quiet()} verbose={state.verbose} arch={runtime.requested_arch()}")
 
     @app.command("size")
     def size(
@@ -123,6 +124,11 @@ def test_gtok_env_json_from_the_installed_script(tmp_path):
     assert report["gtok"] == __version__
     assert report["taichi"]["arch"] == "cpu"
     assert report["taichi"]["kernels"] == "ok"
+    arches = report["taichi"]["arches"]
+    assert arches["cpu"] == {"starts": True, "kernels": "ok", "error": None}
+    if sys.platform != "darwin":
+        assert not arches["metal"]["starts"] and "macOS" in arches["metal"]["error"]
+    assert arches["vulkan"]["kernels"] == ("ok" if arches["vulkan"]["starts"] else None)
     assert set(report["weights"]) == {"vgg16", "lpips-vgg", "alexnet", "lpips-alex", "inception"}
     assert report["packages"]["torch"].startswith("2.")
 
@@ -133,19 +139,34 @@ def test_gtok_env_json_from_the_installed_script(tmp_path):
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
-        (["flags"], {}, "quiet=False verbose=False"),
-        (["-q", "flags"], {}, "quiet=True verbose=False"),
-        (["flags", "-q"], {}, "quiet=True verbose=False"),
-        (["flags", "--quiet", "-v"], {}, "quiet=True verbose=True"),
-        (["--verbose", "flags"], {}, "quiet=False verbose=True"),
-        (["flags"], {"GTOK_QUIET": "1", "GTOK_VERBOSE": "1"}, "quiet=True verbose=True"),
-        (["flags"], {}, "quiet=False verbose=False"),  # nothing left over from the runs above
+        (["flags"], {}, "quiet=False verbose=False arch=auto"),
+        (["-q", "flags"], {}, "quiet=True verbose=False arch=auto"),
+        (["flags", "-q"], {}, "quiet=True verbose=False arch=auto"),
+        (["flags", "--quiet", "-v"], {}, "quiet=True verbose=True arch=auto"),
+        (["--verbose", "flags"], {}, "quiet=False verbose=True arch=auto"),
+        (["flags"], {"GTOK_QUIET": "1", "GTOK_VERBOSE": "1"}, "quiet=True verbose=True arch=auto"),
+        (["--kernel-arch", "vulkan", "flags"], {}, "quiet=False verbose=False arch=vulkan"),
+        (["flags", "--kernel-arch", "METAL"], {}, "quiet=False verbose=False arch=metal"),
+        (["flags"], {"GTOK_KERNEL_ARCH": "cpu"}, "quiet=False verbose=False arch=cpu"),
+        (
+            ["--kernel-arch", "cuda", "flags"],
+            {"GTOK_KERNEL_ARCH": "vulkan"},
+            "quiet=False verbose=False arch=cuda",
+        ),
+        (["flags"], {}, "quiet=False verbose=False arch=auto"),  # nothing left over from above
     ],
 )
 def test_global_flags_before_or_after_the_command(runner, args, env, expected):
     result = runner.invoke(_demo_app(), args, env=env)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == expected
+
+
+def test_an_unknown_kernel_arch_is_a_usage_error(runner):
+    result = runner.invoke(_demo_app(), ["flags", "--kernel-arch", "opengl"])
+    assert result.exit_code == 2 and "--kernel-arch" in result.stderr
+    from_env = runner.invoke(_demo_app(), ["flags"], env={"GTOK_KERNEL_ARCH": "opengl"})
+    assert from_env.exit_code == 2 and "opengl" in from_env.stderr
 
 
 def test_verbose_after_a_real_command_shows_the_exception(runner, tmp_path):
@@ -177,7 +198,7 @@ def test_every_option_is_bound_to_gtok_command_option():
             if long in ("--help", "--version"):
                 assert variable is None, (path, long)
                 continue
-            scope = [] if long in ("--quiet", "--verbose") else path
+            scope = [] if long in GLOBAL_FLAGS else path
             expected = "_".join(["GTOK", *scope, long[2:]]).upper().replace("-", "_")
             assert variable == expected, (path, long)
             checked += 1

@@ -66,6 +66,30 @@ def test_rank_3_of_8_puts_its_gpu_first_and_computes_on_cuda_0(
         assert seen["rank_world"] == [3, 8]
 
 
+@pytest.mark.parametrize("command", ["encode", "decode", "eval"])
+def test_device_mps_puts_the_model_on_mps_and_asks_taichi_for_metal(
+    command, tmp_path, model, shards, store
+):
+    """--device mps with MPS mocked: the model goes to mps, the kernels to Taichi's metal
+    arch, which off macOS is refused in one sentence (no silent CPU fallback)."""
+    args = {"shards": str(shards), "model": str(model), "store": str(store), "mock": "mps"}
+    seen = _mocked_entry(command, {}, out=str(tmp_path / "out"), device="mps", **args)
+    assert seen["model_device"] == "mps"
+    assert seen["rasterizer_arch"] == "metal"
+    if sys.platform != "darwin":
+        assert "asked to start on metal but started on cpu" in seen["metal_refused"]
+        assert "Metal needs macOS" in seen["metal_refused"]
+        assert seen["taichi_started"] is None
+
+
+def test_device_mps_where_it_cannot_run(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(GtokError, match="MPS is not available"):
+        devices.select_device("mps", allow_mps=True)
+    with pytest.raises(GtokError, match="--device mps is for encode, decode and eval"):
+        devices.select_device("mps")  # train
+
+
 def test_an_explicit_gpu_among_uuids_comes_first(tmp_path):
     uuids = [f"GPU-{i:04d}" for i in range(4)]
     env = {"CUDA_VISIBLE_DEVICES": ",".join(uuids)}

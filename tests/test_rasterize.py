@@ -1,5 +1,7 @@
 """kernels.rasterize (Taichi, CPU arch) against kernels.reference.rasterize (dense PyTorch)."""
 
+import functools
+import importlib
 import math
 import subprocess
 import sys
@@ -10,12 +12,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scriptkit import BENCH, script_module
 
 import kernels
 from kernels import reference, runtime
 from kernels._raster_taichi import PARAMS, KernelKey, kernels_for
 
 NAMES = ("means", "scales", "rotations", "features", "opacities")
+RASTER_MODULE = importlib.import_module("kernels.rasterize")  # `kernels.rasterize` is the function
 
 
 def gaussians(n_b, n_g, n_c, *, seed=0, dtype=torch.float32, opacities=False, spread=1.0, big=4.0):
@@ -410,8 +414,72 @@ def test_device_that_does_not_match_the_running_arch(monkeypatch):
 
 def test_unsupported_device_type():
     g = {k: v.to("meta") for k, v in gaussians(1, 2, 3).items() if v is not None}
-    with pytest.raises(kernels.ArchError, match="cpu or cuda tensors"):
+    with pytest.raises(kernels.ArchError, match="cpu, cuda or mps tensors"):
         kernels.rasterize(*g.values(), 8, 8)
+
+
+# ---- the float32-only backward of SPIR-V arches, run on the cpu arch -------------------
+
+
+@pytest.fixture
+def narrow(monkeypatch):
+    """kernels.rasterize with the backward that vulkan and metal run (`backward_narrow`)."""
+    monkeypatch.setattr(RASTER_MODULE, "has_float64", lambda arch: False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_narrow_backward_matches_reference(narrow, dtype):
+    g = gaussians(4, 48, 6, dtype=dtype, opacities=True, seed=11)
+    upstream = torch.randn(4, 6, 18, 15, generator=torch.Generator().manual_seed(2)).to(dtype)
+    _, grads = grads_of(kernels.rasterize, g, 18, 15, upstream)
+    _, ref_grads = grads_of(reference.rasterize, g, 18, 15, upstream)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for name, got, want in zip(NAMES, grads, ref_grads, strict=True):
+        assert max_rel_err(got, want) <= tol, name
+
+
+@pytest.mark.parametrize("opacities", [False, True])
+def test_narrow_backward_gradcheck_float64(narrow, opacities):
+    g = smooth_gaussians(2, 3, 2, 9, 7, opacities=opacities)
+    names = [k for k in NAMES if g[k] is not None]
+
+    def fn(*tensors):
+        args = dict(zip(names, tensors, strict=True))
+        return render(kernels.rasterize, args | {"opacities": args.get("opacities")}, 9, 7)
+
+    inputs = tuple(g[k].clone().requires_grad_() for k in names)
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", list(edge_cases()))
+def test_narrow_backward_edge_cases_match_the_float64_walk(case):
+    """Degenerate, far, huge and extreme Gaussians: the narrow backward's gradients equal
+    those of the float64 row walk (float64 inputs, so the two keep the same pixels)."""
+    g = {k: v.double() for k, v in edge_cases()[case].items()}
+    upstream = torch.randn(2, 3, 10, 12, generator=torch.Generator().manual_seed(1)).double()
+    _, want = grads_of(kernels.rasterize, g, 10, 12, upstream)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RASTER_MODULE, "has_float64", lambda arch: False)
+        _, got = grads_of(kernels.rasterize, g, 10, 12, upstream)
+    for name, a, b in zip(NAMES, got, want, strict=True):
+        assert torch.isfinite(a).all(), name
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9 * b.abs().max().item()), name
+
+
+def test_narrow_bounds_clip_no_pixel_and_the_check_sees_a_clip(monkeypatch):
+    """bench/arch_check.py's count of pixels of weight >= 1/255 that the float32 bounds
+    leave out, over Gaussians pinned to the cut-off: none with the stated margins, and at
+    least one without them (so the check can fail)."""
+    from kernels import _raster_taichi as raster_taichi
+
+    runtime.start("cpu")
+    with script_module(BENCH / "arch_check.py") as arch_check:
+        assert arch_check.narrow_clipped(2048, 37, 53) < 0.5
+        for name in ("_NARROW_REL_SLACK", "_NARROW_ABS_SLACK", "_NARROW_POS_SLACK"):
+            monkeypatch.setattr(raster_taichi, name, 0.0)
+        fresh = functools.cache(raster_taichi.kernels_for.__wrapped__)  # built anew, unpadded
+        monkeypatch.setattr(arch_check, "kernels_for", fresh)
+        assert arch_check.narrow_clipped(2048, 37, 53) >= 1
 
 
 # ---- package behaviour ---------------------------------------------------------------

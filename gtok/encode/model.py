@@ -69,12 +69,12 @@ def load_encoding_model(
     refine: RefineSettings | None = None,
 ) -> EncodingModel:
     """Resolve, hash and load the model for encoding (eval mode, on `device`: "auto", "cpu",
-    "cuda" or "cuda:N", as `gtok.devices.select_device` places it); `refine`: encode-time
-    geometry refinement (GaussianToken models only)."""
+    "cuda", "cuda:N" or "mps", as `gtok.devices.select_device` places it); `refine`:
+    encode-time geometry refinement (GaussianToken models only)."""
     from gtok.model.io import load_tokenizer_with_sha256
 
     refine = refine or RefineSettings()
-    chosen = select_device(device)  # first: before anything starts CUDA
+    chosen = select_device(device, allow_mps=True)  # first: before anything starts CUDA
     path = resolve_model(model)
     tokenizer, sha256 = load_tokenizer_with_sha256(path, device=chosen)
     if refine.enabled and tokenizer.config.kind != "gaussian":

@@ -284,7 +284,7 @@ def evaluate_model(
     (`compare` is not refined, so `--compare` of a model with itself measures what
     refinement gains).
     """
-    chosen = select_device(device)
+    chosen = select_device(device, allow_mps=True)
     first = load_encoding_model(model, device, refine)
     reconstructors: list[Reconstructor] = [ModelReconstructor(first)]
     if compare is not None:
@@ -343,7 +343,7 @@ def evaluate_pairs(
     weights hash unless `force`; the originals are preprocessed as the store records).
     The other options are `evaluate_model`'s.
     """
-    chosen = select_device(device)
+    chosen = select_device(device, allow_mps=True)
     reconstructor: Reconstructor
     if _is_store(reconstructed):
         if size is not None or resize is not None:

@@ -34,7 +34,7 @@ from kernels import reference as kernels_reference
 __all__ = ["IMPLEMENTATIONS", "DeformableAttention", "at_least_float32", "set_implementation"]
 
 IMPLEMENTATIONS = ("kernel", "reference")
-_KERNEL_DEVICES = ("cpu", "cuda")
+_KERNEL_DEVICES = ("cpu", "cuda", "mps")  # mps: the kernels on Metal, via host memory
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
