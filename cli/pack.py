@@ -63,9 +63,9 @@ def pack(
     """Pack a folder of images into WebDataset shards (shard-000000.tar, ...) for gtok.
 
     Files are taken in sorted order; each sample's key is its relative path without the
-    extension (`cats/0001`). JPEG, PNG and WebP files are stored as they are, other formats
-    Pillow reads as PNG (or all in one format: --image-format); files that are not images, or
-    are empty, truncated or too large are skipped, with the reason in
+    extension (`cats/0001`). JPEG, PNG and WebP files are stored as they are, GIF, BMP and
+    TIFF files as PNG (or all in one format: --image-format); files in other formats (EPS, PDF,
+    ...) or that are empty, truncated or too large are skipped, with the reason in
     shard-NNNNNN_stats.json. Rerunning the same command resumes.
 
     Example: gtok pack ./photos -o ./shards

@@ -12,6 +12,11 @@ What is done to odd images (each case has a test):
   decompression bomb and rejected; so is anything Pillow itself flags as one.
 - Bytes that are not an image, and truncated or corrupt images, are rejected with Pillow's
   message. Truncated images are never padded (`LOAD_TRUNCATED_IMAGES` stays off).
+- Only the formats of `PILLOW_FORMATS` reach a Pillow decoder: anything else (PostScript/EPS,
+  which Pillow would hand to Ghostscript, PDF, and every format gtok does not document) is
+  rejected as not an image, naming PostScript or PDF when it is one.
+- A float image (mode F, e.g. a 32-bit TIFF) with NaN or infinite pixels is rejected: such a
+  pixel has no colour to give it.
 
 `decode_rgb_reduced` does the same but may decode a large JPEG at 1/2, 1/4 or 1/8 of its size
 (Pillow's draft mode: libjpeg's DCT-domain scaling, several times faster than a full decode),
@@ -28,9 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from gtok.data.magic import HEAD_BYTES, sniff
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "PILLOW_FORMATS",
     "ImageRejected",
     "Reduced",
     "decode_rgb",
@@ -39,6 +47,9 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # in order of preference within a sample
+# the Pillow formats gtok decodes (JPEG, PNG and WebP members; what `gtok pack` converts)
+PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP or TIFF"
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own warning threshold
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SRGB = None
@@ -95,14 +106,24 @@ def _from_cmyk(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _check_finite(values: np.ndarray) -> None:
+    """Reject a float image with NaN or infinite pixels."""
+    bad = values.size - int(np.isfinite(values).sum())
+    if bad:
+        raise ImageRejected(
+            f"float image with {bad} NaN or infinite pixels of {values.size}: they have no colour"
+        )
+
+
 def _from_wide_gray(img: Image.Image) -> Image.Image:
     """16- or 32-bit integer or float grayscale -> 8-bit RGB, scaling rather than clipping."""
     values = np.asarray(img, dtype=np.float64)
     if img.mode == "F":
-        top = 1.0 if values.size and np.nanmax(values) <= 1.0 else 255.0
+        _check_finite(values)
+        top = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0
     else:
         top = 65535.0 if img.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-    gray = np.clip(np.nan_to_num(values) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return Image.fromarray(gray, "L").convert("RGB")
 
 
@@ -137,13 +158,15 @@ class Reduced:
     image: upright 8-bit RGB. full_size: upright (width, height) of the full-resolution image
     (pixels). box: (left, top, right, bottom) of the full image in `image`'s pixel
     coordinates (fractional when a side is not a multiple of the reduction): pass it as
-    `box` to `Image.resize`. scale: the reduction (1: the full image).
+    `box` to `Image.resize`. scale: the reduction (1: the full image). format: Pillow's name
+    of the file's format (one of `PILLOW_FORMATS`, or "MPO": a JPEG with several pictures).
     """
 
     image: Image.Image
     full_size: tuple[int, int]
     box: Box
     scale: int = 1
+    format: str = ""
 
 
 def transpose_box(box: Box, size: tuple[int, int], method: Image.Transpose) -> Box:
@@ -154,14 +177,23 @@ def transpose_box(box: Box, size: tuple[int, int], method: Image.Transpose) -> B
     return (xs[0], ys[0], xs[1], ys[1])
 
 
+def _not_an_image(data: bytes) -> str:
+    """The reason for bytes that are none of `PILLOW_FORMATS`, naming what they are when
+    `gtok.data.magic` knows it (PostScript, PDF, a compressed file)."""
+    magic = sniff(data[:HEAD_BYTES])
+    if magic is None:
+        return f"not an image: these bytes are not {_FORMAT_NAMES}"
+    return f"not an image: these bytes are {magic.name}, which gtok does not read"
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Identify the image and check its header size (nothing decoded yet)."""
     if not data:
         raise ImageRejected("empty image member (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)
     except UnidentifiedImageError as exc:
-        raise ImageRejected("not an image: Pillow cannot identify these bytes") from exc
+        raise ImageRejected(_not_an_image(data)) from exc
     except Image.DecompressionBombError as exc:
         raise ImageRejected(f"decompression bomb: {exc}") from exc
     except Exception as exc:  # Pillow's plugins raise many types for malformed files
@@ -221,7 +253,7 @@ def decode_rgb_reduced(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         img = _open(data, max_pixels)
-        full = img.size
+        full, fmt = img.size, img.format or ""
         scale = _draft(img, min_side)
         _load(img)
     box: Box = (0.0, 0.0, full[0] / scale, full[1] / scale)
@@ -230,7 +262,7 @@ def decode_rgb_reduced(
     if method is not None:
         box = transpose_box(box, stored, method)
         full = (full[1], full[0]) if method in _SWAPS_SIDES else full
-    return Reduced(to_rgb(img, background), full, box, scale)
+    return Reduced(to_rgb(img, background), full, box, scale, fmt)
 
 
 def decode_rgb(

@@ -9,16 +9,22 @@ and Zarr's event loop does not survive a fork). See `loader()`.
   consecutive samples of one shard as uint8 pixels, plus the skipped samples among them; a
   chunk never spans two shards, so the model always sees the same batches for a shard
   however the work is split or resumed, and the shard's last chunk carries its `ShardEnd`.
+  Every `batch_size` skipped samples come as a chunk of their own (no pixels), so progress
+  moves on through a stretch of unusable samples.
 - `ImageDataset`: one sample at a time for training and evaluation, centre crop or seeded
   random-resized-crop + flip, with optional rank/world-size splitting and shard shuffling.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import random
+import re
 import signal
 import threading
+import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,8 +46,16 @@ from gtok.data.samples import (
 from gtok.data.shards import ShardRef
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, RawSample
 from gtok.data.transforms import Preprocess, random_resized_crop, sample_rng
+from gtok.errors import GtokError
 
-__all__ = ["EncodeStream", "ImageDataset", "ShardChunk", "loader", "to_model_input"]
+__all__ = [
+    "EncodeStream",
+    "ImageDataset",
+    "ShardChunk",
+    "loader",
+    "to_model_input",
+    "worker_death_as_error",
+]
 
 
 def _worker_slice() -> tuple[int, int]:
@@ -134,6 +148,9 @@ class EncodeStream(IterableDataset):
                 return
             if isinstance(item, Skipped):
                 skipped.append(item)
+                if len(skipped) == self.batch_size:  # progress, while the batch is unchanged
+                    yield self._chunk(index, [], skipped)
+                    skipped = []
                 continue
             decoded.append(item)
             if len(decoded) == self.batch_size:
@@ -290,6 +307,82 @@ def _ignore_stops(worker_id: int) -> None:
     before, lets a SIGTERM that the main process did not send kill the worker)."""
     for stop in _STOPS:
         signal.signal(stop, signal.SIG_IGN)
+
+    def __iter__(self):
+        """Iterate, keeping the worker processes it starts in `worker_processes`."""
+        before = set(multiprocessing.active_children())
+        iterator = super().__iter__()
+        self.worker_processes = [p for p in multiprocessing.active_children() if p not in before]
+        return iterator
+
+
+_DEATH_GRACE_S = 5.0  # how long a worker whose connection broke may take to be seen dead
+# torch's words for a worker process that died: from its SIGCHLD handler ("is killed by
+# signal: Killed.") and from its queue's liveness check ("exited unexpectedly ...")
+_WORKER_DIED = re.compile(
+    r"DataLoader worker \(pid(?:\(s\))? [^)]*\) "
+    r"(?:is killed by signal: (?P<signal>[^.]+)|exited unexpectedly(?: with exit code "
+    r"(?P<code>-?\d+))?)"
+)
+_KILLED = "was killed (SIGKILL), most likely by the out-of-memory killer"
+
+
+def _how_worker_died(exc: RuntimeError) -> str | None:
+    """What torch's error says happened to a DataLoader worker; None for other errors."""
+    match = _WORKER_DIED.match(str(exc))
+    if match is None:
+        return None
+    if match["signal"] == "Killed":
+        return _KILLED
+    if match["signal"]:
+        return f"was killed by a signal ({match['signal']})"
+    if match["code"]:
+        return f"exited unexpectedly (exit code {match['code']})"
+    return "exited unexpectedly, most likely killed by the out-of-memory killer"
+
+
+def _how_process_ended(code: int) -> str:
+    """What a worker's `exitcode` says happened to it (negative: the signal that ended it)."""
+    if code == -signal.SIGKILL:
+        return _KILLED
+    if code < 0:
+        return f"was killed by a signal ({signal.Signals(-code).name})"
+    return f"exited unexpectedly (exit code {code})"
+
+
+def _dead_worker(processes: Sequence[multiprocessing.process.BaseProcess]) -> str | None:
+    """After a connection error: what happened to a worker among `processes` that ended,
+    else None. A worker killed while a chunk's tensor came over breaks the connection before
+    it is seen gone, so each is asked again until `_DEATH_GRACE_S` seconds have passed."""
+    deadline = time.monotonic() + _DEATH_GRACE_S
+    while True:
+        try:
+            ended = [p.exitcode for p in processes if p.exitcode is not None]
+            if ended:
+                return _how_process_ended(ended[0])
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+        except RuntimeError as died:  # torch's SIGCHLD handler noticed it meanwhile
+            return _how_worker_died(died)
+
+
+@contextmanager
+def worker_death_as_error(data: DataLoader, next_step: str) -> Iterator[None]:
+    """Turn the error torch raises when a worker process of `data` (a `loader()`) dies while
+    the block runs (the OOM killer's SIGKILL, a crash) into one `GtokError` sentence that
+    ends with `next_step`. Another connection error in the block is raised as it is, after up
+    to `_DEATH_GRACE_S` seconds of looking for a dead worker."""
+    try:
+        yield
+    except (RuntimeError, ConnectionError, EOFError) as exc:
+        if isinstance(exc, RuntimeError):
+            how = _how_worker_died(exc)
+        else:
+            how = _dead_worker(getattr(data, "worker_processes", []))
+        if how is None:
+            raise
+        raise GtokError(f"a data-loading worker process {how}; {next_step}") from exc
 
 
 def loader(dataset: IterableDataset, *, workers: int, batch_size: int | None = None, **kw):

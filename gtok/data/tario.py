@@ -3,7 +3,9 @@
 A sample is the run of consecutive members that share a key: the member path up to the first
 dot of its file name (`a/b.seg.png` -> key `a/b`, extension `seg.png`), as WebDataset and
 img2dataset write them. Directory and link members are structure, not data, and are passed
-over; every other member belongs to a sample.
+over; every other member belongs to a sample. A sample with two members of one extension
+(`a.jpg` twice, or `a.jpg` and `a.JPG`) is reported with the reason `duplicate member NAME`,
+as WebDataset refuses it, rather than one of them being dropped unseen.
 
 Nothing here raises for bad data. `read_tar` yields `RawSample`s and, when the tar cannot be
 read to its end, one final `TarProblem`. A tar that stops without its end-of-archive block
@@ -30,6 +32,8 @@ import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from gtok.data.magic import HEAD_BYTES, sniff
 
 __all__ = [
     "DEFAULT_MAX_MEMBER_BYTES",
@@ -141,8 +145,22 @@ class _BoundedReads:
 
 def open_tar(fileobj, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> tarfile.TarFile:
     """`tarfile` reading the seekable binary `fileobj` with reads of at most `max_member_bytes`
-    and member names decoded so that `member_name` can escape them."""
-    return tarfile.open(fileobj=_BoundedReads(fileobj, max_member_bytes), mode="r:", **_ENCODING)
+    and member names decoded so that `member_name` can escape them. A compressed file
+    (gzip, bzip2, xz, zstd: `gtok.data.magic`) raises a `tarfile.ReadError` that says so."""
+    start = fileobj.tell()
+    try:
+        return tarfile.open(
+            fileobj=_BoundedReads(fileobj, max_member_bytes), mode="r:", **_ENCODING
+        )
+    except tarfile.ReadError as exc:
+        fileobj.seek(start)
+        magic = sniff(fileobj.read(HEAD_BYTES))
+        if magic is None or magic.decompress is None:
+            raise
+        raise tarfile.ReadError(
+            f"it is {magic.name}-compressed; gtok reads uncompressed tars: decompress it with "
+            f"{magic.decompress}"
+        ) from exc
 
 
 def _ended_cleanly(fileobj, offset: int) -> bool:
@@ -188,8 +206,11 @@ def _group(tar: tarfile.TarFile, limit: int) -> Iterator[RawSample]:
                 seen.add(key)
             if problem is not None:
                 current.problem = problem
+            elif ext in current.files:
+                twice = f"duplicate member {name}: the sample already has a .{ext} member"
+                current.problem = current.problem or twice
             else:
-                current.files.setdefault(ext, data)
+                current.files[ext] = data
     except tarfile.ReadError:
         if current is not None:
             current.problem = current.problem or _CUT

@@ -38,11 +38,27 @@ def select_rows(
     if limit is not None:
         rows = rows[:limit]
     if rows.size == 0:
-        raise GtokError(
-            f"the selection (--start {start}, --stop {stop}) holds no rows; "
-            f"{store.path} has {len(store)} rows (0..{len(store) - 1})."
-        )
+        raise GtokError(_nothing_selected(store, start, stop))
     return rows
+
+
+def _nothing_selected(store: TokenStore, start: int | None, stop: int | None) -> str:
+    """The sentence for an empty selection: an empty store, or a --start/--stop past its rows
+    (keys and --limit cannot select nothing: both are checked before)."""
+    if len(store) == 0:
+        return (
+            f"{store.path} holds no rows to decode: no sample was encoded into it "
+            f"(`gtok info {store.path}` lists what was skipped and why)."
+        )
+    bounds = " ".join(
+        f"--{name} {value}"
+        for name, value in (("start", start), ("stop", stop))
+        if value is not None
+    )
+    return (
+        f"the selection {bounds} holds no rows; {store.path} has {len(store)} rows, "
+        f"numbered 0 to {len(store) - 1}."
+    )
 
 
 def _rows_of(store: TokenStore, keys: Sequence[str]) -> list[int]:

@@ -22,11 +22,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from gtok.console import console, is_quiet, progress
 from gtok.data import EncodeStream, Preprocess, ShardChunk, expand_shards, loader, to_model_input
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.shards import ShardRef, shard_fingerprint, split_for_worker
+from gtok.data.stream import worker_death_as_error
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, utf8_text
 from gtok.data.transforms import check_resize
 from gtok.devices import check_inference_precision, exact_fp32, mixed_precision, tf32_settings
@@ -80,6 +82,10 @@ class EncodeSummary:
 
 
 NON_FINITE = "the model produced non-finite geometry (NaN or inf) for this image"
+WORKER_DIED_NEXT_STEP = (
+    "the shards finished before it are saved: rerun the same command to resume, with fewer "
+    "--workers or a smaller --batch-size if memory is short"
+)
 
 
 class _PartBuffer:
@@ -409,9 +415,10 @@ def _run(
     pin = model.device.type == "cuda"
     header = writer.header
     buffers: dict[int, _PartBuffer] = {}
-    with progress("img") as bar:
+    batches = loader(stream, workers=workers, pin_memory=pin)
+    with worker_death_as_error(batches, WORKER_DIED_NEXT_STEP), progress("img") as bar:
         task = bar.add_task(f"encode 0/{len(todo)} shards", total=None)
-        for chunk in loader(stream, workers=workers, pin_memory=pin):
+        for chunk in batches:
             fresh = _PartBuffer(todo[chunk.shard], geometry_dtype, header.metadata_fields, binning)
             buffer = buffers.setdefault(chunk.shard, fresh)
             if chunk.keys:
@@ -425,6 +432,7 @@ def _run(
             part = buffers.pop(chunk.shard).finish(chunk, header.num_tokens, header.has_geometry)
             writer.write_part(part)
             _count(summary, part)
+            _report_damage(part)
             done = summary.shards_encoded
             samples_per_shard = summary.samples_read / done
             bar.update(
@@ -437,6 +445,13 @@ def _run(
             f"[yellow]{summary.skipped} samples skipped[/] (reasons in the store: "
             f"gtok info {writer.location})"
         )
+
+
+def _report_damage(part: Part) -> None:
+    """One line on stderr for an input tar that could not be read to its end."""
+    if part.problem is not None and not is_quiet():
+        line = f"[yellow]damaged tar[/] {escape(part.shard)}: {escape(part.problem)}"
+        console.print(line, soft_wrap=True)
 
 
 def _count(summary: EncodeSummary, part: Part) -> None:

@@ -1,21 +1,21 @@
 """Read one file and decide what goes into the shard: its bytes as they are, re-encoded, or
 a reason.
 
-Every file is decoded in full with `gtok.data.decode_rgb` (the decoder `gtok encode` and
-training use), so what is packed is what they can read: a file that is not an image, is
-empty, truncated or corrupt, or claims more than `max_pixels` pixels is skipped with the
-decoder's reason; one larger than `DEFAULT_MAX_MEMBER_BYTES` (the tar member limit of
-`gtok encode`) is skipped after reading no more than that. The image format
+Every file is decoded in full with `gtok.data.images.decode_rgb_reduced` (the decoder
+`gtok encode` and training use), so what is packed is what they can read: a file that is not
+an image, is empty, truncated or corrupt, or claims more than `max_pixels` pixels is skipped
+with the decoder's reason; one larger than `DEFAULT_MAX_MEMBER_BYTES` (the tar member limit
+of `gtok encode`) is skipped after reading no more than that. The image format
 (`IMAGE_FORMATS`, `gtok pack --image-format`):
 
 - "keep" (default): a JPEG, PNG or WebP file (by its content, whatever its name says) is
-  kept byte for byte under the matching extension; any other format Pillow reads (GIF, BMP,
-  TIFF, ...) is stored as PNG.
+  kept byte for byte under the matching extension; a GIF, BMP or TIFF file (the other
+  formats gtok reads, `gtok.data.images.PILLOW_FORMATS`) is stored as PNG.
 - "png", "webp", "jpg": every sample gets that extension. A file already in that format is
   kept byte for byte; any other is re-encoded: PNG and WebP losslessly, JPEG at quality
   `JPEG_QUALITY` with no chroma subsampling (lossy).
 
-What is re-encoded is the 8-bit RGB image `decode_rgb` returns: first frame, EXIF
+What is re-encoded is the 8-bit RGB image the decoder returns: first frame, EXIF
 orientation applied, transparency composited on white, CMYK and 16-bit converted.
 """
 
@@ -25,9 +25,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
-from gtok.data.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_rgb
+from gtok.data.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_rgb_reduced
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
 from gtok.safeload import Unreadable, read_limited
 
@@ -77,13 +75,12 @@ def check_file(
     if not data:
         return Checked(reason="empty file (0 bytes)")
     try:
-        rgb = decode_rgb(data, max_pixels=max_pixels)
-        with Image.open(io.BytesIO(data)) as header:
-            fmt = header.format or "unknown"
+        decoded = decode_rgb_reduced(data, max_pixels=max_pixels)
     except ImageRejected as exc:
         return Checked(reason=str(exc))
     except Exception as exc:  # one odd file must not end a long run: record it instead
         return Checked(reason=f"unexpected {type(exc).__name__} ({exc})")
+    rgb, fmt = decoded.image, decoded.format
     width, height = rgb.size
     ext = KEPT_FORMATS.get(fmt, "png") if image_format == "keep" else image_format
     if KEPT_FORMATS.get(fmt) == ext:
