@@ -25,7 +25,8 @@ Every part records the device it ran on and the peak CUDA memory it allocated (e
 GPU did the work). Exits 1 with one `error:` line when no CUDA GPU is present, or when a
 part fails (after writing the JSON).
 
-`--device cpu --quick` runs the same parts on tiny sizes on the CPU: for tests only.
+`--device cpu --quick` runs the same parts on tiny sizes on the CPU: for tests only (its 4
+training steps are too few to require the loss to fall).
 
 Usage: python bench/gpu_check.py [--out gpu-check.json] [--budget-s 420]
 """
@@ -315,7 +316,8 @@ def part_train_bf16(check: Check) -> dict:
         "l1_last": round(last, 4),
         "finite": finite,
         "loss_falls": last < first,
-        "ok": finite and last < first and result.step == steps,
+        # 4 quick steps are too few for the loss to fall reliably: quick judges the run only
+        "ok": finite and result.step == steps and (last < first or check.quick),
     }
 
 
