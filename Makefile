@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint demo bench bench-gpu gpu-check
+.PHONY: setup test lint demo bench bench-gpu gpu-check gpu-bundle
 
 setup:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,5 +35,14 @@ bench-gpu:
 
 # The GPU acceptance check (kernels vs references, bf16 training, torchrun, encode/decode/
 # eval, imagenet encode speed) in under 8 minutes; writes gpu-check.json, exits 1 without a GPU.
+# Without $(VENV) (a bare CUDA machine with no network) it runs with the system python3 and
+# torch, from the wheels `make gpu-bundle` put in $(GPU_BUNDLE) (tools/gpu_bundle.py).
+GPU_BUNDLE ?= .gpu-bundle
+GPU_CHECK_ARGS ?=
+
 gpu-check:
-	$(PY) bench/gpu_check.py --out gpu-check.json
+	if [ -x $(PY) ]; then $(PY) bench/gpu_check.py --out gpu-check.json $(GPU_CHECK_ARGS); \
+	else python3 tools/gpu_bundle.py run --bundle $(GPU_BUNDLE) --out gpu-check.json $(GPU_CHECK_ARGS); fi
+
+gpu-bundle:
+	$(PY) tools/gpu_bundle.py build --out $(GPU_BUNDLE)

@@ -14,6 +14,8 @@ import torch
 from scriptkit import BENCH, script_module
 from test_encode import one_thread  # noqa: F401 (autouse: one torch thread)
 
+from kernels.selfcheck import probe
+
 SCRIPT = BENCH / "gpu_check.py"
 
 
@@ -78,3 +80,30 @@ def test_a_failing_part_is_recorded_and_the_others_still_run(gpu_check, tmp_path
     status = gpu_check.main([*argv, "--parts", "imagenet_encode", "--budget-s", "1"])
     skipped = json.loads(out.read_text())["parts"]["imagenet_encode"]
     assert status == 1 and "over budget" in skipped["skipped"]
+
+
+def test_without_a_vulkan_loader_the_vulkan_part_says_so_and_passes(
+    gpu_check, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(gpu_check.ctypes.util, "find_library", lambda name: None)
+    check = gpu_check.Check(torch.device("cpu"), quick=True, scratch=tmp_path)
+    part = gpu_check.run_part(check, "vulkan_kernels")
+    assert part["ok"] and part["ran"] is False and "libvulkan" in part["reason"], part
+
+
+@pytest.mark.vulkan
+def test_the_vulkan_part_checks_the_kernels_on_vulkan(gpu_check, tmp_path):
+    """Where Taichi starts on Vulkan (Mesa's lavapipe in CI), the part runs
+    bench/arch_check.py there and holds it to the tolerances; elsewhere it records why not."""
+    found = probe("vulkan", timeout_s=gpu_check.VULKAN_TIMEOUT_S)
+    if found["starts"] is False:
+        pytest.skip(f"Taichi cannot start on Vulkan here: {found['error']}")
+    check = gpu_check.Check(torch.device("cpu"), quick=True, scratch=tmp_path)
+    part = gpu_check.run_part(check, "vulkan_kernels")
+    assert part["ok"] and part["ran"] and part["failures"] == [], part
+    assert set(part["max_relative_error"]) == {
+        "rasterize_quick",
+        "rasterize_quick_opacities",
+        "deform_attn_quick",
+    }
+    assert part["narrow_clipped"] < 0.5
