@@ -19,7 +19,8 @@ GaussianToken (DESIGN.md section 1): encoder -> GaussianEmbed (G Gaussians) -> v
 quantizer on the Gaussian features -> `kernels.rasterize` of the quantized Gaussians onto
 a map_size^2 x z map -> decoder (adaptive GroupNorm styled by the rendered map).
 VQ baseline: encoder (z channels) -> quantizer on every map cell (row-major) -> decoder.
-GaussianEmbed, the quantizer and the rasterizer run in fp32 even under autocast.
+GaussianEmbed, the quantizer and the rasterizer run in fp32 even under autocast (in the
+model's dtype when it was cast).
 """
 
 from __future__ import annotations
