@@ -52,7 +52,7 @@ def _mock_mps() -> None:
 def _mock_model() -> None:
     """Record the device the model would be loaded on (or trained on), and stop there."""
 
-    def load_tokenizer(path, device="cpu"):
+    def load_tokenizer_with_sha256(path=None, device="cpu", dtype=None):
         seen["model_device"] = str(device)
         raise Reached
 
@@ -61,7 +61,7 @@ def _mock_model() -> None:
         seen["rank_world"] = [dist.rank, dist.world]
         raise Reached
 
-    gtok.model.io.load_tokenizer = load_tokenizer
+    gtok.model.io.load_tokenizer_with_sha256 = load_tokenizer_with_sha256  # what commands call
     gtok.train.loop._train = train_body
 
 
