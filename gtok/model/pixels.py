@@ -4,8 +4,11 @@ In: PIL images, uint8 arrays or tensors (HWC or CHW, one image or a batch), or f
 tensors already in the model's format. PIL and uint8 images go the way `gtok encode` takes
 a decoded image (EXIF orientation, RGB with alpha over white, `center_crop`'s antialiased
 bicubic resize of the shorter side and centre crop, `to_model_input`), so their tokens
-equal a store's. Float input is never resized and must lie in [-1, 1]: a float image in
-0..1 or 0..255 would otherwise be tokenized as a different picture without a word.
+equal a store's; except for JPEGs whose shorter side is at least 4x the resize target, which
+`gtok encode` decodes at reduced scale unless `--no-jpeg-draft` (a PIL image is already
+decoded; the two crops differ slightly, see `gtok.data.transforms`). Float input is
+never resized and must lie in [-1, 1]: a float image in 0..1 or 0..255 would otherwise be
+tokenized as a different picture without a word.
 
 Out: model images [B, 3, H, W] in [-1, 1] -> the bytes `gtok decode` writes
 (`gtok.metrics.to_uint8`), as PIL images or a uint8 array [B, H, W, 3].
@@ -31,7 +34,8 @@ OUTPUTS = ("pil", "numpy")
 
 
 def to_model_images(images: Any, size: int, resize: int | None = None) -> torch.Tensor:
-    """Images -> float32 [B, 3, size, size] in [-1, 1] on the CPU (float tensors: their device).
+    """Images -> [B, 3, size, size] in [-1, 1]: float32 on the CPU (float input keeps its
+    dtype and device).
 
     images: a PIL image, a uint8 array or tensor [H, W, 3], [3, H, W], [B, H, W, 3] or
     [B, 3, H, W], a float tensor or array [3, size, size] or [B, 3, size, size] in [-1, 1],
