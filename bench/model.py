@@ -60,10 +60,7 @@ PLAN = {
     "vq-imagenet": (1, 1, 0),
 }
 SIDE_BATCH, SIDE_REPEATS, TARGET_RATIO = 32, 5, 0.9
-RASTER_EVENTS = (
-    "_RasterizeFunction",  # forward
-    "autograd::engine::evaluate_function: _RasterizeFunctionBackward",
-)
+RASTER_EVENTS = ("gtok::rasterize_forward", "gtok::rasterize_backward")  # the custom ops
 
 
 def _train_step(model: torch.nn.Module, images: torch.Tensor) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "Tokens",
     "__version__",
     "build_tokenizer",
+    "collate",
     "load_tokenizer",
 ]
 
@@ -27,8 +28,8 @@ def __getattr__(name: str) -> Any:
         import gtok.model
 
         return getattr(gtok.model, name)
-    if name == "TokenStore":  # the token store reader imports zarr and torch: also on first use
-        from gtok.store import TokenStore
+    if name in ("TokenStore", "collate"):  # the store reader imports zarr: also on first use
+        import gtok.store
 
-        return TokenStore
+        return getattr(gtok.store, name)
     raise AttributeError(f"module 'gtok' has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """What every Taichi op of `kernels` shares around a launch: the argument checks common to
 all ops (tensor types, one float dtype, one device, int32 indexing, float64 only where the
-arch has it), MPS tensors' trip through host memory, and the ordering of Taichi's launches
-with torch's CUDA stream."""
+arch has it), the `implementation` switch, half-precision inputs computed in float32, MPS
+tensors' trip through host memory, and the ordering of Taichi's launches with torch's CUDA
+stream."""
 
 from __future__ import annotations
 
@@ -14,16 +15,22 @@ from kernels.runtime import ArchError, has_float64
 
 __all__ = [
     "DTYPES",
+    "IMPLEMENTATIONS",
+    "KERNEL_DTYPES",
     "MAX_INDEX",
     "check_alike",
     "check_arch_dtype",
+    "check_implementation",
     "check_sizes",
     "check_types",
+    "kernel_dtype",
     "taichi_stream",
     "to_host",
 ]
 
-DTYPES = (torch.float32, torch.float64)
+KERNEL_DTYPES = (torch.float32, torch.float64)  # what the Taichi kernels compute in
+DTYPES = (*KERNEL_DTYPES, torch.float16, torch.bfloat16)  # what the ops take and return
+IMPLEMENTATIONS = ("taichi", "reference")  # the Taichi kernels, or kernels.reference
 MAX_INDEX = 2**31 - 1  # Taichi indexes ndarrays with int32
 
 
@@ -41,12 +48,29 @@ def check_sizes(height: object, width: object) -> None:
             raise ValueError(f"{name} must be a positive int, got {size!r}.")
 
 
+def check_implementation(implementation: object) -> None:
+    """`ValueError` unless `implementation` is one of `IMPLEMENTATIONS`."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}."
+        )
+
+
+def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a Taichi kernel computes in for tensors of `dtype`: float16 and bfloat16
+    are computed in float32 (and the result cast back), float32 and float64 as they are."""
+    return dtype if dtype in KERNEL_DTYPES else torch.float32
+
+
 def check_alike(tensors: dict[str, torch.Tensor]) -> None:
-    """`ValueError` unless every tensor is float32, or every one float64, on one device."""
+    """`ValueError` unless every tensor has one float dtype of `DTYPES`, on one device."""
     dtypes = {name: t.dtype for name, t in tensors.items()}
     if len(set(dtypes.values())) != 1 or next(iter(dtypes.values())) not in DTYPES:
         listed = ", ".join(f"{name} {dtype}" for name, dtype in dtypes.items())
-        raise ValueError(f"All tensors must be float32, or all float64; got {listed}.")
+        raise ValueError(
+            "All tensors must have one float dtype (float32, float64, float16 or bfloat16); "
+            f"got {listed}."
+        )
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) != 1:
         listed = ", ".join(f"{name} on {device}" for name, device in devices.items())

@@ -1,14 +1,16 @@
 """`deform_attn`: multi-head deformable attention sampling as Taichi kernels.
 
 Checks its arguments and runs hand-written Taichi forward and backward kernels
-(`kernels._deform_taichi`) through a `torch.autograd.Function`. Same numbers as
-`kernels.reference.deform_attn`, whose docstring states the conventions.
+(`kernels._deform_taichi`) as two `torch.library` custom ops, `gtok::deform_attn_forward`
+and `gtok::deform_attn_backward`, joined by `register_autograd`, with fake (meta)
+implementations so that `torch.compile(fullgraph=True)` and `torch.export` trace them as
+opaque ops. Same numbers as `kernels.reference.deform_attn`, whose docstring states the
+conventions, and `implementation="reference"` runs that instead.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from kernels import runtime
 from kernels._deform_taichi import DeformKey, kernels_for
@@ -16,11 +18,14 @@ from kernels._launch import (
     MAX_INDEX,
     check_alike,
     check_arch_dtype,
+    check_implementation,
     check_sizes,
     check_types,
+    kernel_dtype,
     taichi_stream,
     to_host,
 )
+from kernels.reference import deform_attn as reference_deform_attn
 
 __all__ = ["deform_attn"]
 
@@ -33,6 +38,7 @@ def deform_attn(
     offsets: torch.Tensor,
     logits: torch.Tensor,
     fixed_offsets: torch.Tensor | None = None,
+    implementation: str = "taichi",
 ) -> torch.Tensor:
     """Softmax-weighted sum of bilinear samples of each head's value map, every query.
 
@@ -42,61 +48,110 @@ def deform_attn(
     logits: [B, Nq, M, F + P] attention logits, the F fixed points first;
     fixed_offsets: [F, 2] offsets in map pixels shared by every query and head, treated as
     constants (no gradient), or None (F = 0).
-    Returns [B, Nq, M, Dh] in the inputs' dtype (float32 or float64, all alike),
-    differentiable in value, reference, offsets and logits. Tensors on the CPU run on
-    Taichi's cpu arch, CUDA tensors on its cuda arch, unless `kernels.runtime` chose
-    another arch (see `kernels.rasterize` for the device rules).
+    Returns [B, Nq, M, Dh] in the inputs' dtype (all alike: float32 or float64; float16
+    and bfloat16 are computed in float32), differentiable in value, reference, offsets and
+    logits. implementation: "taichi" (the kernels) or "reference"
+    (`kernels.reference.deform_attn`, which also differentiates `fixed_offsets`). Tensors
+    on the CPU run on Taichi's cpu arch, CUDA tensors on its cuda arch, unless
+    `kernels.runtime` chose another arch (see `kernels.rasterize` for the device rules).
     """
+    check_implementation(implementation)
     fixed = _check(value, height, width, reference, offsets, logits, fixed_offsets)
-    check_arch_dtype(runtime.start(value.device), value.dtype)
-    device = value.device
-    if device.type == "mps":
-        value, reference, offsets, logits, fixed = to_host(
-            (value, reference, offsets, logits, fixed)
+    if implementation == "reference":
+        return reference_deform_attn(
+            value, height, width, reference, offsets, logits, fixed_offsets
         )
-    out = _DeformAttnFunction.apply(value, reference, offsets, logits, fixed, height, width)
-    return out.to(device)
+    dtype, device = value.dtype, value.device
+    if not torch.compiler.is_compiling():  # the op's own check comes too late for meta tensors
+        runtime.resolve_arch(device)
+    tensors = (value, reference, offsets, logits, fixed)
+    if device.type == "mps":
+        tensors = to_host(tensors)
+    compute = kernel_dtype(dtype)
+    tensors = tuple(t.to(compute) for t in tensors)
+    out, _ = torch.ops.gtok.deform_attn_forward(*tensors, height, width)
+    return out.to(device, dtype)
 
 
-class _DeformAttnFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, value, reference, offsets, logits, fixed, height, width):
-        n_b, _, n_m, n_d = value.shape
-        n_q, n_p = offsets.shape[1], offsets.shape[3]
-        key = DeformKey(n_d, n_p, logits.shape[-1] - n_p, value.dtype)
-        # Detached: Taichi reads `.grad` of tensors that require grad, which warns for
-        # non-leaf tensors.
-        inputs = [t.detach().contiguous() for t in (value, reference, offsets, fixed, logits)]
-        weights = torch.empty_like(inputs[4])
-        out = value.new_empty((n_b, n_q, n_m, n_d))
-        if out.numel():
-            with runtime.kernel_lock, taichi_stream(value.device):
-                kernels_for(key).forward(*inputs, height, width, weights, out)
-        ctx.save_for_backward(*inputs[:4], weights)
-        ctx.key = key
-        ctx.shape = (height, width)
-        return out
+@torch.library.custom_op("gtok::deform_attn_forward", mutates_args=())
+def _forward(
+    value: torch.Tensor,
+    reference: torch.Tensor,
+    offsets: torch.Tensor,
+    logits: torch.Tensor,
+    fixed: torch.Tensor,
+    height: int,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (out [B, Nq, M, Dh], softmax weights [B, Nq, M, F + P] for the backward)."""
+    check_arch_dtype(runtime.start(value.device), value.dtype)
+    n_b, _, n_m, n_d = value.shape
+    n_q, n_p = offsets.shape[1], offsets.shape[3]
+    key = DeformKey(n_d, n_p, logits.shape[-1] - n_p, value.dtype)
+    # Detached: Taichi reads `.grad` of tensors that require grad, which warns for
+    # non-leaf tensors.
+    inputs = [t.detach().contiguous() for t in (value, reference, offsets, fixed, logits)]
+    weights = torch.empty_like(inputs[4])
+    out = value.new_empty((n_b, n_q, n_m, n_d))
+    if out.numel():
+        with runtime.kernel_lock, taichi_stream(value.device):
+            kernels_for(key).forward(*inputs, height, width, weights, out)
+    return out, weights
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):
-        value, reference, offsets, fixed, weights = ctx.saved_tensors
-        if not grad_out.numel():
-            grads = [torch.zeros_like(t) for t in (value, reference, offsets, weights)]
-        else:
-            # Every gradient is written in full, but the atomic kernel adds to grad_value.
-            serial = runtime.started_arch() == "cpu"
-            grads = [torch.empty_like(t) for t in (reference, offsets, weights)]
-            grads.insert(0, torch.empty_like(value) if serial else torch.zeros_like(value))
-            kernels = kernels_for(ctx.key)
-            backward = kernels.backward_serial if serial else kernels.backward_atomic
-            with runtime.kernel_lock, taichi_stream(value.device):
-                backward(
-                    value, reference, offsets, fixed, weights, grad_out.contiguous(),
-                    *ctx.shape, *grads,
-                )  # fmt: skip
-        need = ctx.needs_input_grad
-        return (*(g if n else None for g, n in zip(grads, need[:4], strict=True)), None, None, None)
+
+@_forward.register_fake
+def _forward_fake(value, reference, offsets, logits, fixed, height, width):
+    n_b, _, n_m, n_d = value.shape
+    return value.new_empty((n_b, offsets.shape[1], n_m, n_d)), torch.empty_like(logits)
+
+
+@torch.library.custom_op("gtok::deform_attn_backward", mutates_args=())
+def _backward(
+    value: torch.Tensor,
+    reference: torch.Tensor,
+    offsets: torch.Tensor,
+    fixed: torch.Tensor,
+    weights: torch.Tensor,
+    grad_out: torch.Tensor,
+    height: int,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward's inputs and weights, d loss / d out [B, Nq, M, Dh] -> the gradients of
+    value, reference, offsets and logits."""
+    value, reference, offsets, fixed, weights, grad_out = (
+        t.detach().contiguous() for t in (value, reference, offsets, fixed, weights, grad_out)
+    )
+    if not grad_out.numel():
+        return tuple(torch.zeros_like(t) for t in (value, reference, offsets, weights))
+    # Every gradient is written in full, but the atomic kernel adds to grad_value.
+    serial = runtime.started_arch() == "cpu"
+    grads = [torch.empty_like(t) for t in (reference, offsets, weights)]
+    grads.insert(0, torch.empty_like(value) if serial else torch.zeros_like(value))
+    n_p = offsets.shape[3]
+    kernels = kernels_for(DeformKey(value.shape[3], n_p, weights.shape[-1] - n_p, value.dtype))
+    backward = kernels.backward_serial if serial else kernels.backward_atomic
+    with runtime.kernel_lock, taichi_stream(value.device):
+        backward(value, reference, offsets, fixed, weights, grad_out, height, width, *grads)
+    return tuple(grads)
+
+
+@_backward.register_fake
+def _backward_fake(value, reference, offsets, fixed, weights, grad_out, height, width):
+    return tuple(torch.empty_like(t) for t in (value, reference, offsets, weights))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    value, reference, offsets, _logits, fixed, height, width = inputs
+    ctx.save_for_backward(value, reference, offsets, fixed, output[1])
+    ctx.shape = (height, width)
+
+
+def _autograd_backward(ctx, grad_out, _grad_weights):
+    grads = torch.ops.gtok.deform_attn_backward(*ctx.saved_tensors, grad_out, *ctx.shape)
+    return (*grads, None, None, None)
+
+
+_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 def _check(value, height, width, reference, offsets, logits, fixed_offsets) -> torch.Tensor:

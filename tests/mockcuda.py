@@ -52,7 +52,7 @@ def _mock_mps() -> None:
 def _mock_model() -> None:
     """Record the device the model would be loaded on (or trained on), and stop there."""
 
-    def load_tokenizer_with_sha256(path, device="cpu"):  # `load_tokenizer` calls it too
+    def load_tokenizer_with_sha256(path=None, device="cpu", dtype=None):  # load_tokenizer too
         seen["model_device"] = str(device)
         raise Reached
 

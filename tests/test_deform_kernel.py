@@ -143,7 +143,7 @@ def test_only_requested_gradients_and_no_fixed_offset_gradient():
         ({"logits": torch.zeros(2, 5, 3, 4, dtype=torch.float64)}, "Shapes do not agree"),
         ({"fixed_offsets": torch.zeros(2, 2, dtype=torch.float64)}, "Shapes do not agree"),
         ({"value": torch.zeros(2, 30, 3)}, r"value must be \[B, H\*W, M, Dh\]"),
-        ({"reference": torch.zeros(2, 5, 2)}, "float32, or all float64"),
+        ({"reference": torch.zeros(2, 5, 2)}, "one float dtype"),
         ({"width": 0}, "positive int"),
     ],
 )

@@ -393,9 +393,21 @@ def test_dtype_mismatch_is_an_error():
     g = gaussians(1, 2, 3)
     with pytest.raises(ValueError, match=r"means torch.float64.*features torch.float32"):
         kernels.rasterize(g["means"].double(), g["scales"], g["rotations"], g["features"], 8, 8)
-    half = {k: v.half() for k, v in g.items() if v is not None}
-    with pytest.raises(ValueError, match="must be float32, or all float64"):
-        kernels.rasterize(*half.values(), 8, 8)
+    with pytest.raises(ValueError, match="must have one float dtype"):
+        names = ("means", "scales", "rotations", "features")
+        kernels.rasterize(*(g[name].long() for name in names), 8, 8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_computed_in_float32_and_returned_as_given(dtype):
+    g = {k: v for k, v in gaussians(2, 5, 3).items() if v is not None}
+    low = {k: v.to(dtype).requires_grad_() for k, v in g.items()}
+    out = kernels.rasterize(*low.values(), 8, 8)
+    assert out.dtype == dtype
+    want = kernels.rasterize(*(v.detach().float() for v in low.values()), 8, 8)
+    assert torch.equal(out, want.to(dtype))
+    out.float().sum().backward()
+    assert all(v.grad is not None and v.grad.dtype == dtype for v in low.values())
 
 
 def test_tensors_on_different_devices_are_an_error():

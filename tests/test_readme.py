@@ -6,8 +6,8 @@ Quickstart and "Packing images" run in-process; "Token stores", "Tokens for sequ
 models" (with the Python snippet there) and "Decoding and evaluation" run whole, as bash
 scripts with the installed `gtok` on PATH (the 4-process encode loop included); the training
 example of the command table runs until a Ctrl-C. Lines holding `...` are templates, not
-examples. The README's TokenStore training-loop snippet is run by tests/test_encode.py,
-`make demo` by tests/test_demo.py.
+examples. The "## Python" blocks run in-process, in order. The README's TokenStore
+training-loop snippet is run by tests/test_encode.py, `make demo` by tests/test_demo.py.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from defaultkit import (  # noqa: F401
     standin_default,
     standin_model,
@@ -34,6 +35,7 @@ from evalkit import (  # noqa: F401
     no_weights,
     one_thread,
 )
+from PIL import Image
 from shardmaker import write_tar
 
 import gtok
@@ -127,6 +129,29 @@ def test_quickstart_and_packing_run_as_written(
     assert classes == {"cats": 0, "dogs": 1}
     with tarfile.open(tmp_path / "jpg-shards" / "shard-000000.tar") as tar:
         assert {Path(n).suffix for n in tar.getnames()} == {".jpg", ".json"}
+
+
+def test_python_section_runs_as_written(runner, tmp_path, monkeypatch, standin_default):
+    """The "## Python" blocks, run in order in one namespace, in a folder holding photo.jpg
+    and tokens.zarr (three photographs encoded by `gtok encode` with the default model)."""
+    shutil.copy(PHOTOS[0], tmp_path / "photo.jpg")
+    write_tar(
+        tmp_path / "shards" / "s.tar", [(p.stem, {"jpg": p.read_bytes()}) for p in PHOTOS[:3]]
+    )
+    monkeypatch.chdir(tmp_path)
+    encoded = runner.invoke(app, ["encode", "shards", "-o", "tokens.zarr", "--workers", "0"])
+    assert encoded.exit_code == 0, encoded.stderr
+    namespace: dict = {}
+    blocks = re.findall(r"```python\n(.*?)```", section("## Python"), re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    recon = Image.open(tmp_path / "photo-recon.png")
+    assert recon.size == (64, 64) and recon.mode == "RGB"
+    assert namespace["batch"]["indices"].dtype == torch.int64
+    assert namespace["x"].shape == (3, 64, 512)
+    indices, geometry = namespace["encoder"].module()(namespace["tok"].preprocess(recon))
+    assert indices.shape == (1, 64) and geometry.shape == (1, 64, 5)
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ __all__ = [
     "decode_rgb",
     "decode_rgb_reduced",
     "transpose_box",
+    "upright_rgb",
 ]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # in order of preference within a sample
@@ -238,6 +239,14 @@ def _upright(img: Image.Image) -> tuple[Image.Image, Image.Transpose | None]:
         return ImageOps.exif_transpose(img), method
     except Exception:  # malformed EXIF loses the rotation, not the image
         return img, None
+
+
+def upright_rgb(
+    img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)
+) -> Image.Image:
+    """A PIL image of any mode as decoding makes it: EXIF orientation applied, then 8-bit
+    RGB (alpha composited over `background`)."""
+    return to_rgb(_upright(img)[0], background)
 
 
 def decode_rgb_reduced(

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from gtok.errors import GtokError
-from gtok.model.io import CONFIG_FILE, WEIGHTS_FILE, resolve_model_dir
+from gtok.model.directory import CONFIG_FILE, WEIGHTS_FILE, resolve_model_dir
 
 __all__ = ["DEFAULT_MODEL_ENV", "SHIPPED_MODEL_DIR", "default_model_dir"]
 

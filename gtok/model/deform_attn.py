@@ -11,10 +11,11 @@ Sampling is bilinear with zero padding as `F.grid_sample(align_corners=False)`: 
 ((j + 0.5) / W, (i + 0.5) / H), and samples outside the map read zeros.
 
 Only one feature-map level is used by gtok, so only `num_levels == 1` is supported.
-Runs in fp32 even under autocast (float64 inputs stay float64).
+Runs in its parameters' dtype even under autocast: fp32 (float64 or bfloat16 when the
+model was cast with `.to(dtype)`; the kernel computes half precision in float32).
 
 The sampling and weighting of all heads and points runs in the Taichi kernel
-`kernels.deform_attn` (implementation "kernel", the default, on cpu and cuda tensors) or in
+`kernels.deform_attn` (implementation "taichi", the default, on cpu and cuda tensors) or in
 plain PyTorch with `grid_sample` (`kernels.reference.deform_attn`, implementation
 "reference", also used on other devices and when `fixed_offsets` is made trainable, since
 the kernel treats it as a constant). Both give the same numbers up to float rounding;
@@ -29,21 +30,21 @@ import torch
 from torch import nn
 
 import kernels
-from kernels import reference as kernels_reference
 
-__all__ = ["IMPLEMENTATIONS", "DeformableAttention", "at_least_float32", "set_implementation"]
+__all__ = ["IMPLEMENTATIONS", "DeformableAttention", "parameter_dtype", "set_implementation"]
 
-IMPLEMENTATIONS = ("kernel", "reference")
+IMPLEMENTATIONS = ("taichi", "reference")
 _KERNEL_DEVICES = ("cpu", "cuda", "mps")  # mps: the kernels on Metal, via host memory
 
 
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """x in float32, or unchanged when it is float64 (so tests can run in float64)."""
-    return x if x.dtype == torch.float64 else x.float()
+def parameter_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of `module`'s parameters: what its fp32 parts compute in (float32 unless
+    the model was cast with `.to(dtype)`, e.g. float64 in tests or bfloat16)."""
+    return next(module.parameters()).dtype
 
 
 def set_implementation(model: nn.Module, implementation: str) -> None:
-    """Use `implementation` ("kernel" or "reference") in every DeformableAttention of `model`."""
+    """Use `implementation` ("taichi" or "reference") in every DeformableAttention of `model`."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     for module in model.modules():
@@ -60,7 +61,7 @@ class DeformableAttention(nn.Module):
         num_levels: feature-map levels L; must be 1.
         num_points: learned sampling points P per head and level.
         fixed_point: add the fixed zero-offset point (index 0) to every head and level.
-        implementation: "kernel" (Taichi) or "reference" (PyTorch); see the module docstring.
+        implementation: "taichi" or "reference" (PyTorch); see the module docstring.
     """
 
     def __init__(
@@ -70,7 +71,7 @@ class DeformableAttention(nn.Module):
         num_levels: int = 1,
         num_points: int = 4,
         fixed_point: bool = True,
-        implementation: str = "kernel",
+        implementation: str = "taichi",
     ) -> None:
         super().__init__()
         if implementation not in IMPLEMENTATIONS:
@@ -142,7 +143,7 @@ class DeformableAttention(nn.Module):
             spatial_shape: (H, W) of the map.
 
         Returns:
-            [B, Nq, D], fp32.
+            [B, Nq, D] in the parameters' dtype (fp32 unless the model was cast).
         """
         height, width = (int(s) for s in spatial_shape)
         batch, num_queries, dim = query.shape
@@ -158,7 +159,7 @@ class DeformableAttention(nn.Module):
             )
         with torch.autocast(device_type=query.device.type, enabled=False):
             return self._attend(
-                *(t.to(at_least_float32(query).dtype) for t in (query, reference_points, value)),
+                *(t.to(parameter_dtype(self)) for t in (query, reference_points, value)),
                 height,
                 width,
             )
@@ -171,14 +172,16 @@ class DeformableAttention(nn.Module):
         value = self.value_proj(value).view(b, h * w, m, self.dim // m)  # [B, HW, M, Dh]
         offsets = self.sampling_offsets(query).view(b, nq, m, p, 2)  # level pixels (dx, dy)
         logits = self.attention_weights(query).view(b, nq, m, -1)  # (head, level, point)
-        sample = kernels.deform_attn if self._use_kernel(query) else kernels_reference.deform_attn
-        out = sample(value, h, w, reference, offsets, logits, self.fixed_offsets)  # [B, Nq, M, Dh]
+        implementation = "taichi" if self._use_kernel(query) else "reference"
+        out = kernels.deform_attn(
+            value, h, w, reference, offsets, logits, self.fixed_offsets, implementation
+        )  # [B, Nq, M, Dh]
         return self.output_proj(out.reshape(b, nq, self.dim))  # heads concatenated
 
     def _use_kernel(self, query: torch.Tensor) -> bool:
         fixed = self.fixed_offsets
         return (
-            self.implementation == "kernel"
+            self.implementation == "taichi"
             and query.device.type in _KERNEL_DEVICES
             and (fixed is None or not fixed.requires_grad)
         )

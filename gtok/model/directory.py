@@ -1,4 +1,5 @@
-"""The model directory format: its file names and version, and writing one.
+"""The model directory format: its file names and version, writing one, and finding one
+(`resolve_model_dir`: a model directory, a training run's, or one of their files).
 
 Layout of a model directory:
 
@@ -22,9 +23,17 @@ from safetensors.torch import save
 from torch import nn
 
 from gtok._version import __version__
+from gtok.errors import GtokError
 from gtok.outputs import naming, write_atomically
 
-__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "WEIGHTS_FILE", "save_pretrained"]
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT_VERSION",
+    "RUN_MODEL_SUBDIR",
+    "WEIGHTS_FILE",
+    "resolve_model_dir",
+    "save_pretrained",
+]
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -64,3 +73,24 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
 
 def _json_bytes(document: dict) -> bytes:
     return (json.dumps(document, indent=2) + "\n").encode()
+
+
+RUN_MODEL_SUBDIR = "model"  # a training run directory keeps its exported model here
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The model directory meant by `path`: a model directory, a run directory (its
+    `model/` subdirectory), or one of a model directory's two files."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise GtokError(f"{path} does not exist; give a gtok model directory or training run.")
+    if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
+        path = path.parent
+    for candidate in (path, path / RUN_MODEL_SUBDIR):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    raise GtokError(
+        f"{path} is not a gtok model directory (no {CONFIG_FILE}) or training run directory "
+        f"(no {RUN_MODEL_SUBDIR}/{CONFIG_FILE}); make one with `save_pretrained` or "
+        "`gtok convert-official`."
+    )

@@ -16,7 +16,8 @@ Module, parameter and buffer names are the authors' (`gs_embed.*` in their check
 checkpoint converts by renaming the prefix; left out are what their forward pass never uses:
 `op_module_map.*` and the first refines' `to_features` and `range_scheduler`.
 
-Everything runs in fp32, even under autocast (a float64 feature map and model stay float64).
+Everything runs in the parameters' dtype, even under autocast: fp32 (float64 or bfloat16
+when the model was cast with `.to(dtype)`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from gtok.model.deform_attn import DeformableAttention, at_least_float32
+from gtok.model.deform_attn import DeformableAttention, parameter_dtype
 
 __all__ = [
     "LOGIT_CLAMP",
@@ -522,14 +523,15 @@ class GaussianEmbed(nn.Module):
         return self.layers[-1].range_scheduler
 
     def forward(self, feature_map: torch.Tensor) -> Gaussians:
-        """feature_map [B, in_dim, h, w] -> Gaussians (fp32) for an [h, w] render."""
+        """feature_map [B, in_dim, h, w] -> Gaussians (in the parameters' dtype, fp32 unless
+        the model was cast) for an [h, w] render."""
         if feature_map.ndim != 4 or feature_map.shape[1] != self.config.in_dim:
             raise ValueError(
                 f"expected a feature map [B, {self.config.in_dim}, h, w], "
                 f"got {tuple(feature_map.shape)}"
             )
         with torch.autocast(device_type=feature_map.device.type, enabled=False):
-            feature_map = at_least_float32(feature_map)
+            feature_map = feature_map.to(parameter_dtype(self))
             batch, _, h, w = feature_map.shape
             src, pos = self.fm_lifter(feature_map)  # [B, hw, D], [1, hw, D]
             instance, anchor = self.gaussian_lifter(batch)  # [B, G, D], [B, G, 5 + D]

@@ -1,7 +1,7 @@
 """Reading model directories: find one, read its config, load its tokenizer, hash its weights.
 
-The format (layout, file names, version) and its writer `save_pretrained` are in
-`gtok.model.directory`, re-exported here. This module builds tokenizers
+The format (layout, file names, version), its writer `save_pretrained` and
+`resolve_model_dir` are in `gtok.model.directory`, re-exported here. This module builds tokenizers
 (`gtok.model.tokenizer`); the tokenizers never import it.
 
 A training run directory holds its exported model (EMA weights) in `RUN_DIR/model/` and its
@@ -29,7 +29,15 @@ from torch.overrides import TorchFunctionMode
 from gtok._version import __version__
 from gtok.errors import GtokError
 from gtok.model.config import TokenizerConfig
-from gtok.model.directory import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, save_pretrained
+from gtok.model.default import default_model_dir
+from gtok.model.directory import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    RUN_MODEL_SUBDIR,
+    WEIGHTS_FILE,
+    resolve_model_dir,
+    save_pretrained,
+)
 from gtok.safeload import SETTINGS_BYTES, Unreadable, load_json
 
 if TYPE_CHECKING:
@@ -37,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONFIG_FILE",
+    "DEFAULT_MODEL",
     "FORMAT_VERSION",
     "RUN_MODEL_SUBDIR",
     "WEIGHTS_FILE",
@@ -47,26 +56,6 @@ __all__ = [
     "save_pretrained",
     "weights_sha256",
 ]
-
-RUN_MODEL_SUBDIR = "model"  # a training run directory keeps its exported model here
-
-
-def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """The model directory meant by `path`: a model directory, a run directory (its
-    `model/` subdirectory), or one of a model directory's two files."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise GtokError(f"{path} does not exist; give a gtok model directory or training run.")
-    if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
-        path = path.parent
-    for candidate in (path, path / RUN_MODEL_SUBDIR):
-        if (candidate / CONFIG_FILE).is_file():
-            return candidate
-    raise GtokError(
-        f"{path} is not a gtok model directory (no {CONFIG_FILE}) or training run directory "
-        f"(no {RUN_MODEL_SUBDIR}/{CONFIG_FILE}); make one with `save_pretrained` or "
-        "`gtok convert-official`."
-    )
 
 
 def read_config(path: str | os.PathLike) -> TokenizerConfig:
@@ -91,19 +80,32 @@ def read_config(path: str | os.PathLike) -> TokenizerConfig:
         raise GtokError(f"{config_path} has an invalid architecture: {exc}.") from exc
 
 
-def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu") -> BaseTokenizer:
-    """Load the tokenizer at `path` (model directory, run directory, or one of its files)
-    onto `device`, in eval mode. Raises `GtokError` for anything wrong with the files."""
-    return load_tokenizer_with_sha256(path, device)[0]
+DEFAULT_MODEL = "default"  # the name `load_tokenizer` takes for the shipped model
+
+
+def load_tokenizer(
+    path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> BaseTokenizer:
+    """Load the tokenizer at `path` (model directory, run directory, or one of its files;
+    None or "default": the default model, `gtok.model.default`) onto `device`, in `dtype`
+    (None: float32 as stored; e.g. torch.bfloat16), in eval mode. Raises `GtokError` for
+    anything wrong with the files."""
+    return load_tokenizer_with_sha256(path, device, dtype)[0]
 
 
 def load_tokenizer_with_sha256(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
+    path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> tuple[BaseTokenizer, str]:
     """`load_tokenizer`, and the hex sha256 of the bytes of `model.safetensors` that its
     weights were loaded from (what identifies them in token stores and training runs)."""
     from gtok.model.tokenizer import build_from_config
 
+    if path is None or str(path) == DEFAULT_MODEL:  # a folder named so: pass "./default"
+        path = default_model_dir()
     model_dir = resolve_model_dir(path)
     config = read_config(model_dir)  # within `LIMITS`: a bounded number of modules
     weights_path = model_dir / WEIGHTS_FILE
@@ -118,7 +120,7 @@ def load_tokenizer_with_sha256(
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     _check_state(weights_path, expected, found)
     model.load_state_dict(tensors, strict=True)
-    return model.to(device).eval(), sha256
+    return model.to(device=device, dtype=dtype).eval(), sha256
 
 
 def _read_weights(weights_path: Path) -> tuple[dict[str, torch.Tensor], str]:

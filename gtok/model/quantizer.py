@@ -227,7 +227,7 @@ class VectorQuantizer(nn.Module):
         if x.ndim != 3 or x.shape[-1] != self.dim:
             raise ValueError(f"expected x [B, N, {self.dim}], got {tuple(x.shape)}")
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.float()
+            x = x.to(self.embed.dtype)  # fp32 unless the model was cast with `.to(dtype)`
             flat = x.detach().reshape(-1, self.dim)  # [B*N, z]
             if self.training and not self._known_initted:
                 if not bool(self.initted.item()):
@@ -250,10 +250,13 @@ class VectorQuantizer(nn.Module):
         return QuantizerOutput(quantized, indices.view(x.shape[:2]), commit_loss, perplexity, usage)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """Codes [B, N, z] (fp32) of indices [B, N] (int) in [0, K)."""
+        """Codes [B, N, z] (the codebook's dtype, fp32 unless the model was cast) of indices
+        [B, N] (int) in [0, K)."""
         if indices.dtype.is_floating_point or indices.dtype == torch.bool:
             raise ValueError(f"indices must be an integer tensor, got {indices.dtype}")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
+        if torch.compiler.is_compiling() or not indices.numel():  # a check would break graphs
+            return F.embedding(indices.long(), self.embed)
+        if int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size:
             raise ValueError(
                 f"indices must be in [0, {self.codebook_size}), got range "
                 f"[{int(indices.min())}, {int(indices.max())}]"

@@ -4,8 +4,16 @@ See `gtok.store.schema` for the layout."""
 
 from gtok.store.finalize import finalize_store
 from gtok.store.location import Location
-from gtok.store.reader import TokenStore
+from gtok.store.reader import TokenStore, collate
 from gtok.store.schema import StoreHeader
 from gtok.store.writer import Part, StoreWriter
 
-__all__ = ["Location", "Part", "StoreHeader", "StoreWriter", "TokenStore", "finalize_store"]
+__all__ = [
+    "Location",
+    "Part",
+    "StoreHeader",
+    "StoreWriter",
+    "TokenStore",
+    "collate",
+    "finalize_store",
+]
