@@ -40,8 +40,6 @@ from gtok.console import console, set_quiet
 from gtok.errors import GtokError
 from gtok.outputs import describe_write_failure
 from gtok.safeload import SETTINGS_BYTES, Unreadable, parse_toml
-from kernels import runtime
-from kernels.runtime import ArchError
 
 __all__ = [
     "ConfigOption",
@@ -54,7 +52,6 @@ __all__ = [
     "table_text",
 ]
 
-USER_ERRORS = (GtokError, ArchError)
 ENV_PREFIX = "GTOK"
 NOT_FROM_ENV = frozenset({"help", "version"})  # options that print and exit
 GLOBAL_FLAGS = ("--verbose", "--quiet", "--kernel-arch")  # GTOK_VERBOSE, GTOK_QUIET, ...
@@ -90,7 +87,24 @@ def _kernel_arch(ctx: typer.Context, param: typer.CallbackParam, value: KernelAr
     (perhaps before the command); from $GTOK_KERNEL_ARCH (Click has checked it), `runtime`
     reads it itself, and a flag on the other side of the command name keeps precedence."""
     if value is not None and ctx.get_parameter_source(param.name).name != "ENVIRONMENT":
+        from kernels import runtime  # imports torch: only when the flag is given
+
         runtime.request_arch(value.value)
+
+
+def _forget_arch_request() -> None:
+    """Undo an earlier run's `--kernel-arch` (tests run several in one process); nothing to
+    undo when `kernels.runtime` was never imported, and importing it would import torch."""
+    if runtime := sys.modules.get("kernels.runtime"):
+        runtime.request_arch(None)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that are the user's to fix: `GtokError`, and Taichi's `ArchError` once
+    `kernels.runtime` is imported (none can be raised before)."""
+    if runtime := sys.modules.get("kernels.runtime"):
+        return (GtokError, runtime.ArchError)
+    return (GtokError,)
 
 
 def _global_flags(
@@ -183,7 +197,7 @@ class GtokGroup(TyperGroup):
         if parent is None:  # a new run (tests run several in one process)
             state.verbose = False
             set_quiet(False)
-            runtime.request_arch(None)
+            _forget_arch_request()
         return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx: typer.Context) -> Any:
@@ -195,7 +209,7 @@ class GtokGroup(TyperGroup):
         except typer.BadParameter as exc:
             _blame(exc)
             raise
-        except USER_ERRORS as exc:
+        except _user_errors() as exc:
             if state.verbose:
                 raise
             fail(str(exc))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -12,8 +12,9 @@ from cli._options import RESUME, TERMINATED, resumable, stop_terminated
 from gtok.console import console, is_quiet
 from gtok.errors import GtokError
 from gtok.safeload import TooDeep, Unreadable, parse_json
-from gtok.train import TrainConfig, TrainResult
-from gtok.train import train as run_training
+
+if TYPE_CHECKING:
+    from gtok.train import TrainResult
 
 _RUN = "Run"
 _DATA = "Data"
@@ -163,6 +164,9 @@ def train(
 
     Example: gtok train data/train --val-shards data/val --preset tiny --steps 20000 -o runs/a
     """
+    from gtok.train import TrainConfig  # imports torch: only when the command runs
+    from gtok.train import train as run_training
+
     if not shards:
         raise typer.BadParameter("give training shards (folders of .tar, .tar files or globs).")
     if not preset:
