@@ -119,8 +119,8 @@ def eval_command(
 
     Example: gtok eval ./val-shards -m runs/cifar --compare runs/vq-cifar --json
 
-    Example (what encode-time refinement gains): gtok eval ./val-shards --refine-steps 50
-    --compare gtok/default_model
+    Example (what encode-time refinement gains): gtok eval ./val-shards -m runs/cifar
+    --refine-steps 50 --compare runs/cifar
 
     Example: gtok eval --reference ./val-shards --reconstructed recon/
 
