@@ -2,9 +2,9 @@
 
 Prints one JSON document: for each command line, the wall time of a fresh `python -c
 "from cli.main import main; main()" ARGS` process in seconds (median and minimum of
-`--repeats` runs), and the heavy packages (torch, taichi, zarr) it imported (none expected:
-they are imported when a command runs). On a loaded machine the minimum is the closer
-estimate of an idle core.
+`--repeats` runs), its CPU time (user + system, median: what it takes on an idle core,
+which wall time on a loaded machine is not), and the heavy packages (torch, taichi, zarr)
+it imported (none expected: they are imported when a command runs).
 
 Usage: .venv/bin/python bench/startup.py [--repeats 5] > out.json
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,20 +28,28 @@ _RUN = (
 )
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def time_line(args: list[str], repeats: int) -> dict:
-    """Wall seconds (median, min over `repeats` fresh processes) of `gtok ARGS`, and the
-    heavy packages the last one imported."""
-    seconds = []
+    """Wall seconds (median, min) and CPU seconds (median) over `repeats` fresh processes of
+    `gtok ARGS`, and the heavy packages the last one imported."""
+    seconds, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _children_cpu()
         done = subprocess.run(
             [sys.executable, "-c", _RUN, *args], capture_output=True, text=True, check=True
         )
         seconds.append(time.perf_counter() - start)
+        cpu.append(_children_cpu() - cpu_start)
     heavy = [name for name in done.stderr.rsplit("heavy:", 1)[1].strip().split(",") if name]
     return {
         "median_s": round(statistics.median(seconds), 3),
         "min_s": round(min(seconds), 3),
+        "cpu_median_s": round(statistics.median(cpu), 3),
         "heavy_imports": heavy,
     }
 
