@@ -13,8 +13,9 @@
 - `--json` prints exactly one JSON document on stdout and nothing else there.
 - One naming scheme (`-o/--output` for what a command writes, one name per weight file,
   choices shown as `<a|b|c>`); an option's old spelling (`RENAMED`) still works for one
-  release, hidden from help, with a note on stderr. Help keeps each example's command on
-  one line (Click's `\b` raw paragraphs), whatever the terminal's width.
+  release, hidden from help, with a note on stderr. Help prints each example's command as
+  written (Click's `\b` raw paragraphs), broken only before an option with a shell
+  continuation, whatever the terminal's width.
 - `--config FILE.toml` fills the command's defaults. Precedence: flag > environment
   variable (`GTOK_<COMMAND>_<OPTION>`, e.g. `GTOK_ENCODE_BATCH_SIZE`, `GTOK_DECODE_FORMAT`:
   the option's long name; `GTOK_<OPTION>` for the global flags) > config file > default.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -190,7 +192,7 @@ def _bind_envvars(command, path: list[str]) -> None:
         _bind_envvars(sub, [*path, name])
 
 
-def choices(name: str, values: Any) -> type[StrEnum]:
+def choices(name: str, values: Iterable[str]) -> type[StrEnum]:
     """An enumeration of the strings `values`, for an option that takes one of them: help
     shows them as `<a|b|c>` and a bad value is refused listing them."""
     return StrEnum(name, [(value, value) for value in values])

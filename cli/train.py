@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -276,7 +277,7 @@ def train(
 
 def _check_required(
     shards: list[str] | None,
-    preset: Any,
+    preset: StrEnum | None,
     steps: int | None,
     epochs: float | None,
     output: Path | None,

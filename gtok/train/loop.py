@@ -147,9 +147,9 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
     images_per_step = resolved.batch_size * dist.world
     cpu = dist.device.type == "cpu"
     progress = TrainProgress(steps, step, dist.main, images_per_step, cpu)
-    window = _Window()
     started, start_step = time.perf_counter(), step
     batch = next(batches)
+    window = _Window()  # after the first batch: the first line's rate is the steps' own
     unusable = dist.any(batch.error is not None)  # later batches: checked with each step
     with _StopFlag() as stop, progress:
         while step < steps:
