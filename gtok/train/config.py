@@ -206,7 +206,7 @@ class TrainConfig:
         if augment is None:
             augment = self.preset not in NO_AUGMENT_PRESETS
         if warmup > steps:
-            raise GtokError(f"warmup_steps {warmup} is more than the run's {steps} steps.")
+            raise GtokError(f"--warmup-steps {warmup} is more than the run's {steps} steps.")
         return self.replace(
             steps=steps,
             epochs=None,  # now expressed as steps (train.json records the sample count)
