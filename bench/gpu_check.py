@@ -329,7 +329,7 @@ def part_torchrun_train(check: Check) -> dict:
     steps = "2" if check.quick else "5"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc-per-node", "1", str(launcher), "-q", "train", str(_demo_shards(check))]
-    command += ["--preset", "tiny", "--out", str(run_dir), "--steps", steps, "--workers", "0"]
+    command += ["--preset", "tiny", "--output", str(run_dir), "--steps", steps, "--workers", "0"]
     command += ["--batch-size", "4", "--json"]
     if check.quick:
         command += ["--device", "cpu", "--image-size", "32", "--model", "num_gaussians=16"]

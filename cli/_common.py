@@ -11,6 +11,11 @@
 - The global flags `-q/--quiet`, `-v/--verbose` and `--kernel-arch` go before or after the
   command.
 - `--json` prints exactly one JSON document on stdout and nothing else there.
+- One naming scheme (`-o/--output` for what a command writes, one name per weight file,
+  choices shown as `<a|b|c>`); an option's old spelling (`RENAMED`) still works for one
+  release, hidden from help, with a note on stderr. Help prints each example's command as
+  written (Click's `\b` raw paragraphs), broken only before an option with a shell
+  continuation, whatever the terminal's width.
 - `--config FILE.toml` fills the command's defaults. Precedence: flag > environment
   variable (`GTOK_<COMMAND>_<OPTION>`, e.g. `GTOK_ENCODE_BATCH_SIZE`, `GTOK_DECODE_FORMAT`:
   the option's long name; `GTOK_<OPTION>` for the global flags) > config file > default.
@@ -27,6 +32,7 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -36,17 +42,17 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from cli._options import Terminated, read_text_file, sigterm_as_interrupt, stop_terminated
-from gtok.console import console, set_quiet
+from gtok.console import console, is_quiet, set_quiet
 from gtok.errors import GtokError
 from gtok.outputs import describe_write_failure
 from gtok.safeload import SETTINGS_BYTES, Unreadable, parse_toml
-from kernels import runtime
-from kernels.runtime import ArchError
 
 __all__ = [
     "ConfigOption",
     "GtokGroup",
     "JsonFlag",
+    "UsageProblem",
+    "choices",
     "fail",
     "new_app",
     "print_json",
@@ -54,10 +60,19 @@ __all__ = [
     "table_text",
 ]
 
-USER_ERRORS = (GtokError, ArchError)
 ENV_PREFIX = "GTOK"
 NOT_FROM_ENV = frozenset({"help", "version"})  # options that print and exit
 GLOBAL_FLAGS = ("--verbose", "--quiet", "--kernel-arch")  # GTOK_VERBOSE, GTOK_QUIET, ...
+# command -> {old spelling: new}: taken on the command line and in --config files until the
+# release after gtok 0.1 (changelog: issue 27), shown nowhere
+RENAMED = {
+    "train": {
+        "--out": "--output",
+        "--vgg-weights": "--vgg16-weights",
+        "--lpips-weights": "--lpips-vgg-weights",
+    },
+}
+_VALUE_ERROR = "Value error, "  # what Typer's pydantic checks put before a bad value's reason
 
 
 class _State:
@@ -90,7 +105,24 @@ def _kernel_arch(ctx: typer.Context, param: typer.CallbackParam, value: KernelAr
     (perhaps before the command); from $GTOK_KERNEL_ARCH (Click has checked it), `runtime`
     reads it itself, and a flag on the other side of the command name keeps precedence."""
     if value is not None and ctx.get_parameter_source(param.name).name != "ENVIRONMENT":
+        from kernels import runtime  # imports torch: only when the flag is given
+
         runtime.request_arch(value.value)
+
+
+def _forget_arch_request() -> None:
+    """Undo an earlier run's `--kernel-arch` (tests run several in one process); nothing to
+    undo when `kernels.runtime` was never imported, and importing it would import torch."""
+    if runtime := sys.modules.get("kernels.runtime"):
+        runtime.request_arch(None)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that are the user's to fix: `GtokError`, and Taichi's `ArchError` once
+    `kernels.runtime` is imported (none can be raised before)."""
+    if runtime := sys.modules.get("kernels.runtime"):
+        return (GtokError, runtime.ArchError)
+    return (GtokError,)
 
 
 def _global_flags(
@@ -160,6 +192,72 @@ def _bind_envvars(command, path: list[str]) -> None:
         _bind_envvars(sub, [*path, name])
 
 
+def choices(name: str, values: Iterable[str]) -> type[StrEnum]:
+    """An enumeration of the strings `values`, for an option that takes one of them: help
+    shows them as `<a|b|c>` and a bad value is refused listing them."""
+    return StrEnum(name, [(value, value) for value in values])
+
+
+class UsageProblem(typer.BadParameter):
+    """A usage error (exit 2) whose message is printed as it is: every missing setting of a
+    command at once, or every bad one."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def _new_spellings(command: str, args: list[str]) -> list[str]:
+    """`args` of `command` with old option spellings (`RENAMED`, also as `--old=value`)
+    replaced by the new ones, each with a note on stderr; nothing after `--`."""
+    renamed = RENAMED.get(command, {})
+    out = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        flag, equals, value = arg.partition("=")
+        if flag in renamed:
+            out[i] = renamed[flag] + equals + value
+            if not is_quiet():
+                console.print(f"note: {flag} is now {renamed[flag]} (the old name goes away soon)")
+    return out
+
+
+EXAMPLE_WIDTH = 72  # characters of an example's line: within 80 columns once indented
+
+
+def _shell_lines(command: str) -> list[str]:
+    """`command` as shell lines of at most `EXAMPLE_WIDTH` characters where it can be: broken
+    only before an option (which keeps its values), each line but the last ending in " \\"."""
+    groups: list[str] = []
+    for word in command.split():
+        if word.startswith("-") or not groups:
+            groups.append(word)
+        else:
+            groups[-1] += f" {word}"
+    lines = [groups[0]]
+    for group in groups[1:]:
+        if len(lines[-1]) + len(group) + 3 > EXAMPLE_WIDTH:
+            lines.append(f"  {group}")
+        else:
+            lines[-1] += f" {group}"
+    return [f"{line} \\" for line in lines[:-1]] + lines[-1:]
+
+
+def _raw_examples(text: str | None) -> str | None:
+    """Help text whose `Example...: COMMAND` paragraphs Click prints as they are (`\\b`): the
+    command on lines of its own, broken only before an option, with shell continuations, so
+    that it pastes as it reads and no terminal width breaks it elsewhere."""
+    if not text:
+        return text
+    paragraphs = text.split("\n\n")
+    for i, paragraph in enumerate(paragraphs):
+        label, colon, command = paragraph.partition(": ")
+        if paragraph.startswith("Example") and colon:
+            lines = "\n".join(f"  {line}" for line in _shell_lines(command))
+            paragraphs[i] = f"\b\n{label}:\n{lines}"
+    return "\n\n".join(paragraphs)
+
+
 def fail(message: str) -> None:
     """Stop the command with one red sentence on stderr and exit code 1."""
     console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
@@ -177,13 +275,18 @@ class GtokGroup(TyperGroup):
             command.params.extend(_global_flag_options())
             if command.help and not command.short_help:  # the command list shows it whole
                 command.short_help = " ".join(command.help.split("\n\n")[0].split())
+            command.help = _raw_examples(command.help)
         _bind_envvars(self, [])
+
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> tuple:
+        name, command, rest = super().resolve_command(ctx, args)
+        return name, command, _new_spellings(name, rest)
 
     def make_context(self, info_name, args, parent=None, **extra: Any):
         if parent is None:  # a new run (tests run several in one process)
             state.verbose = False
             set_quiet(False)
-            runtime.request_arch(None)
+            _forget_arch_request()
         return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx: typer.Context) -> Any:
@@ -195,7 +298,7 @@ class GtokGroup(TyperGroup):
         except typer.BadParameter as exc:
             _blame(exc)
             raise
-        except USER_ERRORS as exc:
+        except _user_errors() as exc:
             if state.verbose:
                 raise
             fail(str(exc))
@@ -278,7 +381,14 @@ def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | N
     section, where = _config_section(data, ctx.info_name, value)
     options = {p.name: p for p in ctx.command.params if p.name != param.name}
     # key -> option name; at the top level a table is another command's section
-    named = {k: k.replace("-", "_") for k, v in section.items() if where or not isinstance(v, dict)}
+    renamed = {
+        old.lstrip("-"): new.lstrip("-") for old, new in RENAMED.get(ctx.info_name, {}).items()
+    }
+    named = {
+        k: renamed.get(k, k).replace("-", "_")
+        for k, v in section.items()
+        if where or not isinstance(v, dict)
+    }
     if unknown := sorted(name for name in named.values() if name not in options):
         raise typer.BadParameter(
             f"{value} sets {', '.join(unknown)}, which `gtok {ctx.info_name}` does not take "
@@ -299,6 +409,7 @@ def _blame(exc: typer.BadParameter) -> None:
     environment variable, or the config file and key (Click names the variable whatever
     the source)."""
     option, ctx = exc.param, exc.ctx
+    exc.message = exc.message.removeprefix(_VALUE_ERROR)  # Click's own wording
     if exc.param_hint is not None or option is None or ctx is None:
         return
     source = getattr(ctx.get_parameter_source(option.name), "name", None)

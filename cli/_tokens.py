@@ -6,6 +6,9 @@ from typing import Annotated
 
 import typer
 
+from cli._common import choices
+from gtok.model.config import REFINE_LOSSES
+
 __all__ = [
     "RefineLrOption",
     "RefineStepsOption",
@@ -20,11 +23,15 @@ ShardsArgument = Annotated[
         help="Folders of .tar shards, .tar files, globs or brace patterns "
         "(train-{000000..000099}.tar); fsspec URLs work too.",
         show_default=False,
+        metavar="SHARDS",
     ),
 ]
 
 StoreArgument = Annotated[
-    str, typer.Argument(help="The token store (a folder like tokens.zarr, or an fsspec URL).")
+    str,
+    typer.Argument(
+        help="The token store (a folder like tokens.zarr, or an fsspec URL).", metavar="STORE"
+    ),
 ]
 
 RefineStepsOption = Annotated[
@@ -42,8 +49,10 @@ RefineLrOption = Annotated[
     ),
 ]
 
+RefineLoss = choices("RefineLoss", REFINE_LOSSES)
+
 RefineLossOption = Annotated[
-    str | None,
+    RefineLoss | None,
     typer.Option(
         help="Loss of --refine-steps, per image: psnr (the log of the squared error), mse or "
         "l1. [default: psnr]"

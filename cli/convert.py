@@ -12,7 +12,10 @@ from cli._common import JsonFlag, print_json
 
 def convert_official(
     checkpoint: Annotated[
-        Path, typer.Argument(help="The authors' Lightning checkpoint (.ckpt).", dir_okay=False)
+        Path,
+        typer.Argument(
+            help="The authors' Lightning checkpoint (.ckpt).", dir_okay=False, metavar="CHECKPOINT"
+        ),
     ],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Model directory to write.", file_okay=False)

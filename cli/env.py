@@ -6,7 +6,6 @@ import typer
 from rich.table import Table
 
 from cli._common import JsonFlag, print_json, table_text
-from gtok.envinfo import collect
 
 
 def env(json_output: JsonFlag = False) -> None:
@@ -17,6 +16,8 @@ def env(json_output: JsonFlag = False) -> None:
 
     Example: gtok env --json > env.json
     """
+    from gtok.envinfo import collect  # imports torch: only when the command runs
+
     report = collect()
     if json_output:
         print_json(report)

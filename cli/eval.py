@@ -103,6 +103,15 @@ def eval_command(
             file_okay=False,
         ),
     ] = None,
+    jpeg_draft: Annotated[
+        bool,
+        typer.Option(
+            "--jpeg-draft/--no-jpeg-draft",
+            help="Decode large JPEGs at reduced scale first, as `gtok encode` does for a new "
+            "store, so that the numbers equal a store's (a store's originals are decoded as "
+            "it records); --no-jpeg-draft: exact decoding.",
+        ),
+    ] = True,
     grid_images: Annotated[
         int,
         typer.Option(help="Images in the report grid: the best, median and worst by PSNR.", min=0),
@@ -119,8 +128,8 @@ def eval_command(
 
     Example: gtok eval ./val-shards -m runs/cifar --compare runs/vq-cifar --json
 
-    Example (what encode-time refinement gains): gtok eval ./val-shards --refine-steps 50
-    --compare gtok/default_model
+    Example (what encode-time refinement gains): gtok eval ./val-shards -m runs/cifar
+    --refine-steps 50 --compare runs/cifar
 
     Example: gtok eval --reference ./val-shards --reconstructed recon/
 
@@ -144,6 +153,7 @@ def eval_command(
         "limit": limit,
         "device": device,
         "grid_images": grid_images if report is not None else 0,
+        "jpeg_draft": jpeg_draft,
     }
     refine = refine_settings(refine_steps, refine_lr, refine_loss)
     if reference or reconstructed:

@@ -24,7 +24,10 @@ class ImageFormat(StrEnum):
 def pack(
     config: ConfigOption = None,
     images_dir: Annotated[
-        Path, typer.Argument(help="The folder of images (any nesting).", show_default=False)
+        Path,
+        typer.Argument(
+            help="The folder of images (any nesting).", show_default=False, metavar="IMAGES_DIR"
+        ),
     ] = ...,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="The folder to write the shards into.")
@@ -38,7 +41,10 @@ def pack(
         ),
     ] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace a previous pack in the output folder.")
+        bool,
+        typer.Option(
+            "--overwrite/--no-overwrite", help="Replace a previous pack in the output folder."
+        ),
     ] = False,
     workers: Annotated[
         int | None,

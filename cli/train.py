@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli._common import ConfigOption, JsonFlag, print_json
-from cli._options import RESUME, TERMINATED, resumable, stop_terminated
+from cli._common import ConfigOption, JsonFlag, UsageProblem, choices, print_json
+from cli._options import INTERRUPTED, RESUME, TERMINATED, resumable, stop_terminated
 from gtok.console import console, is_quiet
 from gtok.errors import GtokError
+from gtok.model.config import PRESETS
 from gtok.safeload import TooDeep, Unreadable, parse_json
-from gtok.train import TrainConfig, TrainResult
-from gtok.train import train as run_training
+from gtok.train.config import OPTIMIZERS, PRECISIONS, TrainConfig
+from gtok.train.recipe import RECIPES
+
+if TYPE_CHECKING:
+    from gtok.train import TrainResult
 
 _RUN = "Run"
 _DATA = "Data"
 _LOSS = "Loss and optimizer"
 _REPORT = "Logging and checkpoints"
+_REQUIRED = " [required]"
+
+Preset = choices("Preset", PRESETS)
+Optimizer = choices("Optimizer", OPTIMIZERS)
+Recipe = choices("Recipe", RECIPES)
+TrainPrecision = choices("TrainPrecision", PRECISIONS)
+_AUTO = TrainPrecision("auto")
+# TrainConfig's fields that a flag sets, for its messages: the training shards are SHARDS
+_FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)}
+_FLAGS.update(shards="SHARDS", lpips_weights="--lpips-vgg-weights", vgg_weights="--vgg16-weights")
 
 
 def _opt(help: str, panel: str, *names: str, **checks: Any) -> Any:
@@ -45,20 +62,29 @@ def train(
     shards: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Training shards: folders of .tar, .tar files, globs, {a..b} patterns."
+            help="Training shards: folders of .tar, .tar files, globs, {a..b} patterns.",
+            metavar="SHARDS",
         ),
     ] = None,
-    preset: Annotated[str, _opt("Model preset (tiny, vq-tiny, cifar, imagenet, ...).", _RUN)] = "",
-    out: Annotated[
+    preset: Annotated[
+        Preset | None, _opt("Model preset (see README's Training section)." + _REQUIRED, _RUN)
+    ] = None,
+    output: Annotated[
         Path | None,
         _opt(
-            "Run directory; an existing run there is resumed.", _RUN, "--out", "-o", file_okay=False
+            "Run directory; an existing run there is resumed." + _REQUIRED,
+            _RUN,
+            "--output",
+            "-o",
+            file_okay=False,
         ),
     ] = None,
     config: ConfigOption = None,
-    steps: Annotated[int | None, _opt("Optimizer steps of the whole run.", _RUN)] = None,
+    steps: Annotated[
+        int | None, _opt("Optimizer steps of the whole run. [required: this or --epochs]", _RUN)
+    ] = None,
     epochs: Annotated[
-        float | None, _opt("Passes over the training samples (not with --steps).", _RUN)
+        float | None, _opt("Passes over the training samples (instead of --steps).", _RUN)
     ] = None,
     batch_size: Annotated[int, _opt("Images per process and step.", _RUN)] = 16,
     lr: Annotated[float, _opt("Peak learning rate (tokenizer and discriminator).", _LOSS)] = 2e-4,
@@ -72,11 +98,9 @@ def train(
     device: Annotated[str, _opt("auto, cpu, cuda or cuda:N.", _RUN)] = "auto",
     workers: Annotated[int, _opt("Data loading processes per training process.", _DATA)] = 2,
     precision: Annotated[
-        str, _opt("auto, fp32, bf16 or fp16 (auto: bf16 on CUDA; bf16 also runs on the CPU).", _RUN)
-    ] = "auto",
-    optimizer: Annotated[
-        str | None, _opt("adamw or adam (default: per preset, see README).", _LOSS)
-    ] = None,
+        TrainPrecision, _opt("auto: bf16 on CUDA, else fp32; bf16 also runs on the CPU.", _RUN)
+    ] = _AUTO,
+    optimizer: Annotated[Optimizer | None, _opt("Default: per preset, see README.", _LOSS)] = None,
     grad_clip: Annotated[
         float, _opt("Max gradient norm per network; 0 turns clipping off.", _LOSS)
     ] = 1.0,
@@ -98,9 +122,9 @@ def train(
     ] = None,
     ema_decay: Annotated[float, _opt("Decay of the exported EMA weights.", _LOSS)] = 0.999,
     recipe: Annotated[
-        str | None,
+        Recipe | None,
         _opt(
-            "authors or small: quantizer restart rule, GaussianEmbed dropout and lr, GroupNorm "
+            "Quantizer restart rule, GaussianEmbed dropout and lr, GroupNorm "
             "groups (default: small for tiny and vq-tiny, else authors; see docs/results.md).",
             _LOSS,
         ),
@@ -129,16 +153,23 @@ def train(
         float, _opt("Colour augmentation: probability of a grayscale crop (0: off).", _DATA)
     ] = 0.0,
     val_images: Annotated[int, _opt("Validation images per evaluation (at most).", _DATA)] = 1000,
-    log_every: Annotated[int, _opt("Steps between log lines.", _REPORT)] = 10,
+    log_every: Annotated[
+        int, _opt("Steps between log lines (and a line after the first step).", _REPORT)
+    ] = 10,
     eval_every: Annotated[int, _opt("Steps between validations.", _REPORT)] = 500,
     checkpoint_every: Annotated[int, _opt("Steps between training states.", _REPORT)] = 500,
     sample_every: Annotated[int, _opt("Steps between sample grids.", _REPORT)] = 500,
     keep_last: Annotated[int, _opt("Training states kept (besides the best).", _REPORT)] = 3,
-    lpips_weights: Annotated[
-        str | None, _opt("LPIPS v0.1 VGG head file (vgg.pth); default: looked up.", _LOSS)
+    lpips_vgg_weights: Annotated[
+        str | None,
+        _opt("Path of vgg.pth (LPIPS v0.1 VGG heads; default: looked up, see `gtok env`).", _LOSS),
     ] = None,
-    vgg_weights: Annotated[
-        str | None, _opt("VGG16 file (vgg16-397923af.pth); default: looked up.", _LOSS)
+    vgg16_weights: Annotated[
+        str | None,
+        _opt(
+            "Path of vgg16-397923af.pth (LPIPS-VGG backbone; default: looked up, see `gtok env`).",
+            _LOSS,
+        ),
     ] = None,
     model: Annotated[
         list[str] | None,
@@ -162,16 +193,16 @@ def train(
     Several processes: torchrun --nproc-per-node N $(which gtok) train ...
 
     Example: gtok train data/train --val-shards data/val --preset tiny --steps 20000 -o runs/a
+
+    Example (a first try on a CPU, a few minutes): gtok train data/train --preset tiny
+    --steps 200 -o runs/first
     """
-    if not shards:
-        raise typer.BadParameter("give training shards (folders of .tar, .tar files or globs).")
-    if not preset:
-        raise typer.BadParameter("--preset is required (e.g. --preset tiny).")
-    if out is None:
-        raise typer.BadParameter("--out RUN_DIR is required.")
+    _check_required(shards, preset, steps, epochs, output)
+    from gtok.train import train as run_training  # imports torch: only when the command runs
+
     try:
         cfg = TrainConfig(
-            preset=preset,
+            preset=preset.value,
             shards=tuple(shards),
             val_shards=tuple(val_shards or ()),
             steps=steps,
@@ -182,8 +213,8 @@ def train(
             seed=seed,
             device=device,
             workers=workers,
-            precision=precision,
-            optimizer=optimizer,
+            precision=precision.value,
+            optimizer=optimizer and optimizer.value,
             grad_clip=grad_clip,
             l1_weight=l1_weight,
             lpips_weight=lpips_weight,
@@ -193,7 +224,7 @@ def train(
             gan_start_step=gan_start_step,
             warmup_steps=warmup_steps,
             ema_decay=ema_decay,
-            recipe=recipe,
+            recipe=recipe and recipe.value,
             embed_lr_scale=embed_lr_scale,
             augment=augment,
             crop_scale=crop_scale,
@@ -206,15 +237,15 @@ def train(
             sample_every=sample_every,
             keep_last=keep_last,
             val_images=val_images,
-            lpips_weights=lpips_weights,
-            vgg_weights=vgg_weights,
+            lpips_weights=lpips_vgg_weights,
+            vgg_weights=vgg16_weights,
             model=_model_overrides(model or []),
             init_from=init_from,
         )
     except GtokError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise UsageProblem(_with_flags(str(exc))) from exc
     with resumable():  # stopped before the training loop; the loop saves, then stops
-        result = run_training(cfg, out)
+        result = run_training(cfg, output)
     terminated = result.stopped == "terminated"  # exit 143 then, for Slurm and Kubernetes
     if result.rank != 0:  # the other processes of a torchrun job: rank 0 reports
         if terminated:
@@ -239,6 +270,37 @@ def train(
         _print_result(result, document)
     if terminated:
         stop_terminated(RESUME)
+    if result.stopped == "interrupted":  # Ctrl-C: saved, and exit 130 as encode's
+        console.print(f"interrupted; {RESUME}.", soft_wrap=True)
+        raise typer.Exit(INTERRUPTED)
+
+
+def _check_required(
+    shards: list[str] | None,
+    preset: StrEnum | None,
+    steps: int | None,
+    epochs: float | None,
+    output: Path | None,
+) -> None:
+    """One usage error that lists every required setting not given, or nothing."""
+    missing = [
+        "SHARDS (folders of .tar shards, .tar files or globs)" if not shards else "",
+        f"--preset ({', '.join(Preset)})" if preset is None else "",
+        "--steps N or --epochs E" if steps is None and epochs is None else "",
+        "-o/--output RUN_DIR" if output is None else "",
+    ]
+    if missing := [m for m in missing if m]:
+        raise UsageProblem(
+            f"gtok train needs {'; '.join(missing)}. Example: gtok train data/train "
+            "--preset tiny --steps 200 -o runs/first"
+        )
+
+
+def _with_flags(message: str) -> str:
+    """A TrainConfig message with each setting named by its flag (`batch_size` ->
+    `--batch-size`)."""
+    words = re.compile(r"\b(" + "|".join(_FLAGS) + r")\b")
+    return words.sub(lambda match: _FLAGS[match.group(1)], message)
 
 
 def _print_result(result: TrainResult, document: dict) -> None:

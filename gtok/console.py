@@ -19,11 +19,10 @@ from rich.progress import (
     Task,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.text import Text
 
-from gtok.plainprogress import PlainProgress, interval_from_env
+from gtok.plainprogress import PlainProgress, human_duration, interval_from_env
 
 __all__ = ["console", "is_quiet", "progress", "set_quiet"]
 
@@ -55,6 +54,17 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:,.1f} {self.unit}/s", style="progress.data.speed")
 
 
+class RemainingColumn(ProgressColumn):
+    """The estimated time left as a person reads it (`human_duration`: "eta ~36 h")."""
+
+    max_refresh = 0.5  # seconds: an estimate that changes ten times a second cannot be read
+
+    def render(self, task: Task) -> Text:
+        left = task.time_remaining
+        shown = "?" if left is None else human_duration(left)
+        return Text(f"eta {shown}", style="progress.remaining")
+
+
 def progress(
     unit: str = "img", *extra: ProgressColumn, get_time: Callable[[], float] | None = None
 ) -> Progress:
@@ -74,8 +84,7 @@ def progress(
         RateColumn(unit),
         *extra,
         TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
+        RemainingColumn(),
         console=console,
         disable=_quiet,
         transient=False,

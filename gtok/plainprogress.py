@@ -1,7 +1,7 @@
 """Progress for a log file: when stderr is not a terminal (Slurm, `nohup ... 2> log`), a long
 job prints one plain line per task at least every `interval` seconds instead of drawing a bar:
 
-    encode 3/10 shards: 1,234/5,000 img (25%), 41.2 img/s, elapsed 0:00:30, eta 0:01:31
+    encode 3/10 shards: 1,234/5,000 img (25%), 41.2 img/s, elapsed 0:00:30, eta ~2 min
 
 The rate is the average since the task was added; a task of unknown total shows its count
 and rate only. Lines come from the task's updates and, while nothing advances, from a timer
@@ -20,7 +20,14 @@ from rich.progress import Progress, Task, TaskID
 
 from gtok.errors import GtokError
 
-__all__ = ["DEFAULT_INTERVAL", "INTERVAL_ENV", "PlainProgress", "interval_from_env", "plain_line"]
+__all__ = [
+    "DEFAULT_INTERVAL",
+    "INTERVAL_ENV",
+    "PlainProgress",
+    "human_duration",
+    "interval_from_env",
+    "plain_line",
+]
 
 INTERVAL_ENV = "GTOK_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 30.0  # seconds between two lines of a task
@@ -44,6 +51,20 @@ def _duration(seconds: float) -> str:
     return str(timedelta(seconds=round(seconds)))
 
 
+def human_duration(seconds: float) -> str:
+    """An estimated duration as a person says it, in one unit: "~45 s", "~12 min", "~36 h",
+    "~3.5 days"; "0 s" for nothing left."""
+    if seconds < 0.5:
+        return "0 s"
+    if seconds < 90:
+        return f"~{round(seconds)} s"
+    if seconds < 90 * 60:
+        return f"~{round(seconds / 60)} min"
+    if seconds < 48 * 3600:
+        return f"~{round(seconds / 3600)} h"
+    return f"~{seconds / 86400:.1f} days"
+
+
 def plain_line(task: Task, unit: str, done: float, seconds: float) -> str:
     """One line for `task`, which advanced by `done` units in `seconds` since it was added."""
     completed, total = int(task.completed), task.total
@@ -53,7 +74,7 @@ def plain_line(task: Task, unit: str, done: float, seconds: float) -> str:
     rate = done / seconds if seconds > 0 else 0.0
     parts = [count, f"{rate:,.1f} {unit}/s", f"elapsed {_duration(seconds)}"]
     if total and rate > 0:
-        parts.append(f"eta {_duration(max(total - completed, 0) / rate)}")
+        parts.append(f"eta {human_duration(max(total - completed, 0) / rate)}")
     return f"{task.description}: {', '.join(parts)}"
 
 

@@ -118,19 +118,37 @@ def draw_gaussians(
     return out
 
 
-def image_grid(rows: Sequence[Sequence[Image.Image]], pad: int = 2) -> Image.Image:
+LABEL_PX = 16  # height of a strip of text (a column header, a row's label) in a grid
+
+
+def image_grid(
+    rows: Sequence[Sequence[Image.Image]],
+    pad: int = 2,
+    headers: Sequence[str] = (),
+    labels: Sequence[str] = (),
+) -> Image.Image:
     """Paste images row by row (each row's images side by side) on a dark background;
-    every image must have the size of the first."""
+    every image must have the size of the first. With `headers`, a strip above the grid
+    names each column; with `labels` (one per row), a strip below each row holds its label
+    (light text, PIL's default font)."""
     if not rows or not rows[0]:
         raise ValueError("image_grid needs at least one row with one image")
     w, h = rows[0][0].size
     columns = max(len(r) for r in rows)
-    grid = Image.new("RGB", (columns * (w + pad) + pad, len(rows) * (h + pad) + pad), (24,) * 3)
+    top = LABEL_PX if headers else 0
+    row_h = h + pad + (LABEL_PX if labels else 0)
+    grid = Image.new("RGB", (columns * (w + pad) + pad, top + len(rows) * row_h + pad), (24,) * 3)
+    draw = ImageDraw.Draw(grid)
+    for j, header in enumerate(headers):
+        draw.text((pad + j * (w + pad) + 4, 2), header, fill=(230,) * 3)
     for i, row in enumerate(rows):
+        y = top + pad + i * row_h
         for j, img in enumerate(row):
             if img.size != (w, h):
                 raise ValueError(f"image_grid: image ({i}, {j}) is {img.size}, not {(w, h)}")
-            grid.paste(img, (pad + j * (w + pad), pad + i * (h + pad)))
+            grid.paste(img, (pad + j * (w + pad), y))
+        if labels:
+            draw.text((pad + 4, y + h + 2), labels[i], fill=(230,) * 3)
     return grid
 
 

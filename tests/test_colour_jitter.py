@@ -158,4 +158,4 @@ def test_cli_refuses_an_out_of_range_hue_jitter(runner, tmp_path):
     write_tar(tmp_path / "a.tar", clean_samples(1, size=(8, 8)))
     args = ["train", str(tmp_path / "a.tar"), "--preset", "tiny", "--steps", "1"]
     result = runner.invoke(app, [*args, "-o", str(tmp_path / "run"), "--hue-jitter", "0.9"])
-    assert result.exit_code == 2 and "hue_jitter must be in [0, 0.5]" in result.output
+    assert result.exit_code == 2 and "--hue-jitter must be in [0, 0.5]" in result.output

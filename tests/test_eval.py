@@ -152,10 +152,11 @@ def test_report_contents(model_mode, model):
     assert grid["columns"] == ["original", "reconstruction", "gaussians"]
     assert grid["roles"] == ["best"] * 3 + ["median"] * 3 + ["worst"] * 3
     with Image.open(report / "grid.png") as image:  # 9 rows of 3 images of 256 px, 2 px apart
-        assert image.size == (3 * 258 + 2, 9 * 258 + 2)
+        assert image.size == (3 * 258 + 2, 16 + 9 * (258 + 16) + 2)  # + header, row labels
     with open(report / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 11 and set(rows[0]) == {"tokenizer", "key", "psnr", "ssim"}
+    assert {r["tokenizer"] for r in rows} == {model.name}
     assert np.mean([float(r["psnr"]) for r in rows]) == pytest.approx(document["psnr"])
     # the grid: the 3 best, the 3 nearest the median and the 3 worst of the 11 by PSNR
     psnr = {r["key"]: float(r["psnr"]) for r in rows}

@@ -120,3 +120,27 @@ def test_new_stores_draft_and_old_stores_resume_exact(tmp_path, shards, model):
     assert summary.shards_encoded == 1
     encode_shards(shards, old, model, **kw)  # finalizes (nothing left to encode)
     assert "jpeg_draft" not in TokenStore(old).preprocessing
+
+
+def test_eval_of_shards_of_their_store_and_of_its_pngs_agree(tmp_path, shards, model, runner):
+    """One preprocessing, one number (issue 27, point 6): eval decodes JPEGs as encode does
+    for a new store, so scoring the shards, the store and its decoded PNGs agree."""
+    from cli.main import app
+    from gtok.evaluate import evaluate_model, evaluate_pairs
+
+    torch.set_num_threads(1)
+    store = tmp_path / "tokens.zarr"
+    encode_shards(shards, store, model, batch_size=2, workers=0, geometry_dtype="float32")
+    decoded = runner.invoke(app, ["decode", str(store), "-o", str(tmp_path / "png")])
+    assert decoded.exit_code == 0, decoded.stderr
+    kw = {"workers": 0, "skip_metrics": ["lpips_vgg", "lpips_alex", "rfid"]}
+    direct = evaluate_model(shards, model, **kw).document
+    from_store = evaluate_pairs(shards, store, **kw).document
+    from_pngs = evaluate_pairs(shards, tmp_path / "png", **kw).document
+    assert direct["protocol"]["preprocessing"]["jpeg_draft"] is True
+    for other in (from_store, from_pngs):
+        assert other["n"] == direct["n"] == 2
+        assert other["psnr"] == pytest.approx(direct["psnr"], abs=0.01)
+    exact = evaluate_model(shards, model, jpeg_draft=False, **kw).document
+    assert exact["protocol"]["preprocessing"]["jpeg_draft"] is False
+    assert abs(exact["psnr"] - direct["psnr"]) > 0.01  # what exact decoding alone changes

@@ -198,7 +198,8 @@ def test_cli_refine_options(tmp_path, model_dir, shards, runner):
     assert result.exit_code == 1 and "--refine-steps must be" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
     result = runner.invoke(app, ["encode", *common, "--refine-steps", "2", "--refine-loss", "l2"])
-    assert result.exit_code == 1 and "--refine-loss must be one of psnr, mse, l1" in result.stderr
+    assert result.exit_code == 2  # a usage error listing the choices, before any work
+    assert "'--refine-loss': 'l2' is not one of 'psnr', 'mse', 'l1'" in result.stderr
     args = ["encode", *common, "--workers", "0", "--refine-steps", "2", "--refine-lr", "0.3"]
     result = runner.invoke(app, [*args, "--refine-loss", "l1", "--json"])
     assert result.exit_code == 0, result.stderr

@@ -120,8 +120,15 @@ def _result(count: int = 12, grid: int = 6, key: str = HOSTILE_KEY) -> EvalResul
         "skipped_samples": [{"key": "bad<1>", "reason": "cannot decode: a & b"}],
         "seconds": 1.5,
         "images_per_second": count / 1.5,
-        "protocol": {"images": count, "image_size": SIZE, "preprocessing": {"resize": SIZE}},
+        "protocol": {
+            "images": count,
+            "image_size": SIZE,
+            "preprocessing": {"resize": SIZE},
+            "limit": None,
+            "metric_weights": {},
+        },
     }
+    document["model"]["refinement"] = None
     per_image = [{"tokenizer": 0} | row for row in scorer.rows()]
     return EvalResult(
         document, per_image, chosen, [MAP], [scorer.code_histogram()], [scorer.geometry()]
@@ -202,6 +209,47 @@ def test_page_labels_the_grid_and_escapes_keys(report):
         assert label in text, label
 
 
+def test_page_opens_on_the_grid_and_shows_no_python_values(report):
+    html = (report / "index.html").read_text()
+    order = [html.index(f'<h2 id="{part}">') for part in ("grid", "summary", "plots", "protocol")]
+    assert order == sorted(order)
+    text = " ".join(_parse(report / "index.html").text)
+    assert not re.search(r"\bNone\b|\{\}", text)
+    assert "refinement: none" in text and "metric_weights" in text
+
+
+@pytest.mark.parametrize(
+    ("count", "grid", "chosen"),
+    [
+        (2, 2, "All 2 images scored are shown, ranked by the PSNR of <tiny>."),
+        (1, 1, "The one image scored is shown, ranked by the PSNR of <tiny>."),
+        (12, 6, "the 2 best, the 2 nearest the median and the 2 worst of the 12 images"),
+        (12, 3, "the best, the one nearest the median and the worst of the 12 images"),
+    ],
+)
+def test_the_grid_caption_reads_right_for_any_count(tmp_path, count, grid, chosen):
+    write_report(_result(count=count, grid=grid), tmp_path)
+    text = " ".join(" ".join(_parse(tmp_path / "index.html").text).split())
+    assert chosen in text
+
+
+def test_grid_png_is_labelled_like_the_page(report):
+    with Image.open(report / "grid.png") as image:
+        pixels = np.asarray(image.convert("L"))
+    rows, tile = 6, 256  # six rows of original | reconstruction | Gaussians
+    assert pixels.shape == (16 + rows * (tile + 2 + 16) + 2, 3 * (tile + 2) + 2)
+    for column in range(3):  # a header over each column: light text on the dark strip
+        x = 2 + column * (tile + 2)
+        assert pixels[:16, x : x + tile].max() > 200
+    for row in range(rows):  # a label under each row
+        y = 16 + 2 + row * (tile + 2 + 16) + tile
+        assert pixels[y : y + 16, :].max() > 200
+
+
+def test_per_image_csv_names_the_model(report):
+    assert {row["tokenizer"] for row in _csv_rows(report)} == {"<tiny>"}
+
+
 def _csv_rows(report: Path) -> list[dict]:
     import csv
 
@@ -280,6 +328,7 @@ window.addEventListener("load", () => {
   const broken = images.filter(i => !i.complete || i.naturalWidth === 0);
   document.body.dataset.images = images.length;
   document.body.dataset.broken = broken.map(i => i.getAttribute("src")).join(" ") || "none";
+  document.body.dataset.firstImage = Math.round(images[0].getBoundingClientRect().bottom);
 });
 </script>"""
 
@@ -303,10 +352,13 @@ def test_page_renders_in_chromium_with_every_image_loaded(report, tmp_path):
     check = report / "check.html"
     check.write_text((report / "index.html").read_text().replace("</body>", CHECK + "</body>"))
     try:
-        dom = _chromium("--virtual-time-budget=10000", "--dump-dom", check.as_uri(),
-                        profile=tmp_path).stdout  # fmt: skip
+        dom = _chromium("--virtual-time-budget=10000", "--window-size=1280,1000", "--dump-dom",
+                        check.as_uri(), profile=tmp_path).stdout  # fmt: skip
     finally:
         check.unlink()
-    found = re.search(r'<body data-images="(\d+)" data-broken="([^"]*)"', dom)
+    found = re.search(
+        r'<body data-images="(\d+)" data-broken="([^"]*)" data-first-image="(\d+)"', dom
+    )
     assert found, dom[:2000]
-    assert found.groups() == ("21", "none")  # 18 grid pictures and 3 plots, all loaded
+    assert found.groups()[:2] == ("21", "none")  # 18 grid pictures and 3 plots, all loaded
+    assert int(found.group(3)) <= 1000  # the first screenful (1280 x 1000) holds a whole picture

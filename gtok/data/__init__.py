@@ -6,20 +6,13 @@ Shared by `gtok encode`, training and evaluation:
 - `decode_rgb(bytes)`: any image -> upright 8-bit RGB, or `ImageRejected(reason)`.
 - `Preprocess`, `center_crop`, `random_resized_crop`, `to_tensor`: model input in [-1, 1].
 - `EncodeStream`, `ImageDataset`, `loader`: DataLoader-ready (spawn workers).
+
+Every name below is imported on first use, so that importing a submodule (the CLI reads
+option defaults from `gtok.data.images`) does not import torch.
 """
 
-from gtok.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageRejected, decode_rgb
-from gtok.data.samples import NO_LABEL, Decoded, ShardEnd, Skipped, center_prepare, decode_shard
-from gtok.data.shards import ShardRef, brace_expand, expand_shards, split_for_worker
-from gtok.data.stream import EncodeStream, ImageDataset, ShardChunk, loader, to_model_input
-from gtok.data.tario import RawSample, TarProblem, read_tar
-from gtok.data.transforms import (
-    Preprocess,
-    center_crop,
-    random_resized_crop,
-    sample_rng,
-    to_tensor,
-)
+from importlib import import_module
+from typing import Any
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -50,3 +43,39 @@ __all__ = [
     "to_model_input",
     "to_tensor",
 ]
+
+_HOMES = {  # name -> the module that defines it
+    "DEFAULT_MAX_PIXELS": "gtok.data.images",
+    "Decoded": "gtok.data.samples",
+    "EncodeStream": "gtok.data.stream",
+    "IMAGE_EXTENSIONS": "gtok.data.images",
+    "ImageDataset": "gtok.data.stream",
+    "ImageRejected": "gtok.data.images",
+    "NO_LABEL": "gtok.data.samples",
+    "Preprocess": "gtok.data.transforms",
+    "RawSample": "gtok.data.tario",
+    "ShardChunk": "gtok.data.stream",
+    "ShardEnd": "gtok.data.samples",
+    "ShardRef": "gtok.data.shards",
+    "Skipped": "gtok.data.samples",
+    "TarProblem": "gtok.data.tario",
+    "brace_expand": "gtok.data.shards",
+    "center_crop": "gtok.data.transforms",
+    "center_prepare": "gtok.data.samples",
+    "decode_rgb": "gtok.data.images",
+    "decode_shard": "gtok.data.samples",
+    "expand_shards": "gtok.data.shards",
+    "loader": "gtok.data.stream",
+    "random_resized_crop": "gtok.data.transforms",
+    "read_tar": "gtok.data.tario",
+    "sample_rng": "gtok.data.transforms",
+    "split_for_worker": "gtok.data.shards",
+    "to_model_input": "gtok.data.stream",
+    "to_tensor": "gtok.data.transforms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'gtok.data' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

@@ -16,7 +16,8 @@ would give two rows the same key. One file named twice (`A/../A/x.tar`, through 
 link, as a `file://` URL) counts once: local files are compared by their resolved real
 path, others by URL. A shard's name is its file name escaped as tar member names are
 (`gtok.data.tario.escape_name`: bytes that are not UTF-8 become `%XX`). A spec that names
-nothing is a `GtokError` raised before any work starts.
+nothing is a `GtokError` raised before any work starts; so is an image file where a shard
+was expected, and the error for it, or for a folder without shards, says to run `gtok pack`.
 
 `shard_fingerprint(url)` identifies a shard file's content cheaply (its size and a hash of
 its first and last MiB, read as two ranges): a store records it per input shard
@@ -52,6 +53,8 @@ SHARD_SUFFIX = ".tar"
 FINGERPRINT_SPAN = 1 << 20  # bytes hashed at each end of a shard file
 _FINGERPRINT_HEX = re.compile(r"^[0-9a-f]{64}$")
 _FINGERPRINT_THREADS = 8  # files fingerprinted at once (remote reads wait on the network)
+# file suffixes of images (any case): given where shards are expected, they need `gtok pack`
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".heic")
 
 
 @dataclass(frozen=True, order=True)
@@ -145,6 +148,20 @@ def _url(fs, path: str, spec: str) -> str:
     return fs.unstrip_protocol(path)
 
 
+def _pack_advice(folder: str) -> str:
+    """The next step for images given where shards are expected: pack `folder` (a folder of
+    images, or the placeholder FOLDER) into shards."""
+    shards = "SHARDS" if folder == "FOLDER" else f"{folder.rstrip('/')}-shards"
+    return f"pack the images into shards first (gtok pack {folder} -o {shards}), then pass {shards}"
+
+
+def _refuse_images(spec: str, found: list[str]) -> None:
+    """A `GtokError` when a file that `spec` names is an image (by its suffix), not a shard."""
+    if image := next((p for p in found if p.lower().endswith(_IMAGE_SUFFIXES)), None):
+        named = spec if found == [image] else f"{spec} matches {os.path.basename(image)}, which"
+        raise GtokError(f"{named} is an image, not a .tar shard; {_pack_advice('FOLDER')}.")
+
+
 def _expand_one(spec: str) -> list[ShardRef]:
     fs, path = _filesystem(spec)
     if any(ch in _GLOB_CHARS for ch in path):
@@ -154,11 +171,12 @@ def _expand_one(spec: str) -> list[ShardRef]:
     elif fs.isdir(path):
         found = [p for p in fs.ls(path, detail=False) if p.endswith(SHARD_SUFFIX) and fs.isfile(p)]
         if not found:
-            raise GtokError(f"The folder {spec} holds no .tar shards.")
+            raise GtokError(f"The folder {spec} holds no .tar shards; {_pack_advice(spec)}.")
     elif fs.isfile(path):
         found = [path]
     else:
         raise GtokError(f"{spec} does not exist; pass folders of .tar shards, .tar files or globs.")
+    _refuse_images(spec, found)
     return [ShardRef(name=_name(p), url=_url(fs, p, spec)) for p in found]
 
 

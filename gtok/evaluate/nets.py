@@ -24,6 +24,7 @@ __all__ = ["LPIPS_MIN_SIZE", "METRIC_NAMES", "MetricNets", "load_metric_nets", "
 # result key -> gtok.metrics.try_load name
 METRIC_NAMES: dict[str, str] = {"lpips_vgg": "lpips-vgg", "lpips_alex": "lpips-alex", "rfid": "fid"}
 LPIPS_MIN_SIZE = {"lpips_vgg": 16, "lpips_alex": 31}  # smallest image side each backbone takes
+SKIPPED = "skipped on request"  # the reason of a metric given to --skip: no note, no file needed
 
 
 @dataclass
@@ -55,7 +56,7 @@ def load_metric_nets(
     nets = MetricNets()
     for key, name in METRIC_NAMES.items():
         if key in skip:
-            nets.unavailable[key] = "skipped on request"
+            nets.unavailable[key] = SKIPPED
             continue
         result = try_load(name, paths=paths, device=device)
         if not isinstance(result, Loaded):
@@ -91,9 +92,12 @@ def unavailable_notes(
     unavailable: Mapping[str, str], paths: Mapping[str, str | os.PathLike | None] | None = None
 ) -> list[str]:
     """One short line per missing weight file (naming the file and its variable), else per
-    unavailable result with its reason: what `gtok eval` prints on stderr."""
+    unavailable result with its reason, and nothing for a metric skipped on request: what
+    `gtok eval` prints on stderr."""
     notes = []
     for key, reason in unavailable.items():
+        if reason == SKIPPED:
+            continue
         if missing := _missing_files(key, paths or {}):
             notes += [
                 f"{key} unavailable: no {KNOWN_WEIGHTS[w].filename} "

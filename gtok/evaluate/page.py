@@ -1,11 +1,13 @@
 """`render_page`: the report's `index.html`, one self-contained page (inline style, no
 script, no network; images are relative links to PNG files beside it).
 
-Sections: summary (headline metrics of each tokenizer, unavailable metrics with their
-reasons, counts and timing, the models), the labelled grid (a row per chosen image: role,
-rank and key; original, then each tokenizer's reconstruction with its per-image metrics and
-its Gaussians), the plots, the skipped samples and the protocol. Every text that comes from
-the data (keys, paths, reasons) is HTML-escaped.
+Sections, pictures first: the labelled grid (a row per chosen image: role, rank and key;
+original, then each tokenizer's reconstruction with its per-image metrics and its
+Gaussians), the summary (headline metrics of each tokenizer, counts and timing, the models,
+unavailable metrics with their reasons folded away), the plots, the skipped samples and
+the protocol. Values are shown as a person writes them (`shown`: "none", not Python's
+`None` or `{}`). Every text that comes from the data (keys, paths, reasons) is
+HTML-escaped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from html import escape
 
 from gtok.evaluate.summary import summary_rows, tokenizer_names
 
-__all__ = ["GridRow", "Plot", "render_page"]
+__all__ = ["GridRow", "Plot", "column_title", "image_count", "render_page", "shown"]
 
 SKIPPED_SHOWN = 50
 TILE_PX = (224, 184)  # displayed side of a grid picture: one tokenizer, two
@@ -40,7 +42,7 @@ table.grid td,table.grid th{padding:6px;text-align:center}
 table.grid th.row{text-align:left;min-width:150px;max-width:170px}
 table.grid img{height:auto;image-rendering:pixelated;display:block;margin:auto}
 .score{font-size:.85em;color:#333;margin-top:4px;font-variant-numeric:tabular-nums}
-.key{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8em;word-break:break-all;
+.key{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8em;overflow-wrap:break-word;
  font-weight:normal;color:#333}
 .role{display:inline-block;padding:1px 8px;border-radius:9px;color:#fff;font-size:.85em}
 .best{background:#2a9d4a}.median{background:#e09b1a}.worst{background:#d33b3b}
@@ -84,6 +86,21 @@ def _img(src: str, alt: str, width: int | None = None) -> str:
     return f'<img src="{_e(src)}" alt="{_e(alt)}"{size} loading="eager">'
 
 
+def image_count(n: int) -> str:
+    """ "1 image", "12 images"."""
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
+def shown(value: object) -> str:
+    """A setting's value for people: "none" for None or an empty table or list, "yes" and
+    "no" for booleans, the value itself otherwise."""
+    if value is None or (isinstance(value, dict | list | tuple) and not value):
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
 def _summary(document: dict) -> str:
     names = tokenizer_names(document)
     head = ["metric", *names] + (["difference"] if len(names) > 1 else [])
@@ -103,15 +120,19 @@ def _summary(document: dict) -> str:
         first = document["unavailable"]
         other = document["compare"]["unavailable"].items()
         reasons += [(f"{n} ({names[1]})", r) for n, r in other if first.get(n) != r]
-    if reasons:
-        items = "".join(f"<li><b>{_e(n)}</b>: {_e(r)}</li>" for n, r in reasons)
-        out.append(f'<p>Not computed:</p><ul class="unavailable">{items}</ul>')
     models = [document["model"]] + ([document["compare"]["model"]] if "compare" in document else [])
     out.append("<p>Tokenizers:</p><ul>")
     for name, model in zip(names, models, strict=True):
-        details = ", ".join(f"{k} {_e(v)}" for k, v in model.items())
+        details = ", ".join(f"{_e(k)}: {_e(shown(v))}" for k, v in model.items())
         out.append(f"<li><b>{_e(name)}</b>: {details}</li>")
     out.append("</ul>")
+    if reasons:
+        items = "".join(f"<li><b>{_e(n)}</b>: {_e(r)}</li>" for n, r in reasons)
+        listed = ", ".join(_e(n) for n, _ in reasons)
+        out.append(
+            f"<details><summary>Not computed: {listed} (why)</summary>"
+            f'<ul class="unavailable">{items}</ul></details>'
+        )
     return "\n".join(out)
 
 
@@ -123,6 +144,15 @@ def _scores(scores: dict[str, float]) -> str:
     return " · ".join(_e(p) for p in parts)
 
 
+def column_title(column: str, names: Sequence[str]) -> tuple[str, str | None]:
+    """(title, tokenizer name or None) of a grid column ("original", "reconstruction[ 2]",
+    "gaussians[ 2]"), given the tokenizers' `names`."""
+    kind, _, number = column.partition(" ")
+    if kind == "original":
+        return kind, None
+    return ("Gaussians" if kind == "gaussians" else kind), names[int(number) - 1 if number else 0]
+
+
 def _grid(rows: Sequence[GridRow], columns: Sequence[str], document: dict, note: str) -> str:
     names = tokenizer_names(document)
     out = ['<h2 id="grid">Reconstructions</h2>', f"<p>{note}</p>"]
@@ -130,11 +160,9 @@ def _grid(rows: Sequence[GridRow], columns: Sequence[str], document: dict, note:
         out.append('<p class="note">No images were kept for the grid (--grid-images 0).</p>')
         return "\n".join(out)
     heads = []
-    for column in columns:  # "original", "reconstruction[ 2]", "gaussians[ 2]"
-        kind, _, number = column.partition(" ")
-        title = "Gaussians" if kind == "gaussians" else kind
-        owner = names[int(number) - 1] if number else names[0]
-        heads.append(title if kind == "original" else f"{title}<br><small>{_e(owner)}</small>")
+    for column in columns:
+        title, owner = column_title(column, names)
+        heads.append(title if owner is None else f"{title}<br><small>{_e(owner)}</small>")
     out.append('<div class="scroll"><table class="grid"><thead><tr><th>image</th>')
     out += [f"<th>{h}</th>" for h in heads] + ["</tr></thead><tbody>"]
     total = document["n"]
@@ -190,11 +218,11 @@ def _skipped(document: dict) -> str:
 def _protocol(document: dict) -> str:
     out = ['<h2 id="protocol">Protocol</h2>', '<dl class="protocol">']
     for name, value in document.get("protocol", {}).items():
-        if isinstance(value, dict | list):
-            shown = f"<pre>{_e(json.dumps(value, indent=2, default=str))}</pre>"
+        if isinstance(value, dict | list) and value:
+            text = f"<pre>{_e(json.dumps(value, indent=2, default=str))}</pre>"
         else:
-            shown = _e(value)
-        out.append(f"<dt>{_e(name)}</dt><dd>{shown}</dd>")
+            text = _e(shown(value))
+        out.append(f"<dt>{_e(name)}</dt><dd>{text}</dd>")
     out.append("</dl>")
     return "\n".join(out)
 
@@ -211,14 +239,14 @@ def render_page(
     order; grid_note: how the grid's images were chosen (HTML); files: the report's data
     files beside the page, linked at the end."""
     names = tokenizer_names(document)
-    title = f"gtok eval: {' vs '.join(names)}, {document['n']} images"
+    title = f"gtok eval: {' vs '.join(names)}, {image_count(document['n'])}"
     links = " · ".join(f'<a href="{_e(f)}">{_e(f)}</a>' for f in files)
     body = [
         f"<h1>{_e(title)}</h1>",
         f'<p class="sub">gtok {_e(document.get("protocol", {}).get("gtok_version", "?"))} · '
         f"{_e(document.get('protocol', {}).get('image_size', '?'))} px images · data: {links}</p>",
-        _summary(document),
         _grid(rows, columns, document, grid_note),
+        _summary(document),
         _plots(plots),
         _skipped(document),
         _protocol(document),

@@ -10,10 +10,12 @@ REPORT_DIR/plots/         psnr.png (per-image PSNR); codes.png (code usage) and 
 REPORT_DIR/metrics.json   the evaluation document (values, skipped samples, protocol with
                           the weights sha256 of the model(s) and metric networks) plus the
                           grid's columns, keys, roles and ranks
-REPORT_DIR/grid.png       the grid in one unlabelled picture: original | reconstruction |
-                          Gaussians (drawn over the dimmed reconstruction, coloured by code
-                          id), the last two again for the `--compare` model
-REPORT_DIR/per_image.csv  tokenizer, key and every per-image metric (psnr, ssim, lpips_*)
+REPORT_DIR/grid.png       the grid in one picture, labelled as the page: column headers
+                          (original | reconstruction | Gaussians drawn over the dimmed
+                          reconstruction, coloured by code id; the last two again for the
+                          `--compare` model), under each row its role, rank, key and PSNR
+REPORT_DIR/per_image.csv  tokenizer (its name), key and every per-image metric (psnr, ssim,
+                          lpips_*)
 
 The grid shows images chosen across the set by the first tokenizer's PSNR: the best, those
 nearest the median and the worst (`gtok.evaluate.picks`). Each file is written under a new
@@ -37,7 +39,7 @@ import torch
 from PIL import Image
 
 from gtok.evaluate import plots
-from gtok.evaluate.page import GridRow, Plot, render_page
+from gtok.evaluate.page import GridRow, Plot, column_title, image_count, render_page
 from gtok.evaluate.picks import POOL, split_count
 from gtok.evaluate.run import EvalResult, GridSample
 from gtok.evaluate.summary import tokenizer_names
@@ -140,7 +142,15 @@ def _grid(writer: _Writer, result: EvalResult) -> tuple[list[GridRow], list[str]
     if not result.grid:
         return [], []
     pictures, columns = grid_rows(result.grid, result.map_sizes)
-    writer.picture("grid.png", image_grid(pictures))
+    names = tokenizer_names(result.document)
+    titles = [column_title(column, names) for column in columns]
+    headers = [title if owner is None else f"{title} ({owner})" for title, owner in titles]
+    total = result.document["n"]
+    labels = [
+        f"{s.role} · rank {s.rank} of {total} · {s.key} · PSNR {s.scores[0]['psnr']:.2f} dB"
+        for s in result.grid
+    ]
+    writer.picture("grid.png", image_grid(pictures, headers=headers, labels=labels))
     rows = []
     for i, (sample, row) in enumerate(zip(result.grid, pictures, strict=True)):
         names = [
@@ -155,11 +165,22 @@ def _grid_note(result: EvalResult, first: str) -> str:
     """How the grid's images were chosen and what its columns show (HTML, escaped)."""
     n = result.document["n"]
     roles = [s.role for s in result.grid]
-    best, median, worst = (roles.count(r) for r in ("best", "median", "worst"))
-    note = (
-        f"Each row is one image, chosen by the PSNR of {escape(first)}: the {best} best, "
-        f"the {median} nearest the median and the {worst} worst of the {n} images scored"
-        f" (every image when there are {sum(split_count(len(roles)))} or fewer). "
+    chosen = [
+        _the(roles.count(role), what)
+        for role, what in (("best", "best"), ("median", "nearest the median"), ("worst", "worst"))
+        if role in roles
+    ]
+    listed = " and ".join([", ".join(chosen[:-1]), chosen[-1]] if len(chosen) > 1 else chosen)
+    if len(roles) >= n:
+        every = "The one image scored is" if n == 1 else f"All {n} images scored are"
+        note = f"{every} shown, ranked by the PSNR of {escape(first)}. "
+    else:
+        note = (
+            f"Each row is one image, chosen by the PSNR of {escape(first)}: {listed} of the "
+            f"{image_count(n)} scored (every image is shown when there are "
+            f"{sum(split_count(len(roles)))} or fewer). "
+        )
+    note += (
         "Gaussians: each token's Gaussian as its 2-sigma ellipse over the dimmed "
         "reconstruction, coloured by its code id (one colour per code). Under each "
         "reconstruction: that image's metrics."
@@ -170,6 +191,13 @@ def _grid_note(result: EvalResult, first: str) -> str:
             f"{POOL}; their rank shows how near the middle they lie."
         )
     return note
+
+
+def _the(count: int, what: str) -> str:
+    """ "the best" for one image, "the 3 best" for three ("the one nearest the median")."""
+    if count == 1:
+        return f"the {what}" if what in ("best", "worst") else f"the one {what}"
+    return f"the {count} {what}"
 
 
 def _plots(writer: _Writer, result: EvalResult, names: list[str]) -> list[Plot]:
@@ -224,7 +252,8 @@ def write_report(result: EvalResult, out: str | os.PathLike) -> dict[str, Path]:
     plots = _plots(writer, result, names)
     text = json.dumps(document, indent=2, default=str) + "\n"
     writer.bytes("metrics.json", text.encode())
-    writer.bytes("per_image.csv", _csv(result.per_image).encode())
+    named = [row | {"tokenizer": names[row["tokenizer"]]} for row in result.per_image]
+    writer.bytes("per_image.csv", _csv(named).encode())
     writer.remove_stale()
     files = [f for f in DATA_FILES if f in writer.written]
     page = render_page(document, rows, columns, plots, _grid_note(result, names[0]), files)

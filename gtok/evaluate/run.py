@@ -168,7 +168,7 @@ def _evaluate(
     document["protocol"] = {
         "images": scorers[0].n,
         "image_size": preprocess.image_size,
-        "preprocessing": preprocess.to_dict(),
+        "preprocessing": preprocess.to_dict() | {"jpeg_draft": preprocess.jpeg_draft},
         "limit": limit,
         "gtok_version": __version__,
         "device": str(device),
@@ -272,11 +272,14 @@ def evaluate_model(
     device: str = "auto",
     grid_images: int = 9,
     refine: RefineSettings | None = None,
+    jpeg_draft: bool = True,
 ) -> EvalResult:
     """Reconstruct every usable image of `shards` with `model` (and `compare`) and score it.
 
     Images are resized (shorter side to `resize`, default the model's image size) and
-    centre-cropped as `gtok encode` does. weights: explicit metric weight files by key
+    centre-cropped as `gtok encode` does, large JPEGs decoded in draft mode as it does for a
+    new store (`jpeg_draft`, recorded in the protocol; False: exact), so that the numbers
+    equal those of a store of the same images. weights: explicit metric weight files by key
     ("vgg16", "lpips-vgg", "alexnet", "lpips-alex", "inception"); skip_metrics: result keys
     not to compute ("lpips_vgg", "lpips_alex", "rfid"); grid_images: images kept for
     `write_report`'s grid (the best, median and worst by PSNR, see `gtok.evaluate.picks`);
@@ -297,7 +300,9 @@ def evaluate_model(
         reconstructors.append(ModelReconstructor(second))
     size = first.config.image_size
     check_resize(resize, size, max_pixels)
-    preprocess = Preprocess(size, resize, background=background, max_pixels=max_pixels)
+    preprocess = Preprocess(
+        size, resize, background=background, max_pixels=max_pixels, jpeg_draft=jpeg_draft
+    )
     return _evaluate(
         shards,
         preprocess,
@@ -334,14 +339,15 @@ def evaluate_pairs(
     limit: int | None = None,
     device: str = "auto",
     grid_images: int = 9,
+    jpeg_draft: bool = True,
 ) -> EvalResult:
     """Score the reconstructions in `reconstructed` against the originals in `reference`.
 
     reconstructed: a folder of `<key path>.png` files (the originals are then centre-cropped
     to `size`, default the first reconstruction's side, after resizing the shorter side to
     `resize`), or a token store (decoded with its model, or `model` checked against its
-    weights hash unless `force`; the originals are preprocessed as the store records).
-    The other options are `evaluate_model`'s.
+    weights hash unless `force`; the originals are preprocessed as the store records, JPEG
+    draft included). The other options are `evaluate_model`'s.
     """
     chosen = select_device(device, allow_mps=True)
     reconstructor: Reconstructor
@@ -361,7 +367,9 @@ def evaluate_pairs(
         reconstructor = FolderReconstructor(reconstructed)
         side = size if size is not None else folder_image_size(reconstructed)
         check_resize(resize, side, max_pixels, "the image size")
-        preprocess = Preprocess(side, resize, background=background, max_pixels=max_pixels)
+        preprocess = Preprocess(
+            side, resize, background=background, max_pixels=max_pixels, jpeg_draft=jpeg_draft
+        )
     return _evaluate(
         reference,
         preprocess,

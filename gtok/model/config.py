@@ -41,9 +41,14 @@ __all__ = [
     "MAX_CHANNELS",
     "MAX_CODEBOOK_SIZE",
     "PRESETS",
+    "REFINE_LOSSES",
     "TokenizerConfig",
     "preset_config",
 ]
+
+# the losses of encode-time geometry refinement (`gtok.model.refine`): here, so that the CLI
+# lists them without importing torch
+REFINE_LOSSES = ("psnr", "mse", "l1")
 
 # the opt-in geometry options (issue 15), off in every preset
 OPTIONAL_FIELDS = ("normalized_splatting", "rotation_param", "anisotropic_init")

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from gtok.model.config import REFINE_LOSSES
 from gtok.model.gaussian_embed import safe_logit, safe_sigmoid
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
 ]
 
 DEFAULT_REFINE_LR = 0.2  # peak Adam step size in logit / radian units
-REFINE_LOSSES = ("psnr", "mse", "l1")
 DEFAULT_REFINE_LOSS = "psnr"  # docs/results.md: +0.03 dB over mse at 50 steps
 OPTIMIZER = "adam-warmup-linear"  # recorded in stores: tokens depend on it
 BETAS = (0.9, 0.9)

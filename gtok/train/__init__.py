@@ -2,10 +2,23 @@
 
 `train(TrainConfig(...), run_dir)` is what `gtok train` runs; see `gtok.train.loop` for the
 step order, `gtok.train.rundir` for what a run directory holds and `gtok.train.session`
-for the training state.
+for the training state. The names are imported on first use, so that the CLI reads the
+settings' choices (`gtok.train.config`, `gtok.train.recipe`) without importing torch.
 """
 
-from gtok.train.config import TrainConfig
-from gtok.train.loop import TrainResult, train
+from importlib import import_module
+from typing import Any
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
+
+_HOMES = {
+    "TrainConfig": "gtok.train.config",
+    "TrainResult": "gtok.train.loop",
+    "train": "gtok.train.loop",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'gtok.train' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

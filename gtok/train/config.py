@@ -36,6 +36,8 @@ __all__ = [
     "ADAM_PRESETS",
     "FREE_ON_RESUME",
     "NO_AUGMENT_PRESETS",
+    "OPTIMIZERS",
+    "PRECISIONS",
     "TrainConfig",
     "resume_conflicts",
     "tokenizer_config",
@@ -44,6 +46,8 @@ __all__ = [
 
 ADAM_PRESETS = frozenset({"imagenet", "vq-imagenet"})
 NO_AUGMENT_PRESETS = frozenset({"cifar", "vq-cifar"})
+OPTIMIZERS = ("adamw", "adam")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 on CUDA, else fp32
 # Fields a resumed run may change: how it runs and reports, not what it computes.
 FREE_ON_RESUME = frozenset(
     {
@@ -158,10 +162,10 @@ class TrainConfig:
         for name in ("l1_weight", "lpips_weight", "commit_weight", "gan_weight", "lecam_weight"):
             if getattr(self, name) < 0:
                 out.append(f"{name} must be 0 or more, got {getattr(self, name)}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            out.append(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
-        if self.optimizer not in (None, "adamw", "adam"):
-            out.append(f"optimizer must be adamw or adam, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            out.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.optimizer not in (None, *OPTIMIZERS):
+            out.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             out.append(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
@@ -202,7 +206,7 @@ class TrainConfig:
         if augment is None:
             augment = self.preset not in NO_AUGMENT_PRESETS
         if warmup > steps:
-            raise GtokError(f"warmup_steps {warmup} is more than the run's {steps} steps.")
+            raise GtokError(f"--warmup-steps {warmup} is more than the run's {steps} steps.")
         return self.replace(
             steps=steps,
             epochs=None,  # now expressed as steps (train.json records the sample count)

@@ -2,12 +2,13 @@
 
 Order of one step t (0-based): read batch t (stream t mod streams), set the learning rate,
 train tokenizer and discriminator (`TrainStep`), update the EMA; then, with s = t + 1 steps
-done: log every `log_every`; write a training state (and export the EMA model) every
-`checkpoint_every`, before each validation and at the end; validate every `eval_every`
-(a new best PSNR marks the state just written as the best and exports it to `best/`);
-save a sample grid every `sample_every`. SIGINT/SIGTERM stop the run after the step whose
-flag check sees them (the current one, or the next when they arrive after its backward pass)
-with a saved state (a second SIGINT aborts at once); the result says which stopped it.
+done: log after this process's first step and every `log_every`; write a training state
+(and export the EMA model) every `checkpoint_every`, before each validation and at the
+end; validate every `eval_every` (a new best PSNR marks the state just written as the best
+and exports it to `best/`); save a sample grid every `sample_every`. SIGINT/SIGTERM stop
+the run after the step whose flag check sees them (the current one, or the next when they
+arrive after its backward pass) with a saved state (a second SIGINT aborts at once); the
+result says which stopped it.
 
 Batch t + 1 is read before step t's optimizer update, so whether any rank's stream failed,
 whether any rank was signalled and whether any loss or gradient is not finite travel in one
@@ -143,10 +144,12 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
         skipped=session.skipped,
         lpips=session.lpips_used,
     )
-    progress = TrainProgress(steps, step, enabled=dist.main)
-    window = _Window()
+    images_per_step = resolved.batch_size * dist.world
+    cpu = dist.device.type == "cpu"
+    progress = TrainProgress(steps, step, dist.main, images_per_step, cpu)
     started, start_step = time.perf_counter(), step
     batch = next(batches)
+    window = _Window()  # after the first batch: the first line's rate is the steps' own
     unusable = dist.any(batch.error is not None)  # later batches: checked with each step
     with _StopFlag() as stop, progress:
         while step < steps:
@@ -166,7 +169,7 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
             session.advance(batch.stream, batch.position)
             step += 1
             window.add(output.values, images.shape[0] * dist.world)
-            if _due(step, resolved.log_every, steps):
+            if step == start_step + 1 or _due(step, resolved.log_every, steps):
                 progress.show(step, session.log_train(step, lr, window.flush(dist)))
             else:
                 progress.advance(step)

@@ -181,7 +181,7 @@ class Session:
         if conflicts:
             raise GtokError(
                 f"{self.run.root} holds a run with other settings ({'; '.join(conflicts)}); "
-                "pass the same settings to resume it, or choose a new --out directory."
+                "pass the same settings to resume it, or choose a new --output directory."
             )
 
     def _restore(self, saved: dict[str, Any]) -> None:
