@@ -1,8 +1,9 @@
-"""What a file is by its first bytes, for the inputs gtok refuses: compressed tars and
-PostScript/PDF documents given as images.
+"""What a file is by its first bytes, for the inputs gtok refuses: compressed tars,
+PostScript/PDF documents given as images, and Parquet or ZIP files given as shards.
 
-The one table of magic numbers gtok checks; `tario` names a compressed shard with it and
-`images` names a document that is not read as an image.
+The one table of magic numbers gtok checks; `tario` names a compressed shard with it,
+`images` names a document that is not read as an image, and `shards` refuses a file that
+is no tar before any work starts.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ _TABLE: tuple[tuple[bytes, Magic], ...] = (
     (b"%!PS", Magic("PostScript")),
     (b"\xc5\xd0\xd3\xc6", Magic("PostScript")),  # an EPS file with a binary (DOS) header
     (b"%PDF-", Magic("PDF")),
+    (b"PAR1", Magic("Parquet")),
+    (b"PK\x03\x04", Magic("ZIP")),
 )
 HEAD_BYTES = max(len(prefix) for prefix, _ in _TABLE)  # how many first bytes `sniff` needs
 

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from gtok.data.magic import HEAD_BYTES, Magic, sniff
 from gtok.data.tario import escape_name
 from gtok.errors import GtokError
 
@@ -162,6 +163,37 @@ def _refuse_images(spec: str, found: list[str]) -> None:
         raise GtokError(f"{named} is an image, not a .tar shard; {_pack_advice('FOLDER')}.")
 
 
+def _refuse_other_files(spec: str, fs, found: list[str]) -> None:
+    """A `GtokError` when a local file that `spec` names is, by its first bytes, a kind of
+    file that is no tar (Parquet, ZIP, PDF, PostScript: `gtok.data.magic`). Compressed
+    tars pass: they are recorded as damaged, naming their compression. Remote files are not
+    opened here (one request per shard); their reader records them as damaged."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    if not isinstance(fs, LocalFileSystem):
+        return
+    for path in found:
+        try:
+            with open(path, "rb") as handle:
+                magic = sniff(handle.read(HEAD_BYTES))
+        except OSError:  # unreadable: the tar reader records why
+            continue
+        if magic is not None and magic.decompress is None:
+            named = spec if found == [path] else f"{spec} matches {os.path.basename(path)}, which"
+            raise GtokError(f"{named} is a {magic.name} file, not a tar shard; {_advice(magic)}.")
+
+
+def _advice(magic: Magic) -> str:
+    """What to do with a file of kind `magic` given as a shard."""
+    if magic.name == "Parquet":
+        pack = _pack_advice("FOLDER")
+        return (
+            "gtok reads WebDataset tar shards: write the dataset as tars (img2dataset "
+            f"--output_format webdataset), or save its images to a folder and {pack}"
+        )
+    return f"gtok reads WebDataset tar shards; {_pack_advice('FOLDER')}"
+
+
 def _expand_one(spec: str) -> list[ShardRef]:
     fs, path = _filesystem(spec)
     if any(ch in _GLOB_CHARS for ch in path):
@@ -177,6 +209,7 @@ def _expand_one(spec: str) -> list[ShardRef]:
     else:
         raise GtokError(f"{spec} does not exist; pass folders of .tar shards, .tar files or globs.")
     _refuse_images(spec, found)
+    _refuse_other_files(spec, fs, found)
     return [ShardRef(name=_name(p), url=_url(fs, p, spec)) for p in found]
 
 
