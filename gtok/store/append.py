@@ -9,7 +9,8 @@ An append goes through three crash-safe steps:
    written to `parts/_before` first; then one write of the root `zarr.json` turns the store
    back to state "encoding" with the new shards after the old ones and an unfinished record
    at the end of `appends`: {first_shard, first_row, skipped_before, counts_before, shards,
-   gtok_version, finished: false}. Readers refuse the store from then until step 3 ends, so
+   gtok_version, finished: false} (`gtok.store.opening.check_appends` checks every record
+   a header holds). Readers refuse the store from then until step 3 ends, so
    it never reads as complete while rows are missing. A crash before that write leaves the
    store complete as it was (plus leftovers in `parts/`).
 2. The new shards are encoded into parts like any encode: resumable, splittable across
