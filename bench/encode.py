@@ -217,7 +217,7 @@ def _tiled_store(source: Path, out: Path, rows: int) -> Path:
     from dataclasses import replace
 
     from gtok.store import Location, Part, StoreWriter, finalize_store
-    from gtok.store.writer import open_root, read_header
+    from gtok.store.opening import open_root, read_header
 
     small = TokenStore(source, fields=("indices", "geometry", "keys"))
     everything = small[0 : len(small)]

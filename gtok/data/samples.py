@@ -16,7 +16,13 @@ import numpy as np
 from PIL import Image
 
 from gtok.data.images import IMAGE_EXTENSIONS, ImageRejected, decode_rgb_reduced
-from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, RawSample, TarProblem, read_tar
+from gtok.data.tario import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    MAX_TEXT_BYTES,
+    RawSample,
+    TarProblem,
+    read_tar,
+)
 from gtok.data.transforms import Preprocess, center_crop
 from gtok.safeload import Unreadable, parse_json
 
@@ -98,8 +104,6 @@ Prepare = Callable[[RawSample, int], Decoded]
 
 def _text_limit(what: str, text: str) -> str:
     """`text`, or a rejection when it is over the store's limit for one caption or field."""
-    from gtok.store.schema import MAX_TEXT_BYTES  # here: gtok.store imports gtok.data
-
     size = len(text.encode())
     if size > MAX_TEXT_BYTES:
         raise ImageRejected(f"{what} is {size} bytes, over the limit of {MAX_TEXT_BYTES}")
@@ -107,7 +111,7 @@ def _text_limit(what: str, text: str) -> str:
 
 
 def parse_caption(raw: RawSample) -> str | None:
-    """The sample's `.txt` caption (UTF-8, at most `schema.MAX_TEXT_BYTES`), None when it has
+    """The sample's `.txt` caption (UTF-8, at most `tario.MAX_TEXT_BYTES`), None when it has
     none."""
     data = raw.files.get("txt")
     if data is None:

@@ -37,6 +37,7 @@ from gtok.data.magic import HEAD_BYTES, sniff
 
 __all__ = [
     "DEFAULT_MAX_MEMBER_BYTES",
+    "MAX_TEXT_BYTES",
     "RawSample",
     "TarProblem",
     "escape_name",
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_MEMBER_BYTES = 256 << 20  # far above any real image, far below any machine's memory
+MAX_TEXT_BYTES = 4096  # longest caption or metadata value (UTF-8 bytes) a sample may carry
 
 _BLOCK = 512
 _CUT = "incomplete: the tar is cut inside this sample"

@@ -40,7 +40,7 @@ from gtok.store import Location, Part, StoreHeader, StoreWriter, finalize_store,
 from gtok.store.append import begin_append
 from gtok.store.geometry_bins import MAX_BITS, MIN_BITS, GeometryBinning
 from gtok.store.identity import check_same_files
-from gtok.store.writer import open_root, read_header
+from gtok.store.opening import open_root, read_header
 
 __all__ = ["EncodeSummary", "default_workers", "encode_shards"]
 

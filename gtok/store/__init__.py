@@ -1,6 +1,6 @@
 """The Zarr token store: schema, writer (parts), finalize, reader (`TokenStore`), the checks
-every reader runs first (`validate`, `zstdguard`, `damage`), and `gtok info` / `gtok verify`.
-See `gtok.store.schema` for the layout."""
+every reader runs first (`opening`, `validate`, `zstdguard`, `damage`), and `gtok info` /
+`gtok verify`. See `gtok.store.schema` for the layout."""
 
 from gtok.store.finalize import finalize_store
 from gtok.store.location import Location

@@ -9,7 +9,8 @@ An append goes through three crash-safe steps:
    written to `parts/_before` first; then one write of the root `zarr.json` turns the store
    back to state "encoding" with the new shards after the old ones and an unfinished record
    at the end of `appends`: {first_shard, first_row, skipped_before, counts_before, shards,
-   gtok_version, finished: false}. Readers refuse the store from then until step 3 ends, so
+   gtok_version, finished: false} (`gtok.store.opening.check_appends` checks every record
+   a header holds). Readers refuse the store from then until step 3 ends, so
    it never reads as complete while rows are missing. A crash before that write leaves the
    store complete as it was (plus leftovers in `parts/`).
 2. The new shards are encoded into parts like any encode: resumable, splittable across
@@ -45,46 +46,19 @@ from gtok.store.identity import (
     table_fingerprints,
 )
 from gtok.store.location import Location
-from gtok.store.writer import _difference, _write_whole, open_root, read_header
+from gtok.store.opening import open_root, read_header
+from gtok.store.writer import header_difference, write_whole
 
-__all__ = ["Before", "begin_append", "check_appends", "load_before", "pending_append"]
+__all__ = ["Before", "begin_append", "load_before", "pending_append"]
 
 SNAPSHOT = f"{schema.PARTS}/_before"  # part names never start with "_"
 _TABLES = {schema.SKIPPED: schema.SKIPPED_COLUMNS, schema.INPUTS: schema.INPUT_COLUMNS}
-_RECORD_INTS = ("first_shard", "first_row", "skipped_before", "shards")
 
 
 def pending_append(header: schema.StoreHeader) -> dict | None:
     """The unfinished append record of a store being appended to, else None."""
     last = header.appends[-1] if header.appends else None
     return last if last is not None and not last.get("finished") else None
-
-
-def check_appends(store: str, attrs: dict) -> None:
-    """The header's optional `appends` list is well formed (see the module doc)."""
-    from gtok.store.validate import _damaged
-
-    records = attrs.get("appends", [])
-    names = attrs["inputs"]["names"]
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise _damaged(store, "its header's appends are not a list of records")
-    for i, record in enumerate(records):
-        values = [record.get(k) for k in _RECORD_INTS]
-        counts = record.get("counts_before")
-        if (
-            not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
-            or not isinstance(record.get("finished"), bool)
-            or not isinstance(counts, dict)
-            or not all(isinstance(counts.get(k), int) for k in schema.COUNT_KEYS)
-            or record["first_shard"] + record["shards"] > len(names)
-            or counts["encoded"] != record["first_row"]
-            or counts["shards"] != record["first_shard"]
-        ):
-            raise _damaged(store, f"its header's append record {i} is malformed")
-        if not record["finished"] and (
-            i != len(records) - 1 or attrs["state"] != schema.STATE_ENCODING
-        ):
-            raise _damaged(store, f"its header's append record {i} is unfinished")
 
 
 def _plan(existing: schema.StoreHeader, refs: list[ShardRef]) -> list[ShardRef]:
@@ -152,7 +126,7 @@ def _refuse_other_settings(
     location: Location, existing: schema.StoreHeader, header: schema.StoreHeader
 ) -> None:
     same_shards = replace(header, shard_names=existing.shard_names, shard_urls=existing.shard_urls)
-    if (problem := _difference(existing, same_shards)) is not None:
+    if (problem := header_difference(existing, same_shards)) is not None:
         raise GtokError(
             f"{location} {problem}; append with the settings it was encoded with, or "
             "encode into another store."
@@ -200,7 +174,7 @@ def _snapshot(location: Location, root) -> None:
         data = data.astype(object) if dtype is str else data.astype(dtype)
         fill = "" if dtype is str else -1
         dims = (schema.TABLE_DIMS[table],)
-        _write_whole(group, f"{table}/{column}", data, dtype, fill, dims)
+        write_whole(group, f"{table}/{column}", data, dtype, fill, dims)
     location.sync(SNAPSHOT)
     group.attrs[schema.PART_COMPLETE] = True
     location.sync(SNAPSHOT)

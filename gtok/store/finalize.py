@@ -28,7 +28,8 @@ from gtok.store import lock, schema
 from gtok.store.append import Before, load_before
 from gtok.store.identity import UNRECORDED, part_fingerprint, source_record
 from gtok.store.location import Location
-from gtok.store.writer import open_root, part_counts, part_locks, read_header
+from gtok.store.opening import open_root, read_header
+from gtok.store.writer import part_counts, part_locks
 
 __all__ = ["finalize_store"]
 

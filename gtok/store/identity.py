@@ -24,6 +24,7 @@ from gtok.errors import GtokError
 from gtok.store import schema
 from gtok.store.damage import blocks, read_block
 from gtok.store.location import Location
+from gtok.store.opening import damaged, get_array
 
 __all__ = [
     "UNRECORDED",
@@ -45,14 +46,12 @@ def source_record(fingerprint: ShardFingerprint) -> dict:
 
 def _parse(store: str, where: str, size: object, digest: object) -> ShardFingerprint | None:
     """The fingerprint of a record (None for `UNRECORDED`); a malformed one is damage."""
-    from gtok.store.validate import _damaged
-
     if size == UNRECORDED["bytes"] and digest == UNRECORDED["fingerprint"]:
         return None
     try:
         return ShardFingerprint(size, digest)  # which checks both
     except ValueError as exc:
-        raise _damaged(store, f"{where} records a malformed shard fingerprint ({exc})") from exc
+        raise damaged(store, f"{where} records a malformed shard fingerprint ({exc})") from exc
 
 
 def part_fingerprint(location: Location, root, shard: str) -> ShardFingerprint | None:
@@ -79,8 +78,6 @@ def has_identity_table(group) -> bool:
 def read_identity_columns(location: Location, group, rows: int) -> dict[str, list]:
     """The `bytes` and `fingerprint` columns of `group`'s inputs table, `rows` values each
     (`UNRECORDED` values when the table has no such columns)."""
-    from gtok.store.validate import _damaged, get_array
-
     store = str(location)
     if not has_identity_table(group):
         return {c: [v] * rows for c, v in UNRECORDED.items()}
@@ -89,7 +86,7 @@ def read_identity_columns(location: Location, group, rows: int) -> dict[str, lis
         path = f"{schema.INPUTS}/{column}"
         array = get_array(group, path, store)
         if array.shape != (rows,):
-            raise _damaged(store, f"its {path} has shape {array.shape}, not ({rows},)")
+            raise damaged(store, f"its {path} has shape {array.shape}, not ({rows},)")
         columns[column] = [
             value
             for start, stop in blocks(rows)

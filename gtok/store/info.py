@@ -14,7 +14,8 @@ from gtok.store import schema
 from gtok.store.append import pending_append
 from gtok.store.damage import blocks, read_block
 from gtok.store.location import Location
-from gtok.store.validate import get_array, open_checked
+from gtok.store.opening import get_array
+from gtok.store.validate import open_checked
 from gtok.store.writer import part_counts
 
 __all__ = ["code_usage", "store_info"]

@@ -50,10 +50,10 @@ from gtok.errors import GtokError
 from gtok.store import schema
 from gtok.store.damage import blocks, read_block, read_errors, row_damage
 from gtok.store.location import Location
+from gtok.store.opening import get_array, open_root, read_header
 from gtok.store.rowread import RowReader
 from gtok.store.sequences import Vocabulary
-from gtok.store.validate import CheckedStore, get_array, open_checked
-from gtok.store.writer import open_root, read_header
+from gtok.store.validate import CheckedStore, open_checked
 
 __all__ = ["TokenStore", "collate"]
 

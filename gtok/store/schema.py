@@ -57,10 +57,10 @@ from (absent in parts written before gtok recorded them), which `inputs/` keeps.
 Unwritten rows never read as tokens: the fill values (65535, NaN, "", -1) are not values a
 model produces, and `state` stays "encoding" until every row is written.
 
-Readers trust nothing of this on disk: `gtok.store.validate` checks the header and every
-array's dtype, shape, chunking and codecs against the specs here before any data is read,
-`zstdguard` bounds what a chunk may decompress to, and `damage.row_damage` refuses rows
-holding fill values or ids outside the codebook.
+Readers trust nothing of this on disk: `gtok.store.opening` checks the header and
+`gtok.store.validate` every array's dtype, shape, chunking and codecs against the specs
+here before any data is read, `zstdguard` bounds what a chunk may decompress to, and
+`damage.row_damage` refuses rows holding fill values or ids outside the codebook.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ from typing import Any
 
 import numpy as np
 
+from gtok.data.tario import MAX_TEXT_BYTES
 from gtok.store.geometry_bins import code_dtype
 
 __all__ = [
@@ -128,10 +129,11 @@ SHARD_ROWS = 16384  # rows per Zarr shard (one file): 1.28M rows -> 79 files per
 CHUNK_ROWS = 32  # rows per inner chunk: the unit a random read decompresses
 ZSTD_LEVEL = 3
 
-# what readers accept before they read any data (`gtok.store.validate`)
+# what readers accept before they read any data (`gtok.store.opening`)
 MAX_NUM_TOKENS = 1 << 16  # G: tokens per image
 MIN_CODEBOOK_SIZE = 2  # codebook sizes 2..INDEX_FILL
-MAX_STRING_BYTES = 4096  # mean UTF-8 bytes per string a compressed string chunk may inflate to
+# mean UTF-8 bytes per string a compressed string chunk may inflate to: the longest text a row holds
+MAX_STRING_BYTES = MAX_TEXT_BYTES
 
 # dimension names (Zarr v3 `dimension_names`): rows N, tokens G, the 5 geometry parameters
 ROW_DIM, TOKEN_DIM, PARAM_DIM = "row", "token", "param"
@@ -153,7 +155,6 @@ INPUT_IDENTITY_COLUMNS: dict[str, Any] = {"bytes": COUNT_DTYPE, "fingerprint": s
 PART_SOURCE = "source"  # part attribute: {"bytes", "fingerprint"} of the shard file read
 COUNT_KEYS = ("shards", "samples", "encoded", "skipped", "damaged_shards", "labeled", "upscaled")
 CAPTIONED = "captioned"  # optional count (stores before captions lack it): rows with a `.txt`
-MAX_TEXT_BYTES = MAX_STRING_BYTES  # longest caption or metadata value a row may store
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from gtok.store.damage import blocks, read_block, row_damage
 from gtok.store.geometry_bins import GeometryBinning
 from gtok.store.identity import table_fingerprints
 from gtok.store.location import Location
-from gtok.store.validate import CheckedStore, get_array, open_checked
+from gtok.store.opening import get_array
+from gtok.store.validate import CheckedStore, open_checked
 
 __all__ = ["VerifyReport", "verify_store"]
 

@@ -34,8 +34,9 @@ from gtok.errors import GtokError
 from gtok.store import lock, schema
 from gtok.store.identity import part_fingerprint, source_record, table_fingerprints
 from gtok.store.location import Location
+from gtok.store.opening import open_root, read_header
 
-__all__ = ["Part", "StoreWriter", "open_root", "part_locks", "read_header"]
+__all__ = ["Part", "StoreWriter", "header_difference", "part_locks", "write_whole"]
 
 
 @dataclass
@@ -104,48 +105,6 @@ class Part:
         return {name: np.array(v, dtype=object) for name, v in columns.items()}
 
 
-def open_root(location: Location, mode: str = "r"):
-    """The store's root group, its arrays' zstd bounded (`zstdguard`); a `GtokError` when
-    there is none or its metadata cannot be read."""
-    import zarr
-
-    from gtok.store.zstdcodec import bounded_zstd
-
-    if not location.has("zarr.json"):
-        raise GtokError(f"{location} is not a gtok token store (no zarr.json there).")
-    try:
-        with bounded_zstd():
-            return zarr.open_group(location.zarr_store(read_only=mode == "r"), mode=mode)
-    except Exception as exc:  # garbage JSON, a node of another kind, a Zarr v2 group, ...
-        raise GtokError(
-            f"{location} is damaged: its Zarr metadata cannot be read ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); restore it from a copy or "
-            "re-encode it."
-        ) from exc
-
-
-def _store_name(root) -> str:
-    local = getattr(root.store, "root", None)  # LocalStore: the folder
-    return str(local) if local is not None else str(root.store)
-
-
-def read_header(root) -> tuple[schema.StoreHeader, dict]:
-    """(header, raw attribute dict) of an opened root group, checked against the format
-    (`validate.check_header`), or a `GtokError`."""
-    from gtok.store.validate import check_header
-
-    attrs = root.attrs.asdict().get(schema.ATTR_ROOT)
-    if not isinstance(attrs, dict) or attrs.get("format") != schema.FORMAT:
-        raise GtokError(f"{_store_name(root)} is a Zarr group but not a gtok token store.")
-    if attrs.get("format_version") != schema.FORMAT_VERSION:
-        raise GtokError(
-            f"{_store_name(root)} has format version {attrs.get('format_version')!r}; this gtok "
-            f"({__version__}) reads version {schema.FORMAT_VERSION}."
-        )
-    check_header(_store_name(root), attrs)
-    return schema.StoreHeader.from_attrs(attrs), attrs
-
-
 def _precision(header: schema.StoreHeader) -> str:
     """The autocast precision the tokens were computed in (fp32 in stores that predate it)."""
     return (header.numerics or {}).get("precision", "fp32")
@@ -156,7 +115,7 @@ def _batch_size(header: schema.StoreHeader) -> int | None:
     return (header.numerics or {}).get("batch_size")
 
 
-def _difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
+def header_difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str | None:
     """What makes `new` incompatible with the store's `old` header, as a phrase, or None."""
     if old.weights_sha256 != new.weights_sha256:
         return (
@@ -275,7 +234,7 @@ class StoreWriter:
             _create(location, header)
         root = open_root(location, mode="r+")
         existing, attrs = read_header(root)
-        if (problem := _difference(existing, header)) is not None:
+        if (problem := header_difference(existing, header)) is not None:
             raise GtokError(
                 f"{location} {problem}; use the same settings, another output, or "
                 "--overwrite to start over."
@@ -339,18 +298,18 @@ class StoreWriter:
         specs += schema.text_arrays(captions=True, metadata_fields=self.header.metadata_fields)
         for spec in specs:
             data = columns[spec.name]
-            _write_whole(group, spec.name, data, spec.dtype, spec.fill, spec.dimension_names)
+            write_whole(group, spec.name, data, spec.dtype, spec.fill, spec.dimension_names)
         skipped_keys = np.array([k for k, _ in part.skipped], dtype=object)
         reasons = np.array([r for _, r in part.skipped], dtype=object)
         skipped = (schema.TABLE_DIMS[schema.SKIPPED],)
-        _write_whole(group, schema.PART_SKIPPED_KEYS, skipped_keys, str, "", skipped)
-        _write_whole(group, schema.PART_SKIPPED_REASONS, reasons, str, "", skipped)
+        write_whole(group, schema.PART_SKIPPED_KEYS, skipped_keys, str, "", skipped)
+        write_whole(group, schema.PART_SKIPPED_REASONS, reasons, str, "", skipped)
         self.location.sync(path)
         group.attrs[schema.PART_COMPLETE] = part.counts()
         self.location.sync(path)
 
 
-def _write_whole(group, name: str, data: np.ndarray, dtype, fill, dims: tuple[str, ...]) -> None:
+def write_whole(group, name: str, data: np.ndarray, dtype, fill, dims: tuple[str, ...]) -> None:
     """`data` as one array of one chunk, zstd-compressed, its dimensions named `dims`."""
     rows = data.shape[0]
     chunks = (max(rows, 1), *data.shape[1:])
