@@ -2,8 +2,6 @@
 output; Gaussians pictures; the model found from the store, and other weights refused unless
 --force; key <-> path mapping."""
 
-# ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
-
 from __future__ import annotations
 
 import io
@@ -15,16 +13,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 import torch
-from evalkit import (  # noqa: F401
-    _encode,
-    model,
-    one_thread,
-    other_model,
-    read_png,
-    shards,
-    store,
-    vq_model,
-)
+from evalkit import _encode, read_png
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image

@@ -51,15 +51,6 @@ SMALL = {  # a tiny GaussianToken: 16x16 images, 8 Gaussians, 64 codes
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is shared: one torch thread is many times faster than two here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _save_model(folder: Path, seed: int, preset: str = "tiny", **overrides) -> Path:
     import gtok
 

@@ -3,8 +3,6 @@ model's own reconstructions; `--reference` mode gives the model mode's numbers o
 images; `--compare`; missing metric weights are reported unavailable while the rest run;
 stand-in weight files make LPIPS and rFID available; `--json` keys; `--report` contents."""
 
-# ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
-
 from __future__ import annotations
 
 import csv
@@ -16,21 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from evalkit import (  # noqa: F401
-    WEIGHT_VARS,
-    crops,
-    model,
-    no_weights,
-    one_blas_thread,
-    one_thread,
-    other_model,
-    read_png,
-    shards,
-    standin_folder,
-    standin_weights,
-    store,
-    vq_model,
-)
+from evalkit import WEIGHT_VARS, crops
 from PIL import Image
 from skimage.metrics import structural_similarity
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_encode import SMALL, _save_model, one_thread  # noqa: F401
+from test_encode import SMALL, _save_model
 
 import gtok
 import kernels

@@ -12,7 +12,6 @@ import sys
 import pytest
 import torch
 from scriptkit import BENCH, script_module
-from test_encode import one_thread  # noqa: F401 (autouse: one torch thread)
 
 from kernels.selfcheck import probe
 

@@ -2,7 +2,6 @@
 (each process's GPU first in CUDA_VISIBLE_DEVICES, computing on cuda:0), the rasterizer's
 device check before Taichi starts, Taichi's stream ordering, the libcuda.so diagnosis, TF32
 off for encode/decode/eval, and one host sync per training step."""
-# ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
 
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from evalkit import model, one_thread, shards, store  # noqa: F401  (fixtures)
 
 import gtok.devices as devices
 from gtok.errors import GtokError

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from evalkit import one_thread, save_model  # noqa: F401
+from evalkit import save_model
 from hostilekit import GTOK, REPO, assert_no_temp_files, assert_one_error, run_gtok
 from shardmaker import write_clean_shards
 

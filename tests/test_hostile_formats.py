@@ -18,7 +18,7 @@ import pytest
 from hostilekit import run_gtok
 from PIL import Image
 from shardmaker import encode, jpeg, pixels, tar_member, write_raw_tar, write_tar
-from test_encode import SMALL, _save_model, one_thread  # noqa: F401  (autouse fixture)
+from test_encode import SMALL, _save_model
 
 from gtok.data import TarProblem, read_tar
 from gtok.store import TokenStore

@@ -19,7 +19,7 @@ from shardmaker import (
     tar_member,
     write_raw_tar,
 )
-from test_encode import SMALL, _save_model, one_thread  # noqa: F401  (autouse fixture)
+from test_encode import SMALL, _save_model
 
 from gtok.data.tario import unescape_name
 from gtok.encode import encode_shards

@@ -8,8 +8,6 @@ one `error:` line naming the file and no temporary file left; eval reads only re
 of at most 64 MiB as reconstructions and records any other one as a skipped sample.
 """
 
-# ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
-
 from __future__ import annotations
 
 import errno
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from evalkit import _encode, one_thread, shards, vq_model, vq_store  # noqa: F401
+from evalkit import _encode
 from hostilekit import assert_no_temp_files, assert_one_error, run_gtok
 from shardmaker import jpeg, write_tar
 

@@ -14,7 +14,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from evalkit import one_thread, save_model  # noqa: F401
+from evalkit import save_model
 from hostilekit import assert_one_error, run_gtok
 from shardmaker import jpeg, write_tar
 from test_hostile_cli import _in_process

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from hostilekit import assert_one_error
 from shardmaker import clean_samples, png, write_clean_shards, write_tar
-from test_encode import SMALL, _save_model, one_thread  # noqa: F401  (autouse fixture)
+from test_encode import SMALL, _save_model
 from test_hostile_cli import _in_process
-from test_store_append import append, encode, small_shards  # noqa: F401  (a fixture)
+from test_store_append import append, encode
 
 from gtok.errors import GtokError
 from gtok.store import TokenStore

@@ -9,8 +9,6 @@ with one sentence, a killed one's lock and temporary files are taken over); `gto
 neither deletes nor writes through a link in the place of one of its parts.
 """
 
-# ruff: noqa: F811  (fixtures imported from evalkit / defaultkit are redefined as test arguments)
-
 from __future__ import annotations
 
 import json
@@ -21,8 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-from defaultkit import standin_default, standin_model  # noqa: F401
-from evalkit import _encode, no_weights, one_thread, shards, vq_model, vq_store  # noqa: F401
 from hostilekit import assert_no_temp_files, assert_one_error, run_gtok, start_gtok
 from shardmaker import jpeg
 from test_hostile_outputs import NO_METRICS, _convert_checkpoint

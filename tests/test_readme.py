@@ -12,7 +12,6 @@ training-loop snippet is run by tests/test_encode.py, `make demo` by tests/test_
 
 from __future__ import annotations
 
-# ruff: noqa: F811  (fixtures imported from defaultkit / evalkit are redefined as test arguments)
 import json
 import os
 import re
@@ -27,14 +26,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from defaultkit import (  # noqa: F401
-    standin_default,
-    standin_model,
-)
-from evalkit import (  # noqa: F401
-    no_weights,
-    one_thread,
-)
 from PIL import Image
 from shardmaker import write_tar
 

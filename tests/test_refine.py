@@ -19,7 +19,7 @@ import pytest
 import torch
 import zarr
 from shardmaker import write_clean_shards
-from test_encode import SMALL, _save_model, one_thread  # noqa: F401  (autouse fixture)
+from test_encode import SMALL, _save_model
 from test_store import assert_same_store
 
 import gtok

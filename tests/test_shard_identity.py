@@ -19,7 +19,7 @@ import pytest
 import zarr
 from hostilekit import assert_one_error, run_gtok
 from shardmaker import clean_samples, img2dataset_shard, jpeg, write_tar
-from test_encode import SMALL, _save_model, one_thread  # noqa: F401  (autouse fixture)
+from test_encode import SMALL, _save_model
 
 from cli.main import app
 from gtok.data.shards import FINGERPRINT_SPAN, expand_shards, shard_fingerprint
