@@ -1,6 +1,6 @@
-"""Shared test setup: a private Taichi kernel cache, one torch thread, the fixtures used by
-several test modules (here and in the fixture modules `evalkit` and `defaultkit`, registered
-as plugins) and the test tiers' markers."""
+"""Shared test setup: a private Taichi kernel cache, one torch thread, and the fixtures used
+by several test modules (here and in the fixture modules `evalkit` and `defaultkit`,
+registered as plugins). The test tiers' markers are in pyproject.toml."""
 
 import os
 import tempfile

@@ -86,6 +86,8 @@ def test_every_command_has_a_case():
     assert sorted(c.name for c in app.registered_commands) == sorted(CASES)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("command", sorted(CASES))
 def test_plain_output(runner, tmp_path, command, model, shards, store, no_weights):
     make_args, expected = CASES[command]

@@ -57,6 +57,7 @@ def decode_cli(runner, *args: str):
     return result, (json.loads(result.stdout) if result.exit_code == 0 else None)
 
 
+@pytest.mark.slow
 def test_png_files_equal_tok_decode_of_the_stored_tokens(tmp_path, store, model, runner):
     out = tmp_path / "recon"
     result, summary = decode_cli(runner, str(store), "-o", str(out))
@@ -229,6 +230,7 @@ _KEY_TEXT = st.text(alphabet=st.sampled_from("aA.%/\\:gnpc") | st.characters(), 
 _KEYS = st.lists(_KEY_TEXT | st.builds(lambda n: "k/" + "x" * n, st.integers(200, 300)))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(_KEYS)
 def test_key_mapping_properties(keys):

@@ -44,6 +44,7 @@ def test_missing_shipped_files_are_one_clear_error(tmp_path, monkeypatch):
         default_model_dir()
 
 
+@pytest.mark.slow
 def test_encode_without_model_uses_the_default_and_says_so(
     runner, tmp_path, shards, standin_default
 ):

@@ -20,6 +20,8 @@ from gtok.demo import DEMO_PHOTOS, run_demo
 from gtok.errors import GtokError
 from gtok.store import TokenStore
 
+pytestmark = pytest.mark.slow
+
 PHOTOS = sorted(DEMO_PHOTOS.glob("*.jpg"))
 
 

@@ -75,6 +75,7 @@ def test_token_bytes_counts_ids_and_8_bit_geometry(evidence):
     assert evidence.token_bytes(vq) == vq.config.num_tokens * 10 / 8
 
 
+@pytest.mark.subprocess
 def test_the_script_prints_one_document(tmp_path, shards):
     model = tmp_path / "model"
     gtok.build_tokenizer("tiny", seed=0).eval().save_pretrained(model)

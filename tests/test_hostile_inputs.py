@@ -26,6 +26,8 @@ from gtok.encode import encode_shards
 from gtok.store import TokenStore
 from gtok.store.verify import verify_store
 
+pytestmark = pytest.mark.subprocess
+
 LIMIT = "over the limit of 268435456 bytes per member (--max-member-bytes)"
 
 

@@ -134,6 +134,7 @@ def _convert_checkpoint(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("command", ["decode", "pack", "encode", "eval-report", "convert-official"])
 def test_full_disk_is_one_sentence_and_no_temporary_file(
     command, tmp_path, shards, vq_model, vq_store
@@ -187,6 +188,7 @@ def test_only_write_failures_that_name_a_file_are_user_errors():
     assert describe_write_failure(ValueError("x")) is None
 
 
+@pytest.mark.subprocess
 def test_eval_skips_what_is_not_a_reconstruction(tmp_path, shards, vq_store, runner):
     """A link to /dev/zero, a FIFO, a sparse file over the cap and garbage (the first file
     in order, which also sets the crop size) are skipped with reasons; the rest is scored."""

@@ -52,6 +52,7 @@ def _data_workers(pid: int) -> list[int]:
     return workers
 
 
+@pytest.mark.subprocess
 def test_a_killed_data_worker_ends_in_one_sentence_and_a_rerun_resumes(tmp_path, model):
     data = tmp_path / "data"
     write_clean_shards(data, 24, 4)

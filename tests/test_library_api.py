@@ -157,6 +157,7 @@ def test_decode_with_grad_keeps_the_graph_through_rasterizer_and_decoder(cli_sto
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_models_run_on_the_cpu(cli_store, model, dtype):
     tok = gtok.load_tokenizer(model)

@@ -270,6 +270,7 @@ def test_rows_without_tokens(case, damage, shards, tmp_path, runner, no_weights)
         assert str(damaged) in line, f"{name}: {line}"
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("case", MEMORY_CASES)
 def test_damage_that_used_to_take_gigabytes(case, damage, shards, tmp_path):
     how, phrase, commands = MEMORY_CASES[case]

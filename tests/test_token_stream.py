@@ -100,6 +100,7 @@ def test_bins_clip_out_of_range_values_and_wrap_rotation():
 # -- the store --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_geometry_codes_are_the_bins_of_the_models_geometry(stores, model):
     plain, store = TokenStore(stores["float"]), TokenStore(stores[6])
     assert store.fields == ("indices", "geometry", "labels")  # codes only on request
