@@ -1,8 +1,9 @@
-# gtok developer targets. `make setup` once, then `make test`.
+# gtok developer targets. `make setup` once, then `make test-fast` while you work and
+# `make test` (every test, with coverage) before you push.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint demo bench bench-gpu gpu-check gpu-bundle
+.PHONY: setup test test-fast lint demo bench bench-gpu gpu-check gpu-bundle
 
 setup:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -10,8 +11,13 @@ setup:
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev]"
 
+# Markers in pyproject.toml: test-fast leaves out the slow, subprocess, browser and vulkan
+# tests. Coverage counts the test process only (gtok runs started in a subprocess are not).
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --cov=gtok --cov=cli --cov=kernels --cov-report=term:skip-covered
+
+test-fast:
+	$(PY) -m pytest -q -m "not slow and not subprocess and not browser and not vulkan"
 
 lint:
 	$(VENV)/bin/ruff check .

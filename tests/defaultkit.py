@@ -1,4 +1,4 @@
-"""A stand-in for the default model shipped with gtok (import the fixtures you use).
+"""A stand-in for the default model shipped with gtok (fixtures: a plugin of conftest.py).
 
 Tests must not depend on the trained weights in `gtok/default_model/` (a development
 checkout may not have them yet): `standin_default` builds the `tiny` preset with random

@@ -1,4 +1,4 @@
-"""Fixtures shared by tests/test_decode.py and tests/test_eval.py (import the ones you use).
+"""Fixtures shared by the test modules (a plugin of conftest.py: use them by name).
 
 A small random-initialized GaussianToken at 32x32 (AlexNet-LPIPS needs 31 px): test_encode's
 SMALL config at 32 px, its codebook k-means-initialized on one batch so that tokens use many
@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 from shardmaker import clean_samples, jpeg, write_clean_shards, write_tar
-from test_encode import SMALL, one_thread  # noqa: F401  (re-exported: autouse fixture)
+from test_encode import SMALL
 
 from gtok.data import center_crop, decode_rgb, to_tensor
 from gtok.encode import encode_shards

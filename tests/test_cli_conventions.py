@@ -116,6 +116,7 @@ def test_gtok_help_and_version(runner):
     assert runner.invoke(gtok_app, []).exit_code in (0, 2)  # no_args_is_help shows help
 
 
+@pytest.mark.subprocess
 def test_gtok_env_json_from_the_installed_script(tmp_path):
     """The real console script: stdout must be one JSON document (Taichi prints nothing)."""
     gtok = [sys.executable, "-c", "from cli.main import main; main()"]

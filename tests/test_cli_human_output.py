@@ -8,14 +8,12 @@ commands comes from the app, so a new command without a case here fails
 
 from __future__ import annotations
 
-# ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from evalkit import model, no_weights, one_thread, shards, store  # noqa: F401
 from shardmaker import jpeg, write_clean_shards
 from test_convert import _synthetic_state
 
@@ -88,6 +86,8 @@ def test_every_command_has_a_case():
     assert sorted(c.name for c in app.registered_commands) == sorted(CASES)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 @pytest.mark.parametrize("command", sorted(CASES))
 def test_plain_output(runner, tmp_path, command, model, shards, store, no_weights):
     make_args, expected = CASES[command]

@@ -58,6 +58,7 @@ def cifar_converted(cifar_checkpoint, tmp_path_factory):
     return out, report
 
 
+@pytest.mark.slow
 def test_every_official_tensor_lands_in_exactly_one_model_tensor(cifar_checkpoint, cifar_converted):
     """Matched by value (the synthetic tensors are distinct random draws), independently of
     the converter's name map: each kept official tensor (its EMA value when it has one)
@@ -212,6 +213,7 @@ def test_unreadable_and_missing_files(tmp_path):
         convert_official(tmp_path / "odd.ckpt", tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_cli_converts_and_reports_json(cifar_checkpoint, tmp_path, runner):
     path, _ = cifar_checkpoint
     result = runner.invoke(

@@ -399,6 +399,7 @@ def test_encode_stream_chunks_stay_within_shards(tmp_path):
     assert list(chunks[0].labels) == [0, 1]
 
 
+@pytest.mark.subprocess
 def test_spawn_workers_give_the_same_chunks(tmp_path):
     write_clean_shards(tmp_path, 3, 3)
     stream = EncodeStream(expand_shards([tmp_path]), Preprocess(image_size=8), batch_size=2)

@@ -2,8 +2,6 @@
 output; Gaussians pictures; the model found from the store, and other weights refused unless
 --force; key <-> path mapping."""
 
-# ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
-
 from __future__ import annotations
 
 import io
@@ -15,16 +13,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pytest
 import torch
-from evalkit import (  # noqa: F401
-    _encode,
-    model,
-    one_thread,
-    other_model,
-    read_png,
-    shards,
-    store,
-    vq_model,
-)
+from evalkit import _encode, read_png
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -68,6 +57,7 @@ def decode_cli(runner, *args: str):
     return result, (json.loads(result.stdout) if result.exit_code == 0 else None)
 
 
+@pytest.mark.slow
 def test_png_files_equal_tok_decode_of_the_stored_tokens(tmp_path, store, model, runner):
     out = tmp_path / "recon"
     result, summary = decode_cli(runner, str(store), "-o", str(out))
@@ -240,6 +230,7 @@ _KEY_TEXT = st.text(alphabet=st.sampled_from("aA.%/\\:gnpc") | st.characters(), 
 _KEYS = st.lists(_KEY_TEXT | st.builds(lambda n: "k/" + "x" * n, st.integers(200, 300)))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(_KEYS)
 def test_key_mapping_properties(keys):

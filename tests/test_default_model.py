@@ -1,8 +1,6 @@
 """The default model: its lookup, `gtok encode` / `gtok eval` without `--model` (on a stand-in),
 the package data that installs it, and the shipped model itself when it is there."""
 
-# ruff: noqa: F811  (fixtures imported from defaultkit / evalkit are redefined as test arguments)
-
 from __future__ import annotations
 
 import fnmatch
@@ -11,15 +9,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from defaultkit import (  # noqa: F401
-    standin_default,
-    standin_model,
-)
-from evalkit import (  # noqa: F401
-    no_weights,
-    one_thread,
-    shards,
-)
 from PIL import Image
 from scriptkit import BENCH, script_module
 
@@ -55,6 +44,7 @@ def test_missing_shipped_files_are_one_clear_error(tmp_path, monkeypatch):
         default_model_dir()
 
 
+@pytest.mark.slow
 def test_encode_without_model_uses_the_default_and_says_so(
     runner, tmp_path, shards, standin_default
 ):

@@ -217,6 +217,7 @@ def test_tokenizer_outputs_match_the_reference_path():
         assert err_kernel <= 1e-4 * max(c.abs().max().item(), 1.0), name
 
 
+@pytest.mark.slow
 def test_gaussian_embed_gradients_match_the_reference_path():
     """Training mode (the same dropout masks from the same seed), in float64: in float32 a
     rounding difference can flip a ReLU or a bilinear cell somewhere in the 30 layers, which

@@ -50,6 +50,7 @@ def assert_matches_reference(args, tol):
 GTOK_SHAPE = {"heads": 4, "points": 4, "head_dim": 16, "height": 16, "width": 16}  # the model's
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("shape", "dtype"),
     [
@@ -76,6 +77,7 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_atomic_backward_for_cuda_matches_serial():
     """The one-thread-per-query backward that CUDA uses, run on the CPU arch."""
     args = inputs(n_b=3, n_q=30, **(GTOK_SHAPE | {"height": 7, "width": 9}), seed=3)

@@ -4,7 +4,6 @@ agrees with the others, a rerun replaces it, a folder of other files is refused.
 
 from __future__ import annotations
 
-# ruff: noqa: F811  (fixtures imported from defaultkit / evalkit are redefined as test arguments)
 import csv
 import json
 import re
@@ -13,14 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from defaultkit import (  # noqa: F401
-    standin_default,
-    standin_model,
-)
-from evalkit import (  # noqa: F401
-    no_weights,
-    one_thread,
-)
 from PIL import Image
 
 from cli.main import app
@@ -28,6 +19,8 @@ from gtok.data import center_crop, decode_rgb
 from gtok.demo import DEMO_PHOTOS, run_demo
 from gtok.errors import GtokError
 from gtok.store import TokenStore
+
+pytestmark = pytest.mark.slow
 
 PHOTOS = sorted(DEMO_PHOTOS.glob("*.jpg"))
 

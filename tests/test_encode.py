@@ -51,15 +51,6 @@ SMALL = {  # a tiny GaussianToken: 16x16 images, 8 Gaussians, 64 codes
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is shared: one torch thread is many times faster than two here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _save_model(folder: Path, seed: int, preset: str = "tiny", **overrides) -> Path:
     import gtok
 
@@ -128,6 +119,7 @@ def test_rows_are_the_models_tokens_in_input_order(tmp_path, model, shards):
     assert store.weights_sha256 == summary.weights_sha256
 
 
+@pytest.mark.slow
 def test_odd_and_corrupt_samples_are_accounted_for_one_by_one(tmp_path, model, shards):
     _encode(shards, tmp_path / "t.zarr", model)
     store = TokenStore(tmp_path / "t.zarr")
@@ -169,6 +161,7 @@ def test_geometry_float32(tmp_path, model, shards):
     assert TokenStore(tmp_path / "f.zarr")[0]["geometry"].dtype == np.float32
 
 
+@pytest.mark.subprocess
 def test_spawn_workers_give_the_same_store(tmp_path, model, shards):
     subset = [shards / "shard-0000.tar", shards / "odd.tar", shards / "cut.tar"]
     encode_shards(subset, tmp_path / "w0.zarr", model, batch_size=4, workers=0)
@@ -176,6 +169,7 @@ def test_spawn_workers_give_the_same_store(tmp_path, model, shards):
     assert_same_store(tmp_path / "w0.zarr", tmp_path / "w2.zarr")
 
 
+@pytest.mark.slow
 def test_a_different_model_is_refused(tmp_path, model, other_model, shards, runner):
     out = tmp_path / "t.zarr"
     _encode(shards / "shard-0000.tar", out, model)
@@ -233,6 +227,7 @@ def _completed_parts(store: Path) -> int:
     return sum('"complete"' in p.read_text() for p in store.glob("parts/*/zarr.json"))
 
 
+@pytest.mark.subprocess
 def test_kill_during_a_run_then_resume_gives_the_same_store(tmp_path, model):
     data = tmp_path / "data"
     write_clean_shards(data, 12, 4)
@@ -257,6 +252,7 @@ def test_kill_during_a_run_then_resume_gives_the_same_store(tmp_path, model):
     assert_same_store(out, tmp_path / "clean.zarr")
 
 
+@pytest.mark.subprocess
 def test_two_workers_and_finalize_equal_one_process(tmp_path, model, shards, runner):
     out = tmp_path / "two.zarr"
     common = (str(shards), "-o", str(out), "-m", str(model), "--workers", "0", "--batch-size", "4")
@@ -279,6 +275,7 @@ def test_two_workers_and_finalize_equal_one_process(tmp_path, model, shards, run
 # ---- info and verify ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_info_and_verify(tmp_path, model, shards, runner):
     out = tmp_path / "t.zarr"
     result = runner.invoke(
@@ -307,6 +304,7 @@ def test_info_and_verify(tmp_path, model, shards, runner):
     assert not report["ok"] and any("shard-0002.tar/000015" in p for p in report["problems"])
 
 
+@pytest.mark.slow
 def test_readme_training_snippet_runs(tmp_path, model, shards):
     """The README's TokenStore example, run as written against a real store."""
     _encode(shards, tmp_path / "tokens.zarr", model)
@@ -365,6 +363,7 @@ def test_a_model_with_nan_weights_is_refused(tmp_path, model, shards, runner):
     assert not out.exists()  # refused before a store was made, let alone marked complete
 
 
+@pytest.mark.slow
 def test_rows_with_non_finite_geometry_are_skipped_with_the_reason(
     tmp_path, model, shards, monkeypatch
 ):
@@ -396,6 +395,7 @@ def test_rows_with_non_finite_geometry_are_skipped_with_the_reason(
 # ---- img2dataset output: captions, metadata, stats, appends -------------------------------
 
 
+@pytest.mark.slow
 def test_img2dataset_captions_metadata_stats_and_append(tmp_path, model, runner):
     """Captions and chosen .json fields stay row-aligned through encode, --append, TokenStore
     and decode --format wds; verify compares each shard with img2dataset's stats."""

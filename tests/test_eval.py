@@ -3,8 +3,6 @@ model's own reconstructions; `--reference` mode gives the model mode's numbers o
 images; `--compare`; missing metric weights are reported unavailable while the rest run;
 stand-in weight files make LPIPS and rFID available; `--json` keys; `--report` contents."""
 
-# ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
-
 from __future__ import annotations
 
 import csv
@@ -16,21 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from evalkit import (  # noqa: F401
-    WEIGHT_VARS,
-    crops,
-    model,
-    no_weights,
-    one_blas_thread,
-    one_thread,
-    other_model,
-    read_png,
-    shards,
-    standin_folder,
-    standin_weights,
-    store,
-    vq_model,
-)
+from evalkit import WEIGHT_VARS, crops
 from PIL import Image
 from skimage.metrics import structural_similarity
 
@@ -108,6 +92,7 @@ def model_mode(tmp_path_factory, shards, model) -> tuple[dict, Path]:
     return document, report
 
 
+@pytest.mark.slow
 def test_model_mode_scores_equal_independent_computations(model_mode, shards, model):
     document, _ = model_mode
     recon, indices = model_outputs(shards, model)
@@ -187,6 +172,7 @@ def test_reference_folder_matches_model_mode(tmp_path, model_mode, shards, model
     assert {s["key"] for s in pairs["skipped_samples"]} == SKIPPED_KEYS
 
 
+@pytest.mark.slow
 def test_reference_store_and_decoded_folder_match_model_mode(
     tmp_path, model_mode, shards, store, runner
 ):
@@ -216,6 +202,7 @@ def test_reference_store_and_decoded_folder_match_model_mode(
     )
 
 
+@pytest.mark.slow
 def test_compare_scores_both_models_on_the_same_images(
     no_weights, model_mode, shards, model, other_model, runner
 ):
@@ -248,6 +235,7 @@ def test_limit_default_model_and_usage_errors(no_weights, shards, model, runner,
     assert no_model.exit_code == 1 and "does not exist" in no_model.stderr
 
 
+@pytest.mark.slow
 def test_standin_weights_make_lpips_and_rfid_available(standin_weights, shards, model, runner):
     document = run_eval(runner, str(shards), "-m", str(model), "--limit", "3")
     assert document["unavailable"] == {}
@@ -271,6 +259,7 @@ def test_standin_weights_make_lpips_and_rfid_available(standin_weights, shards, 
     assert set(files["lpips_vgg"]) == {"vgg16", "lpips-vgg"}
 
 
+@pytest.mark.slow
 def test_identical_reconstructions_score_perfectly(tmp_path, standin_weights, shards, runner):
     writer = PngFolder(tmp_path / "same")
     for key, pixels in originals(shards).items():

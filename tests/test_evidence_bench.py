@@ -2,8 +2,6 @@
 JPEG search at a byte budget, the thumbnails, the token byte count, and one run of the
 script on generated shards."""
 
-# ruff: noqa: F811  (fixtures imported from evalkit / test_encode are redefined as arguments)
-
 from __future__ import annotations
 
 import io
@@ -13,10 +11,8 @@ import sys
 
 import pytest
 import torch
-from evalkit import shards  # noqa: F401
 from PIL import Image
 from scriptkit import BENCH, script_module
-from test_encode import one_thread  # noqa: F401 (autouse: one torch thread)
 
 import gtok
 
@@ -79,6 +75,7 @@ def test_token_bytes_counts_ids_and_8_bit_geometry(evidence):
     assert evidence.token_bytes(vq) == vq.config.num_tokens * 10 / 8
 
 
+@pytest.mark.subprocess
 def test_the_script_prints_one_document(tmp_path, shards):
     model = tmp_path / "model"
     gtok.build_tokenizer("tiny", seed=0).eval().save_pretrained(model)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_encode import SMALL, _save_model, one_thread  # noqa: F401
+from test_encode import SMALL, _save_model
 
 import gtok
 import kernels
@@ -74,6 +74,7 @@ def _args(n_b=2, n_g=5, n_c=3, dtype=torch.float64):
     return raster, deform
 
 
+@pytest.mark.slow
 def test_custom_ops_pass_opcheck():
     """Fake implementations, schemas and autograd registrations agree with the kernels."""
     raster, deform = _args()
@@ -86,6 +87,7 @@ def test_custom_ops_pass_opcheck():
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_traces_the_kernels_and_their_gradients():
     """Dynamo without graph breaks, AOT autograd through the ops' fake implementations."""
     raster, _ = _args(dtype=torch.float32)
@@ -105,6 +107,7 @@ def test_compile_fullgraph_traces_the_kernels_and_their_gradients():
         torch.testing.assert_close(got.grad, expected.grad, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_compile_fullgraph_of_both_halves_without_graph_breaks(tok, example):
     images, tokens, decoded = example
     encode = torch.compile(TokenEncoder(tok), fullgraph=True, backend="aot_eager")
@@ -125,6 +128,7 @@ def test_compile_with_inductor_matches_eager(tok, example):
     torch.testing.assert_close(decode(tokens), decoded, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("implementation", ["taichi", "reference"])
 def test_torch_export_of_both_halves(tok, example, implementation):
     images, tokens, decoded = example
@@ -146,6 +150,7 @@ def test_implementation_switch_refuses_unknown_names(tok):
         tok.set_implementation("cuda")
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
     reason="onnx and onnxruntime are not installed (pip install 'gtok[export]')",

@@ -2,7 +2,6 @@
 the flag, a `gtok train` that lists what it needs and explains its first steps, one naming
 scheme across commands (old spellings hidden but taken), `--skip` that silences notes."""
 
-# ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
 from __future__ import annotations
 
 import json
@@ -12,7 +11,6 @@ import signal
 from pathlib import Path
 
 import pytest
-from evalkit import model, no_weights, one_thread, shards  # noqa: F401
 from PIL import Image
 from shardmaker import write_tar
 from test_train import SMALL, _gradients

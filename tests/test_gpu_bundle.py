@@ -45,6 +45,7 @@ def wheel_cache(gpu_bundle, tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.mark.subprocess
 def test_the_gpu_machine_bundle_is_under_48_mib_with_what_it_lacks(
     gpu_bundle, wheel_cache, tmp_path
 ):
@@ -107,6 +108,7 @@ def _without_pythonpath() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
 
+@pytest.mark.subprocess
 def test_make_gpu_check_without_venv_runs_from_the_bundle(gpu_bundle, wheel_cache, tmp_path):
     bundle = tmp_path / "bundle"
     build = ["build", "--out", str(bundle), "--cache", str(wheel_cache)]

@@ -12,7 +12,6 @@ import sys
 import pytest
 import torch
 from scriptkit import BENCH, script_module
-from test_encode import one_thread  # noqa: F401 (autouse: one torch thread)
 
 from kernels.selfcheck import probe
 
@@ -25,6 +24,7 @@ def gpu_check():
         yield module
 
 
+@pytest.mark.subprocess
 def test_without_a_cuda_gpu_it_exits_1_with_one_line(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     out = tmp_path / "check.json"
@@ -37,6 +37,7 @@ def test_without_a_cuda_gpu_it_exits_1_with_one_line(tmp_path):
     assert "Traceback" not in done.stderr and not out.exists()
 
 
+@pytest.mark.subprocess
 def test_the_parts_run_on_the_cpu_and_record_their_device(gpu_check, tmp_path):
     check = gpu_check.Check(torch.device("cpu"), quick=True, scratch=tmp_path)
     kernels = gpu_check.run_part(check, "kernels")

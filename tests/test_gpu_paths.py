@@ -2,7 +2,6 @@
 (each process's GPU first in CUDA_VISIBLE_DEVICES, computing on cuda:0), the rasterizer's
 device check before Taichi starts, Taichi's stream ordering, the libcuda.so diagnosis, TF32
 off for encode/decode/eval, and one host sync per training step."""
-# ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
 
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from evalkit import model, one_thread, shards, store  # noqa: F401  (fixtures)
 
 import gtok.devices as devices
 from gtok.errors import GtokError
@@ -46,6 +44,7 @@ def _mocked_entry(command: str, env: dict[str, str], **args) -> dict:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("command", ["train", "encode", "decode", "eval"])
 def test_rank_3_of_8_puts_its_gpu_first_and_computes_on_cuda_0(
     command,
@@ -66,6 +65,7 @@ def test_rank_3_of_8_puts_its_gpu_first_and_computes_on_cuda_0(
         assert seen["rank_world"] == [3, 8]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("command", ["encode", "decode", "eval"])
 def test_device_mps_puts_the_model_on_mps_and_asks_taichi_for_metal(
     command, tmp_path, model, shards, store
@@ -90,6 +90,7 @@ def test_device_mps_where_it_cannot_run(monkeypatch):
         devices.select_device("mps")  # train
 
 
+@pytest.mark.subprocess
 def test_an_explicit_gpu_among_uuids_comes_first(tmp_path):
     uuids = [f"GPU-{i:04d}" for i in range(4)]
     env = {"CUDA_VISIBLE_DEVICES": ",".join(uuids)}
@@ -209,6 +210,7 @@ def test_a_missing_unversioned_libcuda_is_named_with_its_fix(tmp_path, monkeypat
     assert str(caught.value) == problem
 
 
+@pytest.mark.subprocess
 def test_gtok_env_shows_the_libcuda_problem(monkeypatch, runner):
     import kernels.libcuda
     from cli.main import app

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from evalkit import one_thread, save_model  # noqa: F401
+from evalkit import save_model
 from hostilekit import GTOK, REPO, assert_no_temp_files, assert_one_error, run_gtok
 from shardmaker import write_clean_shards
 
@@ -141,6 +141,7 @@ BREAKAGES = {
 }
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("breakage", ["num_res_blocks", "weights"])
 def test_model_directory_is_checked_before_the_model_is_built(tmp_path, model, shards, breakage):
     changes, message = BREAKAGES[breakage]
@@ -153,6 +154,7 @@ def test_model_directory_is_checked_before_the_model_is_built(tmp_path, model, s
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("breakage", ["weights"])
 def test_store_recorded_model_is_checked_before_the_model_is_built(
     tmp_path, model, shards, breakage
@@ -169,6 +171,7 @@ def test_store_recorded_model_is_checked_before_the_model_is_built(
 # ----------------------------------------------------------- unwritable kernel cache (13)
 
 
+@pytest.mark.subprocess
 def test_unwritable_kernel_cache_is_one_warning_and_exit_0(tmp_path):
     blocker = tmp_path / "a-file"  # nothing can be created below a regular file, even by root
     blocker.write_text("")
@@ -215,6 +218,7 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_while_the_worker_starts_is_one_line(tmp_path, model, shards):
     """The spawned DataLoader worker ignores SIGINT (it printed a traceback of its own);
     resuming after an interruption is test_encode's kill test."""

@@ -18,7 +18,7 @@ import pytest
 from hostilekit import run_gtok
 from PIL import Image
 from shardmaker import encode, jpeg, pixels, tar_member, write_raw_tar, write_tar
-from test_encode import SMALL, _save_model, one_thread  # noqa: F401  (autouse fixture)
+from test_encode import SMALL, _save_model
 
 from gtok.data import TarProblem, read_tar
 from gtok.store import TokenStore
@@ -66,6 +66,7 @@ def _stub_ghostscript(folder: Path) -> tuple[dict, Path]:
     return {"PATH": f"{gs.parent}{os.pathsep}{os.environ['PATH']}"}, log
 
 
+@pytest.mark.subprocess
 def test_postscript_members_are_skipped_without_running_ghostscript(tmp_path, model):
     env, log = _stub_ghostscript(tmp_path)
     shards = tmp_path / "shards"
@@ -76,6 +77,7 @@ def test_postscript_members_are_skipped_without_running_ghostscript(tmp_path, mo
     assert _reasons(summary) == {("s.tar", "000"): POSTSCRIPT}
 
 
+@pytest.mark.subprocess
 def test_pack_skips_postscript_without_running_ghostscript(tmp_path):
     env, log = _stub_ghostscript(tmp_path)
     src = tmp_path / "photos"
@@ -96,6 +98,7 @@ def _float_tiff(values: np.ndarray) -> bytes:
     return encode(Image.fromarray(values.astype(np.float32), "F"), "TIFF")
 
 
+@pytest.mark.subprocess
 def test_float_tiffs_with_nan_or_inf_are_skipped_without_numpy_warnings(tmp_path):
     ramp = np.linspace(0, 1, 32 * 40).reshape(32, 40)
     holes, flood = ramp.copy(), np.full((32, 40), np.nan)
@@ -114,6 +117,7 @@ def test_float_tiffs_with_nan_or_inf_are_skipped_without_numpy_warnings(tmp_path
     }
 
 
+@pytest.mark.subprocess
 def test_a_member_given_twice_skips_its_sample_with_the_reason(tmp_path, model):
     shards = tmp_path / "shards"
     members = [("000.jpg", 0), ("000.jpg", 1), ("001.jpg", 2), ("002.jpg", 3), ("002.JPG", 4)]
@@ -131,6 +135,7 @@ def test_a_member_given_twice_skips_its_sample_with_the_reason(tmp_path, model):
     assert report.ok, report.problems
 
 
+@pytest.mark.subprocess
 def test_a_gzipped_shard_is_named_as_gzip(tmp_path, model):
     shards = tmp_path / "shards"
     plain = write_tar(shards / "a.tar", [("000", {"jpg": jpeg(0)})])

@@ -19,12 +19,14 @@ from shardmaker import (
     tar_member,
     write_raw_tar,
 )
-from test_encode import SMALL, _save_model, one_thread  # noqa: F401  (autouse fixture)
+from test_encode import SMALL, _save_model
 
 from gtok.data.tario import unescape_name
 from gtok.encode import encode_shards
 from gtok.store import TokenStore
 from gtok.store.verify import verify_store
+
+pytestmark = pytest.mark.subprocess
 
 LIMIT = "over the limit of 268435456 bytes per member (--max-member-bytes)"
 

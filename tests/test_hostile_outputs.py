@@ -8,8 +8,6 @@ one `error:` line naming the file and no temporary file left; eval reads only re
 of at most 64 MiB as reconstructions and records any other one as a skipped sample.
 """
 
-# ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
-
 from __future__ import annotations
 
 import errno
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from evalkit import _encode, one_thread, shards, vq_model, vq_store  # noqa: F401
+from evalkit import _encode
 from hostilekit import assert_no_temp_files, assert_one_error, run_gtok
 from shardmaker import jpeg, write_tar
 
@@ -136,6 +134,7 @@ def _convert_checkpoint(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("command", ["decode", "pack", "encode", "eval-report", "convert-official"])
 def test_full_disk_is_one_sentence_and_no_temporary_file(
     command, tmp_path, shards, vq_model, vq_store
@@ -189,6 +188,7 @@ def test_only_write_failures_that_name_a_file_are_user_errors():
     assert describe_write_failure(ValueError("x")) is None
 
 
+@pytest.mark.subprocess
 def test_eval_skips_what_is_not_a_reconstruction(tmp_path, shards, vq_store, runner):
     """A link to /dev/zero, a FIFO, a sparse file over the cap and garbage (the first file
     in order, which also sets the crop size) are skipped with reasons; the rest is scored."""

@@ -14,7 +14,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from evalkit import one_thread, save_model  # noqa: F401
+from evalkit import save_model
 from hostilekit import assert_one_error, run_gtok
 from shardmaker import jpeg, write_tar
 from test_hostile_cli import _in_process
@@ -55,6 +55,7 @@ def test_nesting_limit_is_the_same_whatever_the_parser_would_manage():
 # ---- 11: files that never end ------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -70,6 +71,7 @@ def test_endless_key_and_config_files_stop_at_their_limit(tmp_path, args, messag
     assert "is larger than" in line and "the most gtok reads of it" in line
 
 
+@pytest.mark.subprocess
 def test_an_endless_lock_file_is_one_sentence(tmp_path):
     out = tmp_path / "tokens.zarr"
     _encode(out, finalize=False)
@@ -80,6 +82,7 @@ def test_an_endless_lock_file_is_one_sentence(tmp_path):
     assert_one_error(result, contains=f"{planted} is larger than 64 KiB")
 
 
+@pytest.mark.subprocess
 def test_a_huge_image_file_is_skipped_unread(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
@@ -98,6 +101,7 @@ def test_a_huge_image_file_is_skipped_unread(tmp_path):
 # ---- 13: JSON and TOML nested 10^5 deep --------------------------------------------------
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "text",
     ["a = " + "[" * 100_000, "a = " + "{b = " * 100_000, ".".join(["a"] * 100_000) + " = 1"],

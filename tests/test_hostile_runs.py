@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hostilekit import assert_one_error, run_gtok
 from shardmaker import jpeg, write_clean_shards, write_tar
-from test_encode import SMALL, _completed_parts, _gtok, _save_model, one_thread  # noqa: F401
+from test_encode import SMALL, _completed_parts, _gtok, _save_model
 from test_hostile_cli import _children
 
 from cli.main import app
@@ -52,6 +52,7 @@ def _data_workers(pid: int) -> list[int]:
     return workers
 
 
+@pytest.mark.subprocess
 def test_a_killed_data_worker_ends_in_one_sentence_and_a_rerun_resumes(tmp_path, model):
     data = tmp_path / "data"
     write_clean_shards(data, 24, 4)

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from hostilekit import assert_one_error
 from shardmaker import clean_samples, png, write_clean_shards, write_tar
-from test_encode import SMALL, _save_model, one_thread  # noqa: F401  (autouse fixture)
+from test_encode import SMALL, _save_model
 from test_hostile_cli import _in_process
-from test_store_append import append, encode, small_shards  # noqa: F401  (a fixture)
+from test_store_append import append, encode
 
 from gtok.errors import GtokError
 from gtok.store import TokenStore
@@ -43,6 +43,7 @@ def _ok(result: subprocess.CompletedProcess) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_resume_with_every_shard_after_an_append_of_shards_that_sort_first(tmp_path, runner, model):
     """Point 12: the store lists its shards in row order (appended ones last), the command
     line in name order; the same set is the same plan."""
@@ -72,6 +73,7 @@ def _edit_numerics(store: Path, edit: Callable[[dict], object]) -> None:
     (store / "zarr.json").write_text(json.dumps(meta))
 
 
+@pytest.mark.slow
 def test_a_resume_or_append_with_another_batch_size_is_refused(tmp_path, runner, model):
     """Point 4: tokens depend slightly on the batch size, so the store records it, a rerun
     without --batch-size takes the recorded one, and another one is refused."""
@@ -165,6 +167,7 @@ def _assert_same(a: dict, b: dict) -> None:
         assert np.array_equal(values, b[name], equal_nan=name == "geometry"), name
 
 
+@pytest.mark.slow
 def test_a_reader_opened_before_an_append_reads_on_and_sees_the_new_rows(tmp_path, runner, model):
     """Point 6, the issue's sequence: a TokenStore opened before `gtok encode --append` and
     read after its finalize, which rewrote the Zarr shard file holding its last rows."""
@@ -192,6 +195,7 @@ def test_a_reader_opened_before_an_append_reads_on_and_sees_the_new_rows(tmp_pat
         reader[0]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("small_shards")
 def test_a_reader_reads_its_rows_while_finalize_rewrites_their_file(tmp_path, monkeypatch):
     """Point 6 inside the append's finalize: the last Zarr shard file is rewritten before

@@ -61,6 +61,7 @@ def _terminate_when(run: subprocess.Popen, ready, what: str) -> tuple[str, str]:
     return run.communicate(timeout=240)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_sigterm_stops_encode_with_its_locks_released_and_a_rerun_resumes(tmp_path, model, workers):
     data = tmp_path / "data"
@@ -85,6 +86,7 @@ def test_sigterm_stops_encode_with_its_locks_released_and_a_rerun_resumes(tmp_pa
     assert_same_store(out, tmp_path / "clean.zarr")
 
 
+@pytest.mark.subprocess
 def test_sigterm_stops_train_after_saving_the_step_and_a_rerun_resumes(tmp_path):
     write_tar(tmp_path / "four.tar", _gradients(4, start=50))
     run_dir = tmp_path / "run"

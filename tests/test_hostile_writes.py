@@ -9,8 +9,6 @@ with one sentence, a killed one's lock and temporary files are taken over); `gto
 neither deletes nor writes through a link in the place of one of its parts.
 """
 
-# ruff: noqa: F811  (fixtures imported from evalkit / defaultkit are redefined as test arguments)
-
 from __future__ import annotations
 
 import json
@@ -21,8 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-from defaultkit import standin_default, standin_model  # noqa: F401
-from evalkit import _encode, no_weights, one_thread, shards, vq_model, vq_store  # noqa: F401
 from hostilekit import assert_no_temp_files, assert_one_error, run_gtok, start_gtok
 from shardmaker import jpeg
 from test_hostile_outputs import NO_METRICS, _convert_checkpoint
@@ -64,6 +60,7 @@ def _decode_png_targets(store: Path, out: Path) -> list[Path]:
 REPORT_FILES = ["index.html", "metrics.json", "per_image.csv", "grid.png", "plots/psnr.png"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["decode-png", "decode-wds", "eval-report", "convert-official"])
 def test_a_link_at_an_old_temporary_name_is_not_written_through(
     command, tmp_path, runner, shards, vq_model, vq_store
@@ -149,6 +146,7 @@ def _assert_complete_pack(out: Path, files: int) -> dict:
     return manifest
 
 
+@pytest.mark.subprocess
 def test_a_second_pack_into_a_busy_folder_is_refused(tmp_path):
     """Point 5: two `gtok pack` into one folder at once. The second is refused with one
     sentence naming the first, which then finishes a correct pack (no traceback, stats and
@@ -166,6 +164,7 @@ def test_a_second_pack_into_a_busy_folder_is_refused(tmp_path):
     _assert_complete_pack(out, PACK_FILES)
 
 
+@pytest.mark.subprocess
 def test_a_killed_pack_leaves_nothing_that_stops_the_next(tmp_path):
     """Point 5: a pack killed mid-way (SIGKILL) leaves its lock and temporary file; the next
     pack takes the lock over (said on stderr), deletes the temporary file and finishes."""
@@ -180,6 +179,7 @@ def test_a_killed_pack_leaves_nothing_that_stops_the_next(tmp_path):
     _assert_complete_pack(out, PACK_FILES)
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("part", ["recon", "tokens.zarr", "demo.json"])
 def test_demo_never_replaces_a_link_in_place_of_a_part(part, tmp_path, standin_default, no_weights):
     """Point 16: `gtok demo -o D` where D/recon (a folder's place), D/tokens.zarr (a dangling

@@ -3,8 +3,6 @@
 TokenStore yields decoded as it comes, a differentiable decode, bfloat16 and float16
 models on the CPU, and int64 ids from `gtok.collate`."""
 
-# ruff: noqa: F811  (fixtures imported from defaultkit / evalkit are redefined as test arguments)
-
 from __future__ import annotations
 
 import io
@@ -13,8 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from defaultkit import standin_default, standin_model  # noqa: F401
-from evalkit import model, one_thread, read_png  # noqa: F401
+from evalkit import read_png
 from PIL import Image
 from shardmaker import exif_rotated_jpeg, jpeg, pixels, png, write_tar
 
@@ -160,6 +157,7 @@ def test_decode_with_grad_keeps_the_graph_through_rasterizer_and_decoder(cli_sto
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_models_run_on_the_cpu(cli_store, model, dtype):
     tok = gtok.load_tokenizer(model)

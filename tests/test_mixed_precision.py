@@ -11,7 +11,7 @@ import pytest
 import torch
 from shardmaker import write_clean_shards, write_tar
 from test_encode import SMALL as SMALL_ENCODE
-from test_encode import _save_model, one_thread  # noqa: F401 (autouse: one torch thread)
+from test_encode import _save_model
 from test_train import _config, _gradients
 
 import gtok

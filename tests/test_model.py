@@ -185,6 +185,7 @@ def _trained_once(preset: str) -> gtok.model.BaseTokenizer:
     return model.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_shapes_of_every_preset(preset):
     config = PRESETS[preset]
@@ -319,6 +320,7 @@ def test_build_tokenizer_applies_overrides_and_keeps_the_preset_name():
     assert isinstance(gtok.build_tokenizer(PRESETS["tiny"]), gtok.model.GaussianTokenizer)
 
 
+@pytest.mark.subprocess
 def test_importing_gtok_and_its_presets_is_cheap():
     code = (
         "import sys, gtok; gtok.PRESETS['tiny']; "

@@ -299,6 +299,7 @@ def test_output_inside_the_input_is_not_packed(tmp_path):
     assert first.files == again.files == 3 and again.shards_already_done == 1
 
 
+@pytest.mark.subprocess
 def test_workers_give_the_same_shards(tmp_path, monkeypatch):
     import gtok.pack.run
 

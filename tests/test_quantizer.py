@@ -249,6 +249,7 @@ def _sync_worker(rank: int, world: int, tmp: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.subprocess
 def test_two_process_gloo_codebooks_stay_in_sync(tmp_path):
     mp.spawn(_sync_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))

@@ -497,6 +497,7 @@ def test_narrow_bounds_clip_no_pixel_and_the_check_sees_a_clip(monkeypatch):
 # ---- package behaviour ---------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_importing_kernels_starts_and_compiles_nothing():
     code = (
         "import sys, kernels\n"

@@ -12,7 +12,6 @@ training-loop snippet is run by tests/test_encode.py, `make demo` by tests/test_
 
 from __future__ import annotations
 
-# ruff: noqa: F811  (fixtures imported from defaultkit / evalkit are redefined as test arguments)
 import json
 import os
 import re
@@ -27,14 +26,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from defaultkit import (  # noqa: F401
-    standin_default,
-    standin_model,
-)
-from evalkit import (  # noqa: F401
-    no_weights,
-    one_thread,
-)
 from PIL import Image
 from shardmaker import write_tar
 
@@ -107,6 +98,7 @@ def test_every_example_is_in_a_section_this_file_runs():
     assert unrun == TRAIN_EXAMPLE.findall(text), unrun  # the one run by its own test below
 
 
+@pytest.mark.slow
 def test_quickstart_and_packing_run_as_written(
     runner, tmp_path, monkeypatch, standin_default, no_weights
 ):
@@ -131,6 +123,7 @@ def test_quickstart_and_packing_run_as_written(
         assert {Path(n).suffix for n in tar.getnames()} == {".jpg", ".json"}
 
 
+@pytest.mark.slow
 def test_python_section_runs_as_written(runner, tmp_path, monkeypatch, standin_default):
     """The "## Python" blocks, run in order in one namespace, in a folder holding photo.jpg
     and tokens.zarr (three photographs encoded by `gtok encode` with the default model)."""
@@ -168,6 +161,7 @@ def workspace(tmp_path, runner, standin_model, no_weights) -> Path:
     return tmp_path
 
 
+@pytest.mark.subprocess
 def test_token_store_and_evaluation_scripts_run_as_written(workspace):
     for title in AS_SCRIPTS:
         script = "\n".join(line for b in bash_blocks(section(title)) for line in example_lines(b))
@@ -194,6 +188,7 @@ def test_token_store_and_evaluation_scripts_run_as_written(workspace):
     assert done.returncode == 0
 
 
+@pytest.mark.subprocess
 def test_the_training_example_runs_and_a_ctrl_c_saves_the_step(tmp_path, no_weights):
     (command,) = TRAIN_EXAMPLE.findall(README.read_text())
     samples = [(p.stem, {"jpg": p.read_bytes()}) for p in PHOTOS]

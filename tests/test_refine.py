@@ -19,7 +19,7 @@ import pytest
 import torch
 import zarr
 from shardmaker import write_clean_shards
-from test_encode import SMALL, _save_model, one_thread  # noqa: F401  (autouse fixture)
+from test_encode import SMALL, _save_model
 from test_store import assert_same_store
 
 import gtok
@@ -74,6 +74,7 @@ def test_refinement_lowers_every_images_loss_within_the_models_ranges(tok, image
     assert (g - plain.geometry).abs().max() > 1e-3  # it moved
 
 
+@pytest.mark.slow
 def test_each_loss_lowers_its_own_objective_more_than_the_other_does(tok, images):
     """psnr (the default), mse and l1 refine toward different optima: squared-error losses
     win on the squared error, l1 on the absolute error."""

@@ -305,6 +305,7 @@ def test_missing_matplotlib_is_one_sentence(tmp_path, monkeypatch):
     assert not (tmp_path / "index.html").exists()
 
 
+@pytest.mark.subprocess
 def test_importing_gtok_does_not_import_matplotlib():
     code = "import sys, gtok, gtok.evaluate; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -339,6 +340,7 @@ def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.browser
 @needs_chromium
 def test_page_renders_in_chromium_with_every_image_loaded(report, tmp_path):
     shot = tmp_path / "page.png"

@@ -19,7 +19,7 @@ import pytest
 import zarr
 from hostilekit import assert_one_error, run_gtok
 from shardmaker import clean_samples, img2dataset_shard, jpeg, write_tar
-from test_encode import SMALL, _save_model, one_thread  # noqa: F401  (autouse fixture)
+from test_encode import SMALL, _save_model
 
 from cli.main import app
 from gtok.data.shards import FINGERPRINT_SPAN, expand_shards, shard_fingerprint
@@ -65,6 +65,7 @@ def _drop_columns(store: Path, columns) -> None:
 # ---- point 1: --append ------------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_append_of_another_file_under_a_stored_name_is_refused(tmp_path, model, runner):
     first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "s.zarr"
     img2dataset_shard(first, 0, 4)
@@ -87,6 +88,7 @@ def test_append_of_another_file_under_a_stored_name_is_refused(tmp_path, model, 
     assert verify_store(out, [first, second / "00001.tar"]).ok
 
 
+@pytest.mark.subprocess
 def test_a_resumed_append_checks_the_shards_it_keeps(tmp_path, model, runner):
     """An append whose workers have not been finalized compares the shards the store held
     before it with the copy of the tables it made (`parts/_before`)."""
@@ -112,6 +114,7 @@ def _pack_output(folder: Path, start: int) -> Path:
     return folder
 
 
+@pytest.mark.subprocess
 def test_resume_with_other_files_of_the_same_names_is_refused(tmp_path, model, runner):
     one, two = _pack_output(tmp_path / "one", 0), _pack_output(tmp_path / "two", 100)
     out = tmp_path / "s.zarr"
@@ -133,6 +136,7 @@ def test_resume_with_other_files_of_the_same_names_is_refused(tmp_path, model, r
 # ---- point 20: one file named several ways ----------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_one_shard_named_several_ways_is_one_shard(tmp_path, model, runner):
     shard = write_tar(tmp_path / "A" / "x.tar", clean_samples(3))
     (tmp_path / "L").symlink_to("A")
@@ -148,6 +152,7 @@ def test_one_shard_named_several_ways_is_one_shard(tmp_path, model, runner):
 # ---- stores written before fingerprints -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stores_without_fingerprints_open_resume_append_and_verify(tmp_path, model, runner):
     first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "s.zarr"
     img2dataset_shard(first, 0, 3)
@@ -167,6 +172,7 @@ def test_stores_without_fingerprints_open_resume_append_and_verify(tmp_path, mod
     assert report.ok and (report.fingerprints_checked, report.fingerprints_missing) == (1, 1)
 
 
+@pytest.mark.subprocess
 def test_damaged_fingerprint_records_are_one_sentence(tmp_path, model, runner):
     shards, out = tmp_path / "shards", tmp_path / "s.zarr"
     img2dataset_shard(shards, 0, 2)

@@ -28,10 +28,12 @@ def _imported_heavy(*argv: str) -> list[str]:
     return [name for name in out.stdout.rsplit("heavy:", 1)[1].strip().split(",") if name]
 
 
+@pytest.mark.subprocess
 def test_importing_the_cli_imports_no_torch_or_taichi():
     assert _imported_heavy("--version") == []
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("argv", [["--help"], *[[name, "--help"] for name in COMMANDS]])
 def test_help_of_every_command_needs_no_torch(argv):
     assert _imported_heavy(*argv) == []
@@ -41,6 +43,7 @@ def test_every_command_is_checked():
     assert {"encode", "train", "eval", "env", "pack", "demo"} <= set(COMMANDS)
 
 
+@pytest.mark.subprocess
 def test_the_version_is_printed():
     out = subprocess.run([*GTOK, "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("gtok ")

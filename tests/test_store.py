@@ -138,6 +138,7 @@ def test_unfinished_store_is_refused_and_finalize_lists_missing(tmp_path):
     assert (info["state"], info["shards_done"], info["input_shards"]) == ("encoding", 1, 3)
 
 
+@pytest.mark.slow
 def test_part_without_completion_mark_is_redone(tmp_path, monkeypatch):
     writer = StoreWriter.open(str(tmp_path / "s.zarr"), header())
 
@@ -156,6 +157,7 @@ def test_part_without_completion_mark_is_redone(tmp_path, monkeypatch):
     assert_same_store(tmp_path / "s.zarr", build(tmp_path / "clean.zarr"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("crash_in", ["_string_table", "_clean_up"])
 def test_interrupted_finalize_reruns_to_the_same_store(tmp_path, monkeypatch, crash_in):
     out = tmp_path / "s.zarr"

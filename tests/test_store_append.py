@@ -98,13 +98,6 @@ def whole(tmp_path_factory) -> dict:
     return {"columns": columns(out), "counts": TokenStore(out).counts}
 
 
-@pytest.fixture
-def small_shards(monkeypatch):
-    """Zarr shards of 4 rows (2-row chunks), so appends start inside a partly filled shard."""
-    monkeypatch.setattr(schema, "SHARD_ROWS", 4)
-    monkeypatch.setattr(schema, "CHUNK_ROWS", 2)
-
-
 def test_captions_and_metadata_are_row_aligned_and_read_on_request(tmp_path):
     out = encode(tmp_path / "s.zarr", ["a.tar", "b.tar"])
     store = TokenStore(out)

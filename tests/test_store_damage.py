@@ -8,7 +8,6 @@ is. Most cases run in process; the ones that used to allocate gigabytes run as a
 under hostilekit's memory limit, so a regression fails instead of taking the machine down.
 """
 
-# ruff: noqa: F811  (fixtures imported from evalkit are redefined as test arguments)
 from __future__ import annotations
 
 import json
@@ -21,7 +20,6 @@ import google_crc32c
 import numpy as np
 import pytest
 import zarr
-from evalkit import model, no_weights, one_thread, shards, store  # noqa: F401
 from hostilekit import assert_one_error, run_gtok
 
 from cli.main import app
@@ -272,6 +270,7 @@ def test_rows_without_tokens(case, damage, shards, tmp_path, runner, no_weights)
         assert str(damaged) in line, f"{name}: {line}"
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("case", MEMORY_CASES)
 def test_damage_that_used_to_take_gigabytes(case, damage, shards, tmp_path):
     how, phrase, commands = MEMORY_CASES[case]

@@ -103,6 +103,7 @@ def _dead_pid() -> int:
     return int(printed.stdout)
 
 
+@pytest.mark.subprocess
 def test_a_held_part_is_refused_naming_its_holder(tmp_path, other_process):
     out = tmp_path / "s.zarr"
     _plant(out, "c.tar", other_process.pid)
@@ -145,6 +146,7 @@ def test_a_held_part_is_refused_naming_its_holder(tmp_path, other_process):
     assert_clean_and_complete(out)
 
 
+@pytest.mark.subprocess
 def test_stale_locks_are_taken_over_and_said_so(tmp_path, capsys, other_process):
     out = tmp_path / "s.zarr"
     dead = _dead_pid()
@@ -158,6 +160,7 @@ def test_stale_locks_are_taken_over_and_said_so(tmp_path, capsys, other_process)
     assert_clean_and_complete(out)
 
 
+@pytest.mark.subprocess
 def test_a_holder_in_another_pid_namespace_is_never_presumed_dead(tmp_path):
     """Another container with this host name: its pids are not ours, so a pid that does not
     exist here may be a live writer there."""
@@ -181,6 +184,7 @@ def test_a_holder_in_another_pid_namespace_is_never_presumed_dead(tmp_path):
     assert_clean_and_complete(out)
 
 
+@pytest.mark.subprocess
 def test_a_holder_from_before_a_reboot_is_dead(tmp_path, capsys, other_process):
     """After a reboot every pid means a new process, in any namespace."""
     out = tmp_path / "s.zarr"
@@ -194,6 +198,7 @@ def test_a_holder_from_before_a_reboot_is_dead(tmp_path, capsys, other_process):
     assert_clean_and_complete(out)
 
 
+@pytest.mark.subprocess
 def test_lock_files_of_older_versions_count_as_this_namespace(tmp_path, capsys, other_process):
     """A lock file without pid_namespace and boot_id (gtok before they were recorded) is
     judged by its pid, as then."""
@@ -294,6 +299,7 @@ def pool():
         yield workers
 
 
+@pytest.mark.subprocess
 def test_races_end_in_a_clean_store_or_a_refusal(tmp_path, pool):
     outcomes = []
     for race in range(20):
@@ -321,6 +327,7 @@ def test_races_end_in_a_clean_store_or_a_refusal(tmp_path, pool):
 # ---- the CLI: two `gtok encode` of the same output ----------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_two_cli_encodes_of_the_same_output(tmp_path):
     model = _save_model(tmp_path / "model", seed=0, **SMALL)
     data = tmp_path / "data"

@@ -1,7 +1,6 @@
 """Tokens for sequence models: `--geometry-bits` (geometry_codes), the vocabulary layout,
 `TokenStore.sequences` / `from_sequences`, and the refusals around them."""
 
-# ruff: noqa: F811  (fixtures imported from test_encode are redefined as test arguments)
 from __future__ import annotations
 
 import json
@@ -15,7 +14,7 @@ import zarr
 from PIL import Image
 from scriptkit import script_module
 from shardmaker import write_clean_shards
-from test_encode import SMALL, _save_model, model, one_thread  # noqa: F401  (fixtures)
+from test_encode import SMALL, _save_model
 from test_store_damage import header
 from test_store_damage import rows as overwrite_rows
 
@@ -30,6 +29,12 @@ from gtok.store.verify import verify_store
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "ar_prior.py"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """test_encode's 16 px SMALL model (the shared `model` fixture is a 32 px one)."""
+    return _save_model(tmp_path_factory.mktemp("model"), seed=0, **SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +100,7 @@ def test_bins_clip_out_of_range_values_and_wrap_rotation():
 # -- the store --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_geometry_codes_are_the_bins_of_the_models_geometry(stores, model):
     plain, store = TokenStore(stores["float"]), TokenStore(stores[6])
     assert store.fields == ("indices", "geometry", "labels")  # codes only on request

@@ -125,6 +125,7 @@ def reference(data, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_thirty_steps_of_tiny_lower_the_loss_through_the_cli(data, tmp_path, runner):
     run_dir = tmp_path / "run"
     write_tar(tmp_path / "four.tar", _gradients(4, start=50))  # steady batches: a clear trend
@@ -157,6 +158,7 @@ def test_thirty_steps_of_tiny_lower_the_loss_through_the_cli(data, tmp_path, run
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumed_with_the_same_command_matches_an_uninterrupted_one(
     data, reference, tmp_path, monkeypatch
 ):
@@ -186,6 +188,7 @@ def test_interrupted_run_resumed_with_the_same_command_matches_an_uninterrupted_
     assert all(r["shard"].startswith("train-") and r["reason"] for r in skipped)
 
 
+@pytest.mark.slow
 def test_a_kill_while_writing_a_checkpoint_keeps_the_last_one_and_resume_finishes(
     data, reference, tmp_path, monkeypatch
 ):
@@ -314,6 +317,7 @@ def test_the_save_refuses_when_ranks_hold_different_weights():
     Session._check_ranks_agree(fake, 7)  # equal digests pass
 
 
+@pytest.mark.subprocess
 def test_two_gloo_processes_under_torchrun_agree(data, tmp_path):
     run_dir = tmp_path / "run"
     torchrun = Path(sys.executable).parent / "torchrun"
@@ -378,6 +382,7 @@ def _session(cfg: TrainConfig, run_dir: Path) -> Session:
     return Session(resolved, arch, dist, RunDir(run_dir), expand_shards(cfg.shards))
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_a_models_weights_and_records_them(
     data, reference, tmp_path
 ):

@@ -74,6 +74,7 @@ def test_ranks_split_shards_when_there_are_enough(shards):
     assert rank_shards(shards, 3, 5) == tuple(shards)
 
 
+@pytest.mark.subprocess
 def test_spawn_workers_serve_stream_t_mod_workers_from_the_given_step(shards):
     spec = _spec(shards, batch_size=2)
     direct = {s: list(itertools.islice(stream_batches(spec, s), 3)) for s in (0, 1)}

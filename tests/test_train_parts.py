@@ -134,6 +134,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert list(folder.folder.iterdir()) == [folder.path(1)]
 
 
+@pytest.mark.subprocess
 def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     """A writer that saves ~8 MB states in a loop is killed at several moments; every time
     the newest complete state loads and leftovers are cleaned."""
