@@ -14,7 +14,7 @@ setup:
 # Markers in pyproject.toml: test-fast leaves out the slow, subprocess, browser and vulkan
 # tests. Coverage counts the test process only (gtok runs started in a subprocess are not).
 test:
-	$(PY) -m pytest -q --cov=gtok --cov=cli --cov=kernels --cov-report=term:skip-covered
+	$(PY) -m pytest -q --cov=gtok --cov-report=term:skip-covered
 
 test-fast:
 	$(PY) -m pytest -q -m "not slow and not subprocess and not browser and not vulkan"

@@ -1,6 +1,6 @@
 """The best dense PyTorch rasterizer we could write, as the benchmarks' baseline.
 
-Same mathematics as `kernels.reference.rasterize` with opacities None (the model's case),
+Same mathematics as `gtok.kernels.reference.rasterize` with opacities None (the model's case),
 in GEMM form: the Gaussian's frame coordinates are linear in the pixel coordinates, so
 
     [u*sqrt(ix/2), v*sqrt(iy/2)] [HW, 2G] = [1, j, i] [HW, 3] @ A [3, 2G]   (one GEMM),
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.reference import MIN_SCALE_SQ, MIN_WEIGHT
+from gtok.kernels.reference import MIN_SCALE_SQ, MIN_WEIGHT
 
 __all__ = ["rasterize_dense"]
 

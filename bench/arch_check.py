@@ -3,8 +3,8 @@
 Taichi runs one arch per process, so the Vulkan tests (tests/test_vulkan.py) run this in a
 process of its own. Prints one JSON document: per case, the largest difference of the
 output and of every gradient relative to the reference's largest value (float32; CPU
-tensors, staged through host memory on a GPU arch), for `kernels.rasterize` (with and
-without opacities) and `kernels.deform_attn` at the cifar shape and a reduced imagenet
+tensors, staged through host memory on a GPU arch), for `gtok.kernels.rasterize` (with and
+without opacities) and `gtok.kernels.deform_attn` at the cifar shape and a reduced imagenet
 shape (4 images instead of 64); and `narrow_clipped`, the most pixels of weight >= 1/255
 that `backward_narrow`'s float32 bounds leave out of one Gaussian, over Gaussians chosen to
 strain them (0, to float32 rounding, when they clip none). Exits 3 with one line on stderr
@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from raster_gpu import gaussians  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import reference, runtime  # noqa: E402
-from kernels._raster_taichi import PARAMS, KernelKey, kernels_for  # noqa: E402
+from gtok import kernels  # noqa: E402
+from gtok.kernels import reference, runtime  # noqa: E402
+from gtok.kernels._raster_taichi import PARAMS, KernelKey, kernels_for  # noqa: E402
 
 # B, G, H, W, C of the rasterizer; B, H, W, Nq of deformable attention
 RASTER_SHAPES = {"cifar": (64, 64, 16, 16, 3), "imagenet_reduced": (4, 256, 32, 32, 8)}
@@ -121,7 +121,7 @@ def strained_gaussians(n: int, height: int, width: int, seed: int = 0) -> list[t
     pinned_means = torch.stack([centre[:, 0] / width, centre[:, 1] / height], 1) * 2 - 1
     means[pinned, 0] = pinned_means[pinned]
     means, scales, rotations = (t.float().double() for t in (means, scales, rotations))
-    # sigma at the pixel, from the float32 parameters, as `kernels.reference` computes it
+    # sigma at the pixel, from the float32 parameters, as `gtok.kernels.reference` computes it
     cos, sin = torch.cos(rotations[:, 0]), torch.sin(rotations[:, 0])
     dx = (means[:, 0, 0] + 1) * 0.5 * width - pixel[:, 0]
     dy = (means[:, 0, 1] + 1) * 0.5 * height - pixel[:, 1]

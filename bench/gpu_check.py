@@ -3,8 +3,8 @@
 Parts, in order (estimated seconds on an H200; the whole run stays under 8 minutes: a part
 that would start after `--budget-s` is recorded as skipped, and the JSON is rewritten after
 every part, so a killed run keeps what it measured):
-- kernels (~40 s): `kernels.rasterize` and `kernels.deform_attn` (when this gtok has it)
-  against their PyTorch references (`kernels.reference`) at the cifar and imagenet shapes,
+- kernels (~40 s): `gtok.kernels.rasterize` and `gtok.kernels.deform_attn` (when this gtok has it)
+  against their PyTorch references (`gtok.kernels.reference`) at the cifar and imagenet shapes,
   float32 and float64: largest relative difference of the output and of every gradient;
   forward and forward+backward milliseconds of kernel and reference.
 - vulkan_kernels (~60 s): where a Vulkan loader (libvulkan) is installed, bench/arch_check.py
@@ -57,10 +57,10 @@ sys.path.insert(0, str(REPO / "bench"))
 from arch_check import NO_ARCH  # noqa: E402
 from raster_gpu import SHAPES, TOLERANCE, gaussians, run  # noqa: E402
 
-import kernels  # noqa: E402
+from gtok import kernels  # noqa: E402
 from gtok.devices import select_device  # noqa: E402
 from gtok.errors import GtokError  # noqa: E402
-from kernels import reference  # noqa: E402
+from gtok.kernels import reference  # noqa: E402
 
 DEFORM_SHAPES = {"cifar": (64, 16, 16, 64), "imagenet": (64, 32, 32, 1024)}  # B, H, W, Nq
 DEFORM_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}  # relative to the largest value
@@ -324,7 +324,7 @@ def part_train_bf16(check: Check) -> dict:
 def part_torchrun_train(check: Check) -> dict:
     """`gtok train` under `torchrun --nproc-per-node 1` (LOCAL_RANK=0): exit 0, its device."""
     launcher = check.scratch / "gtok_main.py"
-    launcher.write_text("from cli.main import main\n\nmain()\n")
+    launcher.write_text("from gtok.cli.main import main\n\nmain()\n")
     run_dir = check.scratch / "torchrun"
     steps = "2" if check.quick else "5"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

@@ -4,7 +4,7 @@ For each preset: forward images/s (eval mode, no grad: the encode/decode path) a
 forward+backward images/s (training mode, loss = mean |reconstruction| + commitment; no
 optimizer step), the median over a few timed iterations after one warm-up, and for the
 GaussianToken presets the share of one profiled forward+backward spent in the rasterizer
-(`kernels.rasterize` forward + backward, from torch.profiler). torch's default thread count.
+(`gtok.kernels.rasterize` forward + backward, from torch.profiler). torch's default thread count.
 Process CPU milliseconds per image are reported beside the rates: on a machine shared with
 other jobs (see the load averages) wall-clock rates drop, CPU time much less.
 

@@ -2,7 +2,7 @@
 
 Prints one JSON document: for the `cifar` (B=64, G=64, 16x16, C=3) and `imagenet` (B=64,
 G=256, 32x32, C=8) shapes, the median forward and forward+backward wall times (ms) of
-`kernels.rasterize` and of `bench/_dense.py`, measured interleaved in one process, with
+`gtok.kernels.rasterize` and of `bench/_dense.py`, measured interleaved in one process, with
 their ratios; the first-call times of fresh processes with a cold and a warm offline
 kernel cache; and the GPU figures of `bench/raster_gpu.py`, or why there are none.
 
@@ -12,7 +12,7 @@ The dense baseline runs with the torch thread count and chunk size that are fast
 this machine at the moment (picked by a short trial before the measurement).
 
 With `--arch vulkan` (or `metal`) it measures instead, in this process on that Taichi arch,
-per shape: the median forward and forward+backward times of `kernels.rasterize` on CPU
+per shape: the median forward and forward+backward times of `gtok.kernels.rasterize` on CPU
 tensors (which Taichi stages through host memory: copied into device buffers before each
 launch and back after it), and the cost of that staging: each kernel launched on the
 same tensors against on Taichi ndarrays that live on the device (no copies), the
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _dense import rasterize_dense
 
-import kernels
+from gtok import kernels
 
 SHAPES = {"cifar": (64, 64, 16, 16, 3), "imagenet": (64, 256, 32, 32, 8)}  # B, G, H, W, C
 TARGET_FWD_BWD_RATIO = {"cifar": 0.5, "imagenet": 0.15}
@@ -50,7 +50,7 @@ TARGET_FIRST_CALL_S = 0.5
 
 _FIRST_CALL = """
 import time, torch
-import kernels
+from gtok import kernels
 m = torch.zeros(1, 2, 2, requires_grad=True)
 args = (m, torch.ones(1, 2, 2), torch.zeros(1, 2), torch.ones(1, 2, {channels}), 8, 8)
 t0 = time.perf_counter()
@@ -197,12 +197,12 @@ def median_ms(fn, repeats: int) -> float:
 
 
 def bench_staging(name: str, repeats: int) -> dict:
-    """On the running (GPU) arch: `kernels.rasterize` forward and forward+backward on CPU
+    """On the running (GPU) arch: `gtok.kernels.rasterize` forward and forward+backward on CPU
     tensors, and its two kernels on those tensors (staged) against on device ndarrays."""
     import taichi as ti
 
-    from kernels import runtime
-    from kernels._raster_taichi import PARAMS, KernelKey, kernels_for
+    from gtok.kernels import runtime
+    from gtok.kernels._raster_taichi import PARAMS, KernelKey, kernels_for
 
     n_b, n_g, height, width, n_c = SHAPES[name]
     inputs = gaussians(n_b, n_g, n_c)
@@ -235,14 +235,15 @@ def bench_staging(name: str, repeats: int) -> dict:
         median_ms(lambda: kernels.rasterize(*inputs, height, width), repeats), 3
     )
     result["rasterize_forward_backward_ms"] = round(
-        median_ms(forward_and_backward(kernels.rasterize, inputs, height, width, grad), repeats), 3
+        median_ms(forward_and_backward(kernels.rasterize, inputs, height, width, grad), repeats),
+        3,
     )
     return result
 
 
 def is_vector(stage: str, index: int) -> bool:
     """Whether argument `index` of the `stage` kernel is an ndarray of vectors (its last
-    torch axis), as `kernels._raster_taichi` declares it."""
+    torch axis), as `gtok.kernels._raster_taichi` declares it."""
     vectors = {"forward": {0, 1, 3, 5}, "backward": {0, 2, 3}}
     return index in vectors[stage]
 

@@ -1,8 +1,8 @@
 """Check the rasterizer on a CUDA GPU against the reference and time it there.
 
 Prints one JSON document: for the `cifar` and `imagenet` shapes (see bench/raster.py), the
-largest differences between `kernels.rasterize` on CUDA (Taichi's cuda arch, zero-copy on
-torch's CUDA tensors) and `kernels.reference.rasterize` (map and every gradient, float32
+largest differences between `gtok.kernels.rasterize` on CUDA (Taichi's cuda arch, zero-copy on
+torch's CUDA tensors) and `gtok.kernels.reference.rasterize` (map and every gradient, float32
 and float64); per rasterizer the median forward and forward+backward time of one call (ms
 per batch of 64, CUDA events: for these small kernels mostly the host's launch overhead,
 about eleven tensor arguments per Taichi launch) and beside it the kernel time (`*_kernel_ms`:
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _dense import rasterize_dense
 
-import kernels
-from kernels import reference
+from gtok import kernels
+from gtok.kernels import reference
 
 SHAPES = {"cifar": (64, 64, 16, 16, 3), "imagenet": (64, 256, 32, 32, 8)}  # B, G, H, W, C
 GOAL_IMAGENET_FWD_BWD_MS = 0.5

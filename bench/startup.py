@@ -1,7 +1,7 @@
 """How long `gtok --help`, `gtok --version` and `gtok CMD --help` take to start.
 
 Prints one JSON document: for each command line, the wall time of a fresh `python -c
-"from cli.main import main; main()" ARGS` process in seconds (median and minimum of
+"from gtok.cli.main import main; main()" ARGS` process in seconds (median and minimum of
 `--repeats` runs), its CPU time (user + system, median: what it takes on an idle core,
 which wall time on a loaded machine is not), and the heavy packages (torch, taichi, zarr)
 it imported (none expected: they are imported when a command runs).
@@ -22,7 +22,7 @@ import time
 LINES = (["--help"], ["--version"], ["encode", "--help"], ["train", "--help"], ["eval", "--help"])
 HEAVY = ("torch", "taichi", "zarr")
 _RUN = (
-    "import sys\nfrom cli.main import main\nsys.argv = ['gtok', *sys.argv[1:]]\n"
+    "import sys\nfrom gtok.cli.main import main\nsys.argv = ['gtok', *sys.argv[1:]]\n"
     "try:\n    main()\nexcept SystemExit:\n    pass\n"
     f"print('heavy:' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)"
 )

@@ -11,7 +11,7 @@ it starts, so this must run before anything touches `torch.cuda`: `gtok train`, 
 `decode` and `eval` call it first thing.
 
 Encode, decode and eval also take `mps` (`allow_mps`): the model on Apple's MPS and the
-Taichi kernels on Metal, their tensors staged through host memory (`kernels.runtime`).
+Taichi kernels on Metal, their tensors staged through host memory (`gtok.kernels.runtime`).
 Written and tested with MPS mocked; it has not run on a Mac.
 
 `exact_fp32` turns TF32 off while tokens and scores are computed (encode, decode, eval), so

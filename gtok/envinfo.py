@@ -55,9 +55,9 @@ def _torch_devices() -> list[str]:
 
 
 def _taichi() -> dict[str, Any]:
-    from kernels import runtime, selfcheck
-    from kernels.libcuda import libcuda_problem
-    from kernels.selfcheck import probe
+    from gtok.kernels import runtime, selfcheck
+    from gtok.kernels.libcuda import libcuda_problem
+    from gtok.kernels.selfcheck import probe
 
     report: dict[str, Any] = {
         "cache_dir": str(runtime.cache_dir()),

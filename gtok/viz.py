@@ -2,7 +2,7 @@
 
 Used by training (sample grids), `gtok decode --gaussians` and `gtok eval --report`.
 
-Geometry follows the rasterizer's conventions (DESIGN.md 1.5, `kernels.reference`): a
+Geometry follows the rasterizer's conventions (DESIGN.md 1.5, `gtok.kernels.reference`): a
 Gaussian with mean (x, y) in [-1, 1] is centred at ((x + 1) / 2 * W, (y + 1) / 2 * H) in
 map pixels, where map pixel (row i, column j) sits at the point (j, i); its covariance is
 (R S)(R S)^T with R the rotation by -theta and S = diag(scale_x, scale_y) in map pixels.

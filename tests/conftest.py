@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-# Before anything imports kernels.runtime: keep the tests' compiled kernels out of the user's
+# Before anything imports gtok.kernels.runtime: keep the tests' compiled kernels out of the user's
 # cache, but share them across the test session.
 os.environ.setdefault("GTOK_KERNEL_CACHE", os.path.join(tempfile.gettempdir(), "gtok-test-cache"))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 __all__ = ["GTOK", "assert_no_temp_files", "assert_one_error", "run_gtok", "start_gtok"]
 
 REPO = Path(__file__).resolve().parents[1]
-GTOK = [sys.executable, "-c", "from cli.main import main; main()"]
+GTOK = [sys.executable, "-c", "from gtok.cli.main import main; main()"]
 
 # Taichi reserves 1 GiB of address space for its host memory pool and torch maps its
 # libraries: a limit below ~3 GiB stops gtok before it reads any input.

@@ -24,7 +24,7 @@ import torch.distributed
 
 import gtok.model.io
 import gtok.train.loop
-from kernels import runtime
+from gtok.kernels import runtime
 
 GPUS = 8
 seen: dict = {}

@@ -1,4 +1,4 @@
-"""The conventions every command shares (cli/_common.py), tested on a small app built the
+"""The conventions every command shares (gtok/cli/_common.py), tested on a small app built the
 same way as `gtok`'s root, plus the real `gtok` entry point."""
 
 import json
@@ -9,11 +9,11 @@ from typing import Annotated
 import pytest
 import typer
 
-from cli._common import GLOBAL_FLAGS, ConfigOption, JsonFlag, new_app, print_json, state
-from cli.main import app as gtok_app
 from gtok import GtokError, __version__
+from gtok.cli._common import GLOBAL_FLAGS, ConfigOption, JsonFlag, new_app, print_json, state
+from gtok.cli.main import app as gtok_app
 from gtok.console import is_quiet
-from kernels import runtime
+from gtok.kernels import runtime
 
 GTOK = typer.main.get_command(gtok_app)
 
@@ -119,7 +119,7 @@ def test_gtok_help_and_version(runner):
 @pytest.mark.subprocess
 def test_gtok_env_json_from_the_installed_script(tmp_path):
     """The real console script: stdout must be one JSON document (Taichi prints nothing)."""
-    gtok = [sys.executable, "-c", "from cli.main import main; main()"]
+    gtok = [sys.executable, "-c", "from gtok.cli.main import main; main()"]
     out = subprocess.run([*gtok, "env", "--json"], capture_output=True, text=True, check=True)
     report = json.loads(out.stdout)
     assert report["gtok"] == __version__

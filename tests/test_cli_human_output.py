@@ -17,7 +17,7 @@ import torch
 from shardmaker import jpeg, write_clean_shards
 from test_convert import _synthetic_state
 
-from cli.main import app
+from gtok.cli.main import app
 from gtok.demo import DEMO_PHOTOS
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from shardmaker import clean_samples, write_tar
 
-from cli.main import app
+from gtok.cli.main import app
 from gtok.data.images import decode_rgb
 from gtok.data.samples import image_member
 from gtok.data.shards import expand_shards

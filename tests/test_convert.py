@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from cli.main import app
+from gtok.cli.main import app
 from gtok.errors import GtokError
 from gtok.model.convert import convert_official, convert_state_dict, official_keys
 from gtok.model.io import load_tokenizer

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import gtok
-from cli.main import app
+from gtok.cli.main import app
 from gtok.data.tario import read_tar
 from gtok.decode import PngFolder, key_path, path_key, wds_key_path
 from gtok.decode.keys import MAX_NAME_BYTES, fits

@@ -13,7 +13,7 @@ from PIL import Image
 from scriptkit import BENCH, script_module
 
 import gtok
-from cli.main import app
+from gtok.cli.main import app
 from gtok.demo import DEMO_PHOTOS
 from gtok.errors import GtokError
 from gtok.model import default as default_module

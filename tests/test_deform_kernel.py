@@ -1,11 +1,12 @@
-"""kernels.deform_attn (Taichi, CPU arch) against kernels.reference.deform_attn (grid_sample)."""
+"""`kernels.deform_attn` (Taichi, CPU arch) against `kernels.reference.deform_attn`
+(grid_sample)."""
 
 import pytest
 import torch
 
-import kernels
-from kernels import reference, runtime
-from kernels._deform_taichi import DeformKey, kernels_for
+from gtok import kernels
+from gtok.kernels import reference, runtime
+from gtok.kernels._deform_taichi import DeformKey, kernels_for
 
 GRAD_NAMES = ("value", "reference", "offsets", "logits")
 

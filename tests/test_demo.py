@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli.main import app
+from gtok.cli.main import app
 from gtok.data import center_crop, decode_rgb
 from gtok.demo import DEMO_PHOTOS, run_demo
 from gtok.errors import GtokError

@@ -28,7 +28,7 @@ from shardmaker import (
 )
 from test_store import assert_same_store
 
-from cli.main import app
+from gtok.cli.main import app
 from gtok.data import Preprocess, center_crop, decode_rgb, to_tensor
 from gtok.data.tario import read_tar
 from gtok.encode import encode_shards, worker_slice
@@ -217,7 +217,7 @@ def test_worker_slice_sources():
 
 def _gtok(*args: str, **env: str) -> subprocess.Popen:
     environment = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}
-    command = [sys.executable, "-c", "from cli.main import main; main()", *args]
+    command = [sys.executable, "-c", "from gtok.cli.main import main; main()", *args]
     return subprocess.Popen(
         command, cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

@@ -19,7 +19,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 import gtok
-from cli.main import app
+from gtok.cli.main import app
 from gtok.decode import PngFolder, png_bytes
 from gtok.metrics import to_uint8
 from gtok.model.io import weights_sha256

@@ -17,9 +17,9 @@ import torch
 from test_encode import SMALL, _save_model
 
 import gtok
-import kernels
+from gtok import kernels
+from gtok.kernels.reference import rasterize as reference_rasterize
 from gtok.model.export import TokenDecoder, TokenEncoder
-from kernels.reference import rasterize as reference_rasterize
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_OPS = {"gtok.deform_attn_forward.default", "gtok.rasterize_forward.default"}

@@ -16,8 +16,8 @@ from shardmaker import write_tar
 from test_train import SMALL, _gradients
 
 import gtok.train.step as step_module
-from cli._common import RENAMED
-from cli.main import app
+from gtok.cli._common import RENAMED
+from gtok.cli.main import app
 from gtok.plainprogress import human_duration
 from gtok.train.progress import run_estimate
 

@@ -5,7 +5,7 @@ On the demo photographs (shipped in the repository), with the trained default mo
   mean over the images costs more than 2 dB of PSNR (5.3 dB when this test was written; a
   future `detach` of the geometry in training would make it about 0);
 - the gradients the decoder's loss sends into means, scales and rotations through the Taichi
-  rasterizer match those through the dense `kernels.reference` within 1e-5 relative;
+  rasterizer match those through the dense `gtok.kernels.reference` within 1e-5 relative;
 - encode-time refinement gains PSNR on these photographs.
 """
 
@@ -19,9 +19,9 @@ import torch
 import gtok
 from gtok.data import center_crop, decode_rgb, to_tensor
 from gtok.demo import DEMO_PHOTOS
+from gtok.kernels import rasterize, reference
 from gtok.model.default import SHIPPED_MODEL_DIR
 from gtok.model.tokenizer import Tokens
-from kernels import rasterize, reference
 
 pytestmark = pytest.mark.skipif(
     not (SHIPPED_MODEL_DIR / "model.safetensors").is_file(),

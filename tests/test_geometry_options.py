@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import gtok
+from gtok.kernels import reference
 from gtok.model.config import OPTIONAL_FIELDS, PRESETS, TokenizerConfig
 from gtok.model.gaussian_embed import GaussianEmbed, GaussianEmbedConfig
-from kernels import reference
 
 SMALL = {"num_gaussians": 16, "codebook_size": 64, "num_rounds": 1, "ffn_dim": 64}
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from scriptkit import BENCH, script_module
 
-from kernels.selfcheck import probe
+from gtok.kernels.selfcheck import probe
 
 SCRIPT = BENCH / "gpu_check.py"
 

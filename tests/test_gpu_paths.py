@@ -20,9 +20,9 @@ import torch
 
 import gtok.devices as devices
 from gtok.errors import GtokError
-from kernels import runtime
-from kernels._launch import taichi_stream
-from kernels.libcuda import libcuda_problem
+from gtok.kernels import runtime
+from gtok.kernels._launch import taichi_stream
+from gtok.kernels.libcuda import libcuda_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN_RANK3 = {"LOCAL_RANK": "3", "RANK": "3", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "8"}
@@ -212,10 +212,10 @@ def test_a_missing_unversioned_libcuda_is_named_with_its_fix(tmp_path, monkeypat
 
 @pytest.mark.subprocess
 def test_gtok_env_shows_the_libcuda_problem(monkeypatch, runner):
-    import kernels.libcuda
-    from cli.main import app
+    import gtok.kernels.libcuda
+    from gtok.cli.main import app
 
-    monkeypatch.setattr(kernels.libcuda, "libcuda_problem", lambda: "Taichi loads libcuda.so")
+    monkeypatch.setattr(gtok.kernels.libcuda, "libcuda_problem", lambda: "Taichi loads libcuda.so")
     monkeypatch.setattr(runtime, "start", lambda device: (_ for _ in ()).throw(OSError("no")))
     done = runner.invoke(app, ["env", "--json"])
     assert json.loads(done.stdout)["taichi"]["libcuda_problem"] == "Taichi loads libcuda.so"

@@ -22,7 +22,7 @@ from evalkit import save_model
 from hostilekit import GTOK, REPO, assert_no_temp_files, assert_one_error, run_gtok
 from shardmaker import write_clean_shards
 
-from cli.main import app
+from gtok.cli.main import app
 from gtok.encode import encode_shards
 from gtok.store import TokenStore
 
@@ -188,7 +188,7 @@ def test_unwritable_kernel_cache_is_one_warning_and_exit_0(tmp_path):
 
 def test_unwritable_home_falls_back_the_same_way(tmp_path, monkeypatch, capsys):
     """Without GTOK_KERNEL_CACHE the cache is under $HOME (empty XDG_CACHE_HOME is unset)."""
-    from kernels import runtime
+    from gtok.kernels import runtime
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")

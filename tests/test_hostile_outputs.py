@@ -22,8 +22,8 @@ from evalkit import _encode
 from hostilekit import assert_no_temp_files, assert_one_error, run_gtok
 from shardmaker import jpeg, write_tar
 
-from cli.main import app
 from gtok import outputs
+from gtok.cli.main import app
 from gtok.data.tario import escape_name, read_tar
 from gtok.decode import HASHED_DIR, read_index, wds_key_path
 from gtok.evaluate import sources

@@ -18,7 +18,7 @@ from shardmaker import jpeg, write_clean_shards, write_tar
 from test_encode import SMALL, _completed_parts, _gtok, _save_model
 from test_hostile_cli import _children
 
-from cli.main import app
+from gtok.cli.main import app
 from gtok.data import EncodeStream, Preprocess, expand_shards
 from gtok.encode import encode_shards
 from gtok.store import TokenStore

@@ -24,8 +24,8 @@ from test_store import assert_same_store
 from test_train import _gradients
 
 import gtok.decode
-from cli._options import TERMINATED
-from cli.main import app
+from gtok.cli._options import TERMINATED
+from gtok.cli.main import app
 from gtok.encode import encode_shards
 
 RESUME_LINE = "stopped by SIGTERM; rerun the same command to resume."

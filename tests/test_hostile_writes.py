@@ -23,8 +23,8 @@ from hostilekit import assert_no_temp_files, assert_one_error, run_gtok, start_g
 from shardmaker import jpeg
 from test_hostile_outputs import NO_METRICS, _convert_checkpoint
 
-from cli.main import app
 from gtok import outputs
+from gtok.cli.main import app
 from gtok.decode import key_path
 from gtok.outputs import is_temporary, write_atomically
 from gtok.pack import MANIFEST, ShardStats, shard_name, stats_name

@@ -125,7 +125,7 @@ def test_new_stores_draft_and_old_stores_resume_exact(tmp_path, shards, model):
 def test_eval_of_shards_of_their_store_and_of_its_pngs_agree(tmp_path, shards, model, runner):
     """One preprocessing, one number (issue 27, point 6): eval decodes JPEGs as encode does
     for a new store, so scoring the shards, the store and its decoded PNGs agree."""
-    from cli.main import app
+    from gtok.cli.main import app
     from gtok.evaluate import evaluate_model, evaluate_pairs
 
     torch.set_num_threads(1)

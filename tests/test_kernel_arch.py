@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import kernels
-from kernels import runtime
+from gtok import kernels
+from gtok.kernels import runtime
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
-"""The import structure docs/design.md section 2 states, read from the source of `cli`, `gtok`
-and `kernels` (imports inside functions included, since a lazy import still ties two modules
+"""The import structure docs/design.md section 2 states, read from the source of every module
+of `gtok` (imports inside functions included, since a lazy import still ties two modules
 together):
 
-- layers: `cli -> gtok -> kernels`, and inside `gtok` the order of `LAYERS` (a module imports
-  only from its own layer or lower ones);
+- layers: `gtok.cli -> gtok -> gtok.kernels`, and inside `gtok` the order of `LAYERS` (a
+  module imports only from its own layer or lower ones);
 - no import cycles between any two modules;
 - no private name (`_x`, not `__x__`) of one module used by another.
 
@@ -21,11 +21,11 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("cli", "gtok", "kernels")
+PACKAGES = ("gtok",)
 
 # lowest first; a module belongs to the longest name here that is its name or a prefix of it
 LAYERS = (
-    ("kernels",),
+    ("gtok.kernels",),
     (
         "gtok._version",
         "gtok.errors",
@@ -45,7 +45,7 @@ LAYERS = (
     ("gtok.decode",),
     ("gtok.evaluate",),
     ("gtok.demo", "gtok"),
-    ("cli",),
+    ("gtok.cli",),
 )
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 

@@ -16,7 +16,7 @@ from PIL import Image
 from shardmaker import exif_rotated_jpeg, jpeg, pixels, png, write_tar
 
 import gtok
-from cli.main import app
+from gtok.cli.main import app
 from gtok.decode import key_path
 from gtok.model import Tokens
 

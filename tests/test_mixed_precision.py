@@ -16,7 +16,7 @@ from test_train import _config, _gradients
 
 import gtok
 import gtok.model.tokenizer as tokenizer_module
-from cli.main import app
+from gtok.cli.main import app
 from gtok.decode import decode_store
 from gtok.devices import mixed_precision
 from gtok.encode import encode_shards

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from shardmaker import bomb_png, jpeg, pixels, png
 
-from cli.main import app
+from gtok.cli.main import app
 from gtok.data import NO_LABEL, Preprocess, center_prepare, decode_shard, read_tar
 from gtok.data.samples import Decoded
 from gtok.errors import GtokError

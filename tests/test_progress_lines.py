@@ -8,7 +8,7 @@ import time
 import pytest
 from shardmaker import jpeg
 
-from cli.main import app
+from gtok.cli.main import app
 from gtok.console import console, progress, set_quiet
 from gtok.errors import GtokError
 

@@ -1,4 +1,4 @@
-"""kernels.rasterize (Taichi, CPU arch) against kernels.reference.rasterize (dense PyTorch)."""
+"""`kernels.rasterize` (Taichi, CPU arch) against `kernels.reference.rasterize` (dense PyTorch)."""
 
 import functools
 import importlib
@@ -14,12 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scriptkit import BENCH, script_module
 
-import kernels
-from kernels import reference, runtime
-from kernels._raster_taichi import PARAMS, KernelKey, kernels_for
+from gtok import kernels
+from gtok.kernels import reference, runtime
+from gtok.kernels._raster_taichi import PARAMS, KernelKey, kernels_for
 
 NAMES = ("means", "scales", "rotations", "features", "opacities")
-RASTER_MODULE = importlib.import_module("kernels.rasterize")  # `kernels.rasterize` is the function
+# `kernels.rasterize` is the function, so the module is imported by name
+RASTER_MODULE = importlib.import_module("gtok.kernels.rasterize")
 
 
 def gaussians(n_b, n_g, n_c, *, seed=0, dtype=torch.float32, opacities=False, spread=1.0, big=4.0):
@@ -435,7 +436,7 @@ def test_unsupported_device_type():
 
 @pytest.fixture
 def narrow(monkeypatch):
-    """kernels.rasterize with the backward that vulkan and metal run (`backward_narrow`)."""
+    """gtok.kernels.rasterize with the backward that vulkan and metal run (`backward_narrow`)."""
     monkeypatch.setattr(RASTER_MODULE, "has_float64", lambda arch: False)
 
 
@@ -482,7 +483,7 @@ def test_narrow_bounds_clip_no_pixel_and_the_check_sees_a_clip(monkeypatch):
     """bench/arch_check.py's count of pixels of weight >= 1/255 that the float32 bounds
     leave out, over Gaussians pinned to the cut-off: none with the stated margins, and at
     least one without them (so the check can fail)."""
-    from kernels import _raster_taichi as raster_taichi
+    from gtok.kernels import _raster_taichi as raster_taichi
 
     runtime.start("cpu")
     with script_module(BENCH / "arch_check.py") as arch_check:

@@ -30,7 +30,7 @@ from PIL import Image
 from shardmaker import write_tar
 
 import gtok
-from cli.main import app
+from gtok.cli.main import app
 from gtok.demo import DEMO_PHOTOS
 from gtok.store import TokenStore
 

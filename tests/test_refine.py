@@ -23,7 +23,7 @@ from test_encode import SMALL, _save_model
 from test_store import assert_same_store
 
 import gtok
-from cli.main import app
+from gtok.cli.main import app
 from gtok.encode import encode_shards
 from gtok.errors import GtokError
 from gtok.model.refine import FINAL_FRACTION, RefineSettings, _step_size

@@ -21,7 +21,7 @@ from hostilekit import assert_one_error, run_gtok
 from shardmaker import clean_samples, img2dataset_shard, jpeg, write_tar
 from test_encode import SMALL, _save_model
 
-from cli.main import app
+from gtok.cli.main import app
 from gtok.data.shards import FINGERPRINT_SPAN, expand_shards, shard_fingerprint
 from gtok.store import TokenStore, schema
 from gtok.store.verify import verify_store

@@ -8,18 +8,18 @@ import sys
 
 import pytest
 
-from cli.main import app
+from gtok.cli.main import app
 
 HEAVY = ("torch", "taichi", "zarr")
 COMMANDS = sorted(command.name for command in app.registered_commands)
-GTOK = [sys.executable, "-c", "from cli.main import main; main()"]
+GTOK = [sys.executable, "-c", "from gtok.cli.main import main; main()"]
 
 
 def _imported_heavy(*argv: str) -> list[str]:
     """The heavy packages a fresh interpreter holds after `gtok ARGV` (run in-process with
     its exit caught), after checking that it exits 0."""
     code = (
-        "import sys\nfrom cli.main import main\n"
+        "import sys\nfrom gtok.cli.main import main\n"
         f"sys.argv = ['gtok', *{list(argv)!r}]\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code in (0, None), exc.code\n"
         f"print('heavy:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))"

@@ -22,7 +22,7 @@ import pytest
 import zarr
 from hostilekit import assert_one_error, run_gtok
 
-from cli.main import app
+from gtok.cli.main import app
 from gtok.store import schema
 
 G = 8  # evalkit's model: 8 Gaussians, 64 codes

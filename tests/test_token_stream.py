@@ -18,7 +18,7 @@ from test_encode import SMALL, _save_model
 from test_store_damage import header
 from test_store_damage import rows as overwrite_rows
 
-from cli.main import app
+from gtok.cli.main import app
 from gtok.encode import encode_shards
 from gtok.errors import GtokError
 from gtok.store import TokenStore

@@ -23,7 +23,7 @@ from test_model_io import _re_export, _sha256_of_the_weights_in
 
 import gtok.train.session as session_module
 import gtok.train.step as step_module
-from cli.main import app
+from gtok.cli.main import app
 from gtok.data.shards import expand_shards
 from gtok.errors import GtokError
 from gtok.model.io import load_tokenizer

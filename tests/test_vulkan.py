@@ -18,9 +18,9 @@ from defaultkit import save_standin
 from scriptkit import BENCH, ROOT
 
 from gtok.demo import DEMO_PHOTOS, PER_SHARD
+from gtok.kernels.selfcheck import probe
 from gtok.pack import pack_images
 from gtok.store import TokenStore
-from kernels.selfcheck import probe
 
 pytestmark = pytest.mark.vulkan
 
@@ -86,7 +86,13 @@ def test_float32_bounds_clip_no_pixel_on_vulkan(report):
 
 
 def _encode(shards, store, model, arch: str) -> TokenStore:
-    command = [sys.executable, "-c", "from cli.main import main; main()", "encode", str(shards)]
+    command = [
+        sys.executable,
+        "-c",
+        "from gtok.cli.main import main; main()",
+        "encode",
+        str(shards),
+    ]
     options = ["-o", str(store), "--model", str(model), "--device", "cpu", "-q"]
     _run([*command, *options, "--geometry-dtype", "float32"], GTOK_KERNEL_ARCH=arch)
     return TokenStore(store)

@@ -23,7 +23,7 @@ imports `packaging` (there in gtok's environment); `run` needs only the standard
 importable files are all the check needs: console scripts, headers and data files are left
 out), puts that folder first on PYTHONPATH and runs bench/gpu_check.py with the running
 Python, passing on its arguments and its exit status. Where only `libcuda.so.1` is installed
-(Taichi opens `libcuda.so`: kernels/libcuda.py), it puts a `libcuda.so` link to it first on
+(Taichi opens `libcuda.so`: gtok/kernels/libcuda.py), it puts a `libcuda.so` link to it first on
 LD_LIBRARY_PATH for the check.
 """
 
@@ -294,7 +294,7 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
 
 def child_env(site: Path, scratch: Path, driver: str | None) -> dict[str, str]:
     """This process's environment with the site folder `site` first on PYTHONPATH, and, where
-    `driver` names a CUDA driver library Taichi cannot find (kernels/libcuda.py), a folder in
+    `driver` names a CUDA driver library Taichi cannot find (gtok/kernels/libcuda.py), a folder in
     `scratch` holding a `libcuda.so` link to it first on LD_LIBRARY_PATH."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
@@ -306,9 +306,11 @@ def child_env(site: Path, scratch: Path, driver: str | None) -> dict[str, str]:
 
 
 def _unlinked_driver() -> str | None:
-    """kernels.libcuda.unlinked_driver, loaded from its file (the kernels package imports
+    """gtok.kernels.libcuda.unlinked_driver, loaded from its file (the kernels package imports
     taichi, which is not installed until the bundle is unpacked)."""
-    spec = importlib.util.spec_from_file_location("libcuda", REPO / "kernels" / "libcuda.py")
+    spec = importlib.util.spec_from_file_location(
+        "libcuda", REPO / "gtok" / "kernels" / "libcuda.py"
+    )
     libcuda = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(libcuda)
     return libcuda.unlinked_driver()

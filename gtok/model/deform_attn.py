@@ -15,8 +15,8 @@ Runs in its parameters' dtype even under autocast: fp32 (float64 or bfloat16 whe
 model was cast with `.to(dtype)`; the kernel computes half precision in float32).
 
 The sampling and weighting of all heads and points runs in the Taichi kernel
-`kernels.deform_attn` (implementation "taichi", the default, on cpu and cuda tensors) or in
-plain PyTorch with `grid_sample` (`kernels.reference.deform_attn`, implementation
+`gtok.kernels.deform_attn` (implementation "taichi", the default, on cpu and cuda tensors) or in
+plain PyTorch with `grid_sample` (`gtok.kernels.reference.deform_attn`, implementation
 "reference", also used on other devices and when `fixed_offsets` is made trainable, since
 the kernel treats it as a constant). Both give the same numbers up to float rounding;
 `set_implementation` switches every layer of a model.
@@ -29,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-import kernels
+from gtok import kernels
 
 __all__ = ["IMPLEMENTATIONS", "DeformableAttention", "parameter_dtype", "set_implementation"]
 

@@ -16,7 +16,7 @@ float32). `set_implementation("reference")` swaps both Taichi kernels for their 
 twins (what ONNX export needs; `gtok.model.export`).
 
 GaussianToken (DESIGN.md section 1): encoder -> GaussianEmbed (G Gaussians) -> vector
-quantizer on the Gaussian features -> `kernels.rasterize` of the quantized Gaussians onto
+quantizer on the Gaussian features -> `gtok.kernels.rasterize` of the quantized Gaussians onto
 a map_size^2 x z map -> decoder (adaptive GroupNorm styled by the rendered map).
 VQ baseline: encoder (z channels) -> quantizer on every map cell (row-major) -> decoder.
 GaussianEmbed, the quantizer and the rasterizer run in fp32 even under autocast (in the
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gtok.kernels import rasterize
 from gtok.model.config import TokenizerConfig, preset_config
 from gtok.model.decoder import Decoder
 from gtok.model.deform_attn import IMPLEMENTATIONS, set_implementation
@@ -48,7 +49,6 @@ from gtok.model.refine import (
     RefineSettings,
     refine_geometry,
 )
-from kernels import rasterize
 
 __all__ = [
     "BaseTokenizer",
@@ -106,7 +106,7 @@ class BaseTokenizer(nn.Module):
 
     def set_implementation(self, implementation: str) -> None:
         """Run both kernels (rasterizer, deformable attention) as "taichi" (the default) or
-        "reference" (their plain PyTorch twins in `kernels.reference`: any device, and
+        "reference" (their plain PyTorch twins in `gtok.kernels.reference`: any device, and
         traceable into ONNX). The numbers agree to float32 rounding."""
         if implementation not in IMPLEMENTATIONS:
             raise ValueError(

@@ -1,14 +1,14 @@
 """Taichi kernels for gtok, with a plain PyTorch reference of each.
 
 Importing this package compiles nothing and does not start Taichi; the first kernel call
-does (see `kernels.runtime`).
+does (see `gtok.kernels.runtime`).
 """
 
-from kernels.deform_attn import deform_attn
-from kernels.rasterize import rasterize
-from kernels.reference import NORMALIZE_EPS
-from kernels.runtime import ArchError, start
-from kernels.selfcheck import KernelCheckError, selfcheck
+from gtok.kernels.deform_attn import deform_attn
+from gtok.kernels.rasterize import rasterize
+from gtok.kernels.reference import NORMALIZE_EPS
+from gtok.kernels.runtime import ArchError, start
+from gtok.kernels.selfcheck import KernelCheckError, selfcheck
 
 __all__ = [
     "NORMALIZE_EPS",

@@ -1,11 +1,11 @@
 """`rasterize`: the differentiable Taichi rasterizer behind the decoder.
 
 Checks its arguments and runs hand-written Taichi forward and backward kernels
-(`kernels._raster_taichi`) as two `torch.library` custom ops, `gtok::rasterize_forward` and
+(`gtok.kernels._raster_taichi`) as two `torch.library` custom ops, `gtok::rasterize_forward` and
 `gtok::rasterize_backward`, joined by `register_autograd`; each has a fake (meta)
 implementation, so `torch.compile(fullgraph=True)` and `torch.export` trace them as opaque
 ops. The forward kernel also packs the Gaussians into the one tensor the backward needs.
-Same numbers as `kernels.reference.rasterize`, whose docstring states the conventions, and
+Same numbers as `gtok.kernels.reference.rasterize`, whose docstring states the conventions, and
 `implementation="reference"` runs that instead (what ONNX export needs).
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels import reference, runtime
-from kernels._launch import (
+from gtok.kernels import reference, runtime
+from gtok.kernels._launch import (
     MAX_INDEX,
     check_alike,
     check_arch_dtype,
@@ -25,9 +25,9 @@ from kernels._launch import (
     taichi_stream,
     to_host,
 )
-from kernels._raster_taichi import PARAMS, KernelKey, kernels_for
-from kernels.reference import normalized
-from kernels.runtime import has_float64
+from gtok.kernels._raster_taichi import PARAMS, KernelKey, kernels_for
+from gtok.kernels.reference import normalized
+from gtok.kernels.runtime import has_float64
 
 __all__ = ["rasterize"]
 
@@ -45,7 +45,7 @@ def rasterize(
 ) -> torch.Tensor:
     """Render B images of G Gaussians each onto a C-channel map as a plain weighted sum
     (`normalize`: divided at each pixel by the sum of the weights + `NORMALIZE_EPS`,
-    rendered as one more all-ones feature channel; see `kernels.reference`).
+    rendered as one more all-ones feature channel; see `gtok.kernels.reference`).
 
     means: [B, G, 2] centres (x, y) in [-1, 1] (the map spans [-1, 1] on both axes);
     scales: [B, G, 2] standard deviations along the Gaussian's own axes, in map pixels;
@@ -53,8 +53,8 @@ def rasterize(
     height, width: map size in pixels.
     Returns [B, C, height, width] in the inputs' dtype (all alike: float32 or float64;
     float16 and bfloat16 are computed in float32), differentiable in every tensor argument.
-    implementation: "taichi" (the kernels) or "reference" (`kernels.reference.rasterize`,
-    plain PyTorch on any device). The arch is `kernels.runtime`'s: by default
+    implementation: "taichi" (the kernels) or "reference" (`gtok.kernels.reference.rasterize`,
+    plain PyTorch on any device). The arch is `gtok.kernels.runtime`'s: by default
     CPU tensors run on Taichi's cpu arch and CUDA tensors on its cuda arch, without copies,
     ordered with torch's current CUDA stream; on vulkan or metal (float32 only) the tensors
     go through host memory. A device that the arch Taichi runs on in this process cannot

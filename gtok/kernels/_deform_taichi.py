@@ -2,7 +2,7 @@
 
 One generic source builds float32 and float64 kernels for any head width, point count and
 number of fixed points; `kernels_for` compiles them lazily and caches them per `DeformKey`.
-The mathematics is that of `kernels.reference.deform_attn` (see its docstring): per query q
+The mathematics is that of `gtok.kernels.reference.deform_attn` (see its docstring): per query q
 and head m, softmax over the F + P logits, then the weighted sum of bilinear samples (zero
 padding, `grid_sample(align_corners=False)`) of head m's value map at the F fixed and P
 learned sampling points. All heads and points of a query are sampled in one task, straight

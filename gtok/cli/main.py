@@ -6,18 +6,18 @@ from typing import Annotated
 
 import typer
 
-from cli import convert as convert_cmd
-from cli import decode as decode_cmd
-from cli import demo as demo_cmd
-from cli import encode as encode_cmd
-from cli import env as env_cmd
-from cli import eval as eval_cmd
-from cli import info as info_cmd
-from cli import pack as pack_cmd
-from cli import train as train_cmd
-from cli import verify as verify_cmd
-from cli._common import new_app
 from gtok._version import __version__
+from gtok.cli import convert as convert_cmd
+from gtok.cli import decode as decode_cmd
+from gtok.cli import demo as demo_cmd
+from gtok.cli import encode as encode_cmd
+from gtok.cli import env as env_cmd
+from gtok.cli import eval as eval_cmd
+from gtok.cli import info as info_cmd
+from gtok.cli import pack as pack_cmd
+from gtok.cli import train as train_cmd
+from gtok.cli import verify as verify_cmd
+from gtok.cli._common import new_app
 
 app = new_app(
     name="gtok",

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from kernels.runtime import ArchError, has_float64
+from gtok.kernels.runtime import ArchError, has_float64
 
 __all__ = [
     "DTYPES",
@@ -30,7 +30,7 @@ __all__ = [
 
 KERNEL_DTYPES = (torch.float32, torch.float64)  # what the Taichi kernels compute in
 DTYPES = (*KERNEL_DTYPES, torch.float16, torch.bfloat16)  # what the ops take and return
-IMPLEMENTATIONS = ("taichi", "reference")  # the Taichi kernels, or kernels.reference
+IMPLEMENTATIONS = ("taichi", "reference")  # the Taichi kernels, or gtok.kernels.reference
 MAX_INDEX = 2**31 - 1  # Taichi indexes ndarrays with int32
 
 

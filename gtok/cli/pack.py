@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from cli._common import ConfigOption, JsonFlag, print_json
-from cli._options import resumable
-from cli._tokens import human_bytes
+from gtok.cli._common import ConfigOption, JsonFlag, print_json
+from gtok.cli._options import resumable
+from gtok.cli._tokens import human_bytes
 from gtok.data.images import DEFAULT_MAX_PIXELS
 
 

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli._common import JsonFlag, print_json, table_text
-from cli._tokens import StoreArgument, human_bytes
+from gtok.cli._common import JsonFlag, print_json, table_text
+from gtok.cli._tokens import StoreArgument, human_bytes
 
 
 def info(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from cli._common import JsonFlag, print_json, table_text
+from gtok.cli._common import JsonFlag, print_json, table_text
 
 
 def env(json_output: JsonFlag = False) -> None:

@@ -1,10 +1,10 @@
 """`deform_attn`: multi-head deformable attention sampling as Taichi kernels.
 
 Checks its arguments and runs hand-written Taichi forward and backward kernels
-(`kernels._deform_taichi`) as two `torch.library` custom ops, `gtok::deform_attn_forward`
+(`gtok.kernels._deform_taichi`) as two `torch.library` custom ops, `gtok::deform_attn_forward`
 and `gtok::deform_attn_backward`, joined by `register_autograd`, with fake (meta)
 implementations so that `torch.compile(fullgraph=True)` and `torch.export` trace them as
-opaque ops. Same numbers as `kernels.reference.deform_attn`, whose docstring states the
+opaque ops. Same numbers as `gtok.kernels.reference.deform_attn`, whose docstring states the
 conventions, and `implementation="reference"` runs that instead.
 """
 
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels import runtime
-from kernels._deform_taichi import DeformKey, kernels_for
-from kernels._launch import (
+from gtok.kernels import runtime
+from gtok.kernels._deform_taichi import DeformKey, kernels_for
+from gtok.kernels._launch import (
     MAX_INDEX,
     check_alike,
     check_arch_dtype,
@@ -25,7 +25,7 @@ from kernels._launch import (
     taichi_stream,
     to_host,
 )
-from kernels.reference import deform_attn as reference_deform_attn
+from gtok.kernels.reference import deform_attn as reference_deform_attn
 
 __all__ = ["deform_attn"]
 
@@ -51,9 +51,9 @@ def deform_attn(
     Returns [B, Nq, M, Dh] in the inputs' dtype (all alike: float32 or float64; float16
     and bfloat16 are computed in float32), differentiable in value, reference, offsets and
     logits. implementation: "taichi" (the kernels) or "reference"
-    (`kernels.reference.deform_attn`, which also differentiates `fixed_offsets`). Tensors
+    (`gtok.kernels.reference.deform_attn`, which also differentiates `fixed_offsets`). Tensors
     on the CPU run on Taichi's cpu arch, CUDA tensors on its cuda arch, unless
-    `kernels.runtime` chose another arch (see `kernels.rasterize` for the device rules).
+    `gtok.kernels.runtime` chose another arch (see `gtok.kernels.rasterize` for the device rules).
     """
     check_implementation(implementation)
     fixed = _check(value, height, width, reference, offsets, logits, fixed_offsets)

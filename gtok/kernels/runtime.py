@@ -12,7 +12,7 @@ Taichi is started lazily (importing `kernels` compiles nothing), with
 `TI_SKIP_VERSION_CHECK=on` (no network call), no banner on stdout (stdout is for results),
 and an offline kernel cache so a second process reuses compiled kernels. Taichi silently
 falls back to the CPU when the arch asked for cannot start (CUDA without `libcuda.so`:
-`kernels.libcuda`; no Vulkan driver; Metal off macOS); `start` checks the arch it really
+`gtok.kernels.libcuda`; no Vulkan driver; Metal off macOS); `start` checks the arch it really
 got and names what is missing. Taichi's CUDA context is on the first visible device.
 Taichi is not thread-safe: callers hold `kernel_lock` around every kernel launch.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.libcuda import libcuda_problem
+from gtok.kernels.libcuda import libcuda_problem
 
 os.environ.setdefault("TI_SKIP_VERSION_CHECK", "on")  # no network call at import
 os.environ.setdefault("ENABLE_TAICHI_HEADER_PRINT", "0")  # no banner on stdout

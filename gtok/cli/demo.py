@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cli._common import JsonFlag, print_json
-from cli._tokens import RefineLossOption, RefineLrOption, RefineStepsOption
+from gtok.cli._common import JsonFlag, print_json
+from gtok.cli._tokens import RefineLossOption, RefineLrOption, RefineStepsOption
 
 
 def demo(

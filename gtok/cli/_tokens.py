@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli._common import choices
+from gtok.cli._common import choices
 from gtok.model.config import REFINE_LOSSES
 
 __all__ = [

@@ -3,7 +3,7 @@
 `gtok env` runs it so a bug report says whether the Taichi kernels work on this machine, not
 only whether Taichi starts: in its own process on the arch that `auto` picks, and through
 `probe`, one subprocess per arch (Taichi runs one arch per process), on every arch.
-`python -m kernels.selfcheck ARCH` prints the probe's JSON.
+`python -m gtok.kernels.selfcheck ARCH` prints the probe's JSON.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from kernels import reference, runtime
-from kernels.deform_attn import deform_attn
-from kernels.rasterize import rasterize
+from gtok.kernels import reference, runtime
+from gtok.kernels.deform_attn import deform_attn
+from gtok.kernels.rasterize import rasterize
 
 __all__ = ["KernelCheckError", "probe", "selfcheck"]
 
@@ -35,7 +35,7 @@ def selfcheck(arch: str = "auto") -> str:
     """Run the rasterizer on two small batches of Gaussians (float32, with and without
     opacities) and deformable attention on a small map, on Taichi's `arch` ("cpu", "cuda",
     "vulkan", "metal", or "auto": where tensors on the default device run), and compare the
-    outputs and gradients with `kernels.reference`. Returns "ok"; raises
+    outputs and gradients with `gtok.kernels.reference`. Returns "ok"; raises
     `KernelCheckError` when a number differs, and whatever compiling or starting Taichi
     raises."""
     started = runtime.start("auto" if arch == "auto" else runtime.tensor_device(arch))
@@ -105,11 +105,11 @@ def _compare(op: str, arch: str, device: str, pair, run, inputs: dict, upstream)
 
 def probe(arch: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
     """Whether Taichi starts on `arch` here and its kernels pass `selfcheck`, found in a
-    subprocess (`python -m kernels.selfcheck ARCH`) given `timeout_s` seconds:
+    subprocess (`python -m gtok.kernels.selfcheck ARCH`) given `timeout_s` seconds:
     {"starts": bool, "kernels": "ok" | "error: ..." | None, "error": str | None}."""
     root = str(Path(__file__).resolve().parents[1])  # the folder holding `kernels`
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "kernels.selfcheck", arch]
+    command = [sys.executable, "-m", "gtok.kernels.selfcheck", arch]
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout_s)
     except subprocess.TimeoutExpired:

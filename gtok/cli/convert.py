@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli._common import JsonFlag, print_json
+from gtok.cli._common import JsonFlag, print_json
 
 
 def convert_official(

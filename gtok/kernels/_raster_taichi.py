@@ -2,7 +2,7 @@
 
 One generic source builds float32 and float64 kernels for any channel count; `kernels_for`
 compiles them lazily and caches them per `KernelKey`. The mathematics is that of
-`kernels.reference.rasterize` (see its docstring). The kernels only skip pixel-Gaussian
+`gtok.kernels.reference.rasterize` (see its docstring). The kernels only skip pixel-Gaussian
 pairs whose weight is provably below the 1/255 cut-off (the ellipse's bounds carry a
 little slack, and every pixel inside them still goes through the exact weight test).
 The CPU kernels walk each Gaussian's ellipse row by row and get exp(-sigma) along a row
@@ -19,7 +19,7 @@ channels are read and written together) and converted from/to [B, C, H, W] once.
 Variants:
 - `forward_scatter` (cpu arch): one task per image; each Gaussian is splatted over the
   pixels of its ellipse of weight >= 1/255, row by row. No atomics, deterministic. Its
-  float64 bounds and one thread per group (see `kernels._deform_taichi`) rule out SPIR-V.
+  float64 bounds and one thread per group (see `gtok.kernels._deform_taichi`) rule out SPIR-V.
 - `forward_gather` (GPU arches: cuda, vulkan, metal): one thread per pixel, looping over
   the image's Gaussians in order, in the kernel's dtype only; deterministic. It also runs
   (slowly) on the CPU, where the tests check it.
@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from kernels.reference import MIN_SCALE_SQ, MIN_WEIGHT
+from gtok.kernels.reference import MIN_SCALE_SQ, MIN_WEIGHT
 
 __all__ = ["PARAMS", "KernelKey", "RasterKernels", "kernels_for"]
 

@@ -6,7 +6,7 @@
   (`gtok.outputs.describe_write_failure`); usage errors exit 2 as Click does; `-v` (or
   `GTOK_VERBOSE=1`) shows the traceback instead.
 - SIGTERM (Slurm, Kubernetes, `timeout`) stops any command as Ctrl-C does, then ends it with
-  one line and exit code 143 (`cli._options.sigterm_as_interrupt`); resumable commands say
+  one line and exit code 143 (`gtok.cli._options.sigterm_as_interrupt`); resumable commands say
   how to resume.
 - The global flags `-q/--quiet`, `-v/--verbose` and `--kernel-arch` go before or after the
   command.
@@ -41,7 +41,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from cli._options import Terminated, read_text_file, sigterm_as_interrupt, stop_terminated
+from gtok.cli._options import Terminated, read_text_file, sigterm_as_interrupt, stop_terminated
 from gtok.console import console, is_quiet, set_quiet
 from gtok.errors import GtokError
 from gtok.outputs import describe_write_failure
@@ -105,22 +105,22 @@ def _kernel_arch(ctx: typer.Context, param: typer.CallbackParam, value: KernelAr
     (perhaps before the command); from $GTOK_KERNEL_ARCH (Click has checked it), `runtime`
     reads it itself, and a flag on the other side of the command name keeps precedence."""
     if value is not None and ctx.get_parameter_source(param.name).name != "ENVIRONMENT":
-        from kernels import runtime  # imports torch: only when the flag is given
+        from gtok.kernels import runtime  # imports torch: only when the flag is given
 
         runtime.request_arch(value.value)
 
 
 def _forget_arch_request() -> None:
     """Undo an earlier run's `--kernel-arch` (tests run several in one process); nothing to
-    undo when `kernels.runtime` was never imported, and importing it would import torch."""
-    if runtime := sys.modules.get("kernels.runtime"):
+    undo when `gtok.kernels.runtime` was never imported, and importing it would import torch."""
+    if runtime := sys.modules.get("gtok.kernels.runtime"):
         runtime.request_arch(None)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """The exceptions that are the user's to fix: `GtokError`, and Taichi's `ArchError` once
-    `kernels.runtime` is imported (none can be raised before)."""
-    if runtime := sys.modules.get("kernels.runtime"):
+    `gtok.kernels.runtime` is imported (none can be raised before)."""
+    if runtime := sys.modules.get("gtok.kernels.runtime"):
         return (GtokError, runtime.ArchError)
     return (GtokError,)
 
