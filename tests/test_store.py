@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -136,6 +137,13 @@ def test_unfinished_store_is_refused_and_finalize_lists_missing(tmp_path):
     assert writer.completed() == {"a.tar"}
     info = store_info(tmp_path / "s.zarr")
     assert (info["state"], info["shards_done"], info["input_shards"]) == ("encoding", 1, 3)
+
+
+def test_part_without_geometry_the_header_calls_for_is_refused(tmp_path):
+    writer = StoreWriter.open(str(tmp_path / "s.zarr"), header())
+    with pytest.raises(ValueError, match=r"part a\.tar has no geometry; the header calls for it"):
+        writer.write_part(replace(make_part("a.tar"), geometry=None))
+    assert writer.completed() == set()
 
 
 @pytest.mark.slow

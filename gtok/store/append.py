@@ -193,7 +193,7 @@ def _table_columns(group) -> list[tuple[str, str, Any]]:
 
 def _empty_tables() -> dict[str, dict[str, list]]:
     """Every table column (the inputs table's fingerprint columns included), empty."""
-    tables = {t: {c: [] for c in cols} for t, cols in _TABLES.items()}
+    tables: dict[str, dict[str, list]] = {t: {c: [] for c in cols} for t, cols in _TABLES.items()}
     tables[schema.INPUTS] |= {c: [] for c in schema.INPUT_IDENTITY_COLUMNS}
     return tables
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from gtok.store.location import Location
 from gtok.store.opening import open_root, read_header
 from gtok.store.writer import part_counts, part_locks
 
+if TYPE_CHECKING:
+    import zarr
+
 __all__ = ["finalize_store"]
 
 
@@ -38,7 +42,7 @@ __all__ = ["finalize_store"]
 class _Rows:
     """Accumulates rows of one root array and writes them a whole Zarr shard at a time."""
 
-    array: object
+    array: zarr.Array
     shard_rows: int
     pending: list
     written: int = 0
@@ -120,9 +124,10 @@ def _finalize(location: Location, root, header: schema.StoreHeader) -> dict:
     `gtok.store.append`); the caller holds every lock of the store."""
     before = load_before(location, root, header)
     names = header.shard_names[before.shards :]
-    counts = {name: part_counts(root, name) for name in names}
-    if missing := [n for n, c in counts.items() if c is None]:
+    found = {name: part_counts(root, name) for name in names}
+    if missing := [n for n, c in found.items() if c is None]:
         raise GtokError(_missing_message(location, missing, len(names)))
+    counts = {n: c for n, c in found.items() if c is not None}
     for name in names:
         owner = root[f"{schema.PARTS}/{schema.part_name(name)}"].attrs.get("weights_sha256")
         if owner != header.weights_sha256:

@@ -18,6 +18,7 @@ shards are matched by name alone, as before.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from gtok.data.shards import ShardFingerprint, ShardRef, shard_fingerprints
 from gtok.errors import GtokError
@@ -44,8 +45,9 @@ def source_record(fingerprint: ShardFingerprint) -> dict:
     return {"bytes": fingerprint.size, "fingerprint": fingerprint.digest}
 
 
-def _parse(store: str, where: str, size: object, digest: object) -> ShardFingerprint | None:
-    """The fingerprint of a record (None for `UNRECORDED`); a malformed one is damage."""
+def _parse(store: str, where: str, size: Any, digest: Any) -> ShardFingerprint | None:
+    """The fingerprint of a record's unchecked `size` and `digest` (None for `UNRECORDED`); a
+    malformed one is damage."""
     if size == UNRECORDED["bytes"] and digest == UNRECORDED["fingerprint"]:
         return None
     try:

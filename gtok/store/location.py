@@ -128,9 +128,9 @@ class Location:
                 target.unlink(missing_ok=True)
             return
         fs, root = self._fs()
-        target = self._key(sub) if sub else root
-        if fs.exists(target):
-            fs.rm(target, recursive=True)
+        key = self._key(sub) if sub else root
+        if fs.exists(key):
+            fs.rm(key, recursive=True)
 
     def sync(self, sub: str) -> None:
         """Make every file below `sub` durable (fsync files, then folders) on local disks.

@@ -14,7 +14,7 @@ The arrays of a complete store are checked next, by `gtok.store.validate`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, TypeGuard
 
 from gtok._version import __version__
 from gtok.errors import GtokError
@@ -40,7 +40,7 @@ def damaged(store: str, what: str) -> GtokError:
     return GtokError(f"{store} is damaged: {what}; {_FIX}.")
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     """An int that is not a bool (JSON true/false are not counts)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -68,8 +68,8 @@ def _bounded(store: str, attrs: dict, path: str, low: int, high: int) -> int:
     return value
 
 
-def _model_tokens(config: dict) -> tuple[str, Any, Any]:
-    """(kind, tokens per image, codebook size) a model config describes."""
+def _model_tokens(config: dict) -> tuple[Any, Any, Any]:
+    """(kind, tokens per image, codebook size) a model config describes, unchecked."""
     kind = config.get("kind")
     if kind == "gaussian":
         tokens = config.get("num_gaussians")
@@ -207,7 +207,7 @@ def check_appends(store: str, attrs: dict) -> None:
 # -- opening ---------------------------------------------------------------------------------
 
 
-def open_root(location: Location, mode: str = "r"):
+def open_root(location: Location, mode: Literal["r", "r+", "a", "w", "w-"] = "r"):
     """The store's root group, its arrays' zstd bounded (`zstdguard`); a `GtokError` when
     there is none or its metadata cannot be read."""
     import zarr

@@ -455,7 +455,7 @@ class TokenStore(Dataset):
         """(shard, key, reason) of every sample that was read but not encoded; key "" marks
         a tar that could not be read to its end."""
         columns = [self._column(schema.SKIPPED, c) for c in schema.SKIPPED_COLUMNS]
-        return [tuple(str(v) for v in row) for row in zip(*columns, strict=True)]
+        return [(str(s), str(k), str(r)) for s, k, r in zip(*columns, strict=True)]
 
     def inputs(self) -> list[dict[str, Any]]:
         """Per input shard: name, url, first_row, rows, samples, skipped, problem."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,14 +34,17 @@ from gtok.store.zstdguard import CorruptChunk, check_frame
 __all__ = ["RowReader"]
 
 _MISSING = np.uint64(2**64 - 1)
-_INNER = [
+_INNER: list[dict[str, Any]] = [
     {"name": "bytes", "configuration": {"endian": "little"}},
     {"name": "zstd"},
 ]
-_INDEX = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+_INDEX: list[dict[str, Any]] = [
+    {"name": "bytes", "configuration": {"endian": "little"}},
+    {"name": "crc32c"},
+]
 
 
-def _same_codecs(found: list[dict], expected: list[dict]) -> bool:
+def _same_codecs(found: list[Any], expected: list[dict]) -> bool:
     if len(found) != len(expected):
         return False
     for have, want in zip(found, expected, strict=True):
@@ -136,7 +140,7 @@ class RowReader:
 
     def _chunk(self, handle: int | None, entry: np.ndarray | None) -> np.ndarray:
         shape = (self.chunk_rows, *self.shape[1:])
-        if handle is None or entry[0] == _MISSING:
+        if handle is None or entry is None or entry[0] == _MISSING:
             return np.full(shape, self.fill, self.dtype)
         from numcodecs.zstd import decompress
 

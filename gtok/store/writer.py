@@ -69,7 +69,7 @@ class Part:
 
     def __post_init__(self) -> None:
         n = len(self.keys)
-        lengths = [len(v) for v in (self.captions or [None] * n, *self.meta.values())]
+        lengths = [len(self.captions or [None] * n), *(len(v) for v in self.meta.values())]
         if any(length != n for length in lengths):
             raise ValueError(f"part {self.shard}: {n} keys but captions/meta of {lengths}")
         if self.indices.shape[0] != n or self.labels.shape != (n,):
@@ -280,7 +280,10 @@ class StoreWriter:
         path = f"{schema.PARTS}/{name}"
         self.location.remove(path)
         parts = self.root.require_group(schema.PARTS)
-        attributes = {"shard": part.shard, "weights_sha256": self.header.weights_sha256}
+        attributes: dict[str, object] = {
+            "shard": part.shard,
+            "weights_sha256": self.header.weights_sha256,
+        }
         if part.fingerprint is not None:
             attributes[schema.PART_SOURCE] = source_record(part.fingerprint)
         group = parts.create_group(name, attributes=attributes)
@@ -298,6 +301,8 @@ class StoreWriter:
         specs += schema.text_arrays(captions=True, metadata_fields=self.header.metadata_fields)
         for spec in specs:
             data = columns[spec.name]
+            if data is None:
+                raise ValueError(f"part {part.shard} has no {spec.name}; the header calls for it")
             write_whole(group, spec.name, data, spec.dtype, spec.fill, spec.dimension_names)
         skipped_keys = np.array([k for k, _ in part.skipped], dtype=object)
         reasons = np.array([r for _, r in part.skipped], dtype=object)

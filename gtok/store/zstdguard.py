@@ -32,7 +32,8 @@ class CorruptChunk(ValueError):
 def frame_content_size(data: bytes | memoryview | np.ndarray) -> int | None:
     """The decompressed size a zstd frame header declares (RFC 8878, 3.1.1.1), or None when
     `data` is not a zstd frame or its header declares no size."""
-    head = bytes(memoryview(data).cast("B")[:18])
+    view = data.data if isinstance(data, np.ndarray) else memoryview(data)
+    head = bytes(view.cast("B")[:18])
     if len(head) < 5 or head[:4] != _MAGIC:
         return None
     descriptor = head[4]
