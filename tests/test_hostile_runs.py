@@ -19,8 +19,10 @@ from test_encode import SMALL, _completed_parts, _gtok, _save_model
 from test_hostile_cli import _children
 
 from gtok.cli.main import app
-from gtok.data import EncodeStream, Preprocess, expand_shards
+from gtok.data import EncodeStream, Preprocess, expand_shards, loader
+from gtok.data.stream import worker_death_as_error
 from gtok.encode import encode_shards
+from gtok.errors import GtokError
 from gtok.store import TokenStore
 
 # torch notices a killed worker by its SIGCHLD ("was killed (SIGKILL)") or, when a chunk
@@ -77,6 +79,21 @@ def test_a_killed_data_worker_ends_in_one_sentence_and_a_rerun_resumes(tmp_path,
     assert "stale lock" not in resumed.stderr  # the killed run released its locks
     assert '"finalized": true' in resumed.stdout
     assert len(TokenStore(out)) == 96
+
+
+@pytest.mark.subprocess
+def test_a_worker_killed_before_a_connection_error_is_named(tmp_path):
+    write_clean_shards(tmp_path, 1, 2)
+    stream = EncodeStream(expand_shards([tmp_path]), Preprocess(image_size=8), batch_size=2)
+    data = loader(stream, workers=1)
+    batches = iter(data)  # starts the worker
+    [worker] = data.worker_processes
+    killed = r"^a data-loading worker process was killed \(SIGKILL\)"
+    with pytest.raises(GtokError, match=killed), worker_death_as_error(data, "rerun"):
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join()
+        raise ConnectionResetError("the worker's end of the queue is gone")
+    del batches
 
 
 def test_skipped_samples_move_progress_without_changing_the_batches(tmp_path):

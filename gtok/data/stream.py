@@ -301,19 +301,19 @@ class _SpawnLoader(DataLoader):
             for stop, handler in previous.items():
                 signal.signal(stop, handler)
 
-
-def _ignore_stops(worker_id: int) -> None:
-    """A worker's `worker_init_fn`: ignore Ctrl-C and SIGTERM (torch's own handler, set just
-    before, lets a SIGTERM that the main process did not send kill the worker)."""
-    for stop in _STOPS:
-        signal.signal(stop, signal.SIG_IGN)
-
     def __iter__(self):
         """Iterate, keeping the worker processes it starts in `worker_processes`."""
         before = set(multiprocessing.active_children())
         iterator = super().__iter__()
         self.worker_processes = [p for p in multiprocessing.active_children() if p not in before]
         return iterator
+
+
+def _ignore_stops(worker_id: int) -> None:
+    """A worker's `worker_init_fn`: ignore Ctrl-C and SIGTERM (torch's own handler, set just
+    before, lets a SIGTERM that the main process did not send kill the worker)."""
+    for stop in _STOPS:
+        signal.signal(stop, signal.SIG_IGN)
 
 
 _DEATH_GRACE_S = 5.0  # how long a worker whose connection broke may take to be seen dead
