@@ -101,7 +101,9 @@ def _from_cmyk(img: Image.Image) -> Image.Image:
     if icc:
         try:
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            return ImageCms.profileToProfile(img, source, _srgb_profile(), outputMode="RGB")
+            rgb = ImageCms.profileToProfile(img, source, _srgb_profile(), outputMode="RGB")
+            assert rgb is not None  # profileToProfile returns None only when in place
+            return rgb
         except (ImageCms.PyCMSError, OSError, ValueError):
             pass  # a broken profile: Pillow's plain conversion below is still a fair answer
     return img.convert("RGB")

@@ -223,7 +223,7 @@ def decode_shard(
             yield Skipped(item.key, item.problem)
             continue
         try:
-            decoded = prepare(item, index)
+            decoded: Decoded | Skipped = prepare(item, index)
         except ImageRejected as exc:
             decoded = Skipped(item.key, str(exc))
         except Exception as exc:  # one odd sample must not end a long run: record it instead

@@ -218,8 +218,10 @@ def _same_file(a: ShardRef, b: ShardRef) -> bool:
     URL."""
     if a.url == b.url:
         return True
-    paths = [_local_path(r.url) for r in (a, b)]
-    return None not in paths and os.path.realpath(paths[0]) == os.path.realpath(paths[1])
+    path_a, path_b = (_local_path(r.url) for r in (a, b))
+    if path_a is None or path_b is None:
+        return False
+    return os.path.realpath(path_a) == os.path.realpath(path_b)
 
 
 def _local_path(url: str) -> str | None:
@@ -235,7 +237,7 @@ def _name(path: str) -> str:
     return escape_name(os.fsencode(os.path.basename(path.rstrip("/"))))
 
 
-def expand_shards(specs: Iterable[str | os.PathLike]) -> list[ShardRef]:
+def expand_shards(specs: Iterable[str | os.PathLike[str]]) -> list[ShardRef]:
     """All shards the specs name, sorted by file name, duplicates of one file removed (the
     first way it was named is kept).
 
@@ -243,10 +245,10 @@ def expand_shards(specs: Iterable[str | os.PathLike]) -> list[ShardRef]:
     share a file name.
     """
     refs: dict[str, ShardRef] = {}
-    specs = [os.fspath(s) for s in specs]
-    if not specs:
+    given = [os.fspath(s) for s in specs]
+    if not given:
         raise GtokError("No shards given; pass folders of .tar shards, .tar files or globs.")
-    for spec in specs:
+    for spec in given:
         for expanded in brace_expand(spec):
             for ref in _expand_one(expanded):
                 other = refs.setdefault(ref.name, ref)

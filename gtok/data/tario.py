@@ -32,6 +32,7 @@ import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import IO, TypedDict, cast
 
 from gtok.data.magic import HEAD_BYTES, sniff
 
@@ -56,7 +57,16 @@ _BLOCK = 512
 _CUT = "incomplete: the tar is cut inside this sample"
 _TO_ESCAPE = re.compile("%(?=[0-9A-Fa-f]{2})|[\udc80-\udcff]")
 _ESCAPED = re.compile("%([0-9A-Fa-f]{2})")
-_ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}  # a name's bytes <-> its str
+
+
+class _Encoding(TypedDict):
+    """How a member name's bytes become its str and back."""
+
+    encoding: str
+    errors: str
+
+
+_ENCODING: _Encoding = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 
 @dataclass
@@ -151,9 +161,8 @@ def open_tar(fileobj, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> tarfi
     (gzip, bzip2, xz, zstd: `gtok.data.magic`) raises a `tarfile.ReadError` that says so."""
     start = fileobj.tell()
     try:
-        return tarfile.open(
-            fileobj=_BoundedReads(fileobj, max_member_bytes), mode="r:", **_ENCODING
-        )
+        bounded = cast(IO[bytes], _BoundedReads(fileobj, max_member_bytes))  # tarfile only reads
+        return tarfile.open(fileobj=bounded, mode="r:", **_ENCODING)
     except tarfile.ReadError as exc:
         fileobj.seek(start)
         magic = sniff(fileobj.read(HEAD_BYTES))
@@ -182,6 +191,7 @@ def _members(tar: tarfile.TarFile, limit: int) -> Iterator[tuple[str, bytes | No
             yield name, None, f"member {name} is {member.size} bytes, {_over(limit)}"
             continue
         handle = tar.extractfile(member)
+        data: bytes | None
         try:
             data = handle.read() if handle is not None else b""
         except tarfile.ReadError:
@@ -212,6 +222,7 @@ def _group(tar: tarfile.TarFile, limit: int) -> Iterator[RawSample]:
                 twice = f"duplicate member {name}: the sample already has a .{ext} member"
                 current.problem = current.problem or twice
             else:
+                assert data is not None  # _members gives no data only with a problem
                 current.files[ext] = data
     except tarfile.ReadError:
         if current is not None:

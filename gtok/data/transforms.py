@@ -92,10 +92,10 @@ class Preprocess:
         record["background"] = list(self.background)
         record["resize"] = self.resize_to
         draft = ""
-        if self.jpeg_draft:
+        if (side := self.draft_min_side) is not None:
             draft = (
-                f"JPEGs with a shorter side of at least {2 * self.draft_min_side} decoded at "
-                f"1/2, 1/4 or 1/8 scale keeping it >= {self.draft_min_side}, "
+                f"JPEGs with a shorter side of at least {2 * side} decoded at "
+                f"1/2, 1/4 or 1/8 scale keeping it >= {side}, "
             )
         else:
             del record["jpeg_draft"]
