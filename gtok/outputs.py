@@ -60,7 +60,7 @@ _EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 def describe_write_failure(exc: BaseException) -> str | None:
     """One sentence for an `OSError` of `WRITE_FAILURES` that names its file (else None), e.g.
     "cannot write /x/y: No space left on device; free space or choose another output."."""
-    if not isinstance(exc, OSError) or exc.filename is None:
+    if not isinstance(exc, OSError) or exc.filename is None or exc.errno is None:
         return None
     advice = WRITE_FAILURES.get(exc.errno)
     if advice is None:
@@ -186,7 +186,7 @@ def write_atomically(path: str | os.PathLike, data: bytes, *, durable: bool = Fa
     return Path(path)
 
 
-def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+def remove_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporary files that killed writers left directly in `folder` (regular files
     with an `is_temporary` name; links are left alone); returns them. Call it only where no
     other writer can be at work in `folder`, since its temporary files look the same."""

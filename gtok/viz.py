@@ -207,6 +207,7 @@ def comparison_rows(
         recon = to_pil(reconstructions[b]).resize(big, Image.Resampling.NEAREST)
         row = [original, recon]
         if gaussians is not None:
+            assert codes is not None and map_size is not None  # checked above
             means, scales, rotations = (g[b] for g in gaussians)
             dimmed = Image.blend(recon, Image.new("RGB", big, (0, 0, 0)), 0.6)
             row.append(draw_gaussians(dimmed, means, scales, rotations, codes[b], map_size))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gtok.data.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_rgb_reduced
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
@@ -35,7 +36,7 @@ KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # Pillow format ->
 IMAGE_FORMATS = ("keep", *KEPT_FORMATS.values())  # what `--image-format` takes
 JPEG_QUALITY = 95
 # extension -> Pillow's save arguments of a re-encoded image
-_ENCODE = {
+_ENCODE: dict[str, dict[str, Any]] = {
     "png": {"format": "PNG"},
     "webp": {"format": "WEBP", "lossless": True},
     "jpg": {"format": "JPEG", "quality": JPEG_QUALITY, "subsampling": 0},

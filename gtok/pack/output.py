@@ -81,7 +81,8 @@ def _is_leftover(name: str) -> bool:
 def _ours(folder: Path) -> tuple[list[Path], list[Path]]:
     """(files a pack writes, everything else) directly in `folder`; the lock folder is
     neither."""
-    mine, other = [], []
+    mine: list[Path] = []
+    other: list[Path] = []
     for child in sorted(folder.iterdir()):
         if child.name == LOCKS_FOLDER and child.is_dir() and not child.is_symlink():
             continue

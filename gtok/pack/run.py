@@ -98,7 +98,7 @@ def _checked(
     workers = min(workers, len(paths) // MIN_FILES_PER_WORKER)
     if workers > 0:
         pool = multiprocessing.get_context("spawn").Pool(workers)
-        verdicts = pool.imap(check, paths, chunksize=8)
+        verdicts: Iterator[Checked] = pool.imap(check, paths, chunksize=8)
     else:
         pool, verdicts = None, map(check, paths)
     try:
@@ -146,6 +146,7 @@ def _write_shards(
                     if checked.reason is not None:
                         stats.skip(entry.path, entry.key, checked.reason)
                     else:
+                        assert checked.data is not None  # a Checked without a reason has data
                         meta = _metadata(entry, checked, scan.classes)
                         writer.add(entry.key, checked.ext, checked.data, entry.label, meta)
                         stats.add(len(checked.data), checked.converted)
