@@ -234,7 +234,7 @@ class TokenizerConfig:
     @property
     def num_tokens(self) -> int:
         """Tokens per image: the Gaussian count, or the map's cell count for vq."""
-        return self.num_gaussians if self.kind == "gaussian" else self.map_size**2
+        return self.map_size**2 if self.num_gaussians is None else self.num_gaussians
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict of every field (ch_mult as a list)."""

@@ -158,10 +158,9 @@ class DeformableAttention(nn.Module):
                 f"got {tuple(reference_points.shape)}"
             )
         with torch.autocast(device_type=query.device.type, enabled=False):
+            dtype = parameter_dtype(self)
             return self._attend(
-                *(t.to(parameter_dtype(self)) for t in (query, reference_points, value)),
-                height,
-                width,
+                query.to(dtype), reference_points.to(dtype), value.to(dtype), height, width
             )
 
     def _attend(

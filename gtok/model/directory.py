@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
+import torch
 from safetensors.torch import save
-from torch import nn
 
 from gtok._version import __version__
 from gtok.errors import GtokError
+from gtok.model.config import TokenizerConfig
 from gtok.outputs import naming, write_atomically
 
 __all__ = [
@@ -40,7 +43,16 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike) -> Path:
+class _Saveable(Protocol):
+    """A tokenizer as `save_pretrained` sees it."""
+
+    @property
+    def config(self) -> TokenizerConfig: ...
+
+    def state_dict(self) -> Mapping[str, torch.Tensor]: ...
+
+
+def save_pretrained(model: _Saveable, directory: str | os.PathLike) -> Path:
     """Write `model` (a tokenizer: an `nn.Module` with a `TokenizerConfig` as `config`) as a
     model directory (created if needed); returns its path.
 

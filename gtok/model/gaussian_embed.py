@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.distributed as dist
@@ -196,9 +196,11 @@ class FeatureMapLifter(nn.Module):
 
     def __init__(self, in_dim: int, dim: int, groups: int = GROUPS) -> None:
         super().__init__()
-        self.input_proj = nn.Sequential(nn.Conv2d(in_dim, dim, 1), nn.GroupNorm(groups, dim))
-        nn.init.xavier_uniform_(self.input_proj[0].weight)
-        nn.init.zeros_(self.input_proj[0].bias)
+        conv = nn.Conv2d(in_dim, dim, 1)
+        self.input_proj = nn.Sequential(conv, nn.GroupNorm(groups, dim))
+        nn.init.xavier_uniform_(conv.weight)
+        assert conv.bias is not None  # Conv2d's default bias=True
+        nn.init.zeros_(conv.bias)
 
     def forward(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, C, h, w] -> src [B, h*w, D] and pos [1, h*w, D]."""
@@ -422,6 +424,9 @@ class ScaleRange(nn.Module):
     r_max -= 1e-3 * max(ema - (r_max + scale_min) / 2, 0.01), floored at `scale_max_floor`.
     """
 
+    current_range_max: torch.Tensor
+    ema: torch.Tensor
+
     def __init__(self, scale_min: float, scale_max_init: float, scale_max_floor: float) -> None:
         super().__init__()
         self.scale_min = scale_min
@@ -466,7 +471,8 @@ class Refine(nn.Module):
         self.layers = _refine_mlp(cfg.dim, self.layout.geometry + cfg.dim)
         if cfg.anisotropic_init:
             with torch.no_grad():
-                self.layers[-2].bias[self.layout.scale] = torch.tensor([1.0, -1.0])
+                scale_head = cast(nn.Linear, self.layers[-2])
+                scale_head.bias[self.layout.scale] = torch.tensor([1.0, -1.0])
         if last:
             self.range_scheduler = ScaleRange(
                 cfg.scale_min, cfg.scale_max_init, cfg.scale_max_floor
@@ -518,9 +524,14 @@ class GaussianEmbed(nn.Module):
             self.layers.append(Refine(config, last=r == config.num_rounds - 1))
 
     @property
+    def last_refine(self) -> Refine:
+        """The last `Refine`, which turns anchors into Gaussians."""
+        return cast(Refine, self.layers[-1])
+
+    @property
     def scale_range(self) -> ScaleRange:
         """The scale-range scheduler (its buffer `current_range_max` is r_max)."""
-        return self.layers[-1].range_scheduler
+        return self.last_refine.range_scheduler
 
     def forward(self, feature_map: torch.Tensor) -> Gaussians:
         """feature_map [B, in_dim, h, w] -> Gaussians (in the parameters' dtype, fp32 unless
@@ -545,7 +556,7 @@ class GaussianEmbed(nn.Module):
                 anchor = refine(instance, anchor_embed, anchor)  # [B, G, 5 + D]
                 if r < len(rounds) - 1:
                     anchor_embed = self.anchor_encoder(anchor)
-            return self.layers[-1].get_gaussians(anchor)
+            return self.last_refine.get_gaussians(anchor)
 
     def scheduler_state(self) -> dict[str, torch.Tensor]:
         """Scale-range scheduler state for a training checkpoint: {"r_max", "ema"} scalars.

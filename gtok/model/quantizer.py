@@ -181,6 +181,11 @@ class VectorQuantizer(nn.Module):
     meanings follow vector-quantize-pytorch's `_codebook.*`.
     """
 
+    embed: torch.Tensor
+    embed_avg: torch.Tensor
+    cluster_size: torch.Tensor
+    initted: torch.Tensor
+
     def __init__(
         self,
         codebook_size: int,

@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import torch
 
 from gtok.model.config import REFINE_LOSSES
-from gtok.model.gaussian_embed import safe_logit, safe_sigmoid
+from gtok.model.gaussian_embed import GaussianEmbed, safe_logit, safe_sigmoid
+from gtok.model.quantizer import VectorQuantizer
 
 __all__ = [
     "DEFAULT_REFINE_LOSS",
@@ -149,8 +151,26 @@ def _per_image_loss(recon: torch.Tensor, target: torch.Tensor, loss: str) -> tor
     return (mse + LOG_EPS).log() if loss == "psnr" else mse
 
 
+class _Refinable(Protocol):
+    """What `refine_geometry` uses of a `GaussianTokenizer` (a module that imports this one)."""
+
+    @property
+    def gaussian_embed(self) -> GaussianEmbed: ...
+
+    @property
+    def quantize(self) -> VectorQuantizer: ...
+
+    def _render_decode(
+        self,
+        means: torch.Tensor,
+        scales: torch.Tensor,
+        rotations: torch.Tensor,
+        features: torch.Tensor,
+    ) -> torch.Tensor: ...
+
+
 def refine_geometry(
-    tokenizer: torch.nn.Module,
+    tokenizer: _Refinable,
     images: torch.Tensor,
     geometry: torch.Tensor,
     indices: torch.Tensor,

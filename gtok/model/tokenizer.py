@@ -99,6 +99,9 @@ class BaseTokenizer(nn.Module):
     image and token conversions, the kernel implementation, `save_pretrained`. Subclasses
     define `forward`, `encode` and `decode`."""
 
+    quantize: VectorQuantizer  # built by `_build_quantizer_and_decoder`
+    decoder: Decoder
+
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
         self.config = config
@@ -129,6 +132,14 @@ class BaseTokenizer(nn.Module):
         `gtok decode` writes: a list of RGB PIL images (`output="pil"`) or a uint8 array
         [B, H, W, 3] (`output="numpy"`)."""
         return from_model_images(images, output)
+
+    def encode(self, images: Any) -> Tokens:
+        """images [B, 3, H, W] in [-1, 1] (or anything `preprocess` takes) -> `Tokens`."""
+        raise NotImplementedError(f"{type(self).__name__} defines no encode")
+
+    def decode(self, tokens: Tokens | Any, *, grad: bool = False) -> torch.Tensor:
+        """`Tokens` -> images [B, 3, H, W] (unclamped); grad: keep the autograd graph."""
+        raise NotImplementedError(f"{type(self).__name__} defines no decode")
 
     def _build_quantizer_and_decoder(self) -> None:
         config = self.config
@@ -218,7 +229,7 @@ class GaussianTokenizer(BaseTokenizer):
         )
         self.gaussian_embed = GaussianEmbed(
             GaussianEmbedConfig(
-                num_gaussians=config.num_gaussians,
+                num_gaussians=config.num_tokens,
                 in_dim=config.embed_dim,
                 dim=config.gaussian_dim,
                 z_dim=config.z_dim,
