@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
 
@@ -86,7 +87,10 @@ def check_arch_dtype(arch: str, dtype: torch.dtype) -> None:
         )
 
 
-def to_host(tensors: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor | None, ...]:
+_MaybeTensor = TypeVar("_MaybeTensor", torch.Tensor, torch.Tensor | None)
+
+
+def to_host(tensors: tuple[_MaybeTensor, ...]) -> tuple[_MaybeTensor, ...]:
     """The tensors on the CPU, unchanged when they are there already (None stays None): MPS
     tensors go to Taichi's metal arch through host memory, as autograd-tracked copies whose
     gradients flow back to the MPS originals."""

@@ -64,7 +64,7 @@ def deform_attn(
     dtype, device = value.dtype, value.device
     if not torch.compiler.is_compiling():  # the op's own check comes too late for meta tensors
         runtime.resolve_arch(device)
-    tensors = (value, reference, offsets, logits, fixed)
+    tensors: tuple[torch.Tensor, ...] = (value, reference, offsets, logits, fixed)
     if device.type == "mps":
         tensors = to_host(tensors)
     compute = kernel_dtype(dtype)
@@ -122,7 +122,8 @@ def _backward(
         t.detach().contiguous() for t in (value, reference, offsets, fixed, weights, grad_out)
     )
     if not grad_out.numel():
-        return tuple(torch.zeros_like(t) for t in (value, reference, offsets, weights))
+        zeros = [torch.zeros_like(t) for t in (value, reference, offsets, weights)]
+        return zeros[0], zeros[1], zeros[2], zeros[3]
     # Every gradient is written in full, but the atomic kernel adds to grad_value.
     serial = runtime.started_arch() == "cpu"
     grads = [torch.empty_like(t) for t in (reference, offsets, weights)]
@@ -132,7 +133,7 @@ def _backward(
     backward = kernels.backward_serial if serial else kernels.backward_atomic
     with runtime.kernel_lock, taichi_stream(value.device):
         backward(value, reference, offsets, fixed, weights, grad_out, height, width, *grads)
-    return tuple(grads)
+    return grads[0], grads[1], grads[2], grads[3]
 
 
 @_backward.register_fake

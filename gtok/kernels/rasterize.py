@@ -71,7 +71,7 @@ def rasterize(
         runtime.resolve_arch(device)
     if normalize:
         features = torch.cat([features, torch.ones_like(features[..., :1])], dim=-1)
-    tensors = (means, scales, rotations, features, opacities)
+    tensors: tuple[torch.Tensor | None, ...] = (means, scales, rotations, features, opacities)
     if device.type == "mps":
         tensors = to_host(tensors)
     compute = kernel_dtype(dtype)
@@ -132,7 +132,9 @@ def _backward(params: torch.Tensor, grad_out: torch.Tensor, has_opacities: bool)
     grads = torch.empty_like(params)
     scratch = params.new_empty((n_b, *grad_out.shape[2:], n_k - PARAMS))
     kernels = kernels_for(KernelKey(n_k - PARAMS, params.dtype, has_opacities))
-    backward = kernels.backward if has_float64(runtime.started_arch()) else kernels.backward_narrow
+    arch = runtime.started_arch()
+    assert arch is not None  # the forward started Taichi
+    backward = kernels.backward if has_float64(arch) else kernels.backward_narrow
     with runtime.kernel_lock, taichi_stream(params.device):
         backward(params, grad_out.detach().contiguous(), scratch, grads)
     return grads

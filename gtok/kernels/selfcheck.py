@@ -78,8 +78,8 @@ def selfcheck(arch: str = "auto") -> str:
         return fn(leaves["value"], 6, 5, *args)
 
     upstream = torch.randn(2, 7, 2, 4, generator=gen)
-    pair = (deform_attn, reference.deform_attn)
-    _compare("deformable attention", arch, device, pair, attend, attention, upstream)
+    attention_pair = (deform_attn, reference.deform_attn)
+    _compare("deformable attention", arch, device, attention_pair, attend, attention, upstream)
     return "ok"
 
 
