@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -12,6 +13,9 @@ from gtok.console import console, is_quiet
 from gtok.devices import select_device
 from gtok.errors import GtokError
 from gtok.model.refine import DEFAULT_REFINE_LOSS, DEFAULT_REFINE_LR, RefineSettings
+
+if TYPE_CHECKING:
+    from gtok.model.tokenizer import BaseTokenizer, GaussianTokenizer
 
 __all__ = ["EncodingModel", "load_encoding_model", "refine_settings", "resolve_model"]
 
@@ -40,7 +44,7 @@ class EncodingModel:
     """A loaded tokenizer in eval mode, what identifies it in a token store, and how its
     tokens are refined at encode time (`gtok.model.refine`; default: not at all)."""
 
-    tokenizer: torch.nn.Module
+    tokenizer: BaseTokenizer
     path: Path
     weights_sha256: str
     device: torch.device
@@ -55,7 +59,8 @@ class EncodingModel:
         `refine` says so)."""
         if not self.refine.enabled:
             return self.tokenizer.encode(images)
-        return self.tokenizer.encode(
+        gaussian = cast("GaussianTokenizer", self.tokenizer)  # `load_encoding_model` checked
+        return gaussian.encode(
             images,
             refine_steps=self.refine.steps,
             refine_lr=self.refine.lr,
