@@ -192,6 +192,7 @@ class TrainConfig:
         if steps is None:
             if not num_samples:
                 raise GtokError("Cannot train for a number of epochs: the shards hold no samples.")
+            assert self.epochs is not None  # exactly one of steps and epochs (`_problems`)
             steps = max(1, math.ceil(self.epochs * num_samples / (self.batch_size * world_size)))
         optimizer = self.optimizer or ("adam" if self.preset in ADAM_PRESETS else "adamw")
         betas = self.betas or ((0.5, 0.9) if optimizer == "adam" else (0.9, 0.999))

@@ -272,7 +272,7 @@ def val_batches(
     limit: int,
     rank: int = 0,
     world: int = 1,
-) -> Iterator[tuple[torch.Tensor, list[SkipRecord]]]:
+) -> Iterator[tuple[torch.Tensor | None, list[SkipRecord]]]:
     """Validation batches (uint8 [b, S, S, 3] or None, samples skipped since the last
     batch): the first `limit` usable images of the shards in order, resized +
     centre-cropped, those with index = rank mod world. Only the last item may have None

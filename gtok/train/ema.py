@@ -8,20 +8,23 @@ the live model, never averaged (DESIGN.md 1.7).
 from __future__ import annotations
 
 import copy
+from typing import Generic, TypeVar
 
 import torch
 from torch import nn
 
 __all__ = ["ModelEMA"]
 
+_Model = TypeVar("_Model", bound=nn.Module)
 
-class ModelEMA:
+
+class ModelEMA(Generic[_Model]):
     """Holds `module`, a frozen copy of the model whose parameters track the live ones.
 
     After each optimizer step call `update(model)`: ema <- decay * ema + (1 - decay) * p.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
+    def __init__(self, model: _Model, decay: float = 0.999) -> None:
         if not 0 <= decay < 1:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
@@ -30,7 +33,8 @@ class ModelEMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         """Average parameters into the EMA copy and copy every buffer."""
-        ema_params, live_params = [], []
+        ema_params: list[torch.Tensor] = []
+        live_params: list[torch.Tensor] = []
         for (name, ema_p), (live_name, live_p) in zip(
             self.module.named_parameters(), model.named_parameters(), strict=True
         ):

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import torch
 
@@ -68,7 +71,7 @@ class _StopFlag:
     def __init__(self) -> None:
         self.requested = False
         self.terminated = False  # SIGTERM came (Slurm, Kubernetes, `timeout`)
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested and signum == signal.SIGINT:
@@ -115,7 +118,8 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
     resolved = cfg.resolve(num_samples, dist.world).replace(image_size=arch.image_size)
     session = Session(resolved, arch, dist, run, shards)
     step = session.step
-    steps = resolved.steps
+    steps, warmup_steps = resolved.steps, resolved.warmup_steps
+    assert steps is not None and warmup_steps is not None  # `resolve` fills every None
     streams = max(1, resolved.workers)
     if dist.main:
         session.write_run_record(shards, val_shards, num_samples)
@@ -158,7 +162,7 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
                 raise GtokError(f"Training stopped at step {step}: {errors[0]}.")
             session.note_skipped(batch.skipped, step + 1)
             images = to_model_input(batch.pixels, dist.device)
-            lr = lr_at(step, resolved.lr, resolved.warmup_steps, steps)
+            lr = lr_at(step, resolved.lr, warmup_steps, steps)
             session.stepper.set_lr(lr)
             upcoming = next(batches) if step + 1 < steps else None
             output = session.stepper(images, step, partial(_stop_flags, stop, upcoming))
@@ -180,9 +184,9 @@ def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
                     session.save(step)
                 result.stopped = "terminated" if stop.terminated else "interrupted"
                 break
-    images = (step - start_step) * resolved.batch_size * dist.world
+    trained = (step - start_step) * resolved.batch_size * dist.world
     result.step = step
-    result.images_per_s = images / max(time.perf_counter() - started, 1e-9)
+    result.images_per_s = trained / max(time.perf_counter() - started, 1e-9)
     result.skipped = session.skipped
     result.best = run.checkpoints.best() if dist.main else None
     return result
@@ -198,6 +202,7 @@ def _already_done(session: Session, run: RunDir) -> TrainResult:
     """The result of rerunning a finished run: nothing to train."""
     if session.dist.main and not is_quiet():
         console.print(f"{run.root} already finished its {session.cfg.steps} steps.")
+    assert session.cfg.steps is not None  # `resolve` fills every None
     return TrainResult(
         rank=session.dist.rank,
         run_dir=run.root,
@@ -228,6 +233,7 @@ def _periodic(
     """Checkpoint, validation and sample grid when due after `step`; whether it saved.
     The state is written before validating, so a failure there loses no training."""
     cfg, run = session.cfg, session.run
+    assert cfg.steps is not None  # `resolve` fills every None
     evaluate_now = bool(val_shards) and _due(step, cfg.eval_every, cfg.steps)
     saved = _due(step, cfg.checkpoint_every, cfg.steps) or evaluate_now
     if saved:
@@ -245,6 +251,7 @@ def _validate(
     """Evaluate the EMA model, log and show it, and mark the state of `step` as the best
     when its PSNR beats every earlier validation."""
     cfg = session.cfg
+    assert cfg.image_size is not None  # `resolve` fills every None
     metrics, skipped = evaluate(
         session.ema.module,
         val_shards,

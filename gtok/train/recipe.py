@@ -69,7 +69,8 @@ def param_groups(model: nn.Module, embed_lr_scale: float) -> list[dict[str, Any]
     """Trainable parameters of `model` as optimizer groups, each with an "lr_scale" (the
     group's rate = the run's rate * lr_scale): GaussianEmbed's get `embed_lr_scale`, the
     rest 1. A model without GaussianEmbed, or a scale of 1, gives one group."""
-    embed, rest = [], []
+    embed: list[nn.Parameter] = []
+    rest: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (embed if name.startswith(EMBED_PREFIX) else rest).append(p)

@@ -144,6 +144,7 @@ class Session:
 
     def stream_spec(self, shards: tuple[ShardRef, ...]) -> StreamSpec:
         cfg = self.cfg
+        assert cfg.image_size is not None and cfg.augment is not None  # `resolve` fills them
         return StreamSpec(
             shards=shards,
             image_size=cfg.image_size,
@@ -295,7 +296,8 @@ class Session:
 
     def advance(self, stream: int, position: tuple[int, int]) -> None:
         """Record that a batch of `stream` was consumed, leaving it at `position`."""
-        self.positions[stream] = tuple(position)
+        assert self.positions is not None  # set by `stream_positions` before training
+        self.positions[stream] = (position[0], position[1])
 
     def save(self, step: int) -> None:
         """Write the training state of `step` and export the EMA model to `model/`.
@@ -303,6 +305,7 @@ class Session:
         skipped = self._flush_skipped()
         self._check_ranks_agree(step)
         rngs = self.dist.gather(get_rng_state())
+        assert self.positions is not None  # set by `stream_positions` before training
         positions = self.dist.gather([list(p) for p in self.positions])
         if not self.dist.main:
             return

@@ -46,6 +46,7 @@ def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimize
     or CUDA; each with an "lr_scale": its rate is the run's times that), in its fused
     implementation (one kernel for all tensors; 10x faster than the default per-tensor loop
     on the CPU)."""
+    assert cfg.betas is not None and cfg.weight_decay is not None  # `resolve` fills every None
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     groups = [{**g, "lr": cfg.lr * g["lr_scale"]} for g in groups]
     return cls(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
@@ -93,8 +94,8 @@ class TrainStep:
         self.precision = precision
         if dist.active:
             ids = [device.index] if device.type == "cuda" else None
-            self.g = DistributedDataParallel(model, device_ids=ids)
-            self.d = DistributedDataParallel(_RealFake(disc), device_ids=ids)
+            self.g: nn.Module = DistributedDataParallel(model, device_ids=ids)
+            self.d: nn.Module = DistributedDataParallel(_RealFake(disc), device_ids=ids)
         else:
             self.g, self.d = model, _RealFake(disc)
         self.opt_g = make_optimizer(param_groups(model, cfg.embed_lr_scale or 1.0), cfg)
@@ -144,8 +145,8 @@ class TrainStep:
         checked = [k for k in ("loss", "d_loss", "g_grad_norm", "d_grad_norm") if k in values]
         if self.scaler_g.is_enabled():  # fp16: the scalers skip steps whose gradients overflow
             checked = [k for k in checked if not k.endswith("grad_norm")]
-        bad = ~torch.isfinite(torch.stack([values[k] for k in checked])).all()  # on the device
-        bad, *others = self.dist.any_of(bad, *flags())  # the step's one sync with the host
+        nonfinite = ~torch.isfinite(torch.stack([values[k] for k in checked])).all()  # on device
+        bad, *others = self.dist.any_of(nonfinite, *flags())  # the step's one sync with the host
         if bad:
             return StepOutput(values, recon, finite=False, flags=others)
         self.scaler_g.step(self.opt_g)
@@ -160,6 +161,7 @@ class TrainStep:
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Tokenizer loss and gradients (clipped) -> (values, detached reconstruction)."""
         cfg = self.cfg
+        assert cfg.gan_start_step is not None  # `resolve` fills every None
         use_gan = step >= cfg.gan_start_step and cfg.gan_weight > 0
         self.disc.requires_grad_(False)
         with self._autocast():

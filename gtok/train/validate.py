@@ -18,6 +18,7 @@ from torch import nn
 from gtok.data.shards import ShardRef
 from gtok.metrics import psnr, ssim, to_uint8
 from gtok.metrics.geometry import GEOMETRY_KEYS, geometry_stats, summary_caption, training_summary
+from gtok.model.tokenizer import BaseTokenizer
 from gtok.train.data import SkipRecord, to_model_input, val_batches
 from gtok.train.distributed import Dist
 from gtok.viz import comparison_rows, save_image_grid
@@ -27,7 +28,7 @@ __all__ = ["evaluate", "first_images", "save_samples"]
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: BaseTokenizer,
     shards: Sequence[ShardRef],
     image_size: int,
     batch_size: int,
@@ -88,7 +89,7 @@ def _geometry_over_ranks(
     mine = torch.cat(geometry) if geometry else None
     local = _summary(mine, map_size) if mine is not None and mine.isfinite().all() else {}
     keys = GEOMETRY_KEYS
-    weight = float(mine.shape[0]) if local else 0.0
+    weight = float(mine.shape[0]) if mine is not None and local else 0.0
     totals = dist.sum([weight, *(weight * local.get(k, 0.0) for k in keys)])
     if totals[0] == 0:
         return {}
@@ -105,7 +106,7 @@ def first_images(shards: Sequence[ShardRef], image_size: int, count: int) -> tor
 
 
 @torch.no_grad()
-def save_samples(model: nn.Module, pixels: torch.Tensor, device: torch.device, path) -> None:
+def save_samples(model: BaseTokenizer, pixels: torch.Tensor, device: torch.device, path) -> None:
     """Reconstruct uint8 [n, S, S, 3] images with `model` (eval mode) and save the grid of
     originals | reconstructions | Gaussians (2-sigma ellipses coloured by code) at `path`."""
     was_training = model.training
@@ -121,5 +122,5 @@ def save_samples(model: nn.Module, pixels: torch.Tensor, device: torch.device, p
     rows = comparison_rows(images, out.reconstruction.float(), gaussians, codes, map_size)
     caption = None
     if out.gaussians is not None:
-        caption = summary_caption(_summary(_geometry(out.gaussians).cpu(), map_size[0]))
+        caption = summary_caption(_summary(_geometry(out.gaussians).cpu(), model.config.map_size))
     save_image_grid(path, rows, caption=caption)
