@@ -82,9 +82,9 @@ def grid_rows(
     columns = ["original"]
     for t, map_size in enumerate(map_sizes):
         recons = _floats([s.reconstructions[t] for s in samples])
-        tokens = [s.tokens[t] for s in samples]
+        tokens = [tok for s in samples if (tok := s.tokens[t]) is not None]
         gaussians = codes = None
-        if map_size is not None and all(tok is not None for tok in tokens):
+        if map_size is not None and len(tokens) == len(samples):
             geometry = torch.stack([tok[1] for tok in tokens]).float()  # [N, G, 5]
             codes = torch.stack([tok[0] for tok in tokens])
             gaussians = (geometry[..., 0:2], geometry[..., 2:4], geometry[..., 4])

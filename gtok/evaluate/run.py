@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,7 +104,10 @@ def _model_info(reconstructor: Reconstructor) -> dict:
     model = reconstructor.model
     if model is None:
         return {"reconstructions": reconstructor.name}
-    info = {"path": str(model.path.resolve()), "weights_sha256": model.weights_sha256}
+    info: dict[str, Any] = {
+        "path": str(model.path.resolve()),
+        "weights_sha256": model.weights_sha256,
+    }
     info.update(preset=model.config.preset, kind=model.config.kind)
     info["refinement"] = model.refine.to_dict() if model.refine.enabled else None
     return info
@@ -244,12 +248,15 @@ def _offer(
     for j, key in enumerate(keys):
 
         def sample(j: int = j, key: str = key) -> GridSample:
-            recons, tokens = [], []
+            recons: list[torch.Tensor] = []
+            tokens: list[tuple[torch.Tensor, torch.Tensor] | None] = []
             for out in outs:
                 row = out.kept.index(kept[j])
                 recons.append(_own(out.images[row]))
-                has = out.indices is not None and out.geometry is not None
-                tokens.append((_own(out.indices[row]), _own(out.geometry[row])) if has else None)
+                if out.indices is not None and out.geometry is not None:
+                    tokens.append((_own(out.indices[row]), _own(out.geometry[row])))
+                else:
+                    tokens.append(None)
             return GridSample(key, _own(originals[j]), recons, tokens, [s[j] for s in scores])
 
         picker.offer(scores[0][j]["psnr"], sample)

@@ -68,7 +68,9 @@ class Scorer:
         self.per_image.update({name: [] for name in nets.lpips})
         self.unavailable = dict(nets.unavailable)
         self._reference = reference
-        self._real = reference._real if reference is not None else FeatureStats(FEATURE_DIM)
+        self._real: FeatureStats = (
+            reference._real if reference is not None else FeatureStats(FEATURE_DIM)
+        )
         self._fake = FeatureStats(FEATURE_DIM)
         self._counts = np.zeros(codebook_size or 1, np.int64)
         self._geometry: list[np.ndarray] = []
@@ -169,9 +171,9 @@ class Scorer:
             unavailable["geometry"] = (
                 NO_TOKENS if self.codebook_size is None else "the tokenizer has no Gaussians"
             )
-        elif self._geometry:
+        elif (geometry := self.geometry()) is not None:
             try:
-                out["geometry"] = geometry_stats(self.geometry()).to_dict()
+                out["geometry"] = geometry_stats(geometry).to_dict()
             except ValueError as exc:  # non-finite or non-positive values from the tokenizer
                 unavailable["geometry"] = f"the tokens' geometry cannot be summarized: {exc}"
         out["unavailable"] = unavailable

@@ -143,11 +143,18 @@ class Reconstruction:
 
 
 class Reconstructor(Protocol):
-    name: str  # what the results call it (a model path, a folder, a store)
-    codebook_size: int | None  # None: no tokens
-    has_geometry: bool
-    map_size: int | None  # side of the rendered map, for drawing Gaussians
-    model: EncodingModel | None
+    """A source of reconstructions (read-only members: each kind narrows their types)."""
+
+    @property
+    def name(self) -> str: ...  # what the results call it (a model path, a folder, a store)
+    @property
+    def codebook_size(self) -> int | None: ...  # None: no tokens
+    @property
+    def has_geometry(self) -> bool: ...
+    @property
+    def map_size(self) -> int | None: ...  # side of the rendered map, for drawing Gaussians
+    @property
+    def model(self) -> EncodingModel | None: ...
 
     def reconstruct(self, keys: list[str], originals: torch.Tensor) -> Reconstruction: ...
 

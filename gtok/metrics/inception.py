@@ -40,6 +40,11 @@ _SIZE = 299
 class FrozenBatchNorm2d(nn.Module):
     """BatchNorm2d that always normalizes with its stored statistics (eps 1e-3)."""
 
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(self, channels: int, eps: float = 1e-3) -> None:
         super().__init__()
         self.eps = eps

@@ -62,6 +62,9 @@ class LPIPS(nn.Module):
     -> [B] distances (0 for identical images), differentiable in x and y.
     """
 
+    shift: Tensor
+    scale: Tensor
+
     def __init__(self, net: Net = "vgg") -> None:
         super().__init__()
         if net not in LPIPS_WEIGHTS:
