@@ -35,7 +35,7 @@ import sys
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.table import Table
@@ -104,7 +104,8 @@ def _kernel_arch(ctx: typer.Context, param: typer.CallbackParam, value: KernelAr
     """Request the arch given on the command line (or by --config). None: not given here
     (perhaps before the command); from $GTOK_KERNEL_ARCH (Click has checked it), `runtime`
     reads it itself, and a flag on the other side of the command name keeps precedence."""
-    if value is not None and ctx.get_parameter_source(param.name).name != "ENVIRONMENT":
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if value is not None and (source is None or source.name != "ENVIRONMENT"):
         from gtok.kernels import runtime  # imports torch: only when the flag is given
 
         runtime.request_arch(value.value)
@@ -195,7 +196,8 @@ def _bind_envvars(command, path: list[str]) -> None:
 def choices(name: str, values: Iterable[str]) -> type[StrEnum]:
     """An enumeration of the strings `values`, for an option that takes one of them: help
     shows them as `<a|b|c>` and a bad value is refused listing them."""
-    return StrEnum(name, [(value, value) for value in values])
+    members = [(value, value) for value in values]
+    return cast(type[StrEnum], StrEnum(name, members))  # mypy reads this call as a lookup
 
 
 class UsageProblem(typer.BadParameter):
@@ -278,9 +280,10 @@ class GtokGroup(TyperGroup):
             command.help = _raw_examples(command.help)
         _bind_envvars(self, [])
 
-    def resolve_command(self, ctx: typer.Context, args: list[str]) -> tuple:
+    # typer calls these with its Context; the base class names the one of its vendored Click
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> tuple:  # type: ignore[override]
         name, command, rest = super().resolve_command(ctx, args)
-        return name, command, _new_spellings(name, rest)
+        return name, command, _new_spellings(name, rest) if name else rest
 
     def make_context(self, info_name, args, parent=None, **extra: Any):
         if parent is None:  # a new run (tests run several in one process)
@@ -289,7 +292,7 @@ class GtokGroup(TyperGroup):
             _forget_arch_request()
         return super().make_context(info_name, args, parent=parent, **extra)
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         try:
             with sigterm_as_interrupt():
                 return super().invoke(ctx)
@@ -378,6 +381,7 @@ def _load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | N
         data = parse_toml(read_text_file(value, "config file", SETTINGS_BYTES), str(value))
     except Unreadable as exc:
         raise typer.BadParameter(str(exc)) from exc
+    assert ctx.info_name is not None  # a command's context has its name
     section, where = _config_section(data, ctx.info_name, value)
     options = {p.name: p for p in ctx.command.params if p.name != param.name}
     # key -> option name; at the top level a table is another command's section

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -49,7 +50,10 @@ RefineLrOption = Annotated[
     ),
 ]
 
-RefineLoss = choices("RefineLoss", REFINE_LOSSES)
+if TYPE_CHECKING:  # an enumeration built at run time: a type checker sees a StrEnum
+    RefineLoss = StrEnum
+else:
+    RefineLoss = choices("RefineLoss", REFINE_LOSSES)
 
 RefineLossOption = Annotated[
     RefineLoss | None,

@@ -38,11 +38,12 @@ def _expand_keys(values: list[str] | None) -> list[str] | None:
 
 def decode(
     config: ConfigOption = None,
-    store: StoreArgument = ...,
+    *,  # the rest by name (as Typer passes them), so required ones need no default
+    store: StoreArgument,
     output: Annotated[
         str,
         typer.Option("--output", "-o", help="Folder to write into (created if needed)."),
-    ] = ...,
+    ],
     model: Annotated[
         str | None,
         typer.Option(

@@ -35,10 +35,11 @@ def _background(value: str) -> tuple[int, int, int]:
 
 def encode(
     config: ConfigOption = None,
+    *,  # the rest by name (as Typer passes them), so required ones need no default
     shards: ShardsArgument = None,
     output: Annotated[
         str, typer.Option("--output", "-o", help="The token store to write (e.g. tokens.zarr).")
-    ] = ...,
+    ],
     model: Annotated[
         str | None,
         typer.Option(

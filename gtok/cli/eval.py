@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 import typer
 from rich.table import Table
@@ -18,6 +18,19 @@ class Metric(StrEnum):
     lpips_vgg = "lpips-vgg"
     lpips_alex = "lpips-alex"
     rfid = "rfid"
+
+
+class _Shared(TypedDict):
+    """The settings `evaluate_model` and `evaluate_pairs` both take from the flags."""
+
+    weights: dict[str, Path | None]
+    skip_metrics: list[str]
+    batch_size: int
+    workers: int
+    limit: int | None
+    device: str
+    grid_images: int
+    jpeg_draft: bool
 
 
 def _weights_option(key: str, filename: str) -> typer.models.OptionInfo:
@@ -145,7 +158,7 @@ def eval_command(
         "lpips-alex": lpips_alex_weights,
         "inception": inception_weights,
     }
-    common = {
+    common: _Shared = {
         "weights": paths,
         "skip_metrics": [m.name for m in skip or ()],
         "batch_size": batch_size,

@@ -23,15 +23,16 @@ class ImageFormat(StrEnum):
 
 def pack(
     config: ConfigOption = None,
+    *,  # the rest by name (as Typer passes them), so required ones need no default
     images_dir: Annotated[
         Path,
         typer.Argument(
             help="The folder of images (any nesting).", show_default=False, metavar="IMAGES_DIR"
         ),
-    ] = ...,
+    ],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="The folder to write the shards into.")
-    ] = ...,
+    ],
     per_shard: Annotated[int, typer.Option(help="Input files per shard.", min=1)] = 1000,
     labels: Annotated[
         bool,

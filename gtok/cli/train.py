@@ -6,7 +6,7 @@ import dataclasses
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import typer
 
@@ -16,7 +16,7 @@ from gtok.console import console, is_quiet
 from gtok.errors import GtokError
 from gtok.model.config import PRESETS
 from gtok.safeload import TooDeep, Unreadable, parse_json
-from gtok.train.config import OPTIMIZERS, PRECISIONS, TrainConfig
+from gtok.train.config import OPTIMIZERS, PRECISIONS, Precision, TrainConfig
 from gtok.train.recipe import RECIPES
 
 if TYPE_CHECKING:
@@ -28,10 +28,16 @@ _LOSS = "Loss and optimizer"
 _REPORT = "Logging and checkpoints"
 _REQUIRED = " [required]"
 
-Preset = choices("Preset", PRESETS)
-Optimizer = choices("Optimizer", OPTIMIZERS)
-Recipe = choices("Recipe", RECIPES)
-TrainPrecision = choices("TrainPrecision", PRECISIONS)
+if TYPE_CHECKING:  # enumerations built at run time: a type checker sees StrEnums
+    Preset = StrEnum
+    Optimizer = StrEnum
+    Recipe = StrEnum
+    TrainPrecision = StrEnum
+else:
+    Preset = choices("Preset", PRESETS)
+    Optimizer = choices("Optimizer", OPTIMIZERS)
+    Recipe = choices("Recipe", RECIPES)
+    TrainPrecision = choices("TrainPrecision", PRECISIONS)
 _AUTO = TrainPrecision("auto")
 # TrainConfig's fields that a flag sets, for its messages: the training shards are SHARDS
 _FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)}
@@ -198,6 +204,7 @@ def train(
     --steps 200 -o runs/first
     """
     _check_required(shards, preset, steps, epochs, output)
+    assert shards and preset is not None  # `_check_required` refuses a run without them
     from gtok.train import train as run_training  # imports torch: only when the command runs
 
     try:
@@ -213,8 +220,8 @@ def train(
             seed=seed,
             device=device,
             workers=workers,
-            precision=precision.value,
-            optimizer=optimizer and optimizer.value,
+            precision=cast(Precision, precision.value),  # one of PRECISIONS
+            optimizer=cast(Literal["adamw", "adam"] | None, optimizer and optimizer.value),
             grad_clip=grad_clip,
             l1_weight=l1_weight,
             lpips_weight=lpips_weight,
