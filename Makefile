@@ -19,9 +19,11 @@ test:
 test-fast:
 	$(PY) -m pytest -q -m "not slow and not subprocess and not browser and not vulkan"
 
+# mypy's settings (the gtok package, strictness, untyped packages) are in pyproject.toml.
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # Packs, encodes (default model), decodes and evaluates the photographs shipped in
 # gtok/demo_photos; the report is in demo-out/report/ (a rerun replaces demo-out/).
