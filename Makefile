@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-fast lint demo bench bench-gpu gpu-check gpu-bundle
+.PHONY: setup test test-fast lint docs demo bench bench-gpu gpu-check gpu-bundle
 
 setup:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,11 @@ lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# docs/cli.md, the reference of every command and option, rendered from the Typer app
+# (tests/test_docs.py fails when it is out of date).
+docs:
+	$(PY) tools/make_cli_docs.py
 
 # Packs, encodes (default model), decodes and evaluates the photographs shipped in
 # gtok/demo_photos; the report is in demo-out/report/ (a rerun replaces demo-out/).

@@ -1,6 +1,6 @@
 """Run `gtok` as a user would on hostile input and check that it fails the way gtok promises.
 
-The promise (README, "Reliability"): a user mistake or a bad input ends with exactly one
+The promise (docs/reliability.md): a user mistake or a bad input ends with exactly one
 `error:` line on stderr and exit code 1 (2 for a usage error), never a Python traceback;
 nothing is written outside the output folder; no temporary files are left behind; memory
 stays bounded (checked by running the command under an address-space limit, so a regression

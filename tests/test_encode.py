@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from docskit import DOCS, python_blocks, section
 from shardmaker import (
     clean_samples,
     img2dataset_shard,
@@ -306,13 +307,12 @@ def test_info_and_verify(tmp_path, model, shards, runner):
 
 @pytest.mark.slow
 def test_readme_training_snippet_runs(tmp_path, model, shards):
-    """The README's TokenStore example, run as written against a real store."""
+    """The TokenStore example of docs/stores.md, run as written against a real store."""
     _encode(shards, tmp_path / "tokens.zarr", model)
-    readme = (REPO / "README.md").read_text()
-    snippet = readme.split("Reading in a training loop:\n\n```python\n", 1)[1].split("```", 1)[0]
+    (snippet,) = python_blocks(section(DOCS / "stores.md", "## Reading in a training loop"))
     snippet = snippet.replace('"tokens.zarr"', repr(str(tmp_path / "tokens.zarr")))
     namespace: dict = {}
-    exec(compile(snippet, "README.md", "exec"), namespace)
+    exec(compile(snippet, "docs/stores.md", "exec"), namespace)
     assert namespace["row"]["indices"].shape == (SMALL["num_gaussians"],)
     first = next(iter(namespace["loader"]))
     assert first["indices"].shape[1:] == (SMALL["num_gaussians"],)

@@ -1,7 +1,7 @@
 """Hostile outputs: keys that collide as paths, a full disk or read-only output folder, and
 reconstruction folders holding things that are not reconstructions.
 
-Promise (README, "Reliability"): decode writes every row whose key a file system can hold
+Promise (docs/reliability.md): decode writes every row whose key a file system can hold
 (colliding and over-long keys included) and exits 1 naming the rows it could not write; a
 refused write (full disk, read-only folder, file size limit) ends every writing command with
 one `error:` line naming the file and no temporary file left; eval reads only regular files

@@ -1,7 +1,7 @@
 """Hostile output folders: links planted where gtok writes, two packs into one folder at once,
 demo parts that are links (issue 30, points 5, 9 and 16).
 
-Promise (README, "Reliability"): every file gtok writes is created under a new random name
+Promise (docs/reliability.md): every file gtok writes is created under a new random name
 with `O_EXCL | O_NOFOLLOW` and renamed into place (`gtok.outputs`), so a symbolic link
 planted in an output folder, at a name an earlier gtok used or at any other, is never
 written through; one `gtok pack` at a time writes into a folder (a second one is refused

@@ -43,7 +43,7 @@ def test_the_sdist_carries_the_tests_and_what_they_read(sdist):
     for folder in TEST_FOLDERS:
         missing = _repo_files(folder) - members
         assert not missing, f"{folder}: {sorted(missing)}"
-    assert {"LICENSE", "README.md", "Makefile", "pyproject.toml"} <= members
+    assert {"LICENSE", "README.md", "CHANGELOG.md", "Makefile", "pyproject.toml"} <= members
     assert "tests/conftest.py" in members and "docs/token.png" in members
 
 

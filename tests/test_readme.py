@@ -1,13 +1,15 @@
-"""Every command example of the README, run as written (read from README.md) in a folder
-holding the images, shards and model directories it names (stand-in models of random
-weights: `runs/cifar` and `runs/vq-cifar` are small `tiny` and `vq-tiny` models).
+"""Every command example of README.md and of the docs/ pages that hold the rest of the user
+documentation, run as written (read from the pages) in a folder holding the images, shards
+and model directories they name (stand-in models of random weights: `runs/cifar` and
+`runs/vq-cifar` are small `tiny` and `vq-tiny` models).
 
-Quickstart and "Packing images" run in-process; "Token stores", "Tokens for sequence
-models" (with the Python snippet there) and "Decoding and evaluation" run whole, as bash
-scripts with the installed `gtok` on PATH (the 4-process encode loop included); the training
-example of the command table runs until a Ctrl-C. Lines holding `...` are templates, not
-examples. The "## Python" blocks run in-process, in order. The README's TokenStore
-training-loop snippet is run by tests/test_encode.py, `make demo` by tests/test_demo.py.
+README's Quickstart and docs/packing.md run in-process; docs/stores.md ("Encoding" and
+"Tokens for sequence models", with the Python snippet there) and docs/evaluation.md run
+whole, as bash scripts with the installed `gtok` on PATH (the 4-process encode loop
+included); the training example of docs/commands.md runs until a Ctrl-C. Lines holding
+`...` are templates, not examples. README's "## Python" block and then docs/python.md's run
+in-process, in order, in one namespace. The TokenStore training-loop snippet of
+docs/stores.md is run by tests/test_encode.py, `make demo` by tests/test_demo.py.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from docskit import DOCS, README, REPO, bash_blocks, example_lines, pages, python_blocks, section
 from PIL import Image
 from shardmaker import write_tar
 
@@ -34,34 +37,26 @@ from gtok.cli.main import app
 from gtok.demo import DEMO_PHOTOS
 from gtok.store import TokenStore
 
-REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
-IN_PROCESS = ("## Quickstart", "## Packing images")
-AS_SCRIPTS = ("## Token stores", "## Tokens for sequence models", "## Decoding and evaluation")
+STORES, EVALUATION, COMMANDS = DOCS / "stores.md", DOCS / "evaluation.md", DOCS / "commands.md"
+IN_PROCESS = ((README, "## Quickstart"), (DOCS / "packing.md", "# Packing images"))
+AS_SCRIPTS = (
+    (STORES, "## Encoding"),
+    (STORES, "## Tokens for sequence models"),
+    (EVALUATION, "# Decoding and evaluation"),
+)
+PYTHON = ((README, "## Python"), (DOCS / "python.md", "# Python"))
 PHOTOS = sorted(DEMO_PHOTOS.glob("*.jpg"))
 TRAIN_EXAMPLE = re.compile(r"e\.g\. `(gtok train [^`]+)`")
 
 
-def section(title: str) -> str:
-    text = README.read_text()
-    start = text.index(title + "\n")
-    end = text.find("\n## ", start + len(title))
-    return text[start : end if end > 0 else None]
+def section_lines(page: Path, title: str) -> list[str]:
+    """The example lines of the bash blocks of one section."""
+    return [line for block in bash_blocks(section(page, title)) for line in example_lines(block)]
 
 
-def bash_blocks(text: str) -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", text, re.S)
-
-
-def example_lines(block: str) -> list[str]:
-    """The commands of a bash block, without comments, blank lines and `...` templates."""
-    lines = [line.split(" #")[0].strip() for line in block.splitlines()]
-    return [line for line in lines if line and not line.startswith("#") and "..." not in line]
-
-
-def readme_commands(title: str) -> list[list[str]]:
-    """The `gtok ...` lines of the bash blocks of one README section, as argument lists."""
-    lines = [line for block in bash_blocks(section(title)) for line in example_lines(block)]
+def readme_commands(page: Path, title: str) -> list[list[str]]:
+    """The `gtok ...` lines of the bash blocks of one section, as argument lists."""
+    lines = section_lines(page, title)
     return [shlex.split(line)[1:] for line in lines if line.startswith("gtok ")]
 
 
@@ -81,21 +76,21 @@ def _script_env(**extra: str) -> dict[str, str]:
 
 
 def test_every_example_is_in_a_section_this_file_runs():
-    text = README.read_text()
-    titles = re.findall(r"^## .+$", text, re.M)
-    for title in titles:
-        lines = [line for b in bash_blocks(section(title)) for line in example_lines(b)]
-        gtok_lines = [line for line in lines if "gtok " in line]
-        assert title in IN_PROCESS + AS_SCRIPTS or not gtok_lines, (title, gtok_lines)
-    inline = re.findall(r"e\.g\. `(gtok [^`]+)`", text)
+    run = [
+        block
+        for page, title in IN_PROCESS + AS_SCRIPTS
+        for block in bash_blocks(section(page, title))
+    ]
+    for page in pages():
+        for block in bash_blocks(page.read_text()):
+            gtok_lines = [line for line in example_lines(block) if "gtok " in line]
+            assert block in run or not gtok_lines, (page.name, gtok_lines)
+    inline = [line for p in pages() for line in re.findall(r"e\.g\. `(gtok [^`]+)`", p.read_text())]
     script_lines = {
-        line
-        for t in IN_PROCESS + AS_SCRIPTS
-        for b in bash_blocks(section(t))
-        for line in example_lines(b)
+        line for page, title in IN_PROCESS + AS_SCRIPTS for line in section_lines(page, title)
     }
     unrun = [line for line in inline if line not in script_lines]
-    assert unrun == TRAIN_EXAMPLE.findall(text), unrun  # the one run by its own test below
+    assert unrun == TRAIN_EXAMPLE.findall(COMMANDS.read_text()), unrun  # run by its own test
 
 
 @pytest.mark.slow
@@ -109,7 +104,7 @@ def test_quickstart_and_packing_run_as_written(
     _copy(PHOTOS[2:4], tmp_path / "train" / "dogs")
     monkeypatch.chdir(tmp_path)
     env = {f"GTOK_{c}_WORKERS": "0" for c in ("PACK", "ENCODE", "EVAL")}  # no worker processes
-    commands = [c for title in IN_PROCESS for c in readme_commands(title)]
+    commands = [c for page, title in IN_PROCESS for c in readme_commands(page, title)]
     assert [c[0] for c in commands] == ["pack", "encode", "decode", "eval", "pack", "pack", "pack"]
     for command in commands:
         result = runner.invoke(app, command, env=env)
@@ -125,8 +120,9 @@ def test_quickstart_and_packing_run_as_written(
 
 @pytest.mark.slow
 def test_python_section_runs_as_written(runner, tmp_path, monkeypatch, standin_default):
-    """The "## Python" blocks, run in order in one namespace, in a folder holding photo.jpg
-    and tokens.zarr (three photographs encoded by `gtok encode` with the default model)."""
+    """The Python blocks of README and docs/python.md, run in order in one namespace, in a
+    folder holding photo.jpg and tokens.zarr (three photographs encoded by `gtok encode`
+    with the default model)."""
     shutil.copy(PHOTOS[0], tmp_path / "photo.jpg")
     write_tar(
         tmp_path / "shards" / "s.tar", [(p.stem, {"jpg": p.read_bytes()}) for p in PHOTOS[:3]]
@@ -135,10 +131,10 @@ def test_python_section_runs_as_written(runner, tmp_path, monkeypatch, standin_d
     encoded = runner.invoke(app, ["encode", "shards", "-o", "tokens.zarr", "--workers", "0"])
     assert encoded.exit_code == 0, encoded.stderr
     namespace: dict = {}
-    blocks = re.findall(r"```python\n(.*?)```", section("## Python"), re.S)
+    blocks = [(page, b) for page, title in PYTHON for b in python_blocks(section(page, title))]
     assert len(blocks) == 2
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+    for page, block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)
     recon = Image.open(tmp_path / "photo-recon.png")
     assert recon.size == (64, 64) and recon.mode == "RGB"
     assert namespace["batch"]["indices"].dtype == torch.int64
@@ -163,8 +159,8 @@ def workspace(tmp_path, runner, standin_model, no_weights) -> Path:
 
 @pytest.mark.subprocess
 def test_token_store_and_evaluation_scripts_run_as_written(workspace):
-    for title in AS_SCRIPTS:
-        script = "\n".join(line for b in bash_blocks(section(title)) for line in example_lines(b))
+    for page, title in AS_SCRIPTS:
+        script = "\n".join(section_lines(page, title))
         done = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],
             cwd=workspace,
@@ -182,7 +178,7 @@ def test_token_store_and_evaluation_scripts_run_as_written(workspace):
     assert compare["n"] == compare["compare"]["n"] == 4
     assert (workspace / "report" / "metrics.json").is_file()
     assert json.loads((workspace / "prior" / "results.json").read_text())["val_bits_per_id"]
-    snippet = section("## Tokens for sequence models").split("```python\n", 1)[1].split("```")[0]
+    (snippet,) = python_blocks(section(STORES, "## Tokens for sequence models"))
     code = f"import gtok\n{snippet}\nassert len(tokens.indices) == 4"
     done = subprocess.run([sys.executable, "-c", code], cwd=workspace, env=_script_env())
     assert done.returncode == 0
@@ -190,7 +186,7 @@ def test_token_store_and_evaluation_scripts_run_as_written(workspace):
 
 @pytest.mark.subprocess
 def test_the_training_example_runs_and_a_ctrl_c_saves_the_step(tmp_path, no_weights):
-    (command,) = TRAIN_EXAMPLE.findall(README.read_text())
+    (command,) = TRAIN_EXAMPLE.findall(COMMANDS.read_text())
     samples = [(p.stem, {"jpg": p.read_bytes()}) for p in PHOTOS]
     write_tar(tmp_path / "data" / "train-000000.tar", samples[:32])
     write_tar(tmp_path / "data" / "val-000000.tar", samples[32:])

@@ -22,6 +22,7 @@ import pytest
 import zarr
 from hostilekit import assert_one_error, run_gtok
 
+import gtok
 from gtok.cli.main import app
 from gtok.store import schema
 
@@ -153,6 +154,16 @@ READERS = ("verify", "decode", "eval")  # info reads no keys
 ERROR_CASES = {
     "garbage zarr.json": (garbage_json, "Zarr metadata cannot be read"),
     "no state": (header(lambda h: h.pop("state")), "no 'state'"),
+    "a newer format version": (
+        header(lambda h: h.update(format_version=schema.FORMAT_VERSION + 1)),
+        f"has format version {schema.FORMAT_VERSION + 1}, written by gtok "
+        f"{gtok.__version__}; this gtok ({gtok.__version__}) reads format version "
+        f"{schema.FORMAT_VERSION}: upgrade gtok (pip install -U gtok) to read it.",
+    ),
+    "format version 0": (
+        header(lambda h: h.update(format_version=0, gtok_version="0.0.1")),
+        "has format version 0, written by gtok 0.0.1; this gtok",
+    ),
     "no model": (header(lambda h: h.pop("model")), "no 'model"),
     "counts null": (header(lambda h: h.update(counts=None)), "'counts.shards'"),
     "geometry dtype": (header(lambda h: h.update(geometry_dtype="int8")), "geometry dtype"),
@@ -278,6 +289,22 @@ def test_damage_that_used_to_take_gigabytes(case, damage, shards, tmp_path):
     for name in commands:
         result = run_gtok(*command(name, damaged, shards, tmp_path / "out"))
         assert_one_error(result, contains=phrase)
+
+
+@pytest.mark.parametrize("args", [[], ["--append"], ["--overwrite"]], ids=str)
+def test_encode_leaves_a_store_of_a_newer_format_version_untouched(
+    args, damage, shards, model, runner, no_weights
+):
+    """Resuming, appending to or overwriting a store of a newer format version is refused
+    before anything is written (`gtok.TokenStore` refuses it as the readers do)."""
+    newer = damage(header(lambda h: h.update(format_version=schema.FORMAT_VERSION + 1)))
+    before = {p: p.read_bytes() for p in newer.rglob("*") if p.is_file()}
+    encode = ["encode", str(shards), "-o", str(newer), "-m", str(model), "--workers", "0"]
+    assert_one_error(invoke(runner, [*encode, *args]), contains="upgrade gtok")
+    assert {p: p.read_bytes() for p in newer.rglob("*") if p.is_file()} == before
+    newer_version = rf"format version {schema.FORMAT_VERSION + 1}, .*upgrade gtok"
+    with pytest.raises(gtok.GtokError, match=newer_version):
+        gtok.TokenStore(newer)
 
 
 def test_intact_copy_verifies(damage, shards, runner):

@@ -73,7 +73,7 @@ def train(
         ),
     ] = None,
     preset: Annotated[
-        Preset | None, _opt("Model preset (see README's Training section)." + _REQUIRED, _RUN)
+        Preset | None, _opt("Model preset (see docs/training.md)." + _REQUIRED, _RUN)
     ] = None,
     output: Annotated[
         Path | None,
@@ -106,7 +106,9 @@ def train(
     precision: Annotated[
         TrainPrecision, _opt("auto: bf16 on CUDA, else fp32; bf16 also runs on the CPU.", _RUN)
     ] = _AUTO,
-    optimizer: Annotated[Optimizer | None, _opt("Default: per preset, see README.", _LOSS)] = None,
+    optimizer: Annotated[
+        Optimizer | None, _opt("Default: per preset, see docs/training.md.", _LOSS)
+    ] = None,
     grad_clip: Annotated[
         float, _opt("Max gradient norm per network; 0 turns clipping off.", _LOSS)
     ] = 1.0,

@@ -239,12 +239,27 @@ def read_header(root) -> tuple[schema.StoreHeader, dict]:
     if not isinstance(attrs, dict) or attrs.get("format") != schema.FORMAT:
         raise GtokError(f"{_store_name(root)} is a Zarr group but not a gtok token store.")
     if attrs.get("format_version") != schema.FORMAT_VERSION:
-        raise GtokError(
-            f"{_store_name(root)} has format version {attrs.get('format_version')!r}; this gtok "
-            f"({__version__}) reads version {schema.FORMAT_VERSION}."
-        )
+        raise GtokError(_version_refusal(_store_name(root), attrs))
     check_header(_store_name(root), attrs)
     return schema.StoreHeader.from_attrs(attrs), attrs
+
+
+def _version_refusal(store: str, attrs: dict) -> str:
+    """The sentence refusing a store whose header has another format version than
+    `schema.FORMAT_VERSION` (docs/stores.md, "Format versions"): a newer one asks for a
+    newer gtok, any other names the gtok that wrote the store."""
+    version, writer = attrs.get("format_version"), attrs.get("gtok_version")
+    wrote = f"gtok {writer[:40]}" if isinstance(writer, str) else "an unknown gtok"
+    reads = f"this gtok ({__version__}) reads format version {schema.FORMAT_VERSION}"
+    if is_int(version) and version > schema.FORMAT_VERSION:
+        return (
+            f"{store} has format version {version}, written by {wrote}; {reads}: "
+            "upgrade gtok (pip install -U gtok) to read it."
+        )
+    return (
+        f"{store} has format version {version!r}, written by {wrote}; {reads}: "
+        "read it with the gtok that wrote it, or re-encode it with this one."
+    )
 
 
 def get_array(root, path: str, store: str):
