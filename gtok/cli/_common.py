@@ -54,6 +54,7 @@ __all__ = [
     "UsageProblem",
     "choices",
     "fail",
+    "human_bytes",
     "new_app",
     "print_json",
     "state",
@@ -333,6 +334,15 @@ def table_text(table: Table) -> str:
     with console.capture() as capture:
         console.print(table)
     return "\n".join(line.rstrip() for line in capture.get().splitlines())
+
+
+def human_bytes(size: float) -> str:
+    """1234567 -> '1.2 MB'."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
 
 
 CONFIG_SOURCES = "gtok.config"  # ctx.meta key: {option name: "KEY in the config file PATH"}

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
+from gtok.cli._arguments import RefineLossOption, RefineLrOption, RefineStepsOption, ShardsArgument
 from gtok.cli._common import ConfigOption, JsonFlag, Precision, PrecisionOption, print_json
 from gtok.cli._options import resumable
-from gtok.cli._tokens import RefineLossOption, RefineLrOption, RefineStepsOption, ShardsArgument
 from gtok.console import console, is_quiet
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
