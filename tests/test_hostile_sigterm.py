@@ -24,7 +24,7 @@ from test_store import assert_same_store
 from test_train import _gradients
 
 import gtok.decode
-from gtok.cli._options import TERMINATED
+from gtok.cli._signals import TERMINATED
 from gtok.cli.main import app
 from gtok.encode import encode_shards
 

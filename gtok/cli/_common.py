@@ -6,7 +6,7 @@
   (`gtok.outputs.describe_write_failure`); usage errors exit 2 as Click does; `-v` (or
   `GTOK_VERBOSE=1`) shows the traceback instead.
 - SIGTERM (Slurm, Kubernetes, `timeout`) stops any command as Ctrl-C does, then ends it with
-  one line and exit code 143 (`gtok.cli._options.sigterm_as_interrupt`); resumable commands say
+  one line and exit code 143 (`gtok.cli._signals.sigterm_as_interrupt`); resumable commands say
   how to resume.
 - The global flags `-q/--quiet`, `-v/--verbose` and `--kernel-arch` go before or after the
   command.
@@ -41,7 +41,8 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from gtok.cli._options import Terminated, read_text_file, sigterm_as_interrupt, stop_terminated
+from gtok.cli._files import read_text_file
+from gtok.cli._signals import Terminated, sigterm_as_interrupt, stop_terminated
 from gtok.console import console, is_quiet, set_quiet
 from gtok.errors import GtokError
 from gtok.outputs import describe_write_failure

@@ -10,7 +10,7 @@ import typer
 
 from gtok.cli._arguments import StoreArgument
 from gtok.cli._common import ConfigOption, JsonFlag, Precision, PrecisionOption, fail, print_json
-from gtok.cli._options import read_text_file
+from gtok.cli._files import read_text_file
 from gtok.safeload import LIST_BYTES
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ import typer
 
 from gtok.cli._arguments import RefineLossOption, RefineLrOption, RefineStepsOption, ShardsArgument
 from gtok.cli._common import ConfigOption, JsonFlag, Precision, PrecisionOption, print_json
-from gtok.cli._options import resumable
+from gtok.cli._signals import resumable
 from gtok.console import console, is_quiet
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from gtok.cli._common import ConfigOption, JsonFlag, UsageProblem, choices, print_json
-from gtok.cli._options import INTERRUPTED, RESUME, TERMINATED, resumable, stop_terminated
+from gtok.cli._signals import INTERRUPTED, RESUME, TERMINATED, resumable, stop_terminated
 from gtok.console import console, is_quiet
 from gtok.errors import GtokError
 from gtok.model.config import PRESETS
