@@ -1,7 +1,8 @@
 """Conventions every command shares: errors, `--json`, `--config`, option aliases.
 
 - A `GtokError` (or a Taichi `ArchError`) raised anywhere below a command becomes one red
-  sentence on stderr and exit code 1, and so does an `OSError` of a refused write (full disk,
+  sentence on stderr and exit code 1 (an `ArgumentError`'s names its arguments by their
+  flags, `gtok.cli._flags`), and so does an `OSError` of a refused write (full disk,
   read-only or write-protected output, file size limit) that names its file
   (`gtok.outputs.describe_write_failure`); usage errors exit 2 as Click does; `-v` (or
   `GTOK_VERBOSE=1`) shows the traceback instead.
@@ -42,6 +43,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from gtok.cli._files import read_text_file
+from gtok.cli._flags import error_message
 from gtok.cli._signals import Terminated, sigterm_as_interrupt, stop_terminated
 from gtok.console import console, is_quiet, set_quiet
 from gtok.errors import GtokError
@@ -303,7 +305,7 @@ class GtokGroup(TyperGroup):
         except _user_errors() as exc:
             if state.verbose:
                 raise
-            fail(str(exc))
+            fail(error_message(exc))
         except OSError as exc:
             message = describe_write_failure(exc)
             if message is None or state.verbose:

@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.model.config import ADDED_FIELDS, PRESETS, TokenizerConfig, preset_config
 from gtok.train.colour import ColourJitter
 from gtok.train.recipe import RECIPES, default_recipe
@@ -206,7 +206,9 @@ class TrainConfig:
         if augment is None:
             augment = self.preset not in NO_AUGMENT_PRESETS
         if warmup > steps:
-            raise GtokError(f"--warmup-steps {warmup} is more than the run's {steps} steps.")
+            raise ArgumentError(
+                f"warmup_steps={warmup} is more than the run's {steps} steps.", "warmup_steps"
+            )
         return self.replace(
             steps=steps,
             epochs=None,  # now expressed as steps (train.json records the sample count)
