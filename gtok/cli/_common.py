@@ -68,7 +68,7 @@ ENV_PREFIX = "GTOK"
 NOT_FROM_ENV = frozenset({"help", "version"})  # options that print and exit
 GLOBAL_FLAGS = ("--verbose", "--quiet", "--kernel-arch")  # GTOK_VERBOSE, GTOK_QUIET, ...
 # command -> {old spelling: new}: taken on the command line and in --config files until the
-# release after gtok 0.1 (changelog: issue 27), shown nowhere
+# release after gtok 0.1 (CHANGELOG.md), shown nowhere
 RENAMED = {
     "train": {
         "--out": "--output",

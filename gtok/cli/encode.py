@@ -126,8 +126,8 @@ def encode(
         bool | None,
         typer.Option(
             "--jpeg-draft/--no-jpeg-draft",
-            help="Decode large JPEGs at 1/2-1/8 scale before the resize (2-3x less CPU, "
-            "PSNR > 40 dB against exact decoding). [default: on for a new store, as "
+            help="Decode large JPEGs at 1/2-1/8 scale before the resize (less CPU, nearly the "
+            "pixels of exact decoding: docs/results.md). [default: on for a new store, as "
             "recorded when resuming]",
         ),
     ] = None,
@@ -158,7 +158,7 @@ def encode(
     Example (add the shards downloaded since): gtok encode ./laion -o laion.zarr
     --metadata-fields url,width,height --append
 
-    Example (Gaussians fitted to each image, about +2 dB): gtok encode ./shards -o
+    Example (Gaussians fitted to each image, sharper): gtok encode ./shards -o
     tokens.zarr --refine-steps 50
 
     Example (4 workers, then finalize): gtok encode ./shards -o tokens.zarr -m model/

@@ -4,7 +4,7 @@ Importing this module is cheap (no torch): `gtok.PRESETS` and `config.json` pars
 
 Presets:
 
-- `cifar`, `imagenet`: the authors' released GaussianToken models (DESIGN.md section 1 and
+- `cifar`, `imagenet`: the authors' released GaussianToken models (docs/design.md section 1 and
   its table): 32x32 -> 16x16 map, 64 Gaussians, z = 3; 256x256 -> 32x32 map,
   256 Gaussians, z = 8; codebook 1024; ch 128, 4 ResBlocks per level.
 - `tiny`: 64x64 input, 64 Gaussians on a 16x16 map (the cifar preset's render size, so
@@ -21,7 +21,7 @@ Presets:
   map is one level smaller, so the baselines have one more level (`vq-imagenet` is the
   authors' own baseline config, ch_mult (1, 1, 2, 2, 4)).
 
-Opt-in geometry options (issue 15; every preset keeps them off): `normalized_splatting`
+Opt-in geometry options (docs/design.md; every preset keeps them off): `normalized_splatting`
 divides the rendered map by the sum of the Gaussians' weights plus `kernels.NORMALIZE_EPS`
 at each pixel, so a Gaussian that moves leaves no hole; `rotation_param="direction"`
 predicts the rotation as a direction (u, v) (rotation = atan2(v, u) / 2 mod pi), without
@@ -50,7 +50,7 @@ __all__ = [
 # lists them without importing torch
 REFINE_LOSSES = ("psnr", "mse", "l1")
 
-# the opt-in geometry options (issue 15), off in every preset
+# the opt-in geometry options (docs/design.md section 1), off in every preset
 OPTIONAL_FIELDS = ("normalized_splatting", "rotation_param", "anisotropic_init")
 # Fields added after the first config.json format, with the value that reproduces what a
 # model saved without them did: an older config.json loads with these.
@@ -115,7 +115,7 @@ class TokenizerConfig:
     z_dim: int = 3  # code (and rendered map) channels
     codebook_size: int = 1024
     num_gaussians: int | None = 64  # gaussian: tokens per image; vq: None (map_size^2 tokens)
-    # GaussianEmbed (DESIGN.md 1.2-1.3)
+    # GaussianEmbed (docs/design.md section 1, steps 2-3)
     gaussian_dim: int = 64  # width D of its attention/MLP layers and of the anchor features
     num_heads: int = 4
     num_points: int = 4  # learned sampling points per head (plus one fixed zero offset)
@@ -127,12 +127,12 @@ class TokenizerConfig:
     scale_min: float = 0.1  # smallest Gaussian standard deviation, map pixels
     scale_max_init: float = 4.0  # r_max at the start of training, map pixels
     scale_max_floor: float = 3.0  # r_max shrinks towards this during training
-    # opt-in changes to the geometry (issue 15; off = the authors' model, and what model
+    # opt-in changes to the geometry (docs/design.md; off = the authors' model, and what model
     # directories written before these fields existed load with):
     normalized_splatting: bool = False  # rendered map / (sum of weights + eps), not a sum
     rotation_param: Literal["sigmoid", "direction"] = "sigmoid"  # see GaussianEmbedConfig
     anisotropic_init: bool = False  # refine heads start with scale logits (+1, -1)
-    # vector quantizer (DESIGN.md 1.4)
+    # vector quantizer (docs/design.md section 1, step 4)
     codebook_decay: float = 0.8  # EMA decay of the codebook
     codebook_eps: float = 1e-5  # Laplace smoothing of the EMA cluster sizes
     kmeans_iters: int = 10  # k-means iterations of the first-batch initialization

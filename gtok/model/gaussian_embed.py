@@ -1,4 +1,5 @@
-"""GaussianEmbed: an encoder feature map becomes G 2D Gaussians (DESIGN.md 1.2 and 1.3).
+"""GaussianEmbed: an encoder feature map becomes G 2D Gaussians (docs/design.md section 1, steps 2
+and 3).
 
 Pipeline (B images, an [h, w] feature map of `in_dim` channels, width D = `dim`):
 
@@ -43,7 +44,7 @@ __all__ = [
 
 LOGIT_CLAMP = 9.21024  # logit(0.9999): every sigmoid input is clamped to +-this
 GROUPS = 32  # GroupNorm groups of the lifter
-# scale-range scheduler (DESIGN.md 1.3)
+# scale-range scheduler (docs/design.md section 1, step 3)
 EMA_MOMENTUM = 0.01  # weight of the batch's mean scale in the EMA
 SHRINK_RATE = 1e-3  # r_max -= SHRINK_RATE * max(ema - midpoint, MIN_SHRINK)
 MIN_SHRINK = 0.01
@@ -67,7 +68,7 @@ class GaussianEmbedConfig:
     scale_min: float = 0.1  # smallest standard deviation
     scale_max_init: float = 4.0  # r_max, the largest standard deviation, at the start
     scale_max_floor: float = 3.0  # r_max shrinks during training, not below this
-    # opt-in (issue 15; defaults are the authors'): "direction" predicts the rotation as a
+    # opt-in (docs/design.md; defaults are the authors'): "direction" predicts the rotation as a
     # vector (u, v) in two anchor entries, rotation = atan2(v, u) / 2 mod pi (no sigmoid
     # walls at 0 and pi), updated residually like xy (so each Gaussian starts at its own
     # learned anchor's direction, not all at pi/2); anisotropic_init starts each refine

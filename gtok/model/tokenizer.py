@@ -15,7 +15,7 @@ cast with `.to(torch.bfloat16)` or `.half()` computes in that dtype (the kernels
 float32). `set_implementation("reference")` swaps both Taichi kernels for their PyTorch
 twins (what ONNX export needs; `gtok.model.export`).
 
-GaussianToken (DESIGN.md section 1): encoder -> GaussianEmbed (G Gaussians) -> vector
+GaussianToken (docs/design.md section 1): encoder -> GaussianEmbed (G Gaussians) -> vector
 quantizer on the Gaussian features -> `gtok.kernels.rasterize` of the quantized Gaussians onto
 a map_size^2 x z map -> decoder (adaptive GroupNorm styled by the rendered map).
 VQ baseline: encoder (z channels) -> quantizer on every map cell (row-major) -> decoder.

@@ -4,7 +4,7 @@ A config as the user gives it may leave some fields `None` ("choose for me"); `r
 fills them from the preset and the run's size, and the resolved config is what a run
 records (`RUN_DIR/train.json`) and what a resume is compared against.
 
-Per-preset choices (DESIGN.md 1.7, 1.8):
+Per-preset choices (docs/design.md section 1, training):
 
 - optimizer: AdamW lr 2e-4, betas (0.9, 0.999), weight decay 0.01 for the CIFAR-like
   presets (`cifar`, `vq-cifar`, and `tiny`, `vq-tiny`, which are the CIFAR family scaled to
