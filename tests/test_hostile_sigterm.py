@@ -1,4 +1,4 @@
-"""SIGTERM (Slurm, Kubernetes, `timeout`) stops a command as Ctrl-C does (issue 30, point 21).
+"""SIGTERM (Slurm, Kubernetes, `timeout`) stops a command as Ctrl-C does.
 
 `timeout` and Slurm signal the whole process group, DataLoader workers included; Kubernetes
 signals the main process. Either way the command finishes what a Ctrl-C finishes (encode:

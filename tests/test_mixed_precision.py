@@ -1,4 +1,4 @@
-"""bf16 autocast on the CPU (issue 16.3): `gtok train`, encode and decode run their
+"""bf16 autocast on the CPU: `gtok train`, encode and decode run their
 mixed-precision path here, so dtype errors in it show without a GPU; the parts DESIGN pins to
 fp32 (GaussianEmbed, quantizer, rasterizer) really compute in fp32 under it."""
 

@@ -243,7 +243,7 @@ def test_rerun_resumes_and_rewrites_only_unfinished_shards(tmp_path):
     (out / "shard-000001_stats.json").unlink()
     tar2 = out / "shard-000002.tar"
     tar2.write_bytes(tar2.read_bytes()[:700])
-    (out / "shard-000000.tar.partial").write_bytes(b"half")  # as gtok before issue 30 named it
+    (out / "shard-000000.tar.partial").write_bytes(b"half")  # as older gtok named it
     leftover = out / ".gtok-0123456789abcdef.tmp"
     leftover.write_bytes(b"half")
     before = (out / "shard-000000.tar").stat().st_mtime_ns
@@ -359,7 +359,7 @@ def test_a_folder_that_cannot_be_listed_is_skipped_with_the_reason(tmp_path, mon
     assert summary.skipped_examples[0]["reason"] == "unreadable folder (Permission denied)"
 
 
-# ---- --image-format (issue 13, point 11) ---------------------------------------------------
+# ---- --image-format ---------------------------------------------------
 
 
 def _mixed(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
