@@ -64,6 +64,12 @@ def _refine(steps):
     refine_settings(steps)
 
 
+def _select(**kwargs):
+    from gtok.decode.select import select_rows
+
+    select_rows(None, **kwargs)  # the arguments are checked before the store is read
+
+
 def _workers(**kwargs):
     from gtok.encode.split import worker_slice
 
@@ -89,6 +95,7 @@ LIBRARY_CALLS = {  # what a Python caller gets wrong -> the argument its error m
     "max_pixels below the crop": (lambda p, s: _resize(None, 100), "max_pixels"),
     "refine_steps": (lambda p, s: _refine(-1), "refine_steps"),
     "shard_id alone": (lambda p, s: _workers(shard_id=1), "shard_id"),
+    "keys and start": (lambda p, s: _select(keys=["a"], start=0), "start"),
     "shard_id out of range": (lambda p, s: _workers(shard_id=3, num_shards=2), "shard_id"),
 }
 
@@ -124,6 +131,7 @@ def test_cli_names_the_flags(flags, sentence, tmp_path, shard, runner):
         ("or force=True to", ["force"], "or --force to"),
         ("max_pixels=100 would", ["max_pixels"], "--max-pixels 100 would"),
         ("give shards", ["shards"], "give SHARDS"),
+        ("`keys` or `start`/`stop`", ["keys", "start", "stop"], "--keys or --start/--stop"),
         ("the default model: pass `model`.", ["model"], "the default model: pass --model."),
         ("runs/model and model.safetensors: pass model.", ["model"], None),
     ],

@@ -28,7 +28,9 @@ def select_rows(
     Keys and start/stop exclude each other; an empty selection is an error.
     """
     if keys and (start is not None or stop is not None):
-        raise ArgumentError("give either keys or start/stop, not both.", "keys", "start", "stop")
+        raise ArgumentError(
+            "give either `keys` or `start`/`stop`, not both.", "keys", "start", "stop"
+        )
     if limit is not None and limit < 1:
         raise ArgumentError(f"limit must be at least 1, got {limit}.", "limit")
     if keys:
