@@ -9,9 +9,9 @@ import pytest
 import typer
 from shardmaker import clean_samples, write_tar
 
+import gtok
 from gtok.cli._flags import flag, with_flags
 from gtok.cli.main import app
-from gtok.errors import ArgumentError
 
 GTOK = Path(__file__).resolve().parent.parent / "gtok"
 
@@ -102,11 +102,11 @@ LIBRARY_CALLS = {  # what a Python caller gets wrong -> the argument its error m
 
 @pytest.mark.parametrize("call, argument", LIBRARY_CALLS.values(), ids=list(LIBRARY_CALLS))
 def test_library_errors_name_the_python_argument(call, argument, tmp_path, shard):
-    with pytest.raises(ArgumentError) as raised:
+    with pytest.raises(gtok.ArgumentError) as raised:
         call(tmp_path, shard)
     message = str(raised.value)
     assert argument in message and argument in raised.value.arguments
-    assert "--" not in message
+    assert "--" not in message and isinstance(raised.value, gtok.GtokError)
 
 
 CLI_CALLS = [  # the same mistakes on the command line, in the flags' words
