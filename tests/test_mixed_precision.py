@@ -115,7 +115,7 @@ def test_encode_and_decode_in_bf16_on_the_cpu(tmp_path, model, runner):
     assert a.header.numerics["precision"] == "fp32"
     ga, gb = a[0:6]["geometry"].astype(np.float32), b[0:6]["geometry"].astype(np.float32)
     assert np.isfinite(gb).all() and np.abs(ga - gb).max() < 0.25  # bf16 keeps 8 bits
-    with pytest.raises(GtokError, match="--precision bf16, not fp32"):
+    with pytest.raises(GtokError, match="precision bf16, not fp32"):
         encode_shards(shards, tmp_path / "bf16.zarr", model, **kw)
     out32 = decode_store(tmp_path / "fp32.zarr", tmp_path / "png32")
     out16 = decode_store(tmp_path / "fp32.zarr", tmp_path / "png16", precision="bf16")
