@@ -6,7 +6,7 @@ Prints one JSON document with, for each `--model NAME=DIR`:
   to the model's size and turned to grayscale, encoded and decoded. For R - G and B - G of
   the reconstructions (uint8 levels, 0-255): `cast`, the mean over all pixels (a systematic
   tint), and `per_pixel`, the mean absolute value (tint plus colour noise). A perfect
-  tokenizer gives 0 for both; issue 14's target is under 2 levels.
+  tokenizer gives 0 for both; the target is under 2 levels.
 - `flat`: flat images of a few named colours, encoded and decoded: the mean colour of the
   reconstruction (uint8 RGB) and `max_error`, the largest channel error in levels.
 

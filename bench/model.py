@@ -13,7 +13,7 @@ thread steals the time its partner needs and a 2-thread run on this machine fell
 of its 1-thread speed. So unless OMP_WAIT_POLICY is already set, this script sets it to
 PASSIVE (threads sleep while they wait) before torch starts; the JSON records the policy.
 
-`tiny_vs_vq_tiny` (issue 16's targets): `tiny` with the Taichi deformable-attention kernel,
+`tiny_vs_vq_tiny`: `tiny` with the Taichi deformable-attention kernel,
 `tiny` with the PyTorch reference path and `vq-tiny`, each with the model settings of
 `--recipe` (default: small, the recipe `gtok train` gives these presets: no GaussianEmbed
 dropout, 8 GroupNorm groups; `authors`: the presets as the authors define them), timed

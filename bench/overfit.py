@@ -12,7 +12,7 @@ time, --restart-used yes|no, --dropout, --embed-lr-scale, --dead-threshold; --wa
 warm-up steps, default 0) and --grad-clip (max global norm, default 0: off) are the
 `TrainConfig` settings every recipe shares (`gtok train` warms up for steps // 30 and clips
 at 1.0). --cosine decays the rate to 0 after the warm-up as `gtok train` does (default:
-constant, as in the measurement of issue 14).
+constant, as in the measurement in docs/results.md).
 
 Crops: 16 samples spread over /work/corpus/train-000000.tar (every 250th), else over the
 first train shard of /work/shared/data/photos64.

@@ -6,10 +6,11 @@ An image becomes G 2D Gaussians; a token is a codebook index plus the Gaussian's
 from typing import Any
 
 from gtok._version import __version__
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 
 __all__ = [
     "PRESETS",
+    "ArgumentError",
     "GtokError",
     "TokenStore",
     "Tokens",

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 
 __all__ = [
     "INFERENCE_PRECISIONS",
@@ -67,7 +67,9 @@ def select_device(
         except RuntimeError as exc:
             raise GtokError(f"Unknown device {text!r}; use auto, cpu, cuda or cuda:N.") from exc
         if device.type not in ("cpu", "cuda", "mps"):
-            raise GtokError(f"gtok runs on cpu or cuda, not {device.type}; use --device cpu.")
+            raise ArgumentError(
+                f"gtok runs on cpu or cuda, not {device.type}; use device='cpu'.", "device"
+            )
         kind, index = device.type, device.index
     if kind == "cpu":
         return torch.device("cpu")
@@ -80,18 +82,24 @@ def select_device(
     if not torch.cuda.is_available():
         if kind == "auto":
             return torch.device("cpu")
-        raise GtokError(f"Device {text} was asked for but CUDA is not available; use --device cpu.")
+        raise ArgumentError(
+            f"Device {text} was asked for but CUDA is not available; use device='cpu'.", "device"
+        )
     return torch.device("cuda", 0)
 
 
 def _mps(allowed: bool) -> torch.device:
     """torch's MPS device, or a `GtokError` where it cannot be used."""
     if not allowed:
-        raise GtokError("--device mps is for encode, decode and eval; use --device cpu or cuda.")
+        raise ArgumentError(
+            "device='mps' is for encode, decode and eval; use device='cpu' or device='cuda'.",
+            "device",
+        )
     if not torch.backends.mps.is_available():
-        raise GtokError(
+        raise ArgumentError(
             "Device mps was asked for but MPS is not available (it needs macOS on Apple "
-            "silicon); use --device cpu."
+            "silicon); use device='cpu'.",
+            "device",
         )
     return torch.device("mps")
 
@@ -111,7 +119,9 @@ def _place(index: int, text: str, *, required: bool) -> bool:
     visible = _original if _original is not None else _visible_gpus(index)
     if not visible:
         if required:
-            raise GtokError(f"Device {text} was asked for but no GPU is visible; use --device cpu.")
+            raise ArgumentError(
+                f"Device {text} was asked for but no GPU is visible; use device='cpu'.", "device"
+            )
         return False
     if index >= len(visible):
         shown = ",".join(visible)
@@ -195,7 +205,8 @@ def mixed_precision(device: torch.device, precision: str) -> contextlib.Abstract
 def check_inference_precision(precision: str) -> str:
     """`precision` if encode and decode support it, else a `GtokError`."""
     if precision not in INFERENCE_PRECISIONS:
-        raise GtokError(
-            f"--precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}."
+        raise ArgumentError(
+            f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}.",
+            "precision",
         )
     return precision

@@ -2,13 +2,14 @@
 
 Used by training (sample grids), `gtok decode --gaussians` and `gtok eval --report`.
 
-Geometry follows the rasterizer's conventions (DESIGN.md 1.5, `gtok.kernels.reference`): a
-Gaussian with mean (x, y) in [-1, 1] is centred at ((x + 1) / 2 * W, (y + 1) / 2 * H) in
-map pixels, where map pixel (row i, column j) sits at the point (j, i); its covariance is
-(R S)(R S)^T with R the rotation by -theta and S = diag(scale_x, scale_y) in map pixels.
-Map pixel j covers image pixels [j f, (j + 1) f) for an image f times larger, whose centre
-is at image coordinate (j + 0.5) f - 0.5 (PIL puts pixel centres at integer coordinates),
-so a map point u is drawn at (u + 0.5) f - 0.5 and lengths are multiplied by f.
+Geometry follows the rasterizer's conventions (docs/design.md section 1, step 5,
+`gtok.kernels.reference`): a Gaussian with mean (x, y) in [-1, 1] is centred at ((x + 1) / 2
+* W, (y + 1) / 2 * H) in map pixels, where map pixel (row i, column j) sits at the point (j,
+i); its covariance is (R S)(R S)^T with R the rotation by -theta and S = diag(scale_x,
+scale_y) in map pixels. Map pixel j covers image pixels [j f, (j + 1) f) for an image f
+times larger, whose centre is at image coordinate (j + 0.5) f - 0.5 (PIL puts pixel centres
+at integer coordinates), so a map point u is drawn at (u + 0.5) f - 0.5 and lengths are
+multiplied by f.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def test_gtok_env_json_from_the_installed_script(tmp_path):
     assert report["packages"]["torch"].startswith("2.")
 
 
-# ---- global flags and environment variables (issue 13, points 7 and 8) --------------------
+# ---- global flags and environment variables --------------------
 
 
 @pytest.mark.parametrize(
@@ -227,7 +227,7 @@ def test_version_and_help_are_never_read_from_the_environment(runner, tmp_path, 
     assert result.stdout == "" and "is not a gtok token store" in result.stderr
 
 
-# ---- help at 80 and 120 columns (issue 13, point 10) --------------------------------------
+# ---- help at 80 and 120 columns --------------------------------------
 
 
 @pytest.mark.parametrize("width", [80, 120])

@@ -1,7 +1,7 @@
 """Every `gtok` command once without `--json`, on small inputs: exit 0 and its summary on stdout.
 
 The `--json` paths have their own tests; the plain text went untested, and
-`gtok convert-official` crashed there after writing the model (issue 12, point 3). The list of
+`gtok convert-official` crashed there after writing the model. The list of
 commands comes from the app, so a new command without a case here fails
 `test_every_command_has_a_case`.
 """

@@ -153,7 +153,7 @@ def test_imagenet_mapping_names_and_shapes_fit():
 
 def test_no_ema_keeps_the_live_weights():
     without = _synthetic_state("cifar", device="meta", ema=False)
-    with pytest.raises(GtokError, match=r"lacks 588 EMA weight\(s\).*--no-ema"):
+    with pytest.raises(GtokError, match=r"lacks 588 EMA weight\(s\).*ema=False"):
         convert_state_dict(without, "cifar")
     state = _synthetic_state("cifar", device="meta")
     converted, report = convert_state_dict(state, "cifar", ema=False)

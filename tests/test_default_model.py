@@ -54,7 +54,7 @@ def test_encode_without_model_uses_the_default_and_says_so(
     assert result.exit_code == 0, result.stderr
     said = [line for line in result.stderr.splitlines() if "default model" in line]
     assert said == [
-        f"no --model given: using the default model {standin_default} (tiny, 64 px, 64 tokens "
+        f"no model given: using the default model {standin_default} (tiny, 64 px, 64 tokens "
         "per image)"
     ]
     summary = json.loads(result.stdout)
@@ -82,6 +82,7 @@ def test_without_any_default_encode_fails_with_one_line(runner, tmp_path, shards
     result = runner.invoke(app, ["encode", str(shards), "-o", str(tmp_path / "t.zarr")])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: the default model is not installed")
+    assert "; pass --model, a gtok model directory, or set" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -1,4 +1,4 @@
-"""bench/evidence.py's baselines (issue 14's evidence table): the JPEG payload count, the
+"""bench/evidence.py's baselines (docs/results.md's evidence table): the JPEG payload count, the
 JPEG search at a byte budget, the thumbnails, the token byte count, and one run of the
 script on generated shards."""
 

@@ -1,4 +1,4 @@
-"""Compile and export (issue 26): the Taichi kernels are `torch.library` custom ops with fake
+"""Compile and export: the Taichi kernels are `torch.library` custom ops with fake
 implementations and autograd (`torch.library.opcheck`), so `torch.compile(fullgraph=True)`
 and `torch.export` trace both halves of a tokenizer with the kernels kept as opaque ops;
 with `set_implementation("reference")` the graphs hold plain PyTorch, and

@@ -1,4 +1,4 @@
-"""The first hour of a new user (issue 27, points 2-5): errors that name the next step and
+"""The first hour of a new user: errors that name the next step and
 the flag, a `gtok train` that lists what it needs and explains its first steps, one naming
 scheme across commands (old spellings hidden but taken), `--skip` that silences notes."""
 

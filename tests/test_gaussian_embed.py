@@ -1,6 +1,8 @@
 """GaussianEmbed: parameter counts, shapes and ranges, gradients, the scale-range scheduler."""
 
+import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -216,3 +218,36 @@ def test_rejects_bad_config_and_input():
     model = build(GaussianEmbedConfig(num_gaussians=4, z_dim=3))
     with pytest.raises(ValueError, match="feature map"):
         model(torch.randn(1, 32, 8, 8))
+
+
+@pytest.mark.parametrize("preset", ["cifar", "imagenet", "tiny"])
+def test_embed_config_from_the_model_config_takes_every_setting(preset):
+    from gtok.model.config import EMBED_NAMES, PRESETS
+
+    model = PRESETS[preset].replace(rotation_param="direction", anisotropic_init=True)
+    embed = GaussianEmbedConfig.from_model(model)
+    for field in dataclasses.fields(embed):
+        assert getattr(embed, field.name) == getattr(model, EMBED_NAMES.get(field.name, field.name))
+    assert (embed.in_dim, embed.dim) == (model.embed_dim, model.gaussian_dim)
+
+
+@pytest.mark.parametrize(
+    ("embed_changes", "model_changes", "problem"),
+    [
+        ({"dim": 36}, {"gaussian_dim": 36}, "of num_heads and of 4 (sine position embedding)"),
+        ({"dim": 6, "norm_groups": 2}, {"gaussian_dim": 6}, "got {dim}=6, num_heads=4"),
+        ({"num_rounds": 0}, {"num_rounds": 0}, "num_rounds must be an integer in [1, 16], got 0"),
+        ({"scale_min": 5.0}, {"scale_min": 5.0}, "need 0 < scale_min < scale_max_floor"),
+        ({"rotation_param": "x"}, {"rotation_param": "x"}, "rotation_param must be one of"),
+    ],
+)
+def test_one_check_refuses_a_bad_embed_in_either_config(embed_changes, model_changes, problem):
+    """The tokenizer config is refused for what its GaussianEmbed would refuse (it used to
+    accept a width that only building the model refused), naming its own fields."""
+    from gtok.model.config import PRESETS
+
+    with pytest.raises(ValueError, match=re.escape(problem.format(dim="dim"))):
+        dataclasses.replace(CIFAR, **embed_changes)
+    small_groups = {"norm_groups": 2, "ch": 32} if "norm_groups" in embed_changes else {}
+    with pytest.raises(ValueError, match=re.escape(problem.format(dim="gaussian_dim"))):
+        PRESETS["cifar"].replace(**small_groups, **model_changes)

@@ -1,4 +1,4 @@
-"""Regression tests that keep the shipped model's geometry honest (issue 15).
+"""Regression tests that keep the shipped model's geometry honest (docs/design.md section 1).
 
 On the demo photographs (shipped in the repository), with the trained default model:
 - the geometry carries information: replacing every image's geometry by the per-Gaussian

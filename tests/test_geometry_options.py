@@ -1,6 +1,6 @@
-"""The opt-in geometry options of issue 15 (`normalized_splatting`, `rotation_param`,
-`anisotropic_init`): off in every preset, old model directories load with them off, the
-faithful model is unchanged, and each option does what it says."""
+"""The opt-in geometry options of docs/design.md section 1 (`normalized_splatting`,
+`rotation_param`, `anisotropic_init`): off in every preset, old model directories load with
+them off, the faithful model is unchanged, and each option does what it says."""
 
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ def test_device_mps_where_it_cannot_run(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(GtokError, match="MPS is not available"):
         devices.select_device("mps", allow_mps=True)
-    with pytest.raises(GtokError, match="--device mps is for encode, decode and eval"):
+    with pytest.raises(GtokError, match="device='mps' is for encode, decode and eval"):
         devices.select_device("mps")  # train
 
 

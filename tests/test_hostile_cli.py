@@ -1,4 +1,4 @@
-"""Hostile input to `gtok` (issue 12): each mistake ends with one sentence and exit 1 (2 for a
+"""Hostile input to `gtok`: each mistake ends with one sentence and exit 1 (2 for a
 usage error), never a traceback, a segfault or unbounded memory.
 
 Checks made before any work are run in-process (fast); model loading, Taichi's kernel cache

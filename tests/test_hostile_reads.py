@@ -1,4 +1,4 @@
-"""Bounded reads (issue 30, points 11, 13, 15, 18 and 19): every file a user or a dataset
+"""Bounded reads: every file a user or a dataset
 hands gtok is read up to a size limit and parsed up to a nesting limit (`gtok.safeload`),
 else it ends with one sentence naming it, or its sample or shard is skipped with the reason;
 a config file's bad value is named by file and key, an environment variable's by variable.

@@ -1,5 +1,5 @@
 """What a token store records about how its tokens were made, and the writers and readers
-that meet it later (issue 30): a resume after an `--append` whose shards sort first, a
+that meet it later: a resume after an `--append` whose shards sort first, a
 reader opened before an append, a resume or append with another `--batch-size`, and a
 `--resize` that no image could pass. Each is run as the user would: the CLI in-process for
 writers, `TokenStore` for readers.

@@ -1,4 +1,4 @@
-"""SIGTERM (Slurm, Kubernetes, `timeout`) stops a command as Ctrl-C does (issue 30, point 21).
+"""SIGTERM (Slurm, Kubernetes, `timeout`) stops a command as Ctrl-C does.
 
 `timeout` and Slurm signal the whole process group, DataLoader workers included; Kubernetes
 signals the main process. Either way the command finishes what a Ctrl-C finishes (encode:
@@ -24,7 +24,7 @@ from test_store import assert_same_store
 from test_train import _gradients
 
 import gtok.decode
-from gtok.cli._options import TERMINATED
+from gtok.cli._signals import TERMINATED
 from gtok.cli.main import app
 from gtok.encode import encode_shards
 

@@ -1,5 +1,5 @@
 """Hostile output folders: links planted where gtok writes, two packs into one folder at once,
-demo parts that are links (issue 30, points 5, 9 and 16).
+demo parts that are links.
 
 Promise (docs/reliability.md): every file gtok writes is created under a new random name
 with `O_EXCL | O_NOFOLLOW` and renamed into place (`gtok.outputs`), so a symbolic link
@@ -36,7 +36,7 @@ PER_SHARD = 20
 
 
 def _old_temporary(target: Path) -> Path:
-    """The fixed temporary name gtok wrote `target` under before issue 30."""
+    """The fixed temporary name older gtok wrote `target` under."""
     return target.with_name(f".{target.name}.tmp")
 
 

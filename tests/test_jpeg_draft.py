@@ -1,4 +1,4 @@
-"""JPEG draft decoding (issue 16.2): large JPEGs decoded at 1/2-1/8 scale in the DCT domain
+"""JPEG draft decoding: large JPEGs decoded at 1/2-1/8 scale in the DCT domain
 give centre crops within 40 dB PSNR of the exact path, in every EXIF orientation; the setting
 is recorded in the store, and stores written before it existed resume with the exact path."""
 
@@ -123,7 +123,7 @@ def test_new_stores_draft_and_old_stores_resume_exact(tmp_path, shards, model):
 
 
 def test_eval_of_shards_of_their_store_and_of_its_pngs_agree(tmp_path, shards, model, runner):
-    """One preprocessing, one number (issue 27, point 6): eval decodes JPEGs as encode does
+    """One preprocessing, one number: eval decodes JPEGs as encode does
     for a new store, so scoring the shards, the store and its decoded PNGs agree."""
     from gtok.cli.main import app
     from gtok.evaluate import evaluate_model, evaluate_pairs

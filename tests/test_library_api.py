@@ -1,4 +1,4 @@
-"""The tokenizer as a Python caller uses it (issue 26): the default model from
+"""The tokenizer as a Python caller uses it: the default model from
 `gtok.load_tokenizer()`, PIL images in and out giving the CLI's tokens and pixels, what a
 TokenStore yields decoded as it comes, a differentiable decode, bfloat16 and float16
 models on the CPU, and int64 ids from `gtok.collate`."""

@@ -1,4 +1,4 @@
-"""bf16 autocast on the CPU (issue 16.3): `gtok train`, encode and decode run their
+"""bf16 autocast on the CPU: `gtok train`, encode and decode run their
 mixed-precision path here, so dtype errors in it show without a GPU; the parts DESIGN pins to
 fp32 (GaussianEmbed, quantizer, rasterizer) really compute in fp32 under it."""
 
@@ -115,7 +115,7 @@ def test_encode_and_decode_in_bf16_on_the_cpu(tmp_path, model, runner):
     assert a.header.numerics["precision"] == "fp32"
     ga, gb = a[0:6]["geometry"].astype(np.float32), b[0:6]["geometry"].astype(np.float32)
     assert np.isfinite(gb).all() and np.abs(ga - gb).max() < 0.25  # bf16 keeps 8 bits
-    with pytest.raises(GtokError, match="--precision bf16, not fp32"):
+    with pytest.raises(GtokError, match="precision bf16, not fp32"):
         encode_shards(shards, tmp_path / "bf16.zarr", model, **kw)
     out32 = decode_store(tmp_path / "fp32.zarr", tmp_path / "png32")
     out16 = decode_store(tmp_path / "fp32.zarr", tmp_path / "png16", precision="bf16")

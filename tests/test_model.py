@@ -19,7 +19,7 @@ from gtok.model.convert import official_keys
 from gtok.model.decoder import Decoder
 from gtok.model.encoder import Encoder
 
-# The authors' module sizes (DESIGN.md section 1).
+# The authors' module sizes (docs/design.md section 1).
 AUTHORS_PARAMS = {
     "cifar": {"encoder": 10_532_672, "decoder": 13_182_851},
     "imagenet": {"encoder": 48_445_760, "decoder": 63_522_691},

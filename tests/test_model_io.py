@@ -123,7 +123,7 @@ def test_directory_without_model_is_a_clear_error(tmp_path):
         (lambda d: _edit_config(d, format_version=99), r"model format version 99 but this gtok"),
         (lambda d: _edit_config(d, ch=48), r"invalid architecture: .*multiples of norm_groups 32"),
         (lambda d: _edit_config(d, extra_field=1), None),  # top-level extras are fine
-        (  # issue 30, point 19: JSON's Infinity and NaN were blamed on the weights later
+        (  # JSON's Infinity and NaN were blamed on the weights later
             lambda d: _edit_config(d, scale_max_init=float("inf")),
             r"invalid architecture: .*scale_max_init must be a finite number, got inf",
         ),
@@ -135,11 +135,11 @@ def test_directory_without_model_is_a_clear_error(tmp_path):
             lambda d: _edit_config(d, dead_threshold=float("-inf")),
             r"invalid architecture: .*dead_threshold must be a finite number, got -inf",
         ),
-        (  # issue 30, point 13: a RecursionError traceback
+        (  # a RecursionError traceback
             lambda d: (d / "config.json").write_text("[" * 100_000 + "]" * 100_000),
             r"config.json nests arrays or tables more than 64 deep; re-export the model",
         ),
-        (  # issue 30, point 11: read whole, however large
+        (  # read whole, however large
             lambda d: _edit_config(d, padding="x" * (1 << 20)),
             r"config.json is larger than 1 MiB, the most gtok reads of it; re-export the model",
         ),
@@ -173,7 +173,7 @@ def test_each_loading_failure_is_one_clear_sentence(vq_dir, tmp_path, breakage, 
     assert "\n" not in str(info.value)
 
 
-# ---- the recorded sha256 is that of the weights used (issue 30, point 3) ------------------------
+# ---- the recorded sha256 is that of the weights used ------------------------
 
 
 def _re_export(model_dir: Path, weights_from: Path) -> None:

@@ -243,7 +243,7 @@ def test_rerun_resumes_and_rewrites_only_unfinished_shards(tmp_path):
     (out / "shard-000001_stats.json").unlink()
     tar2 = out / "shard-000002.tar"
     tar2.write_bytes(tar2.read_bytes()[:700])
-    (out / "shard-000000.tar.partial").write_bytes(b"half")  # as gtok before issue 30 named it
+    (out / "shard-000000.tar.partial").write_bytes(b"half")  # as older gtok named it
     leftover = out / ".gtok-0123456789abcdef.tmp"
     leftover.write_bytes(b"half")
     before = (out / "shard-000000.tar").stat().st_mtime_ns
@@ -258,10 +258,10 @@ def test_rerun_resumes_and_rewrites_only_unfinished_shards(tmp_path):
 def test_rerun_refuses_other_files_or_settings_unless_overwrite(tmp_path):
     src, out = _folder(tmp_path), tmp_path / "shards"
     pack_images(src, out, per_shard=2)
-    with pytest.raises(GtokError, match=r"differs in --per-shard.*--overwrite"):
+    with pytest.raises(GtokError, match=r"differs in per_shard.*overwrite"):
         pack_images(src, out, per_shard=3)
     (src / "new.jpg").write_bytes(jpeg(9))
-    with pytest.raises(GtokError, match=r"number of files.*--overwrite"):
+    with pytest.raises(GtokError, match=r"number of files.*; pass overwrite"):
         pack_images(src, out, per_shard=2)
     summary = pack_images(src, out, per_shard=3, overwrite=True)
     assert summary.shards == 3 and summary.packed == 6
@@ -280,7 +280,7 @@ def test_bad_arguments(tmp_path):
     src = _folder(tmp_path)
     with pytest.raises(GtokError, match="not a folder"):
         pack_images(tmp_path / "missing", tmp_path / "out")
-    with pytest.raises(GtokError, match="per-shard"):
+    with pytest.raises(GtokError, match="per_shard must be at least 1"):
         pack_images(src, tmp_path / "out", per_shard=0)
     with pytest.raises(GtokError, match="contains the images"):
         pack_images(src, tmp_path)
@@ -338,7 +338,7 @@ def test_cli_pack(runner, tmp_path):
     assert f"shards: {out}/shard-{{000000..000001}}.tar" in result.stdout
     result = runner.invoke(app, [*args[:-4], "--per-shard", "3"])
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: ") and "--overwrite" in result.stderr
+    assert result.stderr.startswith("error: ") and "--per-shard; pass --overwrite" in result.stderr
     assert os.listdir(out)  # nothing was deleted
 
 
@@ -359,7 +359,7 @@ def test_a_folder_that_cannot_be_listed_is_skipped_with_the_reason(tmp_path, mon
     assert summary.skipped_examples[0]["reason"] == "unreadable folder (Permission denied)"
 
 
-# ---- --image-format (issue 13, point 11) ---------------------------------------------------
+# ---- --image-format ---------------------------------------------------
 
 
 def _mixed(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
@@ -419,13 +419,13 @@ def test_image_format_keep_is_the_default_and_a_setting_of_the_pack(tmp_path):
     assert summary.converted == 1  # the GIF, as PNG
     exts = sorted(ext for m in _members(out).values() for ext in m if ext != "json")
     assert exts == ["jpg", "png", "png", "png", "webp"]
-    with pytest.raises(GtokError, match=r"differs in --image-format.*--overwrite"):
+    with pytest.raises(GtokError, match=r"differs in image_format.*overwrite"):
         pack_images(src, out, image_format="jpg")
     manifest = json.loads((out / "pack.json").read_text())
     del manifest["settings"]["image_format"]  # a pack written before the option
     (out / "pack.json").write_text(json.dumps(manifest))
     assert pack_images(src, out).shards_already_done == 1
-    with pytest.raises(GtokError, match="--image-format must be one of keep, jpg, png, webp"):
+    with pytest.raises(GtokError, match="image_format must be one of keep, jpg, png, webp"):
         pack_images(src, tmp_path / "other", image_format="tiff")
 
 

@@ -1,4 +1,4 @@
-"""Progress on a log file (issue 13, point 9): when stderr is not a terminal, long jobs print
+"""Progress on a log file: when stderr is not a terminal, long jobs print
 a plain line (done/total, rate, ETA) at least every $GTOK_PROGRESS_INTERVAL seconds."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A shard's identity in a store is more than its file name (issue 30, points 1, 2 and 20).
+"""A shard's identity in a store is more than its file name.
 
 Every img2dataset download names its shards `00000.tar`, `00001.tar`, ... and every
 `gtok pack` output `shard-000000.tar`, so a second dataset under the first one's names must

@@ -1,4 +1,4 @@
-"""`gtok --help`, `gtok --version` and `gtok CMD --help` start fast (issue 27, point 1):
+"""`gtok --help`, `gtok --version` and `gtok CMD --help` start fast:
 the CLI imports torch, Taichi and Zarr only when a command runs."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The store's Zarr `dimension_names`: xarray opens a finished store as a Dataset and as a
-DataTree (issue 13, point 4), and stores written without them still open in gtok."""
+DataTree, and stores written without them still open in gtok."""
 
 from __future__ import annotations
 

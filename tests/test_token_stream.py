@@ -243,7 +243,7 @@ def test_other_bits_are_refused_on_resume_and_bad_bits_on_the_command_line(
 ):
     with pytest.raises(GtokError, match=r"in 6-bit bins .*, not in 8-bit bins"):
         _encode(shards, stores[6], model, geometry_bits=8)
-    with pytest.raises(GtokError, match="as floats without --geometry-bits"):
+    with pytest.raises(GtokError, match="as floats without geometry_bits"):
         _encode(shards, stores[6], model)
     out = str(stores[6].parent / "bad.zarr")
     for bits in ("3", "17"):

@@ -408,7 +408,7 @@ def test_init_from_records_the_sha256_of_the_weights_it_starts_from(
     data, reference, tmp_path, monkeypatch
 ):
     """--init-from a run that exports a newer model while this run starts: train.json names
-    the weights this run started from (issue 30, point 3)."""
+    the weights this run started from."""
     start, original, newer = tmp_path / "start", tmp_path / "original", tmp_path / "newer"
     for folder in (start, original):
         shutil.copytree(reference / "model", folder)

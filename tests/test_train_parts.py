@@ -189,7 +189,7 @@ def test_atomic_save_replaces_the_file_whole(tmp_path):
 
 
 def _covariance(sx: float, sy: float, theta: float) -> np.ndarray:
-    """DESIGN.md 1.5, written out: Sigma_xx, Sigma_yy, Sigma_xy."""
+    """docs/design.md section 1, step 5, written out: Sigma_xx, Sigma_yy, Sigma_xy."""
     c, s = math.cos(theta), math.sin(theta)
     xx = c * c * sx * sx + s * s * sy * sy
     yy = s * s * sx * sx + c * c * sy * sy

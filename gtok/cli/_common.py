@@ -1,12 +1,13 @@
 """Conventions every command shares: errors, `--json`, `--config`, option aliases.
 
 - A `GtokError` (or a Taichi `ArchError`) raised anywhere below a command becomes one red
-  sentence on stderr and exit code 1, and so does an `OSError` of a refused write (full disk,
+  sentence on stderr and exit code 1 (an `ArgumentError`'s names its arguments by their
+  flags, `gtok.cli._flags`), and so does an `OSError` of a refused write (full disk,
   read-only or write-protected output, file size limit) that names its file
   (`gtok.outputs.describe_write_failure`); usage errors exit 2 as Click does; `-v` (or
   `GTOK_VERBOSE=1`) shows the traceback instead.
 - SIGTERM (Slurm, Kubernetes, `timeout`) stops any command as Ctrl-C does, then ends it with
-  one line and exit code 143 (`gtok.cli._options.sigterm_as_interrupt`); resumable commands say
+  one line and exit code 143 (`gtok.cli._signals.sigterm_as_interrupt`); resumable commands say
   how to resume.
 - The global flags `-q/--quiet`, `-v/--verbose` and `--kernel-arch` go before or after the
   command.
@@ -41,7 +42,9 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from gtok.cli._options import Terminated, read_text_file, sigterm_as_interrupt, stop_terminated
+from gtok.cli._files import read_text_file
+from gtok.cli._flags import error_message
+from gtok.cli._signals import Terminated, sigterm_as_interrupt, stop_terminated
 from gtok.console import console, is_quiet, set_quiet
 from gtok.errors import GtokError
 from gtok.outputs import describe_write_failure
@@ -54,6 +57,7 @@ __all__ = [
     "UsageProblem",
     "choices",
     "fail",
+    "human_bytes",
     "new_app",
     "print_json",
     "state",
@@ -64,7 +68,7 @@ ENV_PREFIX = "GTOK"
 NOT_FROM_ENV = frozenset({"help", "version"})  # options that print and exit
 GLOBAL_FLAGS = ("--verbose", "--quiet", "--kernel-arch")  # GTOK_VERBOSE, GTOK_QUIET, ...
 # command -> {old spelling: new}: taken on the command line and in --config files until the
-# release after gtok 0.1 (changelog: issue 27), shown nowhere
+# release after gtok 0.1 (CHANGELOG.md), shown nowhere
 RENAMED = {
     "train": {
         "--out": "--output",
@@ -304,7 +308,7 @@ class GtokGroup(TyperGroup):
         except _user_errors() as exc:
             if state.verbose:
                 raise
-            fail(str(exc))
+            fail(error_message(exc))
         except OSError as exc:
             message = describe_write_failure(exc)
             if message is None or state.verbose:
@@ -336,6 +340,15 @@ def table_text(table: Table) -> str:
     with console.capture() as capture:
         console.print(table)
     return "\n".join(line.rstrip() for line in capture.get().splitlines())
+
+
+def human_bytes(size: float) -> str:
+    """1234567 -> '1.2 MB'."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
 
 
 CONFIG_SOURCES = "gtok.config"  # ctx.meta key: {option name: "KEY in the config file PATH"}

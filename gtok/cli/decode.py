@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gtok.cli._arguments import StoreArgument
 from gtok.cli._common import ConfigOption, JsonFlag, Precision, PrecisionOption, fail, print_json
-from gtok.cli._options import read_text_file
-from gtok.cli._tokens import StoreArgument
+from gtok.cli._files import read_text_file
 from gtok.safeload import LIST_BYTES
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from gtok.cli._arguments import RefineLossOption, RefineLrOption, RefineStepsOption
 from gtok.cli._common import JsonFlag, print_json
-from gtok.cli._tokens import RefineLossOption, RefineLrOption, RefineStepsOption
 
 
 def demo(

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
+from gtok.cli._arguments import RefineLossOption, RefineLrOption, RefineStepsOption, ShardsArgument
 from gtok.cli._common import ConfigOption, JsonFlag, Precision, PrecisionOption, print_json
-from gtok.cli._options import resumable
-from gtok.cli._tokens import RefineLossOption, RefineLrOption, RefineStepsOption, ShardsArgument
+from gtok.cli._signals import resumable
 from gtok.console import console, is_quiet
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
@@ -127,8 +127,8 @@ def encode(
         bool | None,
         typer.Option(
             "--jpeg-draft/--no-jpeg-draft",
-            help="Decode large JPEGs at 1/2-1/8 scale before the resize (2-3x less CPU, "
-            "PSNR > 40 dB against exact decoding). [default: on for a new store, as "
+            help="Decode large JPEGs at 1/2-1/8 scale before the resize (less CPU, nearly the "
+            "pixels of exact decoding: docs/results.md). [default: on for a new store, as "
             "recorded when resuming]",
         ),
     ] = None,
@@ -159,7 +159,7 @@ def encode(
     Example (add the shards downloaded since): gtok encode ./laion -o laion.zarr
     --metadata-fields url,width,height --append
 
-    Example (Gaussians fitted to each image, about +2 dB): gtok encode ./shards -o
+    Example (Gaussians fitted to each image, sharper): gtok encode ./shards -o
     tokens.zarr --refine-steps 50
 
     Example (4 workers, then finalize): gtok encode ./shards -o tokens.zarr -m model/

@@ -9,8 +9,8 @@ from typing import Annotated, TypedDict
 import typer
 from rich.table import Table
 
+from gtok.cli._arguments import RefineLossOption, RefineLrOption, RefineStepsOption, ShardsArgument
 from gtok.cli._common import ConfigOption, JsonFlag, print_json, table_text
-from gtok.cli._tokens import RefineLossOption, RefineLrOption, RefineStepsOption, ShardsArgument
 from gtok.console import console, is_quiet
 
 

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from gtok.cli._common import JsonFlag, print_json, table_text
-from gtok.cli._tokens import StoreArgument, human_bytes
+from gtok.cli._arguments import StoreArgument
+from gtok.cli._common import JsonFlag, human_bytes, print_json, table_text
 
 
 def info(

@@ -8,9 +8,8 @@ from typing import Annotated
 
 import typer
 
-from gtok.cli._common import ConfigOption, JsonFlag, print_json
-from gtok.cli._options import resumable
-from gtok.cli._tokens import human_bytes
+from gtok.cli._common import ConfigOption, JsonFlag, human_bytes, print_json
+from gtok.cli._signals import resumable
 from gtok.data.images import DEFAULT_MAX_PIXELS
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
@@ -11,7 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 import typer
 
 from gtok.cli._common import ConfigOption, JsonFlag, UsageProblem, choices, print_json
-from gtok.cli._options import INTERRUPTED, RESUME, TERMINATED, resumable, stop_terminated
+from gtok.cli._flags import with_flags
+from gtok.cli._signals import INTERRUPTED, RESUME, TERMINATED, resumable, stop_terminated
 from gtok.console import console, is_quiet
 from gtok.errors import GtokError
 from gtok.model.config import PRESETS
@@ -39,9 +39,7 @@ else:
     Recipe = choices("Recipe", RECIPES)
     TrainPrecision = choices("TrainPrecision", PRECISIONS)
 _AUTO = TrainPrecision("auto")
-# TrainConfig's fields that a flag sets, for its messages: the training shards are SHARDS
-_FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)}
-_FLAGS.update(shards="SHARDS", lpips_weights="--lpips-vgg-weights", vgg_weights="--vgg16-weights")
+_SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig))  # named in its messages
 
 
 def _opt(help: str, panel: str, *names: str, **checks: Any) -> Any:
@@ -252,7 +250,7 @@ def train(
             init_from=init_from,
         )
     except GtokError as exc:
-        raise UsageProblem(_with_flags(str(exc))) from exc
+        raise UsageProblem(with_flags(str(exc), _SETTINGS)) from exc
     with resumable():  # stopped before the training loop; the loop saves, then stops
         result = run_training(cfg, output)
     terminated = result.stopped == "terminated"  # exit 143 then, for Slurm and Kubernetes
@@ -303,13 +301,6 @@ def _check_required(
             f"gtok train needs {'; '.join(missing)}. Example: gtok train data/train "
             "--preset tiny --steps 200 -o runs/first"
         )
-
-
-def _with_flags(message: str) -> str:
-    """A TrainConfig message with each setting named by its flag (`batch_size` ->
-    `--batch-size`)."""
-    words = re.compile(r"\b(" + "|".join(_FLAGS) + r")\b")
-    return words.sub(lambda match: _FLAGS[match.group(1)], message)
 
 
 def _print_result(result: TrainResult, document: dict) -> None:

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from gtok.cli._arguments import StoreArgument
 from gtok.cli._common import JsonFlag, print_json
-from gtok.cli._tokens import StoreArgument
 from gtok.console import console
 
 

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from gtok.data.images import DEFAULT_MAX_PIXELS
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError
 
 __all__ = [
     "Preprocess",
@@ -122,25 +122,27 @@ def check_resize(
 ) -> None:
     """Refuse, before any image is read, a resize target that every image would fail.
 
-    resize: the `--resize` value (pixels; None: `image_size`); image_size: S, the side of
+    resize: the shorter side to resize to (pixels; None: `image_size`); image_size: S, the side of
     the crop, which `size_of` names in the message. A resized image has at least
     resize x resize pixels, so a target whose square exceeds `max_pixels` would skip every
     image as too large; one below S could not be cropped to S.
     """
     largest = math.isqrt(max_pixels)
     if largest < image_size:
-        raise GtokError(
-            f"--max-pixels {max_pixels} would skip every image: its {image_size} px crops "
-            f"need at least {image_size * image_size} pixels; raise --max-pixels."
+        raise ArgumentError(
+            f"max_pixels={max_pixels} would skip every image: its {image_size} px crops "
+            f"need at least {image_size * image_size} pixels; raise max_pixels.",
+            "max_pixels",
         )
     if resize is None or image_size <= resize <= largest:
         return
     why = (
         f"smaller than {size_of} {image_size}"
         if resize < image_size
-        else f"so large that every resized image would exceed --max-pixels {max_pixels}"
+        else f"so large that every resized image would exceed max_pixels={max_pixels}"
     )
-    raise GtokError(f"--resize {resize} is {why}; use --resize in {image_size}..{largest}.")
+    message = f"resize={resize} is {why}; use resize in {image_size}..{largest}."
+    raise ArgumentError(message, "resize", "max_pixels")
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 
 from gtok.console import console, is_quiet
 from gtok.encode.model import EncodingModel, load_encoding_model
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.store import TokenStore
 
 __all__ = ["model_for_store"]
@@ -38,10 +38,11 @@ def model_for_store(
         model = _recorded_model(store)
     loaded = load_encoding_model(model, device)
     if loaded.weights_sha256 != store.weights_sha256 and not force:
-        raise GtokError(
+        raise ArgumentError(
             f"{loaded.path} has other weights (sha256 {loaded.weights_sha256[:12]}...) than "
             f"the model that encoded {store.path} ({store.weights_sha256[:12]}...); pass "
-            "that model, or --force to decode with this one anyway."
+            "that model, or force=True to decode with this one anyway.",
+            "force",
         )
     _check_layout(store, loaded)
     return loaded
@@ -58,9 +59,10 @@ def _recorded_model(store: TokenStore) -> str | os.PathLike:
         else "does not record its model's directory (it was encoded by an older gtok)"
     )
     if default is None:
-        raise GtokError(
-            f"{store.path} {where}; pass --model with the model directory whose "
-            f"model.safetensors has sha256 {store.weights_sha256}."
+        raise ArgumentError(
+            f"{store.path} {where}; pass `model`, the model directory whose "
+            f"model.safetensors has sha256 {store.weights_sha256}.",
+            "model",
         )
     if not is_quiet():
         console.print(

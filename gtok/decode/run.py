@@ -27,7 +27,7 @@ from gtok.decode.select import select_rows
 from gtok.decode.writers import PngFolder, SampleNotWritten, SampleWriter, WdsShards
 from gtok.devices import check_inference_precision, exact_fp32, mixed_precision
 from gtok.encode.model import EncodingModel
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.store import TokenStore, schema
 
 __all__ = ["FORMATS", "DecodeSummary", "decode_batch", "decode_store"]
@@ -99,10 +99,14 @@ def decode_store(
         precision: "fp32" or "bf16" (autocast of the decoder CNN).
     """
     if format not in FORMATS:
-        raise GtokError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}.")
+        raise ArgumentError(
+            f"format must be one of {', '.join(FORMATS)}, got {format!r}.", "format"
+        )
     if batch_size < 1 or shard_size < 1:
-        raise GtokError(
-            f"--batch-size and --shard-size must be at least 1, got {batch_size}, {shard_size}."
+        raise ArgumentError(
+            f"batch_size and shard_size must be at least 1, got {batch_size}, {shard_size}.",
+            "batch_size",
+            "shard_size",
         )
     if Path(out).expanduser().exists() and not Path(out).expanduser().is_dir():
         raise GtokError(f"{out} is a file; give a folder to write the reconstructions into.")
@@ -112,9 +116,10 @@ def decode_store(
     rows = select_rows(tokens, keys=keys, start=start, stop=stop, limit=limit)
     loaded = model_for_store(tokens, model, force=force, device=device)
     if gaussians and loaded.config.kind != "gaussian":
-        raise GtokError(
-            f"--gaussians needs a GaussianToken model; {loaded.path} is a "
-            f"{loaded.config.kind} model without Gaussians."
+        raise ArgumentError(
+            f"gaussians needs a GaussianToken model; {loaded.path} is a "
+            f"{loaded.config.kind} model without Gaussians.",
+            "gaussians",
         )
     text = tokens.text_fields if format == "wds" else ()
     reader = TokenStore(store, format="torch", fields=[*tokens.fields, "keys", *text])

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.store import TokenStore
 
 __all__ = ["select_rows"]
@@ -28,9 +28,11 @@ def select_rows(
     Keys and start/stop exclude each other; an empty selection is an error.
     """
     if keys and (start is not None or stop is not None):
-        raise GtokError("give either --keys or --start/--stop, not both.")
+        raise ArgumentError(
+            "give either `keys` or `start`/`stop`, not both.", "keys", "start", "stop"
+        )
     if limit is not None and limit < 1:
-        raise GtokError(f"--limit must be at least 1, got {limit}.")
+        raise ArgumentError(f"limit must be at least 1, got {limit}.", "limit")
     if keys:
         rows = np.array(_rows_of(store, keys), dtype=np.int64)
     else:

@@ -11,7 +11,7 @@ import torch
 
 from gtok.console import console, is_quiet
 from gtok.devices import select_device
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.model.refine import DEFAULT_REFINE_LOSS, DEFAULT_REFINE_LR, RefineSettings
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
     if not is_quiet():
         config = read_config(path)
         console.print(
-            f"no --model given: using the default model {path} ({config.preset}, "
+            f"no model given: using the default model {path} ({config.preset}, "
             f"{config.image_size} px, {config.num_tokens} tokens per image)",
             soft_wrap=True,
         )
@@ -83,22 +83,24 @@ def load_encoding_model(
     path = resolve_model(model)
     tokenizer, sha256 = load_tokenizer_with_sha256(path, device=chosen)
     if refine.enabled and tokenizer.config.kind != "gaussian":
-        raise GtokError(
-            f"--refine-steps refines Gaussian geometry, but {path} is a VQ model without "
-            "geometry; drop --refine-steps."
+        raise ArgumentError(
+            f"refine_steps refines Gaussian geometry, but {path} is a VQ model without "
+            "geometry; drop refine_steps.",
+            "refine_steps",
         )
     _check_finite(tokenizer, path)
     return EncodingModel(tokenizer, path, sha256, chosen, refine)
 
 
 def refine_settings(steps: int, lr: float | None = None, loss: str | None = None) -> RefineSettings:
-    """`RefineSettings` from command-line values (lr, loss None: the defaults); bad values
-    are a `GtokError`."""
+    """`RefineSettings` from the `refine_steps`, `refine_lr` and `refine_loss` of a command or
+    function (lr, loss None: the defaults); bad values are an `ArgumentError`."""
     try:
         lr = DEFAULT_REFINE_LR if lr is None else lr
         return RefineSettings(steps, lr, DEFAULT_REFINE_LOSS if loss is None else loss)
     except ValueError as exc:
-        raise GtokError(f"{str(exc).replace('refine ', '--refine-')}.") from exc
+        message = f"{str(exc).replace('refine ', 'refine_')}."
+        raise ArgumentError(message, "refine_steps", "refine_lr", "refine_loss") from exc
 
 
 def _check_finite(tokenizer: torch.nn.Module, path: Path) -> None:

@@ -34,7 +34,7 @@ from gtok.data.transforms import check_resize
 from gtok.devices import check_inference_precision, exact_fp32, mixed_precision, tf32_settings
 from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.encode.split import WorkerSlice, worker_slice
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.model.refine import RefineSettings
 from gtok.store import Location, Part, StoreHeader, StoreWriter, finalize_store, schema
 from gtok.store.append import begin_append
@@ -243,7 +243,7 @@ def _batch_size(requested: int | None, recorded: StoreHeader | None) -> int:
     (a new store, or one written before gtok recorded it)."""
     if requested is not None:
         if requested < 1:
-            raise GtokError(f"--batch-size must be at least 1, got {requested}.")
+            raise ArgumentError(f"batch_size must be at least 1, got {requested}.", "batch_size")
         return requested
     recorded_size = (recorded.numerics or {}).get("batch_size") if recorded else None
     return DEFAULT_BATCH_SIZE if recorded_size is None else recorded_size
@@ -306,18 +306,25 @@ def encode_shards(
     part_of: WorkerSlice = worker_slice(shard_id, num_shards)
     fields = _metadata_fields(metadata_fields)
     if overwrite and append:
-        raise GtokError("--append adds to a store and --overwrite deletes it; choose one.")
+        raise ArgumentError(
+            "append adds to a store and overwrite deletes it; choose one.", "append", "overwrite"
+        )
     if overwrite and part_of.parallel:
-        raise GtokError(
-            "--overwrite would delete the store under the other workers; delete it once "
-            "before starting them, without --overwrite."
+        raise ArgumentError(
+            "overwrite would delete the store under the other workers; delete it once "
+            "before starting them, without overwrite.",
+            "overwrite",
         )
     if geometry_dtype not in schema.GEOMETRY_DTYPES:
-        raise GtokError(f"--geometry-dtype must be one of {', '.join(schema.GEOMETRY_DTYPES)}.")
+        raise ArgumentError(
+            f"geometry_dtype must be one of {', '.join(schema.GEOMETRY_DTYPES)}.", "geometry_dtype"
+        )
     recorded = _recorded(out, overwrite)
     batch_size = _batch_size(batch_size, recorded)
     if max_member_bytes < 1:
-        raise GtokError(f"--max-member-bytes must be at least 1, got {max_member_bytes}.")
+        raise ArgumentError(
+            f"max_member_bytes must be at least 1, got {max_member_bytes}.", "max_member_bytes"
+        )
     check_inference_precision(precision)
     loaded = load_encoding_model(model, device, refine)
     size = loaded.config.image_size
@@ -374,25 +381,31 @@ def _metadata_fields(fields: Iterable[str]) -> tuple[str, ...]:
     fields = tuple(fields)
     for name in fields:
         if not schema.is_field_name(name):
-            raise GtokError(
-                f"--metadata-fields: {name!r} cannot name an array; use fields made of "
-                "letters, digits, '.', '_' and '-' that start with a letter or digit."
+            raise ArgumentError(
+                f"metadata_fields: {name!r} cannot name an array; use fields made of "
+                "letters, digits, '.', '_' and '-' that start with a letter or digit.",
+                "metadata_fields",
             )
     if len(set(fields)) != len(fields):
-        raise GtokError("--metadata-fields names a field twice; give each once.")
+        raise ArgumentError(
+            "metadata_fields names a field twice; give each once.", "metadata_fields"
+        )
     return fields
 
 
 def _binning(model: EncodingModel, bits: int | None) -> GeometryBinning | None:
-    """The geometry binning of --geometry-bits for `model`, or None without it."""
+    """The geometry binning of `bits` (`geometry_bits`) for `model`, or None without it."""
     if bits is None:
         return None
     if not MIN_BITS <= bits <= MAX_BITS:
-        raise GtokError(f"--geometry-bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}.")
+        raise ArgumentError(
+            f"geometry_bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}.", "geometry_bits"
+        )
     if model.config.kind != "gaussian":
-        raise GtokError(
-            f"--geometry-bits needs a GaussianToken model, but {model.path} is a "
-            f"{model.config.kind} model whose tokens have no geometry; leave the option out."
+        raise ArgumentError(
+            f"geometry_bits needs a GaussianToken model, but {model.path} is a "
+            f"{model.config.kind} model whose tokens have no geometry; leave geometry_bits out.",
+            "geometry_bits",
         )
     return GeometryBinning.for_model(bits, model.tokenizer)
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 
 __all__ = ["WorkerSlice", "worker_slice"]
 
@@ -31,11 +31,13 @@ class WorkerSlice:
         return self.num_shards > 1
 
 
-def _check(shard_id: int, num_shards: int, source: str) -> WorkerSlice:
+def _check(shard_id: int, num_shards: int, source: str, *arguments: str) -> WorkerSlice:
+    """The slice, checked; `arguments`: the names in `source` of the arguments it came from."""
     if num_shards < 1 or not 0 <= shard_id < num_shards:
-        raise GtokError(
+        raise ArgumentError(
             f"shard id {shard_id} of {num_shards} (from {source}) is not valid; the id must be "
-            "in [0, num_shards)."
+            "in [0, num_shards).",
+            *arguments,
         )
     return WorkerSlice(shard_id, num_shards, source)
 
@@ -47,9 +49,11 @@ def worker_slice(
 ) -> WorkerSlice:
     """Resolve this process's slice (see the module docstring for the precedence)."""
     if (shard_id is None) != (num_shards is None):
-        raise GtokError("Give --shard-id and --num-shards together, or neither.")
+        raise ArgumentError(
+            "Give shard_id and num_shards together, or neither.", "shard_id", "num_shards"
+        )
     if shard_id is not None and num_shards is not None:
-        return _check(shard_id, num_shards, "--shard-id/--num-shards")
+        return _check(shard_id, num_shards, "shard_id/num_shards", "shard_id", "num_shards")
     environ = os.environ if environ is None else environ
     for rank_var, size_var, name in _ENVIRONMENTS:
         if rank_var in environ and size_var in environ:

@@ -36,7 +36,7 @@ from gtok.data.transforms import check_resize
 from gtok.decode import model_for_store
 from gtok.devices import exact_fp32, select_device, tf32_settings
 from gtok.encode.model import load_encoding_model
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.evaluate.nets import load_metric_nets
 from gtok.evaluate.picks import GridPicker
 from gtok.evaluate.scores import Scorer
@@ -128,11 +128,11 @@ def _evaluate(
 ) -> EvalResult:
     """Score every reconstructor on the originals of `shards` (the shared driver)."""
     if batch_size < 1:
-        raise GtokError(f"--batch-size must be at least 1, got {batch_size}.")
+        raise ArgumentError(f"batch_size must be at least 1, got {batch_size}.", "batch_size")
     if grid_images < 0:
-        raise GtokError(f"--grid-images must be at least 0, got {grid_images}.")
+        raise ArgumentError(f"grid_images must be at least 0, got {grid_images}.", "grid_images")
     if limit is not None and limit < 1:
-        raise GtokError(f"--limit must be at least 1, got {limit}.")
+        raise ArgumentError(f"limit must be at least 1, got {limit}.", "limit")
     started = time.perf_counter()
     nets = load_metric_nets(weights, skip=skip_metrics, device=device)
     scorers: list[Scorer] = []
@@ -300,9 +300,10 @@ def evaluate_model(
     if compare is not None:
         second = load_encoding_model(compare, device)
         if second.config.image_size != first.config.image_size:
-            raise GtokError(
-                f"--compare: {second.path} takes {second.config.image_size} px images but "
-                f"{first.path} takes {first.config.image_size} px; compare models of one size."
+            raise ArgumentError(
+                f"`compare`: {second.path} takes {second.config.image_size} px images but "
+                f"{first.path} takes {first.config.image_size} px; compare models of one size.",
+                "compare",
             )
         reconstructors.append(ModelReconstructor(second))
     size = first.config.image_size
@@ -360,9 +361,11 @@ def evaluate_pairs(
     reconstructor: Reconstructor
     if _is_store(reconstructed):
         if size is not None or resize is not None:
-            raise GtokError(
-                "--size and --resize do not apply to a token store: it records its "
-                "preprocessing, which the originals get."
+            raise ArgumentError(
+                "size and resize do not apply to a token store: it records its "
+                "preprocessing, which the originals get.",
+                "size",
+                "resize",
             )
         store = TokenStore(reconstructed, format="torch")
         loaded = model_for_store(store, model, force=force, device=device)
@@ -370,7 +373,9 @@ def evaluate_pairs(
         preprocess = Preprocess.from_dict(store.preprocessing)
     else:
         if model is not None:
-            raise GtokError("--model applies to a token store; reconstructions in a folder.")
+            raise ArgumentError(
+                "model applies to a token store; reconstructions in a folder.", "model"
+            )
         reconstructor = FolderReconstructor(reconstructed)
         side = size if size is not None else folder_image_size(reconstructed)
         check_resize(resize, side, max_pixels, "the image size")

@@ -49,7 +49,7 @@ from gtok.decode import (
     uint8_images,
 )
 from gtok.encode.model import EncodingModel
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.store import TokenStore
 
 __all__ = [
@@ -286,7 +286,9 @@ def folder_image_size(folder: str | os.PathLike) -> int:
             problems.append(f"{path}: {exc}")
             continue
         if image.width != image.height:
-            raise GtokError(f"{path} is {image.width}x{image.height}, not square; pass --size.")
+            raise ArgumentError(
+                f"{path} is {image.width}x{image.height}, not square; pass size.", "size"
+            )
         return image.width
     raise GtokError(
         f"none of the {len(index)} reconstructions in {folder} is a readable image "

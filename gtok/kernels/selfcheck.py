@@ -24,7 +24,7 @@ from gtok.kernels.rasterize import rasterize
 __all__ = ["KernelCheckError", "probe", "selfcheck"]
 
 _TOLERANCE = 1e-4  # relative to the largest value; float32 on a 9 x 7 map
-PROBE_TIMEOUT_S = 180.0  # a first Vulkan start compiles every kernel (~30 s on lavapipe)
+PROBE_TIMEOUT_S = 180.0  # a first Vulkan start compiles every kernel (slow on lavapipe)
 
 
 class KernelCheckError(RuntimeError):

@@ -1,8 +1,8 @@
 """Statistics of the Gaussians' geometry in GaussianToken tokens.
 
 geometry [N, G, 5] per token = (mean_x, mean_y, scale_x, scale_y, rotation), the token
-contract of DESIGN.md: means in [-1, 1] (x right, y down), scales are standard deviations in
-feature-map pixels, rotation in radians in [0, pi].
+contract of docs/design.md section 3: means in [-1, 1] (x right, y down), scales are standard
+deviations in feature-map pixels, rotation in radians in [0, pi].
 
 Reported: distributions (mean, std and the 1/5/50/95/99th percentiles) of the scales (both
 axes pooled), the major and minor scale (max and min of the two), the anisotropy

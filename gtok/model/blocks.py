@@ -1,4 +1,5 @@
-"""Building blocks of the CNN encoder and decoder (Open-MAGVIT2 style, DESIGN.md 1.1 and 1.6).
+"""Building blocks of the CNN encoder and decoder (Open-MAGVIT2 style, docs/design.md section 1,
+steps 1 and 6).
 
 All maps are [B, C, H, W]. GroupNorm has 32 groups (the authors') unless the config's
 `norm_groups` says otherwise; every channel count is a multiple of the groups.

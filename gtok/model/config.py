@@ -4,7 +4,7 @@ Importing this module is cheap (no torch): `gtok.PRESETS` and `config.json` pars
 
 Presets:
 
-- `cifar`, `imagenet`: the authors' released GaussianToken models (DESIGN.md section 1 and
+- `cifar`, `imagenet`: the authors' released GaussianToken models (docs/design.md section 1 and
   its table): 32x32 -> 16x16 map, 64 Gaussians, z = 3; 256x256 -> 32x32 map,
   256 Gaussians, z = 8; codebook 1024; ch 128, 4 ResBlocks per level.
 - `tiny`: 64x64 input, 64 Gaussians on a 16x16 map (the cifar preset's render size, so
@@ -21,7 +21,7 @@ Presets:
   map is one level smaller, so the baselines have one more level (`vq-imagenet` is the
   authors' own baseline config, ch_mult (1, 1, 2, 2, 4)).
 
-Opt-in geometry options (issue 15; every preset keeps them off): `normalized_splatting`
+Opt-in geometry options (docs/design.md; every preset keeps them off): `normalized_splatting`
 divides the rendered map by the sum of the Gaussians' weights plus `kernels.NORMALIZE_EPS`
 at each pixel, so a Gaussian that moves leaves no hole; `rotation_param="direction"`
 predicts the rotation as a direction (u, v) (rotation = atan2(v, u) / 2 mod pi), without
@@ -33,16 +33,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
+    "EMBED_NAMES",
     "LIMITS",
     "MAX_CHANNELS",
     "MAX_CODEBOOK_SIZE",
     "PRESETS",
     "REFINE_LOSSES",
     "TokenizerConfig",
+    "gaussian_embed_problems",
     "preset_config",
 ]
 
@@ -50,7 +53,7 @@ __all__ = [
 # lists them without importing torch
 REFINE_LOSSES = ("psnr", "mse", "l1")
 
-# the opt-in geometry options (issue 15), off in every preset
+# the opt-in geometry options (docs/design.md section 1), off in every preset
 OPTIONAL_FIELDS = ("normalized_splatting", "rotation_param", "anisotropic_init")
 # Fields added after the first config.json format, with the value that reproduces what a
 # model saved without them did: an older config.json loads with these.
@@ -66,6 +69,23 @@ ROTATION_PARAMS = ("sigmoid", "direction")
 GROUPS = 32  # the authors' GroupNorm groups (`norm_groups`' default)
 MAX_CHANNELS = 4096  # widest CNN level, ch * max(ch_mult) (the presets reach 512)
 MAX_LEVELS = 8  # len(ch_mult): 2^7 = 128x downsampling (the presets use 2 to 5)
+# GaussianEmbedConfig's fields that TokenizerConfig names otherwise; every other field of
+# GaussianEmbedConfig has a TokenizerConfig field of its name (`GaussianEmbedConfig.from_model`)
+EMBED_NAMES = {"in_dim": "embed_dim", "dim": "gaussian_dim"}
+# GaussianEmbed's integer settings, each in [1, LIMITS of its TokenizerConfig name]
+_EMBED_COUNTS = (
+    "num_gaussians",
+    "z_dim",
+    "in_dim",
+    "dim",
+    "num_heads",
+    "num_points",
+    "ffn_dim",
+    "num_rounds",
+    "num_encoder_layers",
+    "num_decoder_layers",
+    "norm_groups",
+)
 
 # Upper bounds of the integer fields, far above any published tokenizer (the presets' values
 # in brackets) but low enough that a config file cannot make gtok build millions of modules
@@ -115,7 +135,7 @@ class TokenizerConfig:
     z_dim: int = 3  # code (and rendered map) channels
     codebook_size: int = 1024
     num_gaussians: int | None = 64  # gaussian: tokens per image; vq: None (map_size^2 tokens)
-    # GaussianEmbed (DESIGN.md 1.2-1.3)
+    # GaussianEmbed (docs/design.md section 1, steps 2-3)
     gaussian_dim: int = 64  # width D of its attention/MLP layers and of the anchor features
     num_heads: int = 4
     num_points: int = 4  # learned sampling points per head (plus one fixed zero offset)
@@ -127,12 +147,12 @@ class TokenizerConfig:
     scale_min: float = 0.1  # smallest Gaussian standard deviation, map pixels
     scale_max_init: float = 4.0  # r_max at the start of training, map pixels
     scale_max_floor: float = 3.0  # r_max shrinks towards this during training
-    # opt-in changes to the geometry (issue 15; off = the authors' model, and what model
+    # opt-in changes to the geometry (docs/design.md; off = the authors' model, and what model
     # directories written before these fields existed load with):
     normalized_splatting: bool = False  # rendered map / (sum of weights + eps), not a sum
     rotation_param: Literal["sigmoid", "direction"] = "sigmoid"  # see GaussianEmbedConfig
     anisotropic_init: bool = False  # refine heads start with scale logits (+1, -1)
-    # vector quantizer (DESIGN.md 1.4)
+    # vector quantizer (docs/design.md section 1, step 4)
     codebook_decay: float = 0.8  # EMA decay of the codebook
     codebook_eps: float = 1e-5  # Laplace smoothing of the EMA cluster sizes
     kmeans_iters: int = 10  # k-means iterations of the first-batch initialization
@@ -191,7 +211,11 @@ class TokenizerConfig:
                     f"must equal z_dim {self.z_dim}"
                 )
         else:
-            out.extend(self._gaussian_problems())
+            out.extend(gaussian_embed_problems(self, EMBED_NAMES))
+            if not isinstance(self.normalized_splatting, bool):
+                out.append(
+                    f"normalized_splatting must be true or false, got {self.normalized_splatting!r}"
+                )
         if not 0 < self.codebook_decay < 1:
             out.append(f"codebook_decay must be in (0, 1), got {self.codebook_decay}")
         if self.codebook_eps <= 0 or self.dead_threshold < 0:
@@ -200,35 +224,6 @@ class TokenizerConfig:
                 f"{self.codebook_eps}, {self.dead_threshold}"
             )
         out.extend(filter(None, [_count_problem("kmeans_iters", self.kmeans_iters, low=0)]))
-        return out
-
-    def _gaussian_problems(self) -> list[str]:
-        out: list[str] = []
-        counts = ("num_gaussians", "gaussian_dim", "num_heads", "num_points", "ffn_dim")
-        names = (*counts, "num_rounds", "num_encoder_layers", "num_decoder_layers")
-        out.extend(filter(None, (_count_problem(name, getattr(self, name)) for name in names)))
-        if out:
-            return out
-        if self.gaussian_dim % self.norm_groups or self.gaussian_dim % self.num_heads:
-            out.append(
-                f"gaussian_dim must be a multiple of norm_groups ({self.norm_groups}) and of "
-                f"num_heads, got gaussian_dim={self.gaussian_dim}, num_heads={self.num_heads}"
-            )
-        if not 0 <= self.dropout < 1:
-            out.append(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.rotation_param not in ROTATION_PARAMS:
-            out.append(
-                f"rotation_param must be one of {', '.join(ROTATION_PARAMS)}, "
-                f"got {self.rotation_param!r}"
-            )
-        for name in ("normalized_splatting", "anisotropic_init"):
-            if not isinstance(getattr(self, name), bool):
-                out.append(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not 0 < self.scale_min < self.scale_max_floor <= self.scale_max_init:
-            out.append(
-                "need 0 < scale_min < scale_max_floor <= scale_max_init, got "
-                f"{self.scale_min}, {self.scale_max_floor}, {self.scale_max_init}"
-            )
         return out
 
     @property
@@ -276,12 +271,59 @@ def _real_problem(name: str, value: Any) -> str | None:
     return None
 
 
-def _count_problem(name: str, value: Any, low: int = 1) -> str | None:
-    """Why `value` is not an integer in [low, LIMITS[name]], or None when it is."""
-    high = LIMITS[name]
+def _count_problem(name: str, value: Any, low: int = 1, high: int | None = None) -> str | None:
+    """Why `value` is not an integer in [low, high] (None: LIMITS[name]), or None when it is."""
+    high = LIMITS[name] if high is None else high
     if not _is_int(value) or not low <= value <= high:
         return f"{name} must be an integer in [{low}, {high}], got {value!r}"
     return None
+
+
+def gaussian_embed_problems(settings: Any, names: Mapping[str, str] | None = None) -> list[str]:
+    """Why the GaussianEmbed settings of `settings` do not make a GaussianEmbed ([] when they
+    do): the one check of them, for a `GaussianEmbedConfig` and for a "gaussian"
+    `TokenizerConfig` (`names`: `EMBED_NAMES`, its names of GaussianEmbedConfig's fields).
+    Each problem names a field as `settings` calls it."""
+    names = names or {}
+
+    def name(field: str) -> str:
+        return names.get(field, field)
+
+    def value(field: str) -> Any:
+        return getattr(settings, name(field))
+
+    out = [
+        problem
+        for field in _EMBED_COUNTS
+        if (
+            problem := _count_problem(
+                name(field), value(field), high=LIMITS[EMBED_NAMES.get(field, field)]
+            )
+        )
+    ]
+    if out:
+        return out
+    dim, heads, groups = value("dim"), value("num_heads"), value("norm_groups")
+    if dim % groups or dim % heads or dim % 4:
+        out.append(
+            f"{name('dim')} must be a multiple of norm_groups ({groups}), of num_heads and of 4 "
+            f"(sine position embedding), got {name('dim')}={dim}, num_heads={heads}"
+        )
+    if not 0 <= value("dropout") < 1:
+        out.append(f"dropout must be in [0, 1), got {value('dropout')}")
+    if value("rotation_param") not in ROTATION_PARAMS:
+        out.append(
+            f"rotation_param must be one of {', '.join(ROTATION_PARAMS)}, "
+            f"got {value('rotation_param')!r}"
+        )
+    if not isinstance(value("anisotropic_init"), bool):
+        out.append(f"anisotropic_init must be true or false, got {value('anisotropic_init')!r}")
+    low, floor, start = value("scale_min"), value("scale_max_floor"), value("scale_max_init")
+    if not 0 < low < floor <= start:
+        out.append(
+            f"need 0 < scale_min < scale_max_floor <= scale_max_init, got {low}, {floor}, {start}"
+        )
+    return out
 
 
 # the float fields, each checked to be a finite number before any is compared with a bound

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.model.config import PRESETS
 from gtok.model.io import save_pretrained
 
@@ -216,9 +216,10 @@ def _infer_preset(source: str, state: dict[str, torch.Tensor]) -> str:
     by_count = {PRESETS[p].num_gaussians: p for p in CONVERTIBLE}
     if anchor is None or anchor.dim() != 2 or anchor.shape[0] not in by_count:
         shape = None if anchor is None else list(anchor.shape)
-        raise GtokError(
+        raise ArgumentError(
             f"{source} is not a GaussianToken checkpoint of a known config (anchor shape "
-            f"{shape}); pass --preset if it is one."
+            f"{shape}); pass preset if it is one.",
+            "preset",
         )
     return by_count[anchor.shape[0]]
 
@@ -267,9 +268,10 @@ def _overwrite_with_ema(
     """Replace each shadowed parameter in `live` by its EMA value; returns their names."""
     absent = sorted(k for k in ema_map if k not in state)
     if absent:
-        raise GtokError(
+        raise ArgumentError(
             f"{source} lacks {len(absent)} EMA weight(s) (e.g. {absent[0]}); convert the live "
-            "weights with --no-ema if the run had no EMA."
+            "weights with ema=False if the run had no EMA.",
+            "ema",
         )
     for shadow, param in ema_map.items():
         if state[shadow].shape != live[param].shape:

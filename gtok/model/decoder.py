@@ -1,4 +1,5 @@
-"""The CNN decoder with adaptive GroupNorm (Open-MAGVIT2 style, DESIGN.md 1.6): map -> image.
+"""The CNN decoder with adaptive GroupNorm (Open-MAGVIT2 style, docs/design.md section 1, step 6):
+map -> image.
 
 Module names follow the authors' checkpoint layout (`conv_in`, `mid_block.{i}`,
 `adaptive.{level}`, `up.{level}.block.{i}`, `up.{level}.upsample.conv1`, `norm_out`,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.model.directory import CONFIG_FILE, WEIGHTS_FILE, resolve_model_dir
 
 __all__ = ["DEFAULT_MODEL_ENV", "SHIPPED_MODEL_DIR", "default_model_dir"]
@@ -35,9 +35,10 @@ def default_model_dir() -> Path:
             raise GtokError(f"{DEFAULT_MODEL_ENV}={override}: {exc}") from None
     missing = [n for n in (CONFIG_FILE, WEIGHTS_FILE) if not (SHIPPED_MODEL_DIR / n).is_file()]
     if missing:
-        raise GtokError(
+        raise ArgumentError(
             f"the default model is not installed ({SHIPPED_MODEL_DIR} lacks "
-            f"{' and '.join(missing)}); pass --model with a gtok model directory, or set "
-            f"{DEFAULT_MODEL_ENV} to one."
+            f"{' and '.join(missing)}); pass `model`, a gtok model directory, or set "
+            f"{DEFAULT_MODEL_ENV} to one.",
+            "model",
         )
     return SHIPPED_MODEL_DIR

@@ -1,9 +1,9 @@
 """Multi-scale deformable attention (Deformable-DETR MSDeformAttn).
 
-GaussianToken's variant (DESIGN.md 1.2): besides the `num_points` learned sampling points,
-every head also samples one point at a fixed zero offset, i.e. at the reference point itself.
-That point comes first (index 0) among a head's points, its offset is a frozen all-zero
-parameter `fixed_offsets` [1, 2] (kept as a parameter so the authors' checkpoints and
+GaussianToken's variant (docs/design.md section 1, step 2): besides the `num_points` learned
+sampling points, every head also samples one point at a fixed zero offset, i.e. at the reference
+point itself. That point comes first (index 0) among a head's points, its offset is a frozen
+all-zero parameter `fixed_offsets` [1, 2] (kept as a parameter so the authors' checkpoints and
 parameter counts carry over), and the softmax runs over all `num_points + 1` points of a head.
 
 Sampling is bilinear with zero padding as `F.grid_sample(align_corners=False)`: a location

@@ -1,4 +1,4 @@
-"""The CNN encoder (Open-MAGVIT2 style, DESIGN.md 1.1): images -> feature map.
+"""The CNN encoder (Open-MAGVIT2 style, docs/design.md section 1, step 1): images -> feature map.
 
 Module names follow the authors' checkpoint layout (`conv_in`, `down.{level}.block.{i}`,
 `down.{level}.downsample`, `mid_block.{i}`, `norm_out`, `conv_out`) so conversion is a

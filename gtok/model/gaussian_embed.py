@@ -1,4 +1,5 @@
-"""GaussianEmbed: an encoder feature map becomes G 2D Gaussians (DESIGN.md 1.2 and 1.3).
+"""GaussianEmbed: an encoder feature map becomes G 2D Gaussians (docs/design.md section 1, steps 2
+and 3).
 
 Pipeline (B images, an [h, w] feature map of `in_dim` channels, width D = `dim`):
 
@@ -23,13 +24,14 @@ when the model was cast with `.to(dtype)`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import NamedTuple, cast
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from gtok.model.config import EMBED_NAMES, TokenizerConfig, gaussian_embed_problems
 from gtok.model.deform_attn import DeformableAttention, parameter_dtype
 
 __all__ = [
@@ -43,7 +45,7 @@ __all__ = [
 
 LOGIT_CLAMP = 9.21024  # logit(0.9999): every sigmoid input is clamped to +-this
 GROUPS = 32  # GroupNorm groups of the lifter
-# scale-range scheduler (DESIGN.md 1.3)
+# scale-range scheduler (docs/design.md section 1, step 3)
 EMA_MOMENTUM = 0.01  # weight of the batch's mean scale in the EMA
 SHRINK_RATE = 1e-3  # r_max -= SHRINK_RATE * max(ema - midpoint, MIN_SHRINK)
 MIN_SHRINK = 0.01
@@ -67,7 +69,7 @@ class GaussianEmbedConfig:
     scale_min: float = 0.1  # smallest standard deviation
     scale_max_init: float = 4.0  # r_max, the largest standard deviation, at the start
     scale_max_floor: float = 3.0  # r_max shrinks during training, not below this
-    # opt-in (issue 15; defaults are the authors'): "direction" predicts the rotation as a
+    # opt-in (docs/design.md; defaults are the authors'): "direction" predicts the rotation as a
     # vector (u, v) in two anchor entries, rotation = atan2(v, u) / 2 mod pi (no sigmoid
     # walls at 0 and pi), updated residually like xy (so each Gaussian starts at its own
     # learned anchor's direction, not all at pi/2); anisotropic_init starts each refine
@@ -81,38 +83,16 @@ class GaussianEmbedConfig:
         return AnchorLayout(2 if self.rotation_param == "direction" else 1)
 
     def __post_init__(self) -> None:
-        sizes = {
-            "num_gaussians": self.num_gaussians,
-            "z_dim": self.z_dim,
-            "in_dim": self.in_dim,
-            "dim": self.dim,
-            "num_heads": self.num_heads,
-            "num_points": self.num_points,
-            "ffn_dim": self.ffn_dim,
-            "num_rounds": self.num_rounds,
-            "num_encoder_layers": self.num_encoder_layers,
-            "num_decoder_layers": self.num_decoder_layers,
-        }
-        problems = [f"{k} must be a positive integer, got {v}" for k, v in sizes.items() if v < 1]
-        if self.dim % self.num_heads or self.dim % self.norm_groups or self.dim % 4:
-            problems.append(
-                f"dim ({self.dim}) must be divisible by num_heads ({self.num_heads}), "
-                f"by norm_groups ({self.norm_groups}, GroupNorm) and by 4 (sine position "
-                "embedding)"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 < self.scale_min < self.scale_max_floor <= self.scale_max_init:
-            problems.append(
-                "need 0 < scale_min < scale_max_floor <= scale_max_init, got "
-                f"{self.scale_min}, {self.scale_max_floor}, {self.scale_max_init}"
-            )
-        if self.rotation_param not in ("sigmoid", "direction"):
-            problems.append(
-                f"rotation_param must be sigmoid or direction, got {self.rotation_param!r}"
-            )
-        if problems:
+        if problems := gaussian_embed_problems(self):
             raise ValueError(f"invalid GaussianEmbed config: {'; '.join(problems)}")
+
+    @classmethod
+    def from_model(cls, config: TokenizerConfig) -> GaussianEmbedConfig:
+        """The GaussianEmbed settings of a "gaussian" tokenizer config: each field of the
+        config's field of that name, or of the name `EMBED_NAMES` gives it."""
+        return cls(
+            **{f.name: getattr(config, EMBED_NAMES.get(f.name, f.name)) for f in fields(cls)}
+        )
 
 
 class AnchorLayout(NamedTuple):

@@ -1,4 +1,4 @@
-"""Vector quantizer of the Gaussians' features (DESIGN.md 1.4).
+"""Vector quantizer of the Gaussians' features (docs/design.md section 1, step 4).
 
 Euclidean nearest code in a [K, z] codebook, no projection and no normalization. The codebook
 is not trained by gradients: it is an exponential moving average (decay 0.8) of the vectors

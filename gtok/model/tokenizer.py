@@ -15,7 +15,7 @@ cast with `.to(torch.bfloat16)` or `.half()` computes in that dtype (the kernels
 float32). `set_implementation("reference")` swaps both Taichi kernels for their PyTorch
 twins (what ONNX export needs; `gtok.model.export`).
 
-GaussianToken (DESIGN.md section 1): encoder -> GaussianEmbed (G Gaussians) -> vector
+GaussianToken (docs/design.md section 1): encoder -> GaussianEmbed (G Gaussians) -> vector
 quantizer on the Gaussian features -> `gtok.kernels.rasterize` of the quantized Gaussians onto
 a map_size^2 x z map -> decoder (adaptive GroupNorm styled by the rendered map).
 VQ baseline: encoder (z channels) -> quantizer on every map cell (row-major) -> decoder.
@@ -227,27 +227,7 @@ class GaussianTokenizer(BaseTokenizer):
         self.encoder = Encoder(
             config.ch, config.ch_mult, config.num_res_blocks, config.embed_dim, config.norm_groups
         )
-        self.gaussian_embed = GaussianEmbed(
-            GaussianEmbedConfig(
-                num_gaussians=config.num_tokens,
-                in_dim=config.embed_dim,
-                dim=config.gaussian_dim,
-                z_dim=config.z_dim,
-                num_heads=config.num_heads,
-                num_points=config.num_points,
-                ffn_dim=config.ffn_dim,
-                num_rounds=config.num_rounds,
-                num_encoder_layers=config.num_encoder_layers,
-                num_decoder_layers=config.num_decoder_layers,
-                dropout=config.dropout,
-                scale_min=config.scale_min,
-                scale_max_init=config.scale_max_init,
-                scale_max_floor=config.scale_max_floor,
-                rotation_param=config.rotation_param,
-                anisotropic_init=config.anisotropic_init,
-                norm_groups=config.norm_groups,
-            )
-        )
+        self.gaussian_embed = GaussianEmbed(GaussianEmbedConfig.from_model(config))
         self._build_quantizer_and_decoder()
 
     def forward(self, images: torch.Tensor) -> TokenizerOutput:

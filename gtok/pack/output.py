@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gtok._version import __version__
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.outputs import is_temporary, naming, write_atomically
 from gtok.pack.shard import ShardStats, shard_name, stats_name
 from gtok.safeload import SETTINGS_BYTES, Unreadable, load_json
@@ -57,11 +57,7 @@ _OURS = re.compile(
     + ")?$"
 )
 SETTING_DEFAULTS = {"image_format": "keep"}  # of settings that packs before them did not record
-_DESCRIBE = {
-    "per_shard": "--per-shard",
-    "labels": "--labels",
-    "max_pixels": "--max-pixels",
-    "image_format": "--image-format",
+_DESCRIBE = {  # the recorded facts that are not settings; a setting is named as it is
     "entries": "the number of files in the input folder",
     "fingerprint": "the input folder's file names",
 }
@@ -144,16 +140,19 @@ def prepare_output(
         except Unreadable:
             before = None
         if not isinstance(before, dict) or before.get("format") != FORMAT:
-            raise GtokError(
-                f"{folder} holds shards without a readable {MANIFEST}; pass --overwrite to "
-                "replace them, or pack into another folder."
+            raise ArgumentError(
+                f"{folder} holds shards without a readable {MANIFEST}; pass overwrite to "
+                "replace them, or pack into another folder.",
+                "overwrite",
             )
         recorded = {**SETTING_DEFAULTS, **(before.get("settings") or {})}
         if recorded != settings:
-            raise GtokError(
+            raise ArgumentError(
                 f"{folder} holds a pack that differs in "
-                f"{_differences(recorded, settings)}; pass --overwrite to "
-                "replace it, or pack into another folder."
+                f"{_differences(recorded, settings)}; pass overwrite to "
+                "replace it, or pack into another folder.",
+                "overwrite",
+                *(name for name in settings if name not in _DESCRIBE),
             )
         done = _done_shards(folder, shards)
     for path in mine:

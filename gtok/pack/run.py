@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gtok.console import console, is_quiet, progress
 from gtok.data.images import DEFAULT_MAX_PIXELS
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.pack.check import IMAGE_FORMATS, Checked, check_file
 from gtok.pack.output import (
     CLASSES_FILE,
@@ -191,12 +191,13 @@ def pack_images(
     if not source.is_dir():
         raise GtokError(f"{source} is not a folder; give the folder that holds the images.")
     if per_shard < 1:
-        raise GtokError(f"--per-shard must be at least 1, got {per_shard}.")
+        raise ArgumentError(f"per_shard must be at least 1, got {per_shard}.", "per_shard")
     if workers < 0:
-        raise GtokError(f"--workers must be 0 or more, got {workers}.")
+        raise ArgumentError(f"workers must be 0 or more, got {workers}.", "workers")
     if image_format not in IMAGE_FORMATS:
-        raise GtokError(
-            f"--image-format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}."
+        raise ArgumentError(
+            f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}.",
+            "image_format",
         )
     root, target = source.resolve(), folder.resolve()
     if target == root or target in root.parents:
@@ -206,9 +207,10 @@ def pack_images(
         hidden = f" ({len(scan.hidden)} hidden entries ignored)" if scan.hidden else ""
         raise GtokError(f"{source} holds no files{hidden}; give the folder that holds the images.")
     if labels and not scan.classes:
-        raise GtokError(
-            f"--labels takes each first-level sub-folder of {source} as a class, but it has "
-            "none; put the images of each class in a sub-folder, or drop --labels."
+        raise ArgumentError(
+            f"labels takes each first-level sub-folder of {source} as a class, but it has "
+            "none; put the images of each class in a sub-folder, or drop labels.",
+            "labels",
         )
     shards = -(-len(scan.entries) // per_shard)
     settings = {

@@ -37,7 +37,7 @@ import numpy as np
 from gtok._version import __version__
 from gtok.data.shards import ShardFingerprint, ShardRef
 from gtok.data.tario import utf8_text
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.store import lock, schema
 from gtok.store.identity import (
     check_same_files,
@@ -47,7 +47,7 @@ from gtok.store.identity import (
 )
 from gtok.store.location import Location
 from gtok.store.opening import open_root, read_header
-from gtok.store.writer import header_difference, write_whole
+from gtok.store.writer import DIFFERENCE_ARGUMENTS, header_difference, write_whole
 
 __all__ = ["Before", "begin_append", "load_before", "pending_append"]
 
@@ -127,9 +127,10 @@ def _refuse_other_settings(
 ) -> None:
     same_shards = replace(header, shard_names=existing.shard_names, shard_urls=existing.shard_urls)
     if (problem := header_difference(existing, same_shards)) is not None:
-        raise GtokError(
+        raise ArgumentError(
             f"{location} {problem}; append with the settings it was encoded with, or "
-            "encode into another store."
+            "encode into another store.",
+            *DIFFERENCE_ARGUMENTS,
         )
 
 

@@ -30,13 +30,23 @@ import numpy as np
 
 from gtok._version import __version__
 from gtok.data.shards import ShardFingerprint
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.store import lock, schema
 from gtok.store.identity import part_fingerprint, source_record, table_fingerprints
 from gtok.store.location import Location
 from gtok.store.opening import open_root, read_header
 
-__all__ = ["Part", "StoreWriter", "header_difference", "part_locks", "write_whole"]
+__all__ = [
+    "DIFFERENCE_ARGUMENTS",
+    "Part",
+    "StoreWriter",
+    "header_difference",
+    "part_locks",
+    "write_whole",
+]
+
+# the arguments of `encode_shards` that `header_difference`'s sentences name
+DIFFERENCE_ARGUMENTS = ("precision", "batch_size", "metadata_fields", "geometry_bits", "append")
 
 
 @dataclass
@@ -130,10 +140,10 @@ def header_difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str |
         )
         return f"was encoded with different preprocessing ({', '.join(changed)} differ)"
     if _precision(old) != _precision(new):
-        return f"was encoded with --precision {_precision(old)}, not {_precision(new)}"
+        return f"was encoded with precision {_precision(old)}, not {_precision(new)}"
     if _batch_size(old) is not None and _batch_size(old) != _batch_size(new):
         return (
-            f"was encoded with --batch-size {_batch_size(old)}, not {_batch_size(new)} (tokens "
+            f"was encoded with batch_size {_batch_size(old)}, not {_batch_size(new)} (tokens "
             "depend slightly on the batch size)"
         )
     if old.refinement != new.refinement:
@@ -146,7 +156,7 @@ def header_difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str |
     if old.metadata_fields != new.metadata_fields:
         return (
             f"keeps the metadata fields {list(old.metadata_fields)}, not "
-            f"{list(new.metadata_fields)} (--metadata-fields)"
+            f"{list(new.metadata_fields)} (metadata_fields)"
         )
     if old.has_geometry and old.geometry_bins != new.geometry_bins:
         return f"stores geometry {_binning_phrase(old)}, not {_binning_phrase(new)}"
@@ -154,7 +164,7 @@ def header_difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str |
         extra = sorted(set(new.shard_names) - set(old.shard_names))
         lacking = sorted(set(old.shard_names) - set(new.shard_names))
         detail = (
-            f"e.g. {extra[0]} is new; --append adds shards to a finished store"
+            f"e.g. {extra[0]} is new; append adds shards to a finished store"
             if extra
             else f"e.g. {lacking[0]} is missing"
         )
@@ -168,7 +178,7 @@ def header_difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str |
 def _binning_phrase(header: schema.StoreHeader) -> str:
     bins = header.geometry_bins
     if bins is None:
-        return "as floats without --geometry-bits"
+        return "as floats without geometry_bits"
     scale = bins["scale"]
     return f"in {bins['bits']}-bit bins (scales {scale['low']:g}..{scale['high']:g})"
 
@@ -196,9 +206,10 @@ def _check_target(location: Location, overwrite: bool) -> None:
             "to resume)."
         )
     if overwrite and location.path.is_symlink():
-        raise GtokError(
-            f"{location} is a symbolic link, and --overwrite deletes only a real folder; give "
-            f"the store's own path ({location.path.resolve()})."
+        raise ArgumentError(
+            f"{location} is a symbolic link, and overwrite deletes only a real folder; give "
+            f"the store's own path ({location.path.resolve()}).",
+            "overwrite",
         )
 
 
@@ -235,9 +246,11 @@ class StoreWriter:
         root = open_root(location, mode="r+")
         existing, attrs = read_header(root)
         if (problem := header_difference(existing, header)) is not None:
-            raise GtokError(
+            raise ArgumentError(
                 f"{location} {problem}; use the same settings, another output, or "
-                "--overwrite to start over."
+                "overwrite to start over.",
+                "overwrite",
+                *DIFFERENCE_ARGUMENTS,
             )
         return cls(location, root, existing, attrs["state"])
 

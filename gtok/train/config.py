@@ -4,7 +4,7 @@ A config as the user gives it may leave some fields `None` ("choose for me"); `r
 fills them from the preset and the run's size, and the resolved config is what a run
 records (`RUN_DIR/train.json`) and what a resume is compared against.
 
-Per-preset choices (DESIGN.md 1.7, 1.8):
+Per-preset choices (docs/design.md section 1, training):
 
 - optimizer: AdamW lr 2e-4, betas (0.9, 0.999), weight decay 0.01 for the CIFAR-like
   presets (`cifar`, `vq-cifar`, and `tiny`, `vq-tiny`, which are the CIFAR family scaled to
@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError, GtokError
 from gtok.model.config import ADDED_FIELDS, PRESETS, TokenizerConfig, preset_config
 from gtok.train.colour import ColourJitter
 from gtok.train.recipe import RECIPES, default_recipe
@@ -207,7 +207,9 @@ class TrainConfig:
         if augment is None:
             augment = self.preset not in NO_AUGMENT_PRESETS
         if warmup > steps:
-            raise GtokError(f"--warmup-steps {warmup} is more than the run's {steps} steps.")
+            raise ArgumentError(
+                f"warmup_steps={warmup} is more than the run's {steps} steps.", "warmup_steps"
+            )
         return self.replace(
             steps=steps,
             epochs=None,  # now expressed as steps (train.json records the sample count)

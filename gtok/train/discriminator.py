@@ -1,7 +1,8 @@
 """The PatchGAN discriminator of the GaussianToken (and taming VQGAN) training recipe.
 
 3 strided layers, BatchNorm, 64 base channels, `N(0, 0.02)` conv init and `N(1, 0.02)`
-BatchNorm gains (DESIGN.md 1.7): 2,765,633 parameters for RGB input, the authors' count.
+BatchNorm gains (docs/design.md section 1, training): 2,765,633 parameters for RGB input, the
+authors' count.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Decay is constant from step 1 (no warm-up of the decay); floating-point parameters are
 averaged, every buffer (codebook statistics, r_max, BatchNorm statistics) is copied from
-the live model, never averaged (DESIGN.md 1.7).
+the live model, never averaged (docs/design.md section 1, training).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Loss terms of the GaussianToken training recipe (DESIGN.md 1.7).
+"""Loss terms of the GaussianToken training recipe (docs/design.md section 1, training).
 
 Logits are the discriminator's patch logits, [B, 1, h, w]; images are [B, 3, H, W] in
 [-1, 1]. Every function returns a scalar tensor.

@@ -1,4 +1,5 @@
-"""Per-step learning rate: linear warm-up from 1e-6, then cosine decay to 0 (DESIGN.md 1.7)."""
+"""Per-step learning rate: linear warm-up from 1e-6, then cosine decay to 0 (docs/design.md
+section 1, training)."""
 
 from __future__ import annotations
 

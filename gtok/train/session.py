@@ -29,7 +29,7 @@ from gtok._version import __version__
 from gtok.console import console
 from gtok.data.shards import ShardRef
 from gtok.devices import tf32_settings
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError
 from gtok.metrics import Unavailable, try_load
 from gtok.model.config import TokenizerConfig
 from gtok.model.gaussian_embed import GaussianEmbed
@@ -180,9 +180,10 @@ class Session:
         before = parse_json(saved["settings"], f"the settings saved in {self.run.root}")
         conflicts = resume_conflicts(before, self.settings)
         if conflicts:
-            raise GtokError(
+            raise ArgumentError(
                 f"{self.run.root} holds a run with other settings ({'; '.join(conflicts)}); "
-                "pass the same settings to resume it, or choose a new --output directory."
+                "pass the same settings to resume it, or give `out` another directory.",
+                "out",
             )
 
     def _restore(self, saved: dict[str, Any]) -> None:
@@ -361,10 +362,12 @@ class Session:
         kept = f"step {steps[-1]} in {self.run.checkpoints.folder}" if steps else "none yet"
         if self.dist.main:
             self.run.log({"kind": "event", "event": "diverged", "step": step, "values": shown})
-        raise GtokError(
+        raise ArgumentError(
             f"The loss is not finite in step {step} ({shown}); training stopped without "
-            f"saving. The last good checkpoint ({kept}) is kept: lower --lr or --grad-clip "
-            "and rerun the same command to resume from it."
+            f"saving. The last good checkpoint ({kept}) is kept: lower lr or grad_clip "
+            "and rerun the same command to resume from it.",
+            "lr",
+            "grad_clip",
         )
 
 
@@ -401,9 +404,11 @@ def _load_initial_weights(model: nn.Module, arch: TokenizerConfig, path: str) ->
     compared = sorted(set(ours) - {"preset"})  # the preset name is informational
     if differing := [k for k in compared if theirs.get(k) != ours[k]]:
         shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in differing[:4])
-        raise GtokError(
-            f"--init-from {path} has another architecture than this run ({shown}); choose the "
-            "preset, recipe and --model overrides it was trained with."
+        raise ArgumentError(
+            f"init_from {path} has another architecture than this run ({shown}); choose the "
+            "preset, recipe and `model` overrides it was trained with.",
+            "init_from",
+            "model",
         )
     device = next(model.parameters()).device
     initial, sha256 = load_tokenizer_with_sha256(path, device=device)

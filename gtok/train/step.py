@@ -1,4 +1,4 @@
-"""One optimizer step of tokenizer and discriminator (DESIGN.md 1.7).
+"""One optimizer step of tokenizer and discriminator (docs/design.md section 1, training).
 
 Tokenizer loss: l1 * L1 + lpips * LPIPS + commit * commitment + gan * generator loss (the
 last only from `gan_start_step`). Discriminator loss, from step 0: hinge + lecam * LeCam.
@@ -44,8 +44,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
     """The resolved config's optimizer (Adam or AdamW) over parameter `groups` (fp32, on CPU
     or CUDA; each with an "lr_scale": its rate is the run's times that), in its fused
-    implementation (one kernel for all tensors; 10x faster than the default per-tensor loop
-    on the CPU)."""
+    implementation (one kernel for all tensors, not the default per-tensor loop)."""
     assert cfg.betas is not None and cfg.weight_decay is not None  # `resolve` fills every None
     cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     groups = [{**g, "lr": cfg.lr * g["lr_scale"]} for g in groups]

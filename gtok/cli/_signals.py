@@ -1,26 +1,22 @@
-"""Checks of option values that several commands share, made before any work starts, and how
-a command ends when it is stopped: Ctrl-C, or SIGTERM (Slurm, Kubernetes, `timeout`), which
-every command takes as a Ctrl-C (`sigterm_as_interrupt`)."""
+"""How a command ends when it is stopped: Ctrl-C, or SIGTERM (Slurm, Kubernetes, `timeout`),
+which every command takes as a Ctrl-C (`sigterm_as_interrupt`); the exit codes of both."""
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import NoReturn
 
 import typer
 
 from gtok.console import console
-from gtok.safeload import Unreadable, read_limited
 
 __all__ = [
     "INTERRUPTED",
     "RESUME",
     "TERMINATED",
     "Terminated",
-    "read_text_file",
     "resumable",
     "sigterm_as_interrupt",
     "stop_terminated",
@@ -29,23 +25,6 @@ __all__ = [
 INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C (128 + SIGINT), as shells use
 TERMINATED = 143  # ... stopped by SIGTERM (128 + SIGTERM), as a process killed by it reports
 RESUME = "rerun the same command to resume"  # what a stopped resumable command says to do
-
-
-def read_text_file(path: Path, what: str, limit: int) -> str:
-    """The UTF-8 text of `path`, of at most `limit` bytes; an unreadable, larger or binary
-    file is a usage error naming `what`."""
-    try:
-        data = read_limited(path, limit)
-    except OSError as exc:
-        raise typer.BadParameter(f"cannot read the {what} {path}: {exc.strerror}.") from exc
-    except Unreadable as exc:
-        raise typer.BadParameter(f"the {what} {exc}") from exc
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise typer.BadParameter(
-            f"the {what} {path} is not UTF-8 text (byte {exc.start}); give a text file."
-        ) from exc
 
 
 class Terminated(KeyboardInterrupt):

@@ -1,4 +1,5 @@
-"""Arguments the token-store commands (`encode`, `info`, `verify`) share."""
+"""Arguments and options that several commands share: the input shards, the token store, and
+`--refine-*` (encode, eval, demo)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ __all__ = [
     "RefineStepsOption",
     "ShardsArgument",
     "StoreArgument",
-    "human_bytes",
 ]
 
 ShardsArgument = Annotated[
@@ -62,12 +62,3 @@ RefineLossOption = Annotated[
         "l1. [default: psnr]"
     ),
 ]
-
-
-def human_bytes(size: float) -> str:
-    """1234567 -> '1.2 MB'."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
