@@ -272,6 +272,7 @@ def encode_shards(
     jpeg_draft: bool | None = None,
     precision: str = "fp32",
     refine: RefineSettings | None = None,
+    shard_name: str | None = None,
 ) -> EncodeSummary:
     """Encode every sample of `shards` into the token store `out` with `model`.
 
@@ -297,6 +298,9 @@ def encode_shards(
         (`gtok.store.append`); the store must have been encoded with the same settings.
     refine: encode-time geometry refinement (`gtok.model.refine`), recorded in the store's
         header; a resume or another worker must use the same settings.
+    shard_name: encode only the input shard of this name (`ShardRef.name`, e.g. one task of
+        `gtok.encode.distributed`); like a parallel worker, it leaves finalizing to
+        `finalize_store`.
     Resumes by default: shards already in the store are not encoded again (another file
     under an encoded shard's name is refused, `gtok.store.identity`). TF32 is off
     while encoding (`gtok.devices.exact_fp32`), as the store records.
@@ -307,10 +311,16 @@ def encode_shards(
     fields = _metadata_fields(metadata_fields)
     if overwrite and append:
         raise GtokError("--append adds to a store and --overwrite deletes it; choose one.")
-    if overwrite and part_of.parallel:
+    parallel = part_of.parallel or shard_name is not None
+    if overwrite and parallel:
         raise GtokError(
             "--overwrite would delete the store under the other workers; delete it once "
             "before starting them, without --overwrite."
+        )
+    if shard_name is not None and shard_name not in {r.name for r in refs}:
+        raise GtokError(
+            f"shard_name={shard_name!r} is not one of the {len(refs)} input shards; give the "
+            "name of one of them (ShardRef.name from gtok.data.expand_shards)."
         )
     if geometry_dtype not in schema.GEOMETRY_DTYPES:
         raise GtokError(f"--geometry-dtype must be one of {', '.join(schema.GEOMETRY_DTYPES)}.")
@@ -338,6 +348,8 @@ def encode_shards(
         header, refs = appended
     writer = StoreWriter.open(str(out), header, overwrite=overwrite)
     mine = split_for_worker(refs, part_of.shard_id, part_of.num_shards)
+    if shard_name is not None:
+        mine = [r for r in mine if r.name == shard_name]
     with writer:  # releases the parts' locks however this ends
         if writer.state != schema.STATE_COMPLETE:
             writer.claim([r.name for r in mine])
@@ -359,10 +371,10 @@ def encode_shards(
         summary.seconds = time.perf_counter() - started
         summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
         finished_mine = summary.shards_already_done + summary.shards_encoded == len(mine)
-        if not part_of.parallel and finished_mine:
+        if not parallel and finished_mine:
             summary.store_counts = finalize_store(str(out))
             summary.finalized = True
-        elif part_of.parallel:
+        elif parallel:
             summary.next_step = (
                 f"when every worker has finished, run: gtok encode --finalize -o {writer.location}"
             )
