@@ -29,7 +29,7 @@ from gtok.data import EncodeStream, Preprocess, ShardChunk, expand_shards, loade
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.shards import ShardRef, shard_fingerprint, split_for_worker
 from gtok.data.stream import worker_death_as_error
-from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, utf8_text
+from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
 from gtok.data.transforms import check_resize
 from gtok.devices import check_inference_precision, exact_fp32, mixed_precision, tf32_settings
 from gtok.encode.model import EncodingModel, load_encoding_model
@@ -39,6 +39,7 @@ from gtok.model.refine import RefineSettings
 from gtok.store import Location, Part, StoreHeader, StoreWriter, finalize_store, schema
 from gtok.store.append import begin_append
 from gtok.store.geometry_bins import MAX_BITS, MIN_BITS, GeometryBinning
+from gtok.store.header import model_header
 from gtok.store.identity import check_same_files
 from gtok.store.opening import open_root, read_header
 
@@ -172,26 +173,15 @@ def _header(
     batch_size: int,
     binning: GeometryBinning | None = None,
 ) -> StoreHeader:
-    config = model.config
-    if config.codebook_size > schema.INDEX_FILL:
-        raise GtokError(
-            f"the model has {config.codebook_size} codes but token stores keep id "
-            f"{schema.INDEX_FILL} free to mark unwritten rows; use a codebook of at most "
-            f"{schema.INDEX_FILL} codes."
-        )
-    return StoreHeader(
-        model_config=config.to_dict(),
-        weights_sha256=model.weights_sha256,
-        num_tokens=config.num_tokens,
-        codebook_size=config.codebook_size,
-        has_geometry=config.kind == "gaussian",
-        preprocessing=preprocess.to_dict(),
+    return model_header(
+        model.config,
+        model.weights_sha256,
+        model.path,
+        preprocess.to_dict(),
         geometry_dtype=geometry_dtype,
-        shard_names=tuple(s.name for s in shards),
-        shard_urls=tuple(utf8_text(s.url) for s in shards),
-        model_path=str(model.path.resolve()),
-        numerics={"tf32": tf32_settings(), "precision": precision, "batch_size": batch_size},
+        shards=shards,
         metadata_fields=metadata_fields,
+        numerics={"tf32": tf32_settings(), "precision": precision, "batch_size": batch_size},
         geometry_bins=None if binning is None else binning.to_attrs(),
         refinement=model.refine.to_dict() if model.refine.enabled else None,
     )
