@@ -66,7 +66,9 @@ def encode(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Decoding processes (0: decode in this process). [default: cores - 1]", min=0
+            help="Decoding processes (0: decode in this process); with --distributor ray and no "
+            "--ray-address: the local Ray's CPUs. [default: cores - 1; Ray: all cores]",
+            min=0,
         ),
     ] = None,
     device: Annotated[

@@ -76,7 +76,12 @@ def _reason(error: BaseException) -> str:
         return str(cause)
     if isinstance(cause, BaseException):
         return f"{type(cause).__name__}: {cause}"
-    return str(error).strip().splitlines()[0]
+    return _first_line(error)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _start(ray, address: str | None, num_cpus: int | None) -> bool:
@@ -88,7 +93,13 @@ def _start(ray, address: str | None, num_cpus: int | None) -> bool:
     # the tasks' output stays in Ray's logs: stdout is the CLI's result (--json)
     quiet = {"logging_level": logging.WARNING, "include_dashboard": False, "log_to_driver": False}
     if address is not None:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
+            raise GtokError(
+                f"could not connect to the Ray cluster at {address} ({_first_line(exc)}); check "
+                "the address (address=/--ray-address) and that the cluster is up."
+            ) from exc
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **quiet)
     return True

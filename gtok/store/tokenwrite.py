@@ -146,8 +146,9 @@ def write(
     tokens: what `tok.encode(images)` returns (`gtok.Tokens`) or anything with `indices`
         [N, G] integer code ids and `geometry` [N, G, 5] (None for a VQ model), torch or
         numpy. keys: N unique non-empty strings (`TokenStore.index` finds rows by them).
-    model: the model directory (or training run directory) whose tokens these are; its
-        config and the sha256 of its weights are recorded, as `gtok encode` records them.
+    model: the model directory (or training run directory) whose tokens these are, or
+        "default" (the model shipped with gtok); its config and the sha256 of its weights
+        are recorded, as `gtok encode` records them.
     captions: N strings (None: a row without one), or None; metadata: field name -> N
         strings (kept as `meta/<field>`; every write to one store gives the same fields).
     append: add the rows after those of the existing store at `path` (or create it); else a
@@ -156,12 +157,14 @@ def write(
         gtok's for the model, `Preprocess(image_size)`, which `gtok verify` re-encodes with).
     Raises `GtokError` (one sentence) for tokens that do not fit the model or the store.
     """
-    from gtok.model.io import read_config, resolve_model_dir, weights_sha256
+    from gtok.model.default import default_model_dir
+    from gtok.model.io import DEFAULT_MODEL, read_config, resolve_model_dir, weights_sha256
 
     out = os.fspath(path)
     if geometry_dtype not in schema.GEOMETRY_DTYPES:
         raise GtokError(f"geometry_dtype must be one of {', '.join(schema.GEOMETRY_DTYPES)}.")
-    model_dir = Path(resolve_model_dir(model))
+    shipped = os.fspath(model) == DEFAULT_MODEL  # as `gtok.load_tokenizer` names it
+    model_dir = Path(default_model_dir() if shipped else resolve_model_dir(model))
     config = read_config(model_dir)
     indices = _indices(tokens, config)
     rows = len(indices)
