@@ -195,7 +195,7 @@ def encode_on_ray(
         raise GtokError(
             f"{len(failed)} of {len(names)} shards failed after {retries + 1} attempts each, "
             f"e.g. {first.shard}: {first.error} (the {len(summaries)} finished shards are kept "
-            f"in {os.fspath(out)}; run the same command again to resume)"
+            f"in {os.fspath(out)}; run the same command again to resume)."
         )
     summary = _total(summaries, os.fspath(out), model_dir, len(names))
     summary.store_counts = finalize_store(os.fspath(out))

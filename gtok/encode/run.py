@@ -233,7 +233,7 @@ def _batch_size(requested: int | None, recorded: StoreHeader | None) -> int:
     (a new store, or one written before gtok recorded it)."""
     if requested is not None:
         if requested < 1:
-            raise GtokError(f"--batch-size must be at least 1, got {requested}.")
+            raise GtokError(f"batch_size (--batch-size) must be at least 1, got {requested}.")
         return requested
     recorded_size = (recorded.numerics or {}).get("batch_size") if recorded else None
     return DEFAULT_BATCH_SIZE if recorded_size is None else recorded_size
@@ -300,12 +300,14 @@ def encode_shards(
     part_of: WorkerSlice = worker_slice(shard_id, num_shards)
     fields = _metadata_fields(metadata_fields)
     if overwrite and append:
-        raise GtokError("--append adds to a store and --overwrite deletes it; choose one.")
+        raise GtokError(
+            "append (--append) adds to a store and overwrite (--overwrite) deletes it; choose one."
+        )
     parallel = part_of.parallel or shard_name is not None
     if overwrite and parallel:
         raise GtokError(
-            "--overwrite would delete the store under the other workers; delete it once "
-            "before starting them, without --overwrite."
+            "overwrite (--overwrite) would delete the store under the other workers; delete it "
+            "once before starting them, without overwrite."
         )
     if shard_name is not None and shard_name not in {r.name for r in refs}:
         raise GtokError(
@@ -313,11 +315,15 @@ def encode_shards(
             "name of one of them (ShardRef.name from gtok.data.expand_shards)."
         )
     if geometry_dtype not in schema.GEOMETRY_DTYPES:
-        raise GtokError(f"--geometry-dtype must be one of {', '.join(schema.GEOMETRY_DTYPES)}.")
+        raise GtokError(
+            f"geometry_dtype (--geometry-dtype) must be one of {', '.join(schema.GEOMETRY_DTYPES)}."
+        )
     recorded = _recorded(out, overwrite)
     batch_size = _batch_size(batch_size, recorded)
     if max_member_bytes < 1:
-        raise GtokError(f"--max-member-bytes must be at least 1, got {max_member_bytes}.")
+        raise GtokError(
+            f"max_member_bytes (--max-member-bytes) must be at least 1, got {max_member_bytes}."
+        )
     check_inference_precision(precision)
     loaded = load_encoding_model(model, device, refine)
     size = loaded.config.image_size
@@ -377,11 +383,12 @@ def _metadata_fields(fields: Iterable[str]) -> tuple[str, ...]:
     for name in fields:
         if not schema.is_field_name(name):
             raise GtokError(
-                f"--metadata-fields: {name!r} cannot name an array; use fields made of "
-                "letters, digits, '.', '_' and '-' that start with a letter or digit."
+                f"metadata_fields (--metadata-fields): {name!r} cannot name an array; use "
+                "fields made of letters, digits, '.', '_' and '-' that start with a letter or "
+                "digit."
             )
     if len(set(fields)) != len(fields):
-        raise GtokError("--metadata-fields names a field twice; give each once.")
+        raise GtokError("metadata_fields (--metadata-fields) names a field twice; give each once.")
     return fields
 
 
@@ -390,10 +397,12 @@ def _binning(model: EncodingModel, bits: int | None) -> GeometryBinning | None:
     if bits is None:
         return None
     if not MIN_BITS <= bits <= MAX_BITS:
-        raise GtokError(f"--geometry-bits must be in {MIN_BITS}..{MAX_BITS}, got {bits}.")
+        raise GtokError(
+            f"geometry_bits (--geometry-bits) must be in {MIN_BITS}..{MAX_BITS}, got {bits}."
+        )
     if model.config.kind != "gaussian":
         raise GtokError(
-            f"--geometry-bits needs a GaussianToken model, but {model.path} is a "
+            f"geometry_bits (--geometry-bits) needs a GaussianToken model, but {model.path} is a "
             f"{model.config.kind} model whose tokens have no geometry; leave the option out."
         )
     return GeometryBinning.for_model(bits, model.tokenizer)
