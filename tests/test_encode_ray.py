@@ -131,3 +131,13 @@ def test_without_ray_one_sentence_says_how_to_get_it(tmp_path, data, runner, mon
     assert result.exit_code == 1
     assert result.stderr.strip() == "error: --distributor ray needs Ray: pip install 'gtok[ray]'."
     assert not (tmp_path / "t.zarr").exists()
+
+
+def test_options_of_the_other_distributor_are_refused(tmp_path, data, runner):
+    out = ["-o", str(tmp_path / "t.zarr")]
+    with_ray = [*out, "--distributor", "ray", "--shard-id", "0", "--num-shards", "2"]
+    refused = runner.invoke(app, ["encode", str(data), *with_ray])
+    assert refused.exit_code == 2 and "leave out --shard-id/--num-shards" in refused.stderr
+    refused = runner.invoke(app, ["encode", str(data), *out, "--retries", "3"])
+    assert refused.exit_code == 2 and "go with --distributor ray" in refused.stderr
+    assert not (tmp_path / "t.zarr").exists()
