@@ -115,7 +115,7 @@ def test_train_setting_errors_name_their_flags(runner, train_shard, tmp_path):
     result = runner.invoke(app, ["train", *args, "--steps", "0", "--batch-size", "0"])
     assert result.exit_code == 2
     assert "--steps must be at least 1" in result.stderr
-    assert "(--batch-size) must be at least 1" in result.stderr
+    assert "--batch-size must be at least 1" in result.stderr
     both = runner.invoke(app, ["train", *args, "--steps", "2", "--epochs", "1"])
     assert both.exit_code == 2 and "exactly one of --steps and --epochs" in both.stderr
 
