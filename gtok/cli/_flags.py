@@ -16,6 +16,7 @@ __all__ = ["FLAGS", "error_message", "flag", "with_flags"]
 FLAGS = {  # library argument -> its flag (or argument) on the command line, where they differ
     "shards": "SHARDS",
     "out": "--output",
+    "address": "--ray-address",
     "lpips_weights": "--lpips-vgg-weights",
     "vgg_weights": "--vgg16-weights",
 }

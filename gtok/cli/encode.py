@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
+from functools import partial
 from typing import Annotated
 
 import typer
@@ -19,6 +21,11 @@ from gtok.outputs import naming
 class GeometryDtype(StrEnum):
     float16 = "float16"
     float32 = "float32"
+
+
+class Distributor(StrEnum):
+    multiprocessing = "multiprocessing"
+    ray = "ray"
 
 
 def _background(value: str) -> tuple[int, int, int]:
@@ -61,7 +68,9 @@ def encode(
     workers: Annotated[
         int | None,
         typer.Option(
-            help="Decoding processes (0: decode in this process). [default: cores - 1]", min=0
+            help="Decoding processes (0: decode in this process); with --distributor ray and no "
+            "--ray-address: the local Ray's CPUs. [default: cores - 1; Ray: all cores]",
+            min=0,
         ),
     ] = None,
     device: Annotated[
@@ -140,6 +149,28 @@ def encode(
         bool,
         typer.Option("--finalize", help="Only build the final arrays after parallel workers."),
     ] = False,
+    distributor: Annotated[
+        Distributor,
+        typer.Option(
+            help="multiprocessing: this process with --workers decoding processes (and "
+            "--shard-id/--num-shards workers by hand); ray: one Ray task per shard, retried, "
+            "then finalized here (pip install 'gtok[ray]'; docs/scaling.md)."
+        ),
+    ] = Distributor.multiprocessing,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --distributor ray: the Ray cluster to use (e.g. auto or "
+            "ray://head:10001). [default: start a local Ray with --workers CPUs]"
+        ),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option(
+            help="With --distributor ray: times a failed shard task is run again. [default: 2]",
+            min=0,
+        ),
+    ] = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Tokenize every image of some tar shards into a Zarr token store.
@@ -164,8 +195,12 @@ def encode(
 
     Example (4 workers, then finalize): gtok encode ./shards -o tokens.zarr -m model/
     --shard-id 0 --num-shards 4 ... ; gtok encode --finalize -o tokens.zarr
+
+    Example (one task per shard on a Ray cluster): gtok encode 's3://bucket/{00..99}.tar' -o
+    s3://bucket/tokens.zarr -m /shared/model --distributor ray --ray-address auto
     """
-    from gtok.encode import encode_shards, refine_settings
+    from gtok.encode import EncodeSummary, encode_shards, refine_settings
+    from gtok.encode.distributed import DEFAULT_RETRIES, encode_on_ray
     from gtok.store import finalize_store
 
     if finalize:
@@ -180,13 +215,34 @@ def encode(
         return
     if not shards:
         raise typer.BadParameter("give the SHARDS to encode (or --finalize).")
+    if distributor == Distributor.ray:
+        if overwrite or shard_id is not None or num_shards is not None:
+            raise typer.BadParameter(
+                "--distributor ray runs one task per shard: leave out --shard-id/--num-shards, "
+                "and delete the store instead of --overwrite."
+            )
+        run: Callable[..., EncodeSummary] = partial(
+            encode_on_ray,
+            address=ray_address,
+            num_cpus=workers,
+            retries=DEFAULT_RETRIES if retries is None else retries,
+        )
+    elif ray_address is not None or retries is not None:
+        raise typer.BadParameter("--ray-address and --retries go with --distributor ray.")
+    else:
+        run = partial(
+            encode_shards,
+            workers=workers,
+            overwrite=overwrite,
+            shard_id=shard_id,
+            num_shards=num_shards,
+        )
     with naming(output), resumable():
-        summary = encode_shards(
+        summary = run(
             shards,
             output,
             model,
             batch_size=batch_size,
-            workers=workers,
             device=device,
             resize=resize,
             background=_background(background),
@@ -194,9 +250,6 @@ def encode(
             max_member_bytes=max_member_bytes,
             geometry_dtype=geometry_dtype.value,
             geometry_bits=geometry_bits,
-            overwrite=overwrite,
-            shard_id=shard_id,
-            num_shards=num_shards,
             metadata_fields=[f.strip() for f in metadata_fields.split(",") if f.strip()],
             append=append,
             jpeg_draft=jpeg_draft,

@@ -29,7 +29,7 @@ from gtok.data import EncodeStream, Preprocess, ShardChunk, expand_shards, loade
 from gtok.data.images import DEFAULT_MAX_PIXELS
 from gtok.data.shards import ShardRef, shard_fingerprint, split_for_worker
 from gtok.data.stream import worker_death_as_error
-from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, utf8_text
+from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
 from gtok.data.transforms import check_resize
 from gtok.devices import check_inference_precision, exact_fp32, mixed_precision, tf32_settings
 from gtok.encode.model import EncodingModel, load_encoding_model
@@ -39,6 +39,7 @@ from gtok.model.refine import RefineSettings
 from gtok.store import Location, Part, StoreHeader, StoreWriter, finalize_store, schema
 from gtok.store.append import begin_append
 from gtok.store.geometry_bins import MAX_BITS, MIN_BITS, GeometryBinning
+from gtok.store.header import model_header
 from gtok.store.identity import check_same_files
 from gtok.store.opening import open_root, read_header
 
@@ -172,26 +173,15 @@ def _header(
     batch_size: int,
     binning: GeometryBinning | None = None,
 ) -> StoreHeader:
-    config = model.config
-    if config.codebook_size > schema.INDEX_FILL:
-        raise GtokError(
-            f"the model has {config.codebook_size} codes but token stores keep id "
-            f"{schema.INDEX_FILL} free to mark unwritten rows; use a codebook of at most "
-            f"{schema.INDEX_FILL} codes."
-        )
-    return StoreHeader(
-        model_config=config.to_dict(),
-        weights_sha256=model.weights_sha256,
-        num_tokens=config.num_tokens,
-        codebook_size=config.codebook_size,
-        has_geometry=config.kind == "gaussian",
-        preprocessing=preprocess.to_dict(),
+    return model_header(
+        model.config,
+        model.weights_sha256,
+        model.path,
+        preprocess.to_dict(),
         geometry_dtype=geometry_dtype,
-        shard_names=tuple(s.name for s in shards),
-        shard_urls=tuple(utf8_text(s.url) for s in shards),
-        model_path=str(model.path.resolve()),
-        numerics={"tf32": tf32_settings(), "precision": precision, "batch_size": batch_size},
+        shards=shards,
         metadata_fields=metadata_fields,
+        numerics={"tf32": tf32_settings(), "precision": precision, "batch_size": batch_size},
         geometry_bins=None if binning is None else binning.to_attrs(),
         refinement=model.refine.to_dict() if model.refine.enabled else None,
     )
@@ -272,6 +262,7 @@ def encode_shards(
     jpeg_draft: bool | None = None,
     precision: str = "fp32",
     refine: RefineSettings | None = None,
+    shard_name: str | None = None,
 ) -> EncodeSummary:
     """Encode every sample of `shards` into the token store `out` with `model`.
 
@@ -297,6 +288,9 @@ def encode_shards(
         (`gtok.store.append`); the store must have been encoded with the same settings.
     refine: encode-time geometry refinement (`gtok.model.refine`), recorded in the store's
         header; a resume or another worker must use the same settings.
+    shard_name: encode only the input shard of this name (`ShardRef.name`, e.g. one task of
+        `gtok.encode.distributed`); like a parallel worker, it leaves finalizing to
+        `finalize_store`.
     Resumes by default: shards already in the store are not encoded again (another file
     under an encoded shard's name is refused, `gtok.store.identity`). TF32 is off
     while encoding (`gtok.devices.exact_fp32`), as the store records.
@@ -309,11 +303,17 @@ def encode_shards(
         raise ArgumentError(
             "append adds to a store and overwrite deletes it; choose one.", "append", "overwrite"
         )
-    if overwrite and part_of.parallel:
+    parallel = part_of.parallel or shard_name is not None
+    if overwrite and parallel:
         raise ArgumentError(
             "overwrite would delete the store under the other workers; delete it once "
             "before starting them, without overwrite.",
             "overwrite",
+        )
+    if shard_name is not None and shard_name not in {r.name for r in refs}:
+        raise GtokError(
+            f"shard_name={shard_name!r} is not one of the {len(refs)} input shards; give the "
+            "name of one of them (ShardRef.name from gtok.data.expand_shards)."
         )
     if geometry_dtype not in schema.GEOMETRY_DTYPES:
         raise ArgumentError(
@@ -345,6 +345,8 @@ def encode_shards(
         header, refs = appended
     writer = StoreWriter.open(str(out), header, overwrite=overwrite)
     mine = split_for_worker(refs, part_of.shard_id, part_of.num_shards)
+    if shard_name is not None:
+        mine = [r for r in mine if r.name == shard_name]
     with writer:  # releases the parts' locks however this ends
         if writer.state != schema.STATE_COMPLETE:
             writer.claim([r.name for r in mine])
@@ -366,10 +368,10 @@ def encode_shards(
         summary.seconds = time.perf_counter() - started
         summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
         finished_mine = summary.shards_already_done + summary.shards_encoded == len(mine)
-        if not part_of.parallel and finished_mine:
+        if not parallel and finished_mine:
             summary.store_counts = finalize_store(str(out))
             summary.finalized = True
-        elif part_of.parallel:
+        elif parallel:
             summary.next_step = (
                 f"when every worker has finished, run: gtok encode --finalize -o {writer.location}"
             )
