@@ -339,7 +339,7 @@ def test_max_member_bytes_skips_larger_members_unread(tmp_path, model, runner):
         }
     ]
     bad = runner.invoke(app, [*args, "--max-member-bytes", "0", "--overwrite"])
-    assert bad.exit_code == 1 and "(--max-member-bytes) must be at least 1" in bad.output
+    assert bad.exit_code == 1 and "--max-member-bytes must be at least 1" in bad.output
 
 
 # ---- non-finite model outputs -------------------------------------------------------------------

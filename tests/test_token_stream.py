@@ -249,7 +249,7 @@ def test_other_bits_are_refused_on_resume_and_bad_bits_on_the_command_line(
     for bits in ("3", "17"):
         args = ["encode", str(shards), "-o", out, "-m", str(model), "--geometry-bits", bits]
         result = runner.invoke(app, args)
-        assert result.exit_code == 1 and "(--geometry-bits) must be in 4..16" in result.stderr
+        assert result.exit_code == 1 and "--geometry-bits must be in 4..16" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
 
 
