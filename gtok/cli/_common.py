@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -259,8 +260,9 @@ def _raw_examples(text: str | None) -> str | None:
 
 
 def fail(message: str) -> None:
-    """Stop the command with one red sentence on stderr and exit code 1."""
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    """Stop the command with one red sentence on stderr and exit code 1 (`message` is text,
+    not markup: a `[` in a file name or a command is shown as it is)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(1)
 
 

@@ -1,4 +1,5 @@
-"""`gtok encode`: tar shards -> a Zarr token store (resumable, splittable across processes)."""
+"""`gtok encode`: tar shards or Parquet files -> a Zarr token store (resumable, splittable
+across processes)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from gtok.cli._columns import CaptionColumnOption, ImageColumnOption, KeyColumnOption
 from gtok.cli._common import ConfigOption, JsonFlag, Precision, PrecisionOption, print_json
 from gtok.cli._options import resumable
 from gtok.cli._tokens import RefineLossOption, RefineLrOption, RefineStepsOption, ShardsArgument
@@ -110,8 +112,9 @@ def encode(
     metadata_fields: Annotated[
         str,
         typer.Option(
-            help="Comma-separated fields of each sample's .json to keep as meta/<field> "
-            "string arrays (e.g. url,width,height); .txt captions are always kept."
+            help="Comma-separated fields of each sample's .json (columns of Parquet inputs) "
+            "to keep as meta/<field> string arrays (e.g. url,width,height); .txt captions "
+            "are always kept."
         ),
     ] = "",
     append: Annotated[
@@ -135,13 +138,16 @@ def encode(
     refine_steps: RefineStepsOption = 0,
     refine_lr: RefineLrOption = None,
     refine_loss: RefineLossOption = None,
+    image_column: ImageColumnOption = None,
+    caption_column: CaptionColumnOption = None,
+    key_column: KeyColumnOption = None,
     finalize: Annotated[
         bool,
         typer.Option("--finalize", help="Only build the final arrays after parallel workers."),
     ] = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Tokenize every image of some tar shards into a Zarr token store.
+    """Tokenize every image of some tar shards or Parquet files into a Zarr token store.
 
     Rerunning the same command resumes where it stopped. Parallel workers each take every
     N-th shard; then one `gtok encode --finalize -o STORE` builds the final arrays.
@@ -155,6 +161,9 @@ def encode(
     Example (img2dataset output, captions and some metadata): gtok encode ./laion -o
     laion.zarr --metadata-fields url,width,height
 
+    Example (a Hugging Face dataset's Parquet files): gtok encode 'data/*.parquet' -o
+    tokens.zarr
+
     Example (add the shards downloaded since): gtok encode ./laion -o laion.zarr
     --metadata-fields url,width,height --append
 
@@ -164,6 +173,7 @@ def encode(
     Example (4 workers, then finalize): gtok encode ./shards -o tokens.zarr -m model/
     --shard-id 0 --num-shards 4 ... ; gtok encode --finalize -o tokens.zarr
     """
+    from gtok.data.parquetio import Columns
     from gtok.encode import encode_shards, refine_settings
     from gtok.store import finalize_store
 
@@ -201,6 +211,7 @@ def encode(
             jpeg_draft=jpeg_draft,
             precision=precision.value,
             refine=refine_settings(refine_steps, refine_lr, refine_loss),
+            columns=Columns(image=image_column, caption=caption_column, key=key_column),
         )
     if json_output:
         print_json(summary.to_dict())

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from gtok.cli._columns import ImageColumnOption, KeyColumnOption
 from gtok.cli._common import ConfigOption, JsonFlag, print_json, table_text
 from gtok.cli._tokens import RefineLossOption, RefineLrOption, RefineStepsOption, ShardsArgument
 from gtok.console import console, is_quiet
@@ -116,6 +117,8 @@ def eval_command(
         int,
         typer.Option(help="Images in the report grid: the best, median and worst by PSNR.", min=0),
     ] = 9,
+    image_column: ImageColumnOption = None,
+    key_column: KeyColumnOption = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Reconstruct and score: PSNR, SSIM, LPIPS (VGG, Alex), rFID, codebook usage, geometry.
@@ -135,6 +138,7 @@ def eval_command(
 
     Example: gtok eval --reference ./val-shards --reconstructed tokens.zarr
     """
+    from gtok.data.parquetio import Columns
     from gtok.encode import default_workers, refine_settings
     from gtok.evaluate import evaluate_model, evaluate_pairs, unavailable_notes, write_report
 
@@ -154,6 +158,7 @@ def eval_command(
         "device": device,
         "grid_images": grid_images if report is not None else 0,
         "jpeg_draft": jpeg_draft,
+        "columns": Columns(image=image_column, key=key_column),
     }
     refine = refine_settings(refine_steps, refine_lr, refine_loss)
     if reference or reconstructed:

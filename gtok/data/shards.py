@@ -1,10 +1,13 @@
-"""Which tar shards a list of shard specs names: folders, globs, brace patterns, fsspec URLs.
+"""Which input shards a list of shard specs names: folders, globs, brace patterns, fsspec URLs.
 
-A spec is one of
+An input shard is a WebDataset tar or a Parquet file (`ShardRef.kind`, told by the file's
+first bytes, or for a remote file by its `.parquet` suffix; `gtok.data.sources` reads
+either). A spec is one of
 - a folder: every `*.tar` directly inside it (an img2dataset output folder as it is: its
-  `.parquet` and `_stats.json` files are not shards and are ignored);
-- a `.tar` file;
-- a glob (`data/train-*.tar`, `s3://bucket/shards/*.tar`);
+  `.parquet` and `_stats.json` files are not shards and are ignored), or, when it holds no
+  tar, every `*.parquet` directly inside it;
+- a `.tar` or `.parquet` file;
+- a glob (`data/train-*.tar`, `s3://bucket/shards/*.tar`, `data/*.parquet`);
 - a brace pattern (`train-{000000..000009}.tar`, `{train,val}-000000.tar`), expanded first,
   each result then read as one of the above;
 - any of these as an fsspec URL (`file://`, `s3://`, `gs://`, `https://` for single files,
@@ -17,7 +20,9 @@ link, as a `file://` URL) counts once: local files are compared by their resolve
 path, others by URL. A shard's name is its file name escaped as tar member names are
 (`gtok.data.tario.escape_name`: bytes that are not UTF-8 become `%XX`). A spec that names
 nothing is a `GtokError` raised before any work starts; so is an image file where a shard
-was expected, and the error for it, or for a folder without shards, says to run `gtok pack`.
+was expected, and the error for it, or for a folder without shards, says to run `gtok pack`;
+so is a file of another kind (ZIP, PDF). Each Parquet file's footer is read then, so that a
+missing column (`gtok.data.parquetio.Columns`) or a missing pyarrow is one sentence too.
 
 `shard_fingerprint(url)` identifies a shard file's content cheaply (its size and a hash of
 its first and last MiB, read as two ranges): a store records it per input shard
@@ -31,13 +36,16 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from gtok.data.magic import HEAD_BYTES, Magic, sniff
+from gtok.data.magic import HEAD_BYTES, sniff
+from gtok.data.parquetio import DEFAULT_COLUMNS, Columns, check_parquet
 from gtok.data.tario import escape_name
 from gtok.errors import GtokError
 
 __all__ = [
+    "PARQUET",
+    "TAR",
     "ShardFingerprint",
     "ShardRef",
     "brace_expand",
@@ -51,6 +59,8 @@ _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 _GLOB_CHARS = set("*?[")
 SHARD_SUFFIX = ".tar"
+PARQUET_SUFFIX = ".parquet"
+TAR, PARQUET = "tar", "parquet"  # the kinds of input shard
 FINGERPRINT_SPAN = 1 << 20  # bytes hashed at each end of a shard file
 _FINGERPRINT_HEX = re.compile(r"^[0-9a-f]{64}$")
 _FINGERPRINT_THREADS = 8  # files fingerprinted at once (remote reads wait on the network)
@@ -60,11 +70,14 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".t
 
 @dataclass(frozen=True, order=True)
 class ShardRef:
-    """One input tar shard: `name` (its file name, unique in a run, the key prefix) and `url`
-    (what fsspec opens: a local path or a URL)."""
+    """One input shard: `name` (its file name, unique in a run, the key prefix), `url` (what
+    fsspec opens: a local path or a URL), `kind` (`TAR` or `PARQUET`) and, for a Parquet
+    file, the `columns` to read it with."""
 
     name: str
     url: str
+    kind: str = TAR
+    columns: Columns = field(default=DEFAULT_COLUMNS, compare=False)
 
 
 @dataclass(frozen=True)
@@ -163,54 +176,65 @@ def _refuse_images(spec: str, found: list[str]) -> None:
         raise GtokError(f"{named} is an image, not a .tar shard; {_pack_advice('FOLDER')}.")
 
 
-def _refuse_other_files(spec: str, fs, found: list[str]) -> None:
-    """A `GtokError` when a local file that `spec` names is, by its first bytes, a kind of
-    file that is no tar (Parquet, ZIP, PDF, PostScript: `gtok.data.magic`). Compressed
-    tars pass: they are recorded as damaged, naming their compression. Remote files are not
-    opened here (one request per shard); their reader records them as damaged."""
+def _kind(spec: str, fs, path: str, single: bool) -> str:
+    """`TAR` or `PARQUET` for the file `path` that `spec` names (`single`: alone). A local
+    file is told by its first bytes (`gtok.data.magic`); one that is no tar or Parquet
+    (ZIP, PDF, PostScript) is a `GtokError`. Compressed tars pass: they are recorded as
+    damaged, naming their compression. Remote files are not opened here (one request per
+    shard): a `.parquet` suffix says Parquet, and their reader records other files as
+    damaged."""
     from fsspec.implementations.local import LocalFileSystem
 
     if not isinstance(fs, LocalFileSystem):
-        return
-    for path in found:
-        try:
-            with open(path, "rb") as handle:
-                magic = sniff(handle.read(HEAD_BYTES))
-        except OSError:  # unreadable: the tar reader records why
-            continue
-        if magic is not None and magic.decompress is None:
-            named = spec if found == [path] else f"{spec} matches {os.path.basename(path)}, which"
-            raise GtokError(f"{named} is a {magic.name} file, not a tar shard; {_advice(magic)}.")
-
-
-def _advice(magic: Magic) -> str:
-    """What to do with a file of kind `magic` given as a shard."""
+        return PARQUET if path.lower().endswith(PARQUET_SUFFIX) else TAR
+    try:
+        with open(path, "rb") as handle:
+            magic = sniff(handle.read(HEAD_BYTES))
+    except OSError:  # unreadable: the tar reader records why
+        return TAR
+    if magic is None or magic.decompress is not None:
+        return TAR
     if magic.name == "Parquet":
-        pack = _pack_advice("FOLDER")
-        return (
-            "gtok reads WebDataset tar shards: write the dataset as tars (img2dataset "
-            f"--output_format webdataset), or save its images to a folder and {pack}"
-        )
-    return f"gtok reads WebDataset tar shards; {_pack_advice('FOLDER')}"
+        return PARQUET
+    named = spec if single else f"{spec} matches {os.path.basename(path)}, which"
+    advice = _pack_advice("FOLDER")
+    raise GtokError(f"{named} is a {magic.name} file, not a tar shard or Parquet file; {advice}.")
 
 
-def _expand_one(spec: str) -> list[ShardRef]:
+def _in_folder(fs, path: str) -> list[str]:
+    """The shards of a folder: its `.tar` files, or when it has none its `.parquet` files."""
+    files = [p for p in fs.ls(path, detail=False) if fs.isfile(p)]
+    tars = [p for p in files if p.endswith(SHARD_SUFFIX)]
+    return tars or [p for p in files if p.lower().endswith(PARQUET_SUFFIX)]
+
+
+def _expand_one(spec: str, columns: Columns) -> list[ShardRef]:
     fs, path = _filesystem(spec)
     if any(ch in _GLOB_CHARS for ch in path):
         found = [p for p in fs.glob(path) if fs.isfile(p)]
         if not found:
             raise GtokError(f"{spec} matches no file; check the pattern.")
     elif fs.isdir(path):
-        found = [p for p in fs.ls(path, detail=False) if p.endswith(SHARD_SUFFIX) and fs.isfile(p)]
+        found = _in_folder(fs, path)
         if not found:
-            raise GtokError(f"The folder {spec} holds no .tar shards; {_pack_advice(spec)}.")
+            raise GtokError(
+                f"The folder {spec} holds no .tar shards or .parquet files; {_pack_advice(spec)}."
+            )
     elif fs.isfile(path):
         found = [path]
     else:
-        raise GtokError(f"{spec} does not exist; pass folders of .tar shards, .tar files or globs.")
+        raise GtokError(
+            f"{spec} does not exist; pass folders of .tar shards, .tar or .parquet files or globs."
+        )
     _refuse_images(spec, found)
-    _refuse_other_files(spec, fs, found)
-    return [ShardRef(name=_name(p), url=_url(fs, p, spec)) for p in found]
+    refs = []
+    for p in found:
+        kind = _kind(spec, fs, p, found == [p])
+        ref = ShardRef(_name(p), _url(fs, p, spec), kind, columns)
+        if kind == PARQUET:
+            check_parquet(ref.url, ref.name, columns)
+        refs.append(ref)
+    return refs
 
 
 def _same_file(a: ShardRef, b: ShardRef) -> bool:
@@ -235,9 +259,11 @@ def _name(path: str) -> str:
     return escape_name(os.fsencode(os.path.basename(path.rstrip("/"))))
 
 
-def expand_shards(specs: Iterable[str | os.PathLike]) -> list[ShardRef]:
+def expand_shards(
+    specs: Iterable[str | os.PathLike], columns: Columns = DEFAULT_COLUMNS
+) -> list[ShardRef]:
     """All shards the specs name, sorted by file name, duplicates of one file removed (the
-    first way it was named is kept).
+    first way it was named is kept); Parquet files are to be read with `columns`.
 
     Raises `GtokError` when no spec is given, a spec names nothing, or two different files
     share a file name.
@@ -245,10 +271,12 @@ def expand_shards(specs: Iterable[str | os.PathLike]) -> list[ShardRef]:
     refs: dict[str, ShardRef] = {}
     specs = [os.fspath(s) for s in specs]
     if not specs:
-        raise GtokError("No shards given; pass folders of .tar shards, .tar files or globs.")
+        raise GtokError(
+            "No shards given; pass folders of .tar shards, .tar or .parquet files or globs."
+        )
     for spec in specs:
         for expanded in brace_expand(spec):
-            for ref in _expand_one(expanded):
+            for ref in _expand_one(expanded, columns):
                 other = refs.setdefault(ref.name, ref)
                 if not _same_file(other, ref):
                     raise GtokError(
