@@ -49,11 +49,11 @@ def _one_line_error(result, *needles: str) -> None:
 # -- point 2: errors that name the next step -------------------------------------------
 
 
-def test_a_folder_of_images_given_as_shards_points_to_gtok_pack(runner, photos, tmp_path):
-    encode = runner.invoke(app, ["encode", str(photos), "-o", str(tmp_path / "t.zarr")])
-    _one_line_error(encode, "holds no .tar shards", f"gtok pack {photos} -o {photos}-shards")
+def test_an_image_folder_is_read_and_a_typo_is_one_sentence(runner, photos, tmp_path):
     train = runner.invoke(app, ["train", str(photos), "--preset", "tiny", "--steps", "1", "-o"])
     assert train.exit_code == 2  # -o without a value: a usage error before any data is read
+    typo = runner.invoke(app, ["encode", str(photos) + "x", "-o", str(tmp_path / "t.zarr")])
+    _one_line_error(typo, "does not exist", "folders of .tar shards, .parquet files or images")
 
 
 @pytest.mark.parametrize("name", ["a.jpg", "b.JPG", "*.jpg"])

@@ -62,8 +62,8 @@ def train(
     shards: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Training shards: folders of .tar or .parquet files, .tar or .parquet files, "
-            "globs, {a..b} patterns.",
+            help="Training shards: folders of .tar shards, .parquet files or images, .tar or "
+            ".parquet files, globs, {a..b} patterns.",
             metavar="SHARDS",
         ),
     ] = None,
@@ -294,7 +294,7 @@ def _check_required(
 ) -> None:
     """One usage error that lists every required setting not given, or nothing."""
     missing = [
-        "SHARDS (folders of .tar shards, .tar files or globs)" if not shards else "",
+        "SHARDS (folders of .tar shards, .parquet files or images, or globs)" if not shards else "",
         f"--preset ({', '.join(Preset)})" if preset is None else "",
         "--steps N or --epochs E" if steps is None and epochs is None else "",
         "-o/--output RUN_DIR" if output is None else "",

@@ -16,10 +16,10 @@ key `str(i)`, or with `Columns.key` that column's value (a null or repeated valu
 row with the reason).
 
 A row becomes a `RawSample` whose members are named as a tar's would be: the image under
-`png`, `webp` or `jpg` by its first bytes (the decoder reads the format from the bytes, so
-GIF, BMP and TIFF go under `jpg`), the caption as `txt`, and the `Columns.metadata`
-columns that the file has as one `json` object. An image cell over `max_member_bytes` is
-not passed on: the row gets the reason. Memory holds one row group (of the columns read).
+`png`, `webp` or `jpg` by its first bytes (`gtok.data.images.member_ext`), the caption as
+`txt`, and the `Columns.metadata` columns that the file has as one `json` object. An image
+cell over `max_member_bytes` is not passed on: the row gets the reason. Memory holds one
+row group (of the columns read).
 A row group that cannot be read ends the file with a `TarProblem`, as a cut tar does.
 
 pyarrow is an optional dependency (`pip install 'gtok[parquet]'`), imported on first use.
@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from gtok.data.images import IMAGE_EXTENSIONS
+from gtok.data.images import IMAGE_EXTENSIONS, member_ext
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, RawSample, TarProblem
 from gtok.errors import GtokError
 
@@ -216,15 +216,6 @@ def count_rows(url: str, name: str) -> int:
         return int(parquet.metadata.num_rows)
 
 
-def _image_ext(data: bytes) -> str:
-    """The member name for an image's bytes: `png`, `webp`, else `jpg` (module doc)."""
-    if data.startswith(b"\x89PNG"):
-        return "png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return "jpg"
-
-
 def _image_bytes(cell: Any, struct: bool) -> tuple[bytes | None, str | None]:
     """(the image bytes of a cell, None) or (None, why there are none)."""
     if struct:
@@ -272,7 +263,7 @@ def _sample(
     if missing is not None:
         sample.problem = sample.problem or missing
         return sample
-    sample.files[_image_ext(data)] = data
+    sample.files[member_ext(data)] = data
     caption = values.get(cols.caption) if cols.caption is not None else None
     if caption is not None:
         sample.files["txt"] = (caption if isinstance(caption, str) else str(caption)).encode()

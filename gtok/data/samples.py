@@ -19,7 +19,13 @@ from PIL import Image
 from gtok.data.images import IMAGE_EXTENSIONS, ImageRejected, decode_rgb_reduced
 from gtok.data.shards import ShardRef
 from gtok.data.sources import read_source
-from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, MAX_TEXT_BYTES, RawSample, TarProblem
+from gtok.data.tario import (
+    DEFAULT_MAX_MEMBER_BYTES,
+    MAX_TEXT_BYTES,
+    NO_LABEL,
+    RawSample,
+    TarProblem,
+)
 from gtok.data.transforms import Preprocess, center_crop
 from gtok.safeload import Unreadable, parse_json
 
@@ -36,8 +42,6 @@ __all__ = [
     "parse_metadata",
     "with_text",
 ]
-
-NO_LABEL = -1  # the label of a sample without a `.cls` member
 
 
 @dataclass

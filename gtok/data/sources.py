@@ -1,15 +1,18 @@
 """One reader for every kind of input shard: `read_source(ref)` yields the same
-`RawSample | TarProblem` items for a WebDataset tar (`gtok.data.tario`) and a Parquet file
-(`gtok.data.parquetio`), so decoding, encoding, evaluation, training and `gtok verify`
-do not depend on where the images are stored."""
+`RawSample | TarProblem` items for a WebDataset tar (`gtok.data.tario`), a Parquet file
+(`gtok.data.parquetio`) and a folder of images (`gtok.data.folderio`), so decoding,
+encoding, evaluation, training and `gtok verify` do not depend on where the images are
+stored."""
 
 from __future__ import annotations
 
 import tarfile
 from collections.abc import Iterator
 
+from gtok.data.folderio import read_folder
 from gtok.data.parquetio import count_rows, read_parquet
-from gtok.data.shards import PARQUET, TAR, ShardRef
+from gtok.data.scan import scan_folder
+from gtok.data.shards import FOLDER, PARQUET, TAR, ShardRef
 from gtok.data.tario import (
     DEFAULT_MAX_MEMBER_BYTES,
     RawSample,
@@ -35,15 +38,19 @@ def read_source(
         return read_tar(source.url, max_member_bytes)
     if source.kind == PARQUET:
         return read_parquet(source.url, source.name, source.columns, max_member_bytes)
+    if source.kind == FOLDER:
+        return read_folder(source.url, max_member_bytes)
     raise ValueError(f"unknown kind of input shard {source.kind!r}")
 
 
 def count_source(source: ShardRef) -> int:
     """Number of samples in the input shard `source` without reading any image: runs of tar
-    members sharing a key (a damaged tar counts those before the damage), or a Parquet
-    file's rows as its footer records them."""
+    members sharing a key (a damaged tar counts those before the damage), a Parquet
+    file's rows as its footer records them, or the entries of an image folder."""
     if source.kind == PARQUET:
         return count_rows(source.url, source.name)
+    if source.kind == FOLDER:
+        return len(scan_folder(source.url).entries)
     import fsspec
 
     total, last = 0, None
