@@ -261,3 +261,18 @@ def test_a_damaged_parquet_file_is_refused_before_any_store_is_made(tmp_path, ru
     result = runner.invoke(app, ["encode", str(bad), "-o", str(out)])
     assert result.exit_code == 1 and not out.exists()
     assert "error: Cannot read the Parquet file bad.parquet (" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "kind"), [("x.zip", b"PK\x03\x04", "ZIP"), ("x.tar", b"%PDF-", "PDF")]
+)
+def test_verify_against_a_file_gtok_cannot_read_is_one_sentence_first(
+    tmp_path, runner, name, head, kind
+):
+    source = tmp_path / name
+    source.write_bytes(head + bytes(1024))
+    missing_store = str(tmp_path / "nowhere.zarr")  # the source is named before the store
+    result = runner.invoke(app, ["verify", missing_store, "--against", str(source)])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1
+    assert f"{name} is a {kind} file, not a tar shard or Parquet file" in errors[0]

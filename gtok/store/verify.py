@@ -294,6 +294,7 @@ def verify_store(
     A store that does not open or does not match the format raises `GtokError`; every other
     problem is listed in the report.
     """
+    sources = expand_shards(shards, columns)  # an input gtok cannot read: before anything
     location = Location(os.fspath(path))
     report = VerifyReport(store=str(location))
     store = open_checked(location)
@@ -301,7 +302,6 @@ def verify_store(
         report.add(f"the store is not finished (state: {store.attrs['state']})")
         return report
     report.rows = store.rows or 0
-    sources = expand_shards(shards, columns)
     stored_names = set(store.header.shard_names)
     for ref in sources:
         if ref.name not in stored_names:
