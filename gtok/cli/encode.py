@@ -1,5 +1,5 @@
-"""`gtok encode`: tar shards or Parquet files -> a Zarr token store (resumable, splittable
-across processes)."""
+"""`gtok encode`: tar shards, Parquet files or image folders -> a Zarr token store
+(resumable, splittable across processes)."""
 
 from __future__ import annotations
 
@@ -147,7 +147,8 @@ def encode(
     ] = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Tokenize every image of some tar shards or Parquet files into a Zarr token store.
+    """Tokenize every image of some tar shards, Parquet files or image folders into a Zarr
+    token store.
 
     Rerunning the same command resumes where it stopped. Parallel workers each take every
     N-th shard; then one `gtok encode --finalize -o STORE` builds the final arrays.
@@ -162,6 +163,9 @@ def encode(
     laion.zarr --metadata-fields url,width,height
 
     Example (a Hugging Face dataset's Parquet files): gtok encode 'data/*.parquet' -o
+    tokens.zarr
+
+    Example (a folder of photos, read as gtok pack reads it): gtok encode ./photos -o
     tokens.zarr
 
     Example (add the shards downloaded since): gtok encode ./laion -o laion.zarr

@@ -19,7 +19,8 @@ def verify(
         list[str],
         typer.Option(
             "--against",
-            help="The source shards (folders, .tar or .parquet files, globs); repeat for several.",
+            help="The source shards (folders of shards or images, .tar or .parquet files, "
+            "globs); repeat for several.",
             show_default=False,
         ),
     ],
