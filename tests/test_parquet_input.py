@@ -276,3 +276,18 @@ def test_verify_against_a_file_gtok_cannot_read_is_one_sentence_first(
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.exit_code == 1 and len(errors) == 1
     assert f"{name} is a {kind} file, not a tar shard or Parquet file" in errors[0]
+
+
+def test_eval_scores_a_parquet_file_as_the_tar_of_its_images(tmp_path, model, runner):
+    images = _images(5)
+    pq_path = hub_parquet(tmp_path / "val.parquet", images, [None] * 5)
+    tar_path = as_tar(tmp_path / "val.tar", images, [None] * 5)
+    skip = ["--skip", "lpips-vgg", "--skip", "lpips-alex", "--skip", "rfid"]
+    common = ["-m", str(model), "--workers", "0", "--device", "cpu", "--json", *skip]
+    scores = []
+    for source in (pq_path, tar_path):
+        result = runner.invoke(app, ["eval", str(source), *common])
+        assert result.exit_code == 0, result.output
+        scores.append(json.loads(result.stdout))
+    assert scores[0]["n"] == scores[1]["n"] == 5
+    assert scores[0]["psnr"] == scores[1]["psnr"]
