@@ -17,6 +17,12 @@ Prints one JSON document:
   (`Preprocess.jpeg_draft`), and the draft crops' PSNR against the exact ones (min, median);
   then `encode_shards` of `--large-images` of them (repeated) with each `--workers` count,
   draft on and off: whether the decoding workers keep up with the model.
+- input_formats: the same images as tar shards and as Parquet files (img2dataset's shape: a
+  binary `jpg` column, one file per tar, row groups of `--row-group` rows): decode images/s
+  in this process alone (the reader + decode + crop, no model), then `encode_shards` img/s
+  for each `--workers` count, tar and Parquet runs alternating `--repeats` times (medians);
+  parquet_vs_tar = Parquet / tar (target >= 0.9). With `--inputs-only`, only this section
+  (and the machine and data) is measured.
 - bytes_per_image on disk (every file of the finished store) vs raw_token_bytes_per_image
   (uint16 ids + float16 geometry, uncompressed).
 - random-batch reads (rows/s of indices + geometry, batches of `--read-batch` random rows)
@@ -33,7 +39,8 @@ batch, so tokens use many codes as a trained model's do.
 On a machine shared with other jobs, pass `--threads 1`: with more torch threads than free
 cores, OpenMP threads spin while they wait and both wall and CPU time swing by 2-5x.
 
-Usage: .venv/bin/python bench/encode.py [--images 1024] [--workers 0 1 3] [--threads 1] > out.json
+Usage: .venv/bin/python bench/encode.py [--images 1024] [--workers 0 1 3] [--threads 1]
+[--inputs-only] > out.json
 """
 
 from __future__ import annotations
@@ -101,6 +108,63 @@ def _write_shards(folder: Path, images: int, per_shard: int) -> tuple[list[Path]
         for start in range(0, images, per_shard)
     ]
     return paths, origin
+
+
+def _parquet_copies(shards: list[Path], folder: Path, row_group: int) -> list[Path]:
+    """Each tar's samples as a Parquet file of img2dataset's shape (`key`, binary `jpg`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir()
+    paths = []
+    for shard in shards:
+        samples = [s for s in read_tar(str(shard)) if isinstance(s, RawSample)]
+        table = pa.table(
+            {"key": [s.key for s in samples], "jpg": pa.array([s.files["jpg"] for s in samples])}
+        )
+        paths.append(folder / f"{shard.stem}.parquet")
+        pq.write_table(table, paths[-1], row_group_size=row_group)
+    return paths
+
+
+def _input_formats(args, model_dir: Path, shards: list[Path], scratch: Path) -> dict:
+    """Tar vs Parquet input of the same images: decode rate in this process, then encode
+    img/s per worker count, the two formats alternating (medians of `--repeats`)."""
+    inputs = {"tar": shards, "parquet": _parquet_copies(shards, scratch / "pq", args.row_group)}
+    preprocess = Preprocess(load_encoding_model(model_dir, "cpu").config.image_size)
+    decode: dict[str, list[float]] = {name: [] for name in inputs}
+    encode: dict[str, dict[int, list[float]]] = {n: {w: [] for w in args.workers} for n in inputs}
+    for repeat in range(args.repeats):
+        for name, paths in inputs.items():
+            decode[name].append(_decoded(paths, preprocess, args.batch_size, 0)[1])
+            for workers in args.workers:
+                summary = encode_shards(
+                    paths,
+                    scratch / f"inputs-{name}-w{workers}-{repeat}.zarr",
+                    model_dir,
+                    batch_size=args.batch_size,
+                    workers=workers,
+                    device=args.device,
+                )
+                encode[name][workers].append(summary.images_per_second)
+
+    def median(rates: list[float]) -> float:
+        return round(float(np.median(rates)), 1)
+
+    return {
+        "row_group_rows": args.row_group,
+        "decode_images_per_s_one_core": {n: median(r) for n, r in decode.items()},
+        "decode_parquet_vs_tar": round(median(decode["parquet"]) / median(decode["tar"]), 3),
+        "encode_by_workers": {
+            str(w): {
+                "tar_images_per_s": median(encode["tar"][w]),
+                "parquet_images_per_s": median(encode["parquet"][w]),
+                "parquet_vs_tar": round(median(encode["parquet"][w]) / median(encode["tar"][w]), 3),
+                "each_run": {n: [round(r, 1) for r in encode[n][w]] for n in inputs},
+            }
+            for w in args.workers
+        },
+    }
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -287,6 +351,17 @@ def _read_rates(store_path: Path, scratch: Path, batch: int, batches: int) -> di
     }
 
 
+def _machine(device: str) -> dict:
+    from gtok.devices import select_device
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(select_device(device)),
+        "load_average": list(os.getloadavg()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024)
@@ -304,6 +379,10 @@ def main() -> None:
     parser.add_argument("--read-batch", type=int, default=256)
     parser.add_argument("--read-rows", type=int, default=200_000)
     parser.add_argument("--read-batches", type=int, default=50)
+    parser.add_argument("--row-group", type=int, default=128, help="rows per Parquet row group")
+    parser.add_argument(
+        "--inputs-only", action="store_true", help="measure only tar vs Parquet input"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -311,6 +390,16 @@ def main() -> None:
         scratch = Path(tmp)
         model_dir = Path(args.model) if args.model else _bench_model(scratch / "model")
         shards, origin = _write_shards(scratch, args.images, args.per_shard)
+        if args.inputs_only:
+            report = {
+                "machine": _machine(args.device),
+                "data": {"images": args.images, "shards": len(shards), "origin": origin},
+                "batch_size": args.batch_size,
+                "input_formats": _input_formats(args, model_dir, shards, scratch),
+            }
+            json.dump(report, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+            return
         model = load_encoding_model(model_dir, args.device)
         preprocess = Preprocess(model.config.image_size)
         batches, decode_rate = _decoded(shards, preprocess, args.batch_size, 0)
@@ -351,12 +440,7 @@ def main() -> None:
         store = TokenStore(info_store)
         raw = store.num_tokens * (2 + 5 * 2)
         report = {
-            "machine": {
-                "cpu_count": os.cpu_count(),
-                "torch_threads": torch.get_num_threads(),
-                "device": str(model.device),
-                "load_average": list(os.getloadavg()),
-            },
+            "machine": _machine(args.device),
             "data": {"images": len(store), "shards": len(shards), "origin": origin},
             "model": {
                 "preset": model.config.preset,
@@ -376,6 +460,7 @@ def main() -> None:
                 if encode_cpu
                 else None,
             },
+            "input_formats": _input_formats(args, model_dir, shards, scratch),
             "store": {
                 "bytes_per_image": round(sum(p.stat().st_size for p in files) / len(store), 1),
                 "raw_token_bytes_per_image": raw,

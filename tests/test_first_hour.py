@@ -49,11 +49,11 @@ def _one_line_error(result, *needles: str) -> None:
 # -- point 2: errors that name the next step -------------------------------------------
 
 
-def test_a_folder_of_images_given_as_shards_points_to_gtok_pack(runner, photos, tmp_path):
-    encode = runner.invoke(app, ["encode", str(photos), "-o", str(tmp_path / "t.zarr")])
-    _one_line_error(encode, "holds no .tar shards", f"gtok pack {photos} -o {photos}-shards")
+def test_an_image_folder_is_read_and_a_typo_is_one_sentence(runner, photos, tmp_path):
     train = runner.invoke(app, ["train", str(photos), "--preset", "tiny", "--steps", "1", "-o"])
     assert train.exit_code == 2  # -o without a value: a usage error before any data is read
+    typo = runner.invoke(app, ["encode", str(photos) + "x", "-o", str(tmp_path / "t.zarr")])
+    _one_line_error(typo, "does not exist", "folders of .tar shards, .parquet files or images")
 
 
 @pytest.mark.parametrize("name", ["a.jpg", "b.JPG", "*.jpg"])
@@ -64,28 +64,28 @@ def test_an_image_given_as_a_shard_points_to_gtok_pack(runner, photos, name):
 
 
 @pytest.mark.parametrize(
-    ("name", "head", "kind"),
+    ("name", "head", "needle"),
     [
-        ("x.parquet", b"PAR1", "Parquet"),
-        ("x.zip", b"PK\x03\x04", "ZIP"),
-        ("x.tar", b"PAR1", "Parquet"),
+        ("x.zip", b"PK\x03\x04", "is a ZIP file, not a tar shard or Parquet file"),
+        ("x.pdf", b"%PDF-", "is a PDF file, not a tar shard or Parquet file"),
+        ("x.tar", b"PAR1", "Cannot read the Parquet file x.tar"),  # Parquet by its bytes
     ],
 )
 def test_a_file_that_is_no_tar_is_refused_before_any_store_is_made(
-    runner, tmp_path, name, head, kind
+    runner, tmp_path, name, head, needle
 ):
-    """By its first bytes, whatever its name: a Hugging Face or img2dataset Parquet file (or
-    a ZIP) given as a shard used to end in an empty store marked complete, exit 0."""
+    """By its first bytes, whatever its name: a ZIP (or a damaged Parquet file) given as a
+    shard used to end in an empty store marked complete, exit 0."""
     folder = tmp_path / "data"
     folder.mkdir()
     (folder / name).write_bytes(head + bytes(4096) + head)
     store = tmp_path / "t.zarr"
     for spec in (folder / name, folder / "x.*"):
         encode = runner.invoke(app, ["encode", str(spec), "-o", str(store), "--workers", "0"])
-        _one_line_error(encode, f"is a {kind} file, not a tar shard", "WebDataset tar shards")
+        _one_line_error(encode, needle)
         assert not store.exists()
     evaluate = runner.invoke(app, ["eval", str(folder / name), "--workers", "0"])
-    _one_line_error(evaluate, f"is a {kind} file, not a tar shard")
+    _one_line_error(evaluate, needle)
 
 
 # -- point 3: gtok train says what it needs and how long it takes ------------------------

@@ -16,10 +16,10 @@ from shardmaker import bomb_png, jpeg, pixels, png
 
 from gtok.cli.main import app
 from gtok.data import NO_LABEL, Preprocess, center_prepare, decode_shard, read_tar
+from gtok.data.keys import KeyMaker
 from gtok.data.samples import Decoded
 from gtok.errors import GtokError
 from gtok.pack import base_key, pack_images
-from gtok.pack.keys import KeyMaker
 
 
 def _write(root: Path, files: dict[str, bytes]) -> dict[str, bytes]:
@@ -352,7 +352,7 @@ def test_a_folder_that_cannot_be_listed_is_skipped_with_the_reason(tmp_path, mon
             raise PermissionError(13, "Permission denied", str(path))
         return listing(path)
 
-    monkeypatch.setattr("gtok.pack.scan.os.scandir", scandir)
+    monkeypatch.setattr("gtok.data.scan.os.scandir", scandir)
     summary = pack_images(src, tmp_path / "shards")
     assert (summary.packed, summary.skipped) == (1, 1)
     assert summary.skipped_examples[0]["path"] == "locked"

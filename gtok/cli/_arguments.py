@@ -21,8 +21,8 @@ __all__ = [
 ShardsArgument = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Folders of .tar shards, .tar files, globs or brace patterns "
-        "(train-{000000..000099}.tar); fsspec URLs work too.",
+        help="Folders of .tar shards, .parquet files or images, .tar or .parquet files, globs "
+        "or brace patterns (train-{000000..000099}.tar); fsspec URLs work too.",
         show_default=False,
         metavar="SHARDS",
     ),

@@ -266,8 +266,8 @@ def _raw_examples(text: str | None) -> str | None:
 
 
 def fail(message: str) -> None:
-    """Stop the command with one red sentence on stderr and exit code 1 (`message` is
-    printed as it is: brackets such as `gtok[ray]` are not rich markup)."""
+    """Stop the command with one red sentence on stderr and exit code 1 (`message` is text,
+    not markup: a `[` in a file name or a command is shown as it is)."""
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(1)
 

@@ -17,6 +17,9 @@ FLAGS = {  # library argument -> its flag (or argument) on the command line, whe
     "shards": "SHARDS",
     "out": "--output",
     "address": "--ray-address",
+    "columns.image": "--image-column",  # gtok.data.parquetio.Columns
+    "columns.caption": "--caption-column",
+    "columns.key": "--key-column",
     "lpips_weights": "--lpips-vgg-weights",
     "vgg_weights": "--vgg16-weights",
 }

@@ -1,4 +1,5 @@
-"""`gtok encode`: tar shards -> a Zarr token store (resumable, splittable across processes)."""
+"""`gtok encode`: tar shards, Parquet files or image folders -> a Zarr token store
+(resumable, splittable across processes)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Annotated
 import typer
 
 from gtok.cli._arguments import RefineLossOption, RefineLrOption, RefineStepsOption, ShardsArgument
+from gtok.cli._columns import CaptionColumnOption, ImageColumnOption, KeyColumnOption
 from gtok.cli._common import ConfigOption, JsonFlag, Precision, PrecisionOption, print_json
 from gtok.cli._signals import resumable
 from gtok.console import console, is_quiet
@@ -120,8 +122,9 @@ def encode(
     metadata_fields: Annotated[
         str,
         typer.Option(
-            help="Comma-separated fields of each sample's .json to keep as meta/<field> "
-            "string arrays (e.g. url,width,height); .txt captions are always kept."
+            help="Comma-separated fields of each sample's .json (columns of Parquet inputs) "
+            "to keep as meta/<field> string arrays (e.g. url,width,height); .txt captions "
+            "are always kept."
         ),
     ] = "",
     append: Annotated[
@@ -145,6 +148,9 @@ def encode(
     refine_steps: RefineStepsOption = 0,
     refine_lr: RefineLrOption = None,
     refine_loss: RefineLossOption = None,
+    image_column: ImageColumnOption = None,
+    caption_column: CaptionColumnOption = None,
+    key_column: KeyColumnOption = None,
     finalize: Annotated[
         bool,
         typer.Option("--finalize", help="Only build the final arrays after parallel workers."),
@@ -173,7 +179,8 @@ def encode(
     ] = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """Tokenize every image of some tar shards into a Zarr token store.
+    """Tokenize every image of some tar shards, Parquet files or image folders into a Zarr
+    token store.
 
     Rerunning the same command resumes where it stopped. Parallel workers each take every
     N-th shard; then one `gtok encode --finalize -o STORE` builds the final arrays.
@@ -187,6 +194,12 @@ def encode(
     Example (img2dataset output, captions and some metadata): gtok encode ./laion -o
     laion.zarr --metadata-fields url,width,height
 
+    Example (a Hugging Face dataset's Parquet files): gtok encode 'data/*.parquet' -o
+    tokens.zarr
+
+    Example (a folder of photos, read as gtok pack reads it): gtok encode ./photos -o
+    tokens.zarr
+
     Example (add the shards downloaded since): gtok encode ./laion -o laion.zarr
     --metadata-fields url,width,height --append
 
@@ -199,6 +212,7 @@ def encode(
     Example (one task per shard on a Ray cluster): gtok encode 's3://bucket/{00..99}.tar' -o
     s3://bucket/tokens.zarr -m /shared/model --distributor ray --ray-address auto
     """
+    from gtok.data.parquetio import Columns
     from gtok.encode import EncodeSummary, encode_shards, refine_settings
     from gtok.encode.distributed import DEFAULT_RETRIES, encode_on_ray
     from gtok.store import finalize_store
@@ -255,6 +269,7 @@ def encode(
             jpeg_draft=jpeg_draft,
             precision=precision.value,
             refine=refine_settings(refine_steps, refine_lr, refine_loss),
+            columns=Columns(image=image_column, caption=caption_column, key=key_column),
         )
     if json_output:
         print_json(summary.to_dict())

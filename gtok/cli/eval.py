@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, TypedDict
+from typing import TYPE_CHECKING, Annotated, TypedDict
 
 import typer
 from rich.table import Table
 
 from gtok.cli._arguments import RefineLossOption, RefineLrOption, RefineStepsOption, ShardsArgument
+from gtok.cli._columns import ImageColumnOption, KeyColumnOption
 from gtok.cli._common import ConfigOption, JsonFlag, print_json, table_text
 from gtok.console import console, is_quiet
+
+if TYPE_CHECKING:
+    from gtok.data.parquetio import Columns
 
 
 class Metric(StrEnum):
@@ -31,6 +35,7 @@ class _Shared(TypedDict):
     device: str
     grid_images: int
     jpeg_draft: bool
+    columns: Columns
 
 
 def _weights_option(key: str, filename: str) -> typer.models.OptionInfo:
@@ -129,6 +134,8 @@ def eval_command(
         int,
         typer.Option(help="Images in the report grid: the best, median and worst by PSNR.", min=0),
     ] = 9,
+    image_column: ImageColumnOption = None,
+    key_column: KeyColumnOption = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Reconstruct and score: PSNR, SSIM, LPIPS (VGG, Alex), rFID, codebook usage, geometry.
@@ -148,6 +155,7 @@ def eval_command(
 
     Example: gtok eval --reference ./val-shards --reconstructed tokens.zarr
     """
+    from gtok.data.parquetio import Columns
     from gtok.encode import default_workers, refine_settings
     from gtok.evaluate import evaluate_model, evaluate_pairs, unavailable_notes, write_report
 
@@ -167,6 +175,7 @@ def eval_command(
         "device": device,
         "grid_images": grid_images if report is not None else 0,
         "jpeg_draft": jpeg_draft,
+        "columns": Columns(image=image_column, key=key_column),
     }
     refine = refine_settings(refine_steps, refine_lr, refine_loss)
     if reference or reconstructed:

@@ -66,7 +66,8 @@ def train(
     shards: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Training shards: folders of .tar, .tar files, globs, {a..b} patterns.",
+            help="Training shards: folders of .tar shards, .parquet files or images, .tar or "
+            ".parquet files, globs, {a..b} patterns.",
             metavar="SHARDS",
         ),
     ] = None,
@@ -97,6 +98,14 @@ def train(
     ] = None,
     val_shards: Annotated[
         list[str] | None, _opt("Validation shards (repeat the flag for several).", _DATA)
+    ] = None,
+    image_column: Annotated[
+        str | None,
+        _opt(
+            "The column of Parquet inputs that holds the images (default: the Hugging Face "
+            "Image column, a {bytes, path} struct column or a binary jpg/png/webp column).",
+            _DATA,
+        ),
     ] = None,
     seed: Annotated[int, _opt("Seed of weights, data order and augmentation.", _RUN)] = 0,
     device: Annotated[str, _opt("auto, cpu, cuda or cuda:N.", _RUN)] = "auto",
@@ -212,6 +221,7 @@ def train(
             preset=preset.value,
             shards=tuple(shards),
             val_shards=tuple(val_shards or ()),
+            image_column=image_column,
             steps=steps,
             epochs=epochs,
             batch_size=batch_size,
@@ -291,7 +301,7 @@ def _check_required(
 ) -> None:
     """One usage error that lists every required setting not given, or nothing."""
     missing = [
-        "SHARDS (folders of .tar shards, .tar files or globs)" if not shards else "",
+        "SHARDS (folders of .tar shards, .parquet files or images, or globs)" if not shards else "",
         f"--preset ({', '.join(Preset)})" if preset is None else "",
         "--steps N or --epochs E" if steps is None and epochs is None else "",
         "-o/--output RUN_DIR" if output is None else "",

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from gtok.cli._arguments import StoreArgument
+from gtok.cli._columns import ImageColumnOption, KeyColumnOption
 from gtok.cli._common import JsonFlag, print_json
 from gtok.console import console
 
@@ -18,10 +19,13 @@ def verify(
         list[str],
         typer.Option(
             "--against",
-            help="The source shards (folders, .tar files, globs); repeat for several.",
+            help="The source shards (folders of shards or images, .tar or .parquet files, "
+            "globs); repeat for several.",
             show_default=False,
         ),
     ],
+    image_column: ImageColumnOption = None,
+    key_column: KeyColumnOption = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Check every row's tokens and the store against its source shards sample by sample;
@@ -30,10 +34,14 @@ def verify(
     Example: gtok verify tokens.zarr --against ./shards
 
     Example: gtok verify tokens.zarr --against 'data/train-{000000..000099}.tar' --json
+
+    Example (Parquet inputs encoded with --key-column id): gtok verify tokens.zarr
+    --against 'data/*.parquet' --key-column id
     """
+    from gtok.data.parquetio import Columns
     from gtok.store.verify import verify_store
 
-    report = verify_store(store, against)
+    report = verify_store(store, against, Columns(image=image_column, key=key_column))
     if json_output:
         print_json(report.to_dict())
     else:

@@ -1,8 +1,10 @@
 """Reading image datasets: shard lists, tar samples, robust decoding, preprocessing, datasets.
 
 Shared by `gtok encode`, training and evaluation:
-- `expand_shards(specs) -> [ShardRef]`: folders / globs / brace patterns / fsspec URLs.
-- `read_tar(url)`: raw samples of one tar; `decode_shard(url, prepare)`: decoded or skipped.
+- `expand_shards(specs) -> [ShardRef]`: folders / globs / brace patterns / fsspec URLs of
+  tars and Parquet files.
+- `read_tar(url)`: raw samples of one tar; `read_source(ref)` of any input shard (a tar or a
+  Parquet file, `gtok.data.parquetio`); `decode_shard(ref, prepare)`: decoded or skipped.
 - `decode_rgb(bytes)`: any image -> upright 8-bit RGB, or `ImageRejected(reason)`.
 - `Preprocess`, `center_crop`, `random_resized_crop`, `to_tensor`: model input in [-1, 1].
 - `EncodeStream`, `ImageDataset`, `loader`: DataLoader-ready (spawn workers).

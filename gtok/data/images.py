@@ -43,6 +43,7 @@ __all__ = [
     "Reduced",
     "decode_rgb",
     "decode_rgb_reduced",
+    "member_ext",
     "transpose_box",
     "upright_rgb",
 ]
@@ -83,6 +84,17 @@ Box = tuple[float, float, float, float]
 
 class ImageRejected(Exception):
     """The bytes cannot be turned into an RGB image; the message is the reason to record."""
+
+
+def member_ext(data: bytes) -> str:
+    """The member extension to file image bytes under, by their first bytes: `png`, `webp`,
+    else `jpg`. Only where the image is, not how it is read: the decoder tells the format
+    from the bytes, so GIF, BMP and TIFF bytes under `jpg` decode as they are."""
+    if data.startswith(b"\x89PNG"):
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "jpg"
 
 
 def _describe(exc: Exception) -> str:

@@ -1,5 +1,6 @@
-"""One tar's samples, decoded: each is either a `Decoded` image or a `Skipped` reason, in tar
-order, followed by one `ShardEnd` that counts them (and says if the tar itself was damaged).
+"""One input shard's samples, decoded: each is either a `Decoded` image or a `Skipped` reason,
+in file order, followed by one `ShardEnd` that counts them (and says if the file itself was
+damaged). The shard is a tar or a Parquet file (`gtok.data.sources`).
 
 This is the layer encode, training and evaluation share: they differ only in the `prepare`
 function (centre crop vs random crop) passed to `decode_shard`.
@@ -16,12 +17,14 @@ import numpy as np
 from PIL import Image
 
 from gtok.data.images import IMAGE_EXTENSIONS, ImageRejected, decode_rgb_reduced
+from gtok.data.shards import ShardRef
+from gtok.data.sources import read_source
 from gtok.data.tario import (
     DEFAULT_MAX_MEMBER_BYTES,
     MAX_TEXT_BYTES,
+    NO_LABEL,
     RawSample,
     TarProblem,
-    read_tar,
 )
 from gtok.data.transforms import Preprocess, center_crop
 from gtok.safeload import Unreadable, parse_json
@@ -39,8 +42,6 @@ __all__ = [
     "parse_metadata",
     "with_text",
 ]
-
-NO_LABEL = -1  # the label of a sample without a `.cls` member
 
 
 @dataclass
@@ -204,17 +205,18 @@ def _pixels(img: Image.Image) -> np.ndarray:
 
 
 def decode_shard(
-    url: str, prepare: Prepare, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+    source: ShardRef | str, prepare: Prepare, max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
 ) -> Iterator[Decoded | Skipped | ShardEnd]:
-    """Decode every sample of the tar at `url`; never raises for bad data.
+    """Decode every sample of the input shard `source` (a `ShardRef`, or a tar's URL); never
+    raises for bad data.
 
-    `prepare(raw, index)` turns sample number `index` (0-based, in tar order) into a
+    `prepare(raw, index)` turns sample number `index` (0-based, in file order) into a
     `Decoded` or raises `ImageRejected` with the reason. A sample with a member over
-    `max_member_bytes` is skipped without reading that member (`read_tar`).
+    `max_member_bytes` is skipped without reading that member (`read_source`).
     """
     samples = 0
     problem = None
-    for item in read_tar(url, max_member_bytes):
+    for item in read_source(source, max_member_bytes):
         if isinstance(item, TarProblem):
             problem = item.reason
             continue

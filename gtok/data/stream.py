@@ -140,7 +140,7 @@ class EncodeStream(IterableDataset):
         prepare = with_text(center_prepare(self.preprocess), self.metadata_fields)
         decoded: list[Decoded] = []
         skipped: list[Skipped] = []
-        for item in decode_shard(self.shards[index].url, prepare, self.max_member_bytes):
+        for item in decode_shard(self.shards[index], prepare, self.max_member_bytes):
             if isinstance(item, ShardEnd):
                 chunk = self._chunk(index, decoded, skipped)
                 chunk.end = item
@@ -232,7 +232,7 @@ class ImageDataset(IterableDataset):
     def _samples(self) -> Iterator[dict]:
         for index in self._my_shards():
             shard = self.shards[index]
-            for item in decode_shard(shard.url, self._prepare(index)):
+            for item in decode_shard(shard, self._prepare(index)):
                 if isinstance(item, Decoded):
                     yield {
                         "image": to_tensor_from_array(item.image),

@@ -39,6 +39,7 @@ from gtok.data.magic import HEAD_BYTES, sniff
 __all__ = [
     "DEFAULT_MAX_MEMBER_BYTES",
     "MAX_TEXT_BYTES",
+    "NO_LABEL",
     "RawSample",
     "TarProblem",
     "escape_name",
@@ -50,6 +51,7 @@ __all__ = [
     "utf8_text",
 ]
 
+NO_LABEL = -1  # the label of a sample without a `.cls` member
 DEFAULT_MAX_MEMBER_BYTES = 256 << 20  # far above any real image, far below any machine's memory
 MAX_TEXT_BYTES = 4096  # longest caption or metadata value (UTF-8 bytes) a sample may carry
 

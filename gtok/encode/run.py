@@ -1,4 +1,5 @@
-"""`encode_shards`: tar shards -> a Zarr token store, resumable and splittable across processes.
+"""`encode_shards`: input shards (tars, Parquet files) -> a Zarr token store, resumable and
+splittable across processes.
 
 The pipeline: `EncodeStream` decodes and crops images in DataLoader worker processes (spawn)
 while the main process runs the model; every input shard's rows are collected in memory and
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from rich.markup import escape
 from gtok.console import console, is_quiet, progress
 from gtok.data import EncodeStream, Preprocess, ShardChunk, expand_shards, loader, to_model_input
 from gtok.data.images import DEFAULT_MAX_PIXELS
+from gtok.data.parquetio import DEFAULT_COLUMNS, Columns
 from gtok.data.shards import ShardRef, shard_fingerprint, split_for_worker
 from gtok.data.stream import worker_death_as_error
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
@@ -263,10 +265,12 @@ def encode_shards(
     precision: str = "fp32",
     refine: RefineSettings | None = None,
     shard_name: str | None = None,
+    columns: Columns = DEFAULT_COLUMNS,
 ) -> EncodeSummary:
     """Encode every sample of `shards` into the token store `out` with `model`.
 
-    shards: folders, .tar files, globs, brace patterns or fsspec URLs (`expand_shards`).
+    shards: folders, .tar or .parquet files, globs, brace patterns or fsspec URLs
+        (`expand_shards`).
     model: a model directory or training run directory (None: the default model, if any).
     batch_size: images per model forward; recorded in the store (tokens depend slightly on
         it), and a resume, another worker or an append must use the same; None: as the
@@ -282,8 +286,11 @@ def encode_shards(
     shard_id/num_shards: encode only that slice of the input shards (default: from torchrun
         or Slurm variables, else everything); a single process finalizes the store itself,
         parallel workers leave that to `finalize_store` / `gtok encode --finalize`.
-    metadata_fields: fields of each sample's `.json` to keep as `meta/<field>` arrays
-        (`.txt` captions are always kept, as `captions`, when the shards have them).
+    metadata_fields: fields of each sample's `.json` (columns of a Parquet file) to keep as
+        `meta/<field>` arrays (`.txt` captions are always kept, as `captions`, when the
+        shards have them).
+    columns: how to read Parquet files (`gtok.data.parquetio.Columns`; its `metadata` is
+        `metadata_fields`).
     append: add the shards the existing store `out` lacks after its rows
         (`gtok.store.append`); the store must have been encoded with the same settings.
     refine: encode-time geometry refinement (`gtok.model.refine`), recorded in the store's
@@ -296,9 +303,9 @@ def encode_shards(
     while encoding (`gtok.devices.exact_fp32`), as the store records.
     """
     started = time.perf_counter()
-    refs = expand_shards(shards)
-    part_of: WorkerSlice = worker_slice(shard_id, num_shards)
     fields = _metadata_fields(metadata_fields)
+    refs = expand_shards(shards, replace(columns, metadata=fields))
+    part_of: WorkerSlice = worker_slice(shard_id, num_shards)
     if overwrite and append:
         raise ArgumentError(
             "append adds to a store and overwrite deletes it; choose one.", "append", "overwrite"

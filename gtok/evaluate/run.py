@@ -32,6 +32,7 @@ from gtok._version import __version__
 from gtok.console import console, is_quiet, progress
 from gtok.data import Preprocess
 from gtok.data.images import DEFAULT_MAX_PIXELS
+from gtok.data.parquetio import DEFAULT_COLUMNS, Columns
 from gtok.data.transforms import check_resize
 from gtok.decode import model_for_store
 from gtok.devices import exact_fp32, select_device, tf32_settings
@@ -125,6 +126,7 @@ def _evaluate(
     limit: int | None,
     device: torch.device,
     grid_images: int,
+    columns: Columns,
 ) -> EvalResult:
     """Score every reconstructor on the originals of `shards` (the shared driver)."""
     if batch_size < 1:
@@ -148,7 +150,7 @@ def _evaluate(
             )
         )
     batches = reference_batches(
-        shards, preprocess, batch_size=batch_size, workers=workers, limit=limit
+        shards, preprocess, batch_size=batch_size, workers=workers, limit=limit, columns=columns
     )
     skipped, grid = _score(batches, reconstructors, scorers, limit, grid_images)
     if scorers[0].n == 0:
@@ -280,6 +282,7 @@ def evaluate_model(
     grid_images: int = 9,
     refine: RefineSettings | None = None,
     jpeg_draft: bool = True,
+    columns: Columns = DEFAULT_COLUMNS,
 ) -> EvalResult:
     """Reconstruct every usable image of `shards` with `model` (and `compare`) and score it.
 
@@ -292,7 +295,7 @@ def evaluate_model(
     `write_report`'s grid (the best, median and worst by PSNR, see `gtok.evaluate.picks`);
     refine: encode-time geometry refinement (`gtok.model.refine`) of `model`'s tokens
     (`compare` is not refined, so `--compare` of a model with itself measures what
-    refinement gains).
+    refinement gains); columns: how to read Parquet inputs (`gtok.data.parquetio`).
     """
     chosen = select_device(device, allow_mps=True)
     first = load_encoding_model(model, device, refine)
@@ -322,6 +325,7 @@ def evaluate_model(
         limit=limit,
         device=chosen,
         grid_images=grid_images,
+        columns=columns,
     )
 
 
@@ -348,6 +352,7 @@ def evaluate_pairs(
     device: str = "auto",
     grid_images: int = 9,
     jpeg_draft: bool = True,
+    columns: Columns = DEFAULT_COLUMNS,
 ) -> EvalResult:
     """Score the reconstructions in `reconstructed` against the originals in `reference`.
 
@@ -393,4 +398,5 @@ def evaluate_pairs(
         limit=limit,
         device=chosen,
         grid_images=grid_images,
+        columns=columns,
     )

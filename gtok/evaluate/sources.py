@@ -38,6 +38,7 @@ from gtok.data import (
     to_model_input,
 )
 from gtok.data.images import ImageRejected, decode_rgb
+from gtok.data.parquetio import DEFAULT_COLUMNS, Columns
 from gtok.data.tario import open_tar
 from gtok.decode import (
     GAUSSIANS_SUFFIX,
@@ -86,11 +87,12 @@ def reference_batches(
     batch_size: int,
     workers: int = 0,
     limit: int | None = None,
+    columns: Columns = DEFAULT_COLUMNS,
 ) -> Iterator[ReferenceBatch]:
-    """Batches of at most `batch_size` originals from `shards`, in input order (shards by
-    name, samples in tar order, whatever the number of `workers`), stopping after `limit`
-    usable images."""
-    refs = expand_shards(shards)
+    """Batches of at most `batch_size` originals from `shards` (Parquet files read with
+    `columns`), in input order (shards by name, samples in file order, whatever the number
+    of `workers`), stopping after `limit` usable images."""
+    refs = expand_shards(shards, columns)
     stream = EncodeStream(refs, preprocess, batch_size)
     seen = 0
     chunks = loader(stream, workers=min(workers, len(refs)))

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gtok.data.folderio import read_image_file
 from gtok.data.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_rgb_reduced
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
-from gtok.safeload import Unreadable, read_limited
 
 __all__ = ["IMAGE_FORMATS", "JPEG_QUALITY", "KEPT_FORMATS", "Checked", "check_file"]
 
@@ -67,14 +67,9 @@ def check_file(
     `IMAGE_FORMATS`); never raises for bad data (see the module doc)."""
     if image_format not in IMAGE_FORMATS:
         raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
-    try:
-        data = read_limited(path, DEFAULT_MAX_MEMBER_BYTES)
-    except OSError as exc:
-        return Checked(reason=f"unreadable file ({exc.strerror or exc})")
-    except Unreadable as exc:
-        return Checked(reason=f"file {exc.reason}")
-    if not data:
-        return Checked(reason="empty file (0 bytes)")
+    data, reason = read_image_file(path, DEFAULT_MAX_MEMBER_BYTES)
+    if data is None:
+        return Checked(reason=reason)
     try:
         decoded = decode_rgb_reduced(data, max_pixels=max_pixels)
     except ImageRejected as exc:

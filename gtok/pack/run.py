@@ -20,6 +20,7 @@ from pathlib import Path
 
 from gtok.console import console, is_quiet, progress
 from gtok.data.images import DEFAULT_MAX_PIXELS
+from gtok.data.scan import Entry, Scan, scan_folder
 from gtok.errors import ArgumentError, GtokError
 from gtok.pack.check import IMAGE_FORMATS, Checked, check_file
 from gtok.pack.output import (
@@ -29,7 +30,6 @@ from gtok.pack.output import (
     prepare_output,
     write_json,
 )
-from gtok.pack.scan import Entry, Scan, scan_folder
 from gtok.pack.shard import ShardStats, ShardWriter, shard_name, stats_name
 
 __all__ = ["PackSummary", "pack_images"]

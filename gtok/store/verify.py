@@ -28,8 +28,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from gtok.data.parquetio import DEFAULT_COLUMNS, Columns
 from gtok.data.shards import ShardFingerprint, ShardRef, expand_shards, shard_fingerprint
-from gtok.data.tario import RawSample, TarProblem, read_tar
+from gtok.data.sources import read_source
+from gtok.data.tario import RawSample, TarProblem
 from gtok.safeload import Unreadable, parse_json, read_limited
 from gtok.store import schema
 from gtok.store.damage import blocks, read_block, row_damage
@@ -81,11 +83,11 @@ class _Skipped:
     damage: dict[str, str] = field(default_factory=dict)
 
 
-def _source(url: str) -> tuple[Counter, str | None]:
-    """(occurrences of each sample key, the tar's problem or None)."""
+def _source(ref: ShardRef) -> tuple[Counter, str | None]:
+    """(occurrences of each sample key, the input shard's problem or None)."""
     keys: Counter = Counter()
     problem = None
-    for item in read_tar(url):
+    for item in read_source(ref):
         if isinstance(item, TarProblem):
             problem = item.reason
         elif isinstance(item, RawSample):
@@ -211,7 +213,7 @@ def _check_source(
     store: CheckedStore, ref: ShardRef, span: tuple[int, int], skipped: _Skipped, report
 ) -> int:
     """Compare one source tar with its rows and skipped records; returns its sample count."""
-    expected, problem = _source(ref.url)
+    expected, problem = _source(ref)
     found = _shard_rows(store, ref.name, span, report) + skipped.keys.get(ref.name, Counter())
     for key in sorted(set(expected) | set(found)):
         if expected[key] != found[key]:
@@ -243,8 +245,10 @@ def _check_file(ref: ShardRef, stored: ShardFingerprint | None, report: VerifyRe
 
 
 def _stats_url(url: str) -> str | None:
-    """Where img2dataset writes a shard's accounting: `<name>_stats.json` beside `<name>.tar`."""
-    return url[: -len(".tar")] + "_stats.json" if url.endswith(".tar") else None
+    """Where img2dataset writes a shard's accounting: `<name>_stats.json` beside `<name>.tar`
+    (or `<name>.parquet`)."""
+    stem, dot, suffix = url.rpartition(".")
+    return f"{stem}_stats.json" if dot and suffix in ("tar", "parquet") else None
 
 
 def _check_stats(ref: ShardRef, samples: int, report: VerifyReport) -> None:
@@ -281,12 +285,16 @@ def _check_stats(ref: ShardRef, samples: int, report: VerifyReport) -> None:
         )
 
 
-def verify_store(path: str | os.PathLike, shards: Iterable[str | os.PathLike]) -> VerifyReport:
-    """Check the store at `path` and compare it with the source `shards` (see the module doc).
+def verify_store(
+    path: str | os.PathLike, shards: Iterable[str | os.PathLike], columns: Columns = DEFAULT_COLUMNS
+) -> VerifyReport:
+    """Check the store at `path` and compare it with the source `shards` (see the module doc),
+    Parquet files read with `columns` (their keys depend on `Columns.key`).
 
     A store that does not open or does not match the format raises `GtokError`; every other
     problem is listed in the report.
     """
+    sources = expand_shards(shards, columns)  # an input gtok cannot read: before anything
     location = Location(os.fspath(path))
     report = VerifyReport(store=str(location))
     store = open_checked(location)
@@ -294,7 +302,6 @@ def verify_store(path: str | os.PathLike, shards: Iterable[str | os.PathLike]) -
         report.add(f"the store is not finished (state: {store.attrs['state']})")
         return report
     report.rows = store.rows or 0
-    sources = expand_shards(shards)
     stored_names = set(store.header.shard_names)
     for ref in sources:
         if ref.name not in stored_names:

@@ -70,7 +70,7 @@ FREE_ON_RESUME = frozenset(
 
 # Settings added after the first train.json format, with the value that reproduces what a
 # run saved without them did.
-ADDED_SETTINGS: dict[str, Any] = {"recipe": "authors", "embed_lr_scale": 1.0}
+ADDED_SETTINGS: dict[str, Any] = {"recipe": "authors", "embed_lr_scale": 1.0, "image_column": None}
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -86,6 +86,7 @@ class TrainConfig:
     preset: str
     shards: tuple[str, ...]
     val_shards: tuple[str, ...] = ()
+    image_column: str | None = None  # Parquet inputs' image column; None: found by type
     steps: int | None = None  # optimizer steps in the whole run
     epochs: float | None = None  # alternative to steps: passes over the training samples
     batch_size: int = 16  # images per process and step

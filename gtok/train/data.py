@@ -25,11 +25,9 @@ Validation (`val_batches`): the validation shards in order, resize + centre crop
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-import fsspec
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -44,9 +42,10 @@ from gtok.data.samples import (
     image_member,
 )
 from gtok.data.shards import ShardRef
+from gtok.data.sources import count_source
 from gtok.data.stream import loader
 from gtok.data.stream import to_model_input as pixels_to_input
-from gtok.data.tario import RawSample, member_name, open_tar, split_member_name
+from gtok.data.tario import RawSample
 from gtok.data.transforms import Preprocess, center_crop, random_resized_crop
 from gtok.train.colour import ColourJitter
 
@@ -167,7 +166,7 @@ def _draw_items(spec: StreamSpec, stream: int, draw: int) -> Iterator[Decoded | 
     shard = _draw_shard(spec, stream, draw)
     rng = np.random.default_rng([spec.seed, spec.rank, stream, draw, 1])
     buffer: list[Decoded | Skipped] = []
-    for item in decode_shard(shard.url, _RandomPrepare(spec, stream, draw)):
+    for item in decode_shard(shard, _RandomPrepare(spec, stream, draw)):
         if isinstance(item, ShardEnd):
             if item.problem is not None:
                 buffer.append(Skipped("", item.problem))
@@ -282,7 +281,7 @@ def val_batches(
     skipped: list[SkipRecord] = []
     seen = 0
     for shard in shards:
-        for item in decode_shard(shard.url, prepare):
+        for item in decode_shard(shard, prepare):
             if isinstance(item, ShardEnd):
                 if item.problem is not None:
                     skipped.append((shard.name, "", item.problem))
@@ -304,17 +303,6 @@ def val_batches(
 
 
 def count_samples(shards: Sequence[ShardRef]) -> int:
-    """Number of samples (runs of members sharing a key) in the shards, from tar headers."""
-    total = 0
-    for shard in shards:
-        last = None
-        with fsspec.open(shard.url, "rb") as handle:
-            try:
-                with open_tar(handle) as tar:
-                    for member in tar:
-                        key = split_member_name(member_name(member))[0]
-                        if member.isfile() and key != last:
-                            total, last = total + 1, key
-            except tarfile.TarError:
-                continue  # a damaged tar counts the samples before the damage
-    return total
+    """Number of samples in the shards, from tar headers and Parquet footers
+    (`gtok.data.sources.count_source`)."""
+    return sum(count_source(shard) for shard in shards)

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from gtok.console import console, is_quiet
+from gtok.data.parquetio import Columns
 from gtok.data.shards import expand_shards
 from gtok.errors import GtokError
 from gtok.train.config import TrainConfig, tokenizer_config, with_saved_recipe
@@ -110,8 +111,9 @@ def train(cfg: TrainConfig, out: str | Path) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, run: RunDir, dist: Dist) -> TrainResult:
-    shards = expand_shards(cfg.shards)
-    val_shards = expand_shards(cfg.val_shards) if cfg.val_shards else []
+    columns = Columns(image=cfg.image_column)
+    shards = expand_shards(cfg.shards, columns)
+    val_shards = expand_shards(cfg.val_shards, columns) if cfg.val_shards else []
     num_samples = count_samples(shards) if cfg.epochs is not None else None
     cfg = with_saved_recipe(cfg, run.saved_settings())
     arch = tokenizer_config(cfg)

@@ -1,4 +1,5 @@
-"""Which files a folder of images holds, in a fixed order, with their keys and labels.
+"""Which files a folder of images holds, in a fixed order, with their keys and labels: what
+`gtok pack` packs, and what `gtok encode` reads from an image folder (`gtok.data.folderio`).
 
 - Every regular file at any depth is an entry, in the order of its path's components
   (`sorted` on the tuple of folder and file names), so the same folder always packs the same
@@ -24,8 +25,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gtok.data.samples import NO_LABEL
-from gtok.pack.keys import KeyMaker
+from gtok.data.keys import KeyMaker
+from gtok.data.tario import NO_LABEL
 
 __all__ = ["NO_CLASS", "Entry", "Scan", "scan_folder"]
 
