@@ -11,9 +11,9 @@ Which column holds the images: `Columns.image` when given, else the one column t
 `huggingface` metadata calls an `Image`, else the one `{bytes, path}` struct column, else the
 one binary column named like an image extension. None or several is an `ArgumentError`
 asking for `Columns.image` (`--image-column`). The caption is `Columns.caption`, else a
-`caption` column, else a `text` column, when present. Row number `i` (0-based, over the whole file) gets the sample
-key `str(i)`, or with `Columns.key` that column's value (a null or repeated value skips the
-row with the reason).
+`caption` column, else a `text` column, when present. Row number `i` (0-based, over the
+whole file) gets the sample key `str(i)`, or with `Columns.key` that column's value (a null
+or repeated value skips the row with the reason).
 
 A row becomes a `RawSample` whose members are named as a tar's would be: the image under
 `png`, `webp` or `jpg` by its first bytes (`gtok.data.images.member_ext`), the caption as
