@@ -1,7 +1,9 @@
-"""The source distribution: it carries the licence and everything its own tests need."""
+"""The distributions: the sdist carries the licence and everything its own tests need; the
+wheel installs one top-level package, `gtok`."""
 
 import shutil
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,18 +21,23 @@ def _repo_files(folder: str) -> set[str]:
     }
 
 
-@pytest.fixture(scope="module")
-def sdist(tmp_path_factory) -> tarfile.TarFile:
+def _build(tmp_path_factory, kind: str) -> Path:
+    """The path of a `kind` ("sdist" or "wheel") built from a clean copy of the repository
+    (setuptools adds the files listed by an earlier build's egg-info)."""
     from setuptools import build_meta
 
-    # a clean copy: setuptools adds the files listed by an earlier build's egg-info
-    tree, out = tmp_path_factory.mktemp("tree") / "gtok", tmp_path_factory.mktemp("sdist")
+    tree, out = tmp_path_factory.mktemp("tree") / "gtok", tmp_path_factory.mktemp(kind)
     ignored = shutil.ignore_patterns(".*", "*.egg-info", "__pycache__", "build", "dist", "*-out")
     shutil.copytree(REPO, tree, ignore=ignored)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tree)
-        name = build_meta.build_sdist(str(out))
-    with tarfile.open(out / name) as archive:
+        build = build_meta.build_sdist if kind == "sdist" else build_meta.build_wheel
+        return out / build(str(out))
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory) -> tarfile.TarFile:
+    with tarfile.open(_build(tmp_path_factory, "sdist")) as archive:
         yield archive
 
 
@@ -54,3 +61,13 @@ def test_the_licence_is_apache_2_and_named_in_the_metadata(sdist):
     metadata = sdist.extractfile(info).read().decode()
     assert "License-Expression: Apache-2.0" in metadata
     assert "License-File: LICENSE" in metadata
+
+
+def test_the_wheel_installs_only_the_gtok_package(tmp_path_factory):
+    with zipfile.ZipFile(_build(tmp_path_factory, "wheel")) as wheel:
+        names = wheel.namelist()
+    top_level = {
+        name.split("/", 1)[0] for name in names if not name.split("/", 1)[0].endswith(".dist-info")
+    }
+    assert top_level == {"gtok"}
+    assert "gtok/cli/main.py" in names and "gtok/kernels/rasterize.py" in names
