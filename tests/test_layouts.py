@@ -173,3 +173,29 @@ def test_ar_prior_smoke_on_each_layout(layouts, layout, tmp_path):
     _check_prior(tmp_path / "prior", G * (6 if layout == "raster" else 2))
     results = json.loads((tmp_path / "prior" / "results.json").read_text())
     assert results["vocabulary"]["size"] == 64 + (5 * 64 if layout == "raster" else 16)
+
+
+@pytest.mark.slow
+def test_rate_distortion_bench_measures_each_row(model, tmp_path, capsys):  # noqa: F811
+    """bench/rate_distortion.py end to end on a tiny model (smoke priors): every row gets
+    its PSNR, bits and ids, the VQ row is the recorded one, and the plot is written."""
+    from shardmaker import write_clean_shards
+
+    write_clean_shards(tmp_path / "shards", 2, 20)  # 40 images x 8 Gaussians >= 256 points
+    args = ["--train", str(tmp_path / "shards" / "shard-*.tar"), "--val",
+            str(tmp_path / "shards" / "shard-0001.tar"), "--work", str(tmp_path / "work"),
+            "--model", str(model), "--smoke", "--plot", str(tmp_path / "rd.png"),
+            "--rows", "fields-b8", "raster-b8", "codebook-256"]  # fmt: skip
+    with script_module(ROOT / "bench" / "rate_distortion.py") as bench:
+        document = bench.main(args)
+    assert json.loads(capsys.readouterr().out) == document
+    rows = {row["row"]: row for row in document["rows"]}
+    assert [rows[n]["ids_per_image"] for n in rows] == [G * 6, G * 6, G * 2, 64]
+    assert rows["vq-tiny"]["recorded"] and rows["vq-tiny"]["bits_per_image"] == 430.0
+    # the same tokens in another order: the same images
+    assert rows["raster-b8"]["psnr_db"] == pytest.approx(rows["fields-b8"]["psnr_db"], abs=1e-3)
+    for name in ("fields-b8", "raster-b8", "codebook-256"):
+        assert 0 < rows[name]["bits_per_image"] < 20 * rows[name]["ids_per_image"]
+        assert np.isfinite(rows[name]["psnr_vs_float16_db"])
+    assert abs(rows["fields-b8"]["psnr_vs_float16_db"]) < 0.1  # 8 bits cost next to nothing
+    assert (tmp_path / "rd.png").stat().st_size > 0
