@@ -175,6 +175,12 @@ def test_ar_prior_smoke_on_each_layout(layouts, layout, tmp_path):
     assert results["vocabulary"]["size"] == 64 + (5 * 64 if layout == "raster" else 16)
 
 
+def test_ar_prior_refuses_a_validation_store_of_another_layout(layouts, tmp_path):
+    argv = [str(layouts["raster"]), "--val-store", str(layouts["fields"]), "--smoke"]
+    with pytest.raises(SystemExit, match="token layout differs from training's"):
+        _run_prior([*argv, "-o", str(tmp_path / "prior")])
+
+
 @pytest.mark.slow
 def test_rate_distortion_bench_measures_each_row(model, tmp_path, capsys):  # noqa: F811
     """bench/rate_distortion.py end to end on a tiny model (smoke priors): every row gets
