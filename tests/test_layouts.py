@@ -205,3 +205,29 @@ def test_rate_distortion_bench_measures_each_row(model, tmp_path, capsys):  # no
         assert np.isfinite(rows[name]["psnr_vs_float16_db"])
     assert abs(rows["fields-b8"]["psnr_vs_float16_db"]) < 0.1  # 8 bits cost next to nothing
     assert (tmp_path / "rd.png").stat().st_size > 0
+
+
+def test_info_shows_the_layout_and_verify_and_sequences_refuse_an_id_beyond_the_codebook(
+    layouts,
+    shards,  # noqa: F811
+    tmp_path,
+    runner,
+):
+    import shutil
+
+    from test_store_damage import rows
+
+    info = json.loads(runner.invoke(app, ["info", str(layouts["codebook"]), "--json"]).stdout)
+    assert info["layout"] == "codebook" and info["geometry_codebook"]["size"] == 16
+    assert info["arrays"]["geometry_ids"]["dtype"] == "uint16"
+    against = ["--against", str(shards)]
+    assert runner.invoke(app, ["verify", str(layouts["codebook"]), *against]).exit_code == 0
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(layouts["codebook"], broken)
+    rows("geometry_ids", 16, selection=slice(1, 2))(broken)
+    result = runner.invoke(app, ["verify", str(broken), *against])
+    assert result.exit_code == 1 and "row 1: a geometry id beyond the 16 of its codebook" in (
+        result.output
+    )
+    with pytest.raises(GtokError, match="row 1 holds a geometry id beyond the 16"):
+        TokenStore(broken).sequences()
