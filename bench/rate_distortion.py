@@ -15,10 +15,11 @@ shards:
    1,024 validation rows, and the ids per image.
 
 Each step is skipped when its output is there (a finished store, a codebook file, a prior's
-results.json), so a rerun only does what is missing, and rows can run in parallel
-processes (`--rows`) before one run that prints everything. The VQ row is the recorded one
-of docs/results.md (`--vq-bits`, `--vq-psnr`, marked "recorded": the vq-tiny model is not
-on this machine). Writes the PSNR-against-bits plot to `--plot`.
+results.json, a store's PSNR in STORE.psnr.json), so a rerun only does what is missing, and
+rows can run in parallel processes (`--rows`) before one run that prints everything. The
+VQ row is the recorded one of docs/results.md (`--vq-bits`, `--vq-psnr`, marked
+"recorded": the vq-tiny model is not on this machine). Writes the PSNR-against-bits plot
+to `--plot`.
 
     OMP_NUM_THREADS=1 python bench/rate_distortion.py \\
         --train '/work/shared/data/photos64/train-*.tar' \\
@@ -116,9 +117,16 @@ def _fit(size: int, args) -> None:
 
 
 def _psnr(val: str, store: Path) -> float:
-    """Mean per-image PSNR (dB) of the store's decoded tokens against the val images."""
-    result = evaluate_pairs([val], store, skip_metrics=SKIP_METRICS, device="cpu", grid_images=0)
-    return float(np.mean([image["psnr"] for image in result.per_image]))
+    """Mean per-image PSNR (dB) of the store's decoded tokens against the val images (kept
+    in STORE.psnr.json beside the store)."""
+    cached = store.with_name(f"{store.name}.psnr.json")
+    if not cached.exists():
+        result = evaluate_pairs(
+            [val], store, skip_metrics=SKIP_METRICS, device="cpu", grid_images=0
+        )
+        scores = [image["psnr"] for image in result.per_image]
+        cached.write_text(json.dumps({"psnr_db": float(np.mean(scores)), "images": len(scores)}))
+    return json.loads(cached.read_text())["psnr_db"]
 
 
 def _prior(train: Path, val: Path, out: Path, settings: list[str]) -> dict:
