@@ -1,15 +1,21 @@
 """A small autoregressive prior (a GPT in plain PyTorch) trained on a gtok token store.
 
 It shows how a sequence model consumes gtok tokens: `TokenStore.sequences()` turns each
-image into one flat stream of ids (code id, then the five geometry bins, per Gaussian; a
-VQ store gives code ids only), `TokenStore.vocabulary` documents which id range each
-position holds, and `TokenStore.from_sequences()` turns sampled ids back into `Tokens` that
-the store's model decodes to pixels.
+image into one flat stream of ids (code id, then the five geometry bins, per Gaussian; with
+`gtok encode --layout codebook` the code id, then one geometry id; a VQ store gives code
+ids only), `TokenStore.vocabulary` documents which id range each position holds, and
+`TokenStore.from_sequences()` turns sampled ids back into `Tokens` that the store's model
+decodes to pixels.
 
     gtok encode 'corpus/train-*.tar' -o train.zarr --geometry-bits 8
     gtok encode corpus/val-000000.tar -o val.zarr --geometry-bits 8
     python examples/ar_prior.py train.zarr --val-store val.zarr --minutes 25 -o prior/
     python examples/ar_prior.py train.zarr --smoke -o /tmp/prior   # about a minute
+
+    # 2 ids per Gaussian instead of 6 (docs/results.md, "Token layouts for generation")
+    python tools/fit_geometry_codebook.py train.zarr --size 1024 -o codebook.npz
+    gtok encode 'corpus/train-*.tar' -o train-cb.zarr --layout codebook \
+        --geometry-codebook codebook.npz   # likewise val-cb.zarr
 
 Every position's logits are restricted to its field's id range (the layout is known, so
 the model never spends probability on an impossible id), and get a learned per-position
@@ -249,7 +255,13 @@ def _split(args, store: TokenStore) -> tuple[np.ndarray, np.ndarray]:
     data = store.sequences()
     if args.val_store:
         val_store = TokenStore(args.val_store)
-        if val_store.vocabulary != store.vocabulary or val_store.num_tokens != store.num_tokens:
+        layout = (store.vocabulary, store.num_tokens, store.layout, store.header.geometry_codebook)
+        if layout != (
+            val_store.vocabulary,
+            val_store.num_tokens,
+            val_store.layout,
+            val_store.header.geometry_codebook,
+        ):
             raise SystemExit("error: the validation store's token layout differs from training's")
         return data, val_store.sequences()[: args.val_rows]
     order = np.random.default_rng(args.seed).permutation(len(data))

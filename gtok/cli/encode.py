@@ -109,6 +109,21 @@ def encode(
             "`geometry_codes`; `geometry` then holds the binned values. [default: floats only]"
         ),
     ] = None,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="Token layout: fields (code id + 5 geometry bins per Gaussian), raster "
+            "(the same, Gaussians sorted by binned position; needs --geometry-bits) or "
+            "codebook (code id + one geometry id; needs --geometry-codebook)."
+        ),
+    ] = "fields",
+    geometry_codebook: Annotated[
+        str | None,
+        typer.Option(
+            help="Geometry codebook file for --layout codebook (tools/fit_geometry_codebook.py); "
+            "the store records its path and sha256."
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Delete the store and start over instead of resuming.")
     ] = False,
@@ -264,6 +279,8 @@ def encode(
             max_member_bytes=max_member_bytes,
             geometry_dtype=geometry_dtype.value,
             geometry_bits=geometry_bits,
+            layout=layout,
+            geometry_codebook=geometry_codebook,
             metadata_fields=[f.strip() for f in metadata_fields.split(",") if f.strip()],
             append=append,
             jpeg_draft=jpeg_draft,

@@ -34,6 +34,7 @@ from gtok.data.stream import worker_death_as_error
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES
 from gtok.data.transforms import check_resize
 from gtok.devices import check_inference_precision, exact_fp32, mixed_precision, tf32_settings
+from gtok.encode.layout import token_layout_for
 from gtok.encode.model import EncodingModel, load_encoding_model
 from gtok.encode.split import WorkerSlice, worker_slice
 from gtok.errors import ArgumentError, GtokError
@@ -43,6 +44,7 @@ from gtok.store.append import begin_append
 from gtok.store.geometry_bins import MAX_BITS, MIN_BITS, GeometryBinning
 from gtok.store.header import model_header
 from gtok.store.identity import check_same_files
+from gtok.store.layouts import FIELDS_LAYOUT, TokenLayout
 from gtok.store.opening import open_root, read_header
 
 __all__ = ["EncodeSummary", "default_workers", "encode_shards"]
@@ -99,15 +101,16 @@ class _PartBuffer:
         shard: ShardRef,
         geometry_dtype: str,
         fields: tuple[str, ...],
-        binning: GeometryBinning | None = None,
+        layout: TokenLayout,
     ) -> None:
         self.shard = shard
         self.geometry_dtype = geometry_dtype
         self.fields = fields
-        self.binning = binning
+        self.layout = layout
         self.indices: list[np.ndarray] = []
         self.geometry: list[np.ndarray] = []
         self.codes: list[np.ndarray] = []
+        self.ids: list[np.ndarray] = []
         self.keys: list[str] = []
         self.labels: list[np.ndarray] = []
         self.captions: list[str | None] = []
@@ -118,19 +121,19 @@ class _PartBuffer:
     def add(self, chunk: ShardChunk, indices: np.ndarray, geometry: np.ndarray | None) -> None:
         """The chunk's rows (geometry float32 [B, G, 5] as the model made it); a row whose
         geometry is not finite (in the stored dtype) is skipped with its reason instead.
-        With a binning, the stored geometry is the dequantized bins."""
+        The layout decides what is stored (`gtok.store.layouts`): with bins or a codebook,
+        the stored geometry is what they decode to."""
         ok = np.ones(len(chunk.keys), bool)
         if geometry is not None:
-            stored = geometry.astype(self.geometry_dtype)
-            ok = np.isfinite(stored).all(axis=(1, 2))
-            if self.binning is not None:
-                codes = self.binning.quantize(geometry[ok])
-                self.codes.append(codes)
-                stored = self.binning.dequantize(codes).astype(self.geometry_dtype)
-            else:
-                stored = stored[ok]
-            self.geometry.append(stored)
-        self.indices.append(indices[ok])
+            ok = np.isfinite(geometry.astype(self.geometry_dtype)).all(axis=(1, 2))
+            tokens = self.layout.store(indices[ok], geometry[ok])
+            self.geometry.append(tokens.geometry.astype(self.geometry_dtype))
+            self.codes += [] if tokens.codes is None else [tokens.codes]
+            self.ids += [] if tokens.ids is None else [tokens.ids]
+            indices = tokens.indices
+        else:
+            indices = indices[ok]
+        self.indices.append(indices)
         self.labels.append(chunk.labels[ok])
         marked = list(zip(chunk.keys, ok, strict=True))
         self.keys += [f"{self.shard.name}/{k}" for k, good in marked if good]
@@ -142,12 +145,15 @@ class _PartBuffer:
 
     def finish(self, chunk: ShardChunk, num_tokens: int, has_geometry: bool) -> Part:
         empty_indices = np.zeros((0, num_tokens), schema.INDEX_DTYPE)
-        geometry = codes = None
+        geometry = codes = ids = None
         if has_geometry:
             empty = np.zeros((0, num_tokens, 5), self.geometry_dtype)
             geometry = np.concatenate([empty, *self.geometry])
-        if has_geometry and self.binning is not None:
-            codes = np.concatenate([np.zeros((0, num_tokens, 5), self.binning.dtype), *self.codes])
+        binning = self.layout.binning
+        if has_geometry and binning is not None:
+            codes = np.concatenate([np.zeros((0, num_tokens, 5), binning.dtype), *self.codes])
+        if has_geometry and self.layout.codebook is not None:
+            ids = np.concatenate([np.zeros((0, num_tokens), schema.INDEX_DTYPE), *self.ids])
         return Part(
             shard=self.shard.name,
             indices=np.concatenate([empty_indices, *self.indices]),
@@ -161,6 +167,7 @@ class _PartBuffer:
             captions=self.captions,
             meta={f: [m[i] for m in self.meta] for i, f in enumerate(self.fields)},
             geometry_codes=codes,
+            geometry_ids=ids,
             fingerprint=shard_fingerprint(self.shard.url),
         )
 
@@ -173,7 +180,8 @@ def _header(
     metadata_fields: tuple[str, ...],
     precision: str,
     batch_size: int,
-    binning: GeometryBinning | None = None,
+    layout: TokenLayout,
+    codebook_record: dict | None = None,
 ) -> StoreHeader:
     return model_header(
         model.config,
@@ -184,7 +192,9 @@ def _header(
         shards=shards,
         metadata_fields=metadata_fields,
         numerics={"tf32": tf32_settings(), "precision": precision, "batch_size": batch_size},
-        geometry_bins=None if binning is None else binning.to_attrs(),
+        geometry_bins=None if layout.binning is None else layout.binning.to_attrs(),
+        layout=layout.name,
+        geometry_codebook=codebook_record,
         refinement=model.refine.to_dict() if model.refine.enabled else None,
     )
 
@@ -256,6 +266,8 @@ def encode_shards(
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
     geometry_dtype: str = "float16",
     geometry_bits: int | None = None,
+    layout: str = FIELDS_LAYOUT,
+    geometry_codebook: str | os.PathLike | None = None,
     overwrite: bool = False,
     shard_id: int | None = None,
     num_shards: int | None = None,
@@ -283,6 +295,9 @@ def encode_shards(
         numerics, and a resume must use the same).
     geometry_bits: store the geometry also as integer bins of this many bits (4..16,
         `gtok.store.geometry_bins`), `geometry` then holding their dequantized values.
+    layout: the token layout (`gtok.store.layouts`): "fields" (default), "raster" (needs
+        geometry_bits) or "codebook" (needs geometry_codebook: a codebook file fitted with
+        tools/fit_geometry_codebook.py for this model); recorded in the store's header.
     shard_id/num_shards: encode only that slice of the input shards (default: from torchrun
         or Slurm variables, else everything); a single process finalizes the store itself,
         parallel workers leave that to `finalize_store` / `gtok encode --finalize`.
@@ -343,9 +358,19 @@ def encode_shards(
         max_pixels=max_pixels,
         jpeg_draft=_jpeg_draft(jpeg_draft, recorded),
     )
-    binning = _binning(loaded, geometry_bits)
+    token_layout, codebook_record = token_layout_for(
+        loaded, _binning(loaded, geometry_bits), layout, geometry_codebook
+    )
     header = _header(
-        loaded, preprocess, geometry_dtype, refs, fields, precision, batch_size, binning
+        loaded,
+        preprocess,
+        geometry_dtype,
+        refs,
+        fields,
+        precision,
+        batch_size,
+        token_layout,
+        codebook_record,
     )
     appended = begin_append(str(out), header, refs) if append else None
     if appended is not None:
@@ -371,7 +396,7 @@ def encode_shards(
             shards_encoded=0,
         )
         stream = EncodeStream(todo, preprocess, batch_size, max_member_bytes, fields)
-        _run(writer, loaded, stream, geometry_dtype, precision, workers, summary, binning)
+        _run(writer, loaded, stream, geometry_dtype, precision, workers, summary, token_layout)
         summary.seconds = time.perf_counter() - started
         summary.images_per_second = summary.encoded / summary.seconds if summary.seconds else 0.0
         finished_mine = summary.shards_already_done + summary.shards_encoded == len(mine)
@@ -427,7 +452,7 @@ def _run(
     precision: str,
     workers: int | None,
     summary: EncodeSummary,
-    binning: GeometryBinning | None = None,
+    layout: TokenLayout,
 ) -> None:
     todo = stream.shards
     if not todo:
@@ -441,7 +466,7 @@ def _run(
     with worker_death_as_error(batches, WORKER_DIED_NEXT_STEP), progress("img") as bar:
         task = bar.add_task(f"encode 0/{len(todo)} shards", total=None)
         for chunk in batches:
-            fresh = _PartBuffer(todo[chunk.shard], geometry_dtype, header.metadata_fields, binning)
+            fresh = _PartBuffer(todo[chunk.shard], geometry_dtype, header.metadata_fields, layout)
             buffer = buffers.setdefault(chunk.shard, fresh)
             if chunk.keys:
                 indices, geometry = _tokens(model, chunk.images, precision)

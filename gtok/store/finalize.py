@@ -142,7 +142,8 @@ def _finalize(location: Location, root, header: schema.StoreHeader) -> dict:
         captions=totals[schema.CAPTIONED] > 0, metadata_fields=header.metadata_fields
     )
     # arrays of an earlier attempt that this one's header rules out
-    for stale in (schema.GEOMETRY, schema.GEOMETRY_CODES, schema.LABELS, schema.CAPTIONS):
+    stale_arrays = (schema.GEOMETRY, schema.GEOMETRY_CODES, schema.GEOMETRY_IDS)
+    for stale in (*stale_arrays, schema.LABELS, schema.CAPTIONS):
         if stale not in {s.name for s in specs} and stale in root:
             location.remove(stale)
     writers = {spec.name: _grow(root, spec, before.rows, total) for spec in specs}

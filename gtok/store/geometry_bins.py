@@ -25,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FIELDS", "MAX_BITS", "MIN_BITS", "GeometryBinning", "code_dtype"]
+__all__ = [
+    "FIELDS",
+    "MAX_BITS",
+    "MIN_BITS",
+    "GeometryBinning",
+    "code_dtype",
+    "from_unit",
+    "to_unit",
+]
 
 MIN_BITS, MAX_BITS = 4, 16
 FIELDS = ("mean_x", "mean_y", "scale_x", "scale_y", "rotation")  # geometry[..., i]
@@ -34,6 +42,33 @@ FIELDS = ("mean_x", "mean_y", "scale_x", "scale_y", "rotation")  # geometry[...,
 def code_dtype(bits: int) -> np.dtype:
     """The smallest unsigned dtype holding `bits`-bit bins: uint8 or uint16."""
     return np.dtype("uint8" if bits <= 8 else "uint16")
+
+
+def to_unit(geometry: np.ndarray, scale_min: float, scale_max: float) -> np.ndarray:
+    """geometry [..., 5] -> float64 [..., 5]: each parameter's place in [0, 1) of its range
+    (means linear over [-1, 1], scales log over [scale_min, scale_max], rotation over
+    [0, pi) wrapped); scales below scale_min count as scale_min."""
+    g = np.asarray(geometry, dtype=np.float64)
+    low, high = math.log(scale_min), math.log(scale_max)
+    scales = (np.log(np.maximum(g[..., 2:4], scale_min)) - low) / (high - low)
+    return np.concatenate(
+        [(g[..., 0:2] + 1.0) / 2.0, scales, np.mod(g[..., 4:5], math.pi) / math.pi], axis=-1
+    )
+
+
+def from_unit(unit: np.ndarray, scale_min: float, scale_max: float) -> np.ndarray:
+    """Inverse of `to_unit`: float [..., 5] places -> float32 geometry [..., 5]."""
+    unit = np.asarray(unit, dtype=np.float64)
+    low, high = math.log(scale_min), math.log(scale_max)
+    out = np.concatenate(
+        [
+            unit[..., 0:2] * 2.0 - 1.0,
+            np.exp(low + unit[..., 2:4] * (high - low)),
+            unit[..., 4:5] * math.pi,
+        ],
+        axis=-1,
+    )
+    return out.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -61,33 +96,15 @@ class GeometryBinning:
     def dtype(self) -> np.dtype:
         return code_dtype(self.bits)
 
-    def _unit(self, geometry: np.ndarray) -> np.ndarray:
-        """geometry [..., 5] -> positions in [0, 1) of each parameter's range (float64)."""
-        g = np.asarray(geometry, dtype=np.float64)
-        low, high = math.log(self.scale_min), math.log(self.scale_max)
-        scales = (np.log(np.maximum(g[..., 2:4], self.scale_min)) - low) / (high - low)
-        return np.concatenate(
-            [(g[..., 0:2] + 1.0) / 2.0, scales, np.mod(g[..., 4:5], math.pi) / math.pi], axis=-1
-        )
-
     def quantize(self, geometry: np.ndarray) -> np.ndarray:
         """geometry [..., 5] (finite, any float dtype) -> bins [..., 5] in `dtype`."""
-        bins = np.floor(self._unit(geometry) * self.bins)
+        bins = np.floor(to_unit(geometry, self.scale_min, self.scale_max) * self.bins)
         return np.clip(bins, 0, self.bins - 1).astype(self.dtype)
 
     def dequantize(self, codes: np.ndarray) -> np.ndarray:
         """bins [..., 5] -> bin centres [..., 5] float32 (the units of `Tokens.geometry`)."""
         centre = (np.asarray(codes, dtype=np.float64) + 0.5) / self.bins
-        low, high = math.log(self.scale_min), math.log(self.scale_max)
-        out = np.concatenate(
-            [
-                centre[..., 0:2] * 2.0 - 1.0,
-                np.exp(low + centre[..., 2:4] * (high - low)),
-                centre[..., 4:5] * math.pi,
-            ],
-            axis=-1,
-        )
-        return out.astype(np.float32)
+        return from_unit(centre, self.scale_min, self.scale_max)
 
     def row_problems(
         self, codes: np.ndarray, geometry: np.ndarray | None = None

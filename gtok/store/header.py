@@ -28,10 +28,13 @@ def model_header(
     numerics: dict | None = None,
     geometry_bins: dict | None = None,
     refinement: dict | None = None,
+    layout: str = "fields",
+    geometry_codebook: dict | None = None,
 ) -> StoreHeader:
     """The header of a store of tokens of the model `config` (weights `weights_sha256`, at
     `model_path`) over the input `shards`, in row order; refuses a codebook whose ids do not
-    fit beside the fill value."""
+    fit beside the fill value. layout, geometry_codebook: the token layout and, for
+    "codebook", the record of its codebook file (`gtok.store.layouts`)."""
     if config.codebook_size > schema.INDEX_FILL:
         raise GtokError(
             f"the model has {config.codebook_size} codes but token stores keep id "
@@ -53,4 +56,6 @@ def model_header(
         metadata_fields=metadata_fields,
         geometry_bins=geometry_bins,
         refinement=refinement,
+        layout=layout,
+        geometry_codebook=geometry_codebook,
     )

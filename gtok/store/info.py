@@ -89,6 +89,8 @@ def store_info(path: str | os.PathLike, *, usage: bool = True) -> dict:
         "refinement": header.refinement,
         "geometry_dtype": attrs["geometry_dtype"],
         "geometry_bits": header.geometry_bits,
+        "layout": header.layout,
+        "geometry_codebook": header.geometry_codebook,
         "input_shards": len(header.shard_names),
         "metadata_fields": list(header.metadata_fields),
         "appends": len(header.appends),
@@ -105,7 +107,14 @@ def store_info(path: str | os.PathLike, *, usage: bool = True) -> dict:
         return info
     counts = attrs["counts"]
     rows = checked.rows
-    row_names = (schema.INDICES, schema.GEOMETRY, schema.GEOMETRY_CODES, schema.KEYS, schema.LABELS)
+    row_names = (
+        schema.INDICES,
+        schema.GEOMETRY,
+        schema.GEOMETRY_CODES,
+        schema.GEOMETRY_IDS,
+        schema.KEYS,
+        schema.LABELS,
+    )
     names = [n for n in row_names if n in root]
     names += [
         s.name

@@ -103,6 +103,30 @@ def _check_binning(store: str, attrs: dict, has_geometry: bool) -> None:
         raise damaged(store, f"its header's geometry_bins record is unusable ({exc!r})") from exc
 
 
+def _check_layout(store: str, attrs: dict) -> None:
+    """The optional `layout` record names a known layout, with what it needs: geometry bins
+    for "raster", a `geometry_codebook` record (path, sha256, size) for "codebook"."""
+    from gtok.store.layouts import CODEBOOK, LAYOUTS, RASTER
+
+    record = attrs.get("layout") or {"name": "fields"}
+    name = record.get("name") if isinstance(record, dict) else None
+    if name not in LAYOUTS:
+        raise damaged(store, f"its header's layout record {record!r} names no known layout")
+    codebook = attrs.get("geometry_codebook")
+    if name == RASTER and attrs.get("geometry_bins") is None:
+        raise damaged(store, "its header has the raster layout but no geometry bins")
+    if (name == CODEBOOK) != (codebook is not None):
+        raise damaged(store, "its header's layout and geometry_codebook records disagree")
+    fields = ("path", "sha256", "size")
+    if codebook is not None and not (
+        isinstance(codebook, dict)
+        and all(isinstance(codebook.get(k), str) for k in fields[:2])
+        and isinstance(codebook.get("size"), int)
+        and attrs.get("geometry_bins") is None
+    ):
+        raise damaged(store, f"its header's geometry_codebook record {codebook!r} is unusable")
+
+
 def _check_numerics(store: str, numerics: Any) -> None:
     """The optional `numerics` record: None, or a dict whose `precision` (if any) is a
     string and whose `batch_size` (if any) is a positive int."""
@@ -142,6 +166,7 @@ def check_header(store: str, attrs: dict) -> None:
                 store, f"its geometry dtype is {dtype!r}, not one of {schema.GEOMETRY_DTYPES}"
             )
     _check_binning(store, attrs, has_geometry)
+    _check_layout(store, attrs)
     names = _field(store, attrs, "inputs.names", list)
     urls = _field(store, attrs, "inputs.urls", list)
     if not all(isinstance(v, str) for v in [*names, *urls]) or len(names) != len(urls):

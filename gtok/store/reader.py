@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -54,6 +54,9 @@ from gtok.store.opening import get_array, open_root, read_header
 from gtok.store.rowread import RowReader
 from gtok.store.sequences import Vocabulary
 from gtok.store.validate import CheckedStore, open_checked
+
+if TYPE_CHECKING:
+    from gtok.store.geometry_codebook import GeometryCodebook
 
 __all__ = ["TokenStore", "collate"]
 
@@ -107,7 +110,9 @@ class TokenStore(Dataset):
         )
         # read on request (`fields`, `sequences`), not by default: readers that predate an
         # optional array see the batches they always saw
-        self._optional = tuple(n for n in (schema.GEOMETRY_CODES,) if n in root)
+        optional = (schema.GEOMETRY_CODES, schema.GEOMETRY_IDS)
+        self._optional = tuple(n for n in optional if n in root)
+        self._codebook: GeometryCodebook | None = None  # `geometry_codebook`, read on first use
         self._length = checked.rows
         self._arrays: dict[str, Any] | None = None
         self._key_index: dict[str, int] | None = None
@@ -183,9 +188,38 @@ class TokenStore(Dataset):
         return None if bins is None else GeometryBinning.from_attrs(bins)
 
     @property
+    def layout(self) -> str:
+        """The token layout (`gtok.store.layouts`): "fields", "raster" or "codebook"."""
+        return self.header.layout
+
+    @property
+    def geometry_codebook(self) -> GeometryCodebook | None:
+        """The `GeometryCodebook` of `geometry_ids` (--layout codebook), or None; a
+        `GtokError` when the file the header names is gone or not the one encoded with."""
+        from gtok.store.geometry_codebook import file_sha256, load_codebook
+
+        record = self.header.geometry_codebook
+        if record is None or self._codebook is not None:
+            return self._codebook
+        path = record["path"]
+        if not os.path.isfile(path) or file_sha256(path) != record["sha256"]:
+            state = "is missing" if not os.path.isfile(path) else "is not that file any more"
+            raise GtokError(
+                f"{self.path} was encoded with the geometry codebook {path} (sha256 "
+                f"{record['sha256'][:12]}...), which {state}; restore that file, or encode "
+                "the store again."
+            )
+        self._codebook = load_codebook(path)
+        return self._codebook
+
+    @property
     def vocabulary(self) -> Vocabulary:
         """The id layout of `sequences` (`gtok.store.sequences`): code ids at offset 0, then
-        each geometry field's bins; code ids only for a VQ store."""
+        each geometry field's bins, or the geometry ids of the codebook layout; code ids
+        only for a VQ store."""
+        record = self.header.geometry_codebook
+        if record is not None:
+            return Vocabulary(self.codebook_size, None, int(record["size"]))
         binning = self.geometry_binning
         if self.header.has_geometry and binning is None:
             raise GtokError(
@@ -392,6 +426,8 @@ class TokenStore(Dataset):
         batch[schema.INDICES] = self._read(schema.INDICES, rows)
         self._refuse_damage(batch)
         codes = None
+        if vocabulary.geometry_ids is not None:
+            codes = self._geometry_ids(rows, batch["row"], vocabulary.geometry_ids)
         if vocabulary.geometry_bins is not None:
             codes = self._read(schema.GEOMETRY_CODES, rows)
             if problems := self.geometry_binning.row_problems(codes):
@@ -402,6 +438,20 @@ class TokenStore(Dataset):
                 )
         ids = vocabulary.encode(batch[schema.INDICES], codes)
         return ids if self.format == "numpy" else torch.from_numpy(ids)
+
+    def _geometry_ids(self, rows, row_numbers: np.ndarray, size: int) -> np.ndarray:
+        """The geometry ids [n, G, 1] of `rows`; a `GtokError` for an id beyond the codebook,
+        or when the codebook file the header names is not there (the ids mean nothing
+        without it)."""
+        self.geometry_codebook  # noqa: B018 (checks the file)
+        ids = self._read(schema.GEOMETRY_IDS, rows)
+        bad = np.flatnonzero((ids >= size).any(axis=1))
+        if len(bad):
+            raise GtokError(
+                f"{self.path} is damaged: row {int(row_numbers[bad[0]])} holds a geometry id "
+                f"beyond the {size} of its codebook; re-encode it, or restore it from a copy."
+            )
+        return ids[..., None]
 
     def from_sequences(self, ids):
         """Token ids [n, L] or [L] (numpy, torch or lists; `sequences`' layout) -> `Tokens`
@@ -420,7 +470,9 @@ class TokenStore(Dataset):
             raise ValueError(f"sequences must be [n, {length}] for this store, got {ids.shape}")
         indices, codes = vocabulary.decode(ids)
         geometry = None
-        if codes is not None:
+        if codes is not None and (codebook := self.geometry_codebook) is not None:
+            geometry = torch.from_numpy(codebook.dequantize(codes[..., 0]))
+        elif codes is not None:
             geometry = torch.from_numpy(self.geometry_binning.dequantize(codes))
         return Tokens(torch.from_numpy(indices), geometry)
 

@@ -12,6 +12,10 @@ M skipped samples):
                                   (`geometry` then holds their dequantized values; the
                                   binning is the header's `geometry_bins`, see
                                   `gtok.store.geometry_bins`); fill: the dtype's maximum
+    geometry_ids [N, G]  uint16   one learned geometry id per Gaussian, only with --layout
+                                  codebook (`geometry` then holds the codebook's geometry;
+                                  the codebook is the header's `geometry_codebook`, see
+                                  `gtok.store.geometry_codebook`); fill 65535
     keys      [N]        string   "<shard file name>/<sample key>"; fill ""
     labels    [N]        int32    the `.cls` label, -1 when a sample has none; fill -1;
                                   only when at least one encoded sample had a label
@@ -109,6 +113,7 @@ ATTR_ROOT = "gtok"  # root attribute holding the header dict
 INDICES, GEOMETRY, KEYS, LABELS = "indices", "geometry", "keys", "labels"
 CAPTIONS, META = "captions", "meta"  # optional text arrays: captions, meta/<field>
 GEOMETRY_CODES = "geometry_codes"  # optional: integer geometry bins (--geometry-bits)
+GEOMETRY_IDS = "geometry_ids"  # optional: learned geometry ids (--layout codebook)
 SKIPPED = "skipped"  # group: shard, key, reason
 INPUTS = "inputs"  # group: name, url, first_row, rows, samples, skipped, problem
 PARTS = "parts"  # group of per-input-shard parts while encoding
@@ -188,6 +193,7 @@ def row_arrays(
     geometry_dtype: str,
     has_labels: bool,
     geometry_bits: int | None = None,
+    geometry_ids: bool = False,
 ) -> list[ArraySpec]:
     """The per-row arrays of a store (and of each part), in a fixed order."""
     specs = [ArraySpec(INDICES, INDEX_DTYPE, (num_tokens,), INDEX_FILL, (TOKEN_DIM,))]
@@ -198,6 +204,8 @@ def row_arrays(
         dtype, dims = code_dtype(geometry_bits), (TOKEN_DIM, PARAM_DIM)
         fill = int(np.iinfo(dtype).max)
         specs.append(ArraySpec(GEOMETRY_CODES, dtype, (num_tokens, 5), fill, dims))
+    if has_geometry and geometry_ids:
+        specs.append(ArraySpec(GEOMETRY_IDS, INDEX_DTYPE, (num_tokens,), INDEX_FILL, (TOKEN_DIM,)))
     specs.append(ArraySpec(KEYS, str, (), ""))
     if has_labels:
         specs.append(ArraySpec(LABELS, LABEL_DTYPE, (), LABEL_FILL))
@@ -282,6 +290,11 @@ class StoreHeader:
     appends: tuple[dict, ...] = ()
     # `GeometryBinning.to_attrs()` with --geometry-bits, else None (float geometry only)
     geometry_bins: dict | None = None
+    # the token layout (`gtok.store.layouts`: "fields", "raster" or "codebook"; stores
+    # written before layouts have none: "fields"), and with "codebook" the codebook's
+    # `GeometryCodebook.to_attrs` record (path, sha256, size)
+    layout: str = "fields"
+    geometry_codebook: dict | None = None
 
     @property
     def geometry_bits(self) -> int | None:
@@ -296,6 +309,7 @@ class StoreHeader:
             geometry_dtype=self.geometry_dtype,
             has_labels=has_labels,
             geometry_bits=self.geometry_bits,
+            geometry_ids=self.geometry_codebook is not None,
         )
 
     def __post_init__(self) -> None:
@@ -327,6 +341,12 @@ class StoreHeader:
             "metadata_fields": list(self.metadata_fields),
             "appends": [dict(a) for a in self.appends],
             **({"geometry_bins": self.geometry_bins} if self.geometry_bins is not None else {}),
+            **({"layout": {"name": self.layout}} if self.layout != "fields" else {}),
+            **(
+                {"geometry_codebook": self.geometry_codebook}
+                if self.geometry_codebook is not None
+                else {}
+            ),
         }
 
     @classmethod
@@ -348,4 +368,6 @@ class StoreHeader:
             metadata_fields=tuple(attrs.get("metadata_fields") or ()),
             appends=tuple(attrs.get("appends") or ()),
             geometry_bins=attrs.get("geometry_bins"),
+            layout=(attrs.get("layout") or {}).get("name", "fields"),
+            geometry_codebook=attrs.get("geometry_codebook"),
         )

@@ -13,7 +13,10 @@ has its own range of ids in one vocabulary of K + 5 * 2^B ids:
     scale_y    K + 3 * 2^B      2^B
     rotation   K + 4 * 2^B      2^B
 
-so id = offset(field) + value, and position p of a sequence always holds field p % 6. A VQ
+so id = offset(field) + value, and position p of a sequence always holds field p % 6. A
+store of the `codebook` layout (`gtok.store.geometry_codebook`: one learned geometry id per
+Gaussian from a codebook of K_g entries) turns each image into G * 2 ids, (code id,
+geometry id) per Gaussian, in a vocabulary of K + K_g ids (geometry at offset K). A VQ
 store's stream is its code ids alone (G ids, vocabulary K). `Vocabulary.encode` makes the
 stream, `Vocabulary.decode` inverts it (refusing an id outside its position's field), and
 `TokenStore.sequences` / `TokenStore.vocabulary` / `TokenStore.from_sequences` apply them
@@ -29,9 +32,10 @@ import numpy as np
 
 from gtok.store.geometry_bins import FIELDS
 
-__all__ = ["CODE_FIELD", "Vocabulary"]
+__all__ = ["CODE_FIELD", "GEOMETRY_ID_FIELD", "Vocabulary"]
 
 CODE_FIELD = "code"
+GEOMETRY_ID_FIELD = "geometry"  # the one geometry id of the codebook layout
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,12 @@ class Vocabulary:
     """The id layout of a store's token stream (see the module docstring)."""
 
     codebook_size: int  # K
-    geometry_bins: int | None  # 2^B, or None: code ids only (a VQ store)
+    geometry_bins: int | None  # 2^B, or None: code ids only (a VQ store) or geometry ids
+    geometry_ids: int | None = None  # K_g of the codebook layout (then geometry_bins is None)
+
+    def __post_init__(self) -> None:
+        if self.geometry_bins is not None and self.geometry_ids is not None:
+            raise ValueError("a vocabulary has geometry bins or geometry ids, not both")
 
     @property
     def fields(self) -> tuple[tuple[str, int, int], ...]:
@@ -48,17 +57,19 @@ class Vocabulary:
         if self.geometry_bins is not None:
             for i, name in enumerate(FIELDS):
                 out.append((name, self.codebook_size + i * self.geometry_bins, self.geometry_bins))
+        if self.geometry_ids is not None:
+            out.append((GEOMETRY_ID_FIELD, self.codebook_size, self.geometry_ids))
         return tuple(out)
 
     @property
     def size(self) -> int:
-        """Ids in all: K + 5 * 2^B (K for code ids only)."""
+        """Ids in all: K + 5 * 2^B, K + K_g with geometry ids, K for code ids only."""
         _, offset, size = self.fields[-1]
         return offset + size
 
     @property
     def ids_per_token(self) -> int:
-        """Ids per token (per Gaussian): 6, or 1 for code ids only."""
+        """Ids per token (per Gaussian): 6, 2 with geometry ids, 1 for code ids only."""
         return len(self.fields)
 
     @property
@@ -81,15 +92,15 @@ class Vocabulary:
         return offsets[field], offsets[field] + sizes[field]
 
     def encode(self, indices: np.ndarray, codes: np.ndarray | None = None) -> np.ndarray:
-        """indices [n, G] and geometry bins [n, G, 5] (None for code ids only) ->
-        int64 ids [n, G * ids_per_token]."""
+        """indices [n, G] and geometry bins [n, G, 5] or geometry ids [n, G, 1] (None for
+        code ids only) -> int64 ids [n, G * ids_per_token]."""
         indices = np.asarray(indices, dtype=np.int64)
-        if self.geometry_bins is None:
+        if self.ids_per_token == 1:
             return indices.copy()
         if codes is None:
-            raise ValueError("this vocabulary needs the geometry bins as well as the code ids")
+            raise ValueError("this vocabulary needs the geometry tokens as well as the code ids")
         codes = np.asarray(codes, dtype=np.int64)
-        if codes.shape != (*indices.shape, 5):
+        if codes.shape != (*indices.shape, self.ids_per_token - 1):
             raise ValueError(f"geometry bins {codes.shape} do not fit indices {indices.shape}")
         per = np.concatenate([indices[..., None], codes], axis=-1)  # [n, G, 6]
         offsets = np.array([o for _, o, _ in self.fields], np.int64)
@@ -97,8 +108,8 @@ class Vocabulary:
 
     def decode(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """ids [n, L] (L a multiple of ids_per_token) -> (int64 indices [n, L / per],
-        int64 geometry bins [n, L / per, 5] or None); a ValueError names the first id that
-        is not of its position's field."""
+        int64 geometry bins [n, L / per, 5], geometry ids [n, L / per, 1], or None); a
+        ValueError names the first id that is not of its position's field."""
         ids = np.asarray(ids)
         if ids.ndim != 2 or ids.shape[1] % self.ids_per_token:
             raise ValueError(
@@ -118,6 +129,6 @@ class Vocabulary:
                 "their field's range"
             )
         values = (ids - low).reshape(len(ids), -1, self.ids_per_token)
-        if self.geometry_bins is None:
+        if self.ids_per_token == 1:
             return values[..., 0], None
         return values[..., 0], values[..., 1:]

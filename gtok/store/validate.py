@@ -144,7 +144,7 @@ def check_arrays(root, header: schema.StoreHeader, attrs: dict, location: Locati
     store = str(location)
     has_labels = attrs["counts"]["labeled"] > 0
     specs = header.row_arrays(has_labels=has_labels)
-    optional = {schema.GEOMETRY, schema.GEOMETRY_CODES, schema.LABELS}
+    optional = {schema.GEOMETRY, schema.GEOMETRY_CODES, schema.GEOMETRY_IDS, schema.LABELS}
     for name in sorted(optional - {s.name for s in specs}):
         if name in root:
             raise damaged(store, f"it has a {name} array, which its header rules out")

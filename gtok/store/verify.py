@@ -112,6 +112,8 @@ def _check_tokens(store: CheckedStore, report: VerifyReport) -> int:
     binning = None if bins is None else GeometryBinning.from_attrs(bins)
     names = [n for n in (schema.INDICES, schema.GEOMETRY, schema.KEYS) if n in root]
     names += [schema.GEOMETRY_CODES] if binning is not None else []
+    codebook = store.header.geometry_codebook
+    names += [schema.GEOMETRY_IDS] if codebook is not None else []
     arrays = {n: get_array(root, n, where) for n in names}
     labels = get_array(root, schema.LABELS, where) if schema.LABELS in root else None
     labeled = 0
@@ -131,6 +133,12 @@ def _check_tokens(store: CheckedStore, report: VerifyReport) -> int:
             codes, geometry = block[schema.GEOMETRY_CODES], block.get(schema.GEOMETRY)
             for i, what in binning.row_problems(codes, geometry):
                 report.add(f"row {start + i}: {what}")
+        if codebook is not None:
+            ids = block[schema.GEOMETRY_IDS]
+            for i in np.flatnonzero((ids >= codebook["size"]).any(axis=1)).tolist():
+                report.add(
+                    f"row {start + i}: a geometry id beyond the {codebook['size']} of its codebook"
+                )
         if labels is not None:
             labeled += int((read_block(where, schema.LABELS, labels, start, stop) >= 0).sum())
     return labeled

@@ -55,6 +55,7 @@ class Part:
 
     indices: uint16 [n, G]; geometry: [n, G, 5] in the store's geometry dtype, or None (VQ);
     geometry_codes: its integer bins [n, G, 5] (uint8/16) with --geometry-bits, else None;
+    geometry_ids: its learned geometry ids [n, G] (uint16) with --layout codebook, else None;
     keys: n strings "<shard>/<key>"; labels: int32 [n], -1 = no label; skipped: (key, reason)
     per unusable sample; samples: samples read (n + len(skipped)); problem: why the tar could
     not be read to its end, if so; upscaled: images smaller than the resize target;
@@ -75,6 +76,7 @@ class Part:
     captions: list[str | None] | None = None
     meta: dict[str, list[str]] = field(default_factory=dict)
     geometry_codes: np.ndarray | None = None
+    geometry_ids: np.ndarray | None = None
     fingerprint: ShardFingerprint | None = None
 
     def __post_init__(self) -> None:
@@ -160,6 +162,8 @@ def header_difference(old: schema.StoreHeader, new: schema.StoreHeader) -> str |
         )
     if old.has_geometry and old.geometry_bins != new.geometry_bins:
         return f"stores geometry {_binning_phrase(old)}, not {_binning_phrase(new)}"
+    if (old.layout, old.geometry_codebook) != (new.layout, new.geometry_codebook):
+        return f"has the token layout {_layout_phrase(old)}, not {_layout_phrase(new)}"
     if set(old.shard_names) != set(new.shard_names):  # the store's order is row order
         extra = sorted(set(new.shard_names) - set(old.shard_names))
         lacking = sorted(set(old.shard_names) - set(new.shard_names))
@@ -181,6 +185,15 @@ def _binning_phrase(header: schema.StoreHeader) -> str:
         return "as floats without geometry_bits"
     scale = bins["scale"]
     return f"in {bins['bits']}-bit bins (scales {scale['low']:g}..{scale['high']:g})"
+
+
+def _layout_phrase(header: schema.StoreHeader) -> str:
+    codebook = header.geometry_codebook
+    if codebook is None:
+        return header.layout
+    return (
+        f"{header.layout} (geometry codebook {codebook['path']}, sha256 {codebook['sha256'][:12]})"
+    )
 
 
 def _refinement(record: dict | None) -> str:
@@ -305,6 +318,7 @@ class StoreWriter:
             schema.INDICES: part.indices,
             schema.GEOMETRY: part.geometry,
             schema.GEOMETRY_CODES: part.geometry_codes,
+            schema.GEOMETRY_IDS: part.geometry_ids,
             schema.KEYS: np.array(part.keys, dtype=object),
             schema.LABELS: part.labels,
         }

@@ -1,0 +1,232 @@
+"""Rate against distortion of GaussianToken token layouts: prints one JSON document, draws a plot.
+
+For each row (a token layout of the model's tokens), on the same training and validation
+shards:
+
+1. encode them (`gtok encode`, `--geometry-bits` / `--layout` / `--geometry-codebook` as the
+   row says) into WORK/<row>-train.zarr and WORK/<row>-val.zarr; a codebook row first fits
+   its codebook on the fields-B8 training store (tools/fit_geometry_codebook.py, seed 0);
+2. score the validation store's tokens as `gtok eval VAL STORE` does (`evaluate_pairs`,
+   mean per-image PSNR of the decoded uint8 images, `gtok.metrics.psnr`), and against a
+   plain store's float16 geometry (WORK/float16-val.zarr: `psnr_vs_float16_db`);
+3. train the small prior of examples/ar_prior.py on the training store with a fixed budget
+   (600 steps, width 128, 3 layers, 4 heads, batch 16, seed 0: the budget the VQ row of
+   docs/results.md was measured with) and take its validation bits per image on the first
+   1,024 validation rows, and the ids per image.
+
+Each step is skipped when its output is there (a finished store, a codebook file, a prior's
+results.json, a store's PSNR in STORE.psnr.json), so a rerun only does what is missing, and
+rows can run in parallel processes (`--rows`) before one run that prints everything. The
+VQ row is the recorded one of docs/results.md (`--vq-bits`, `--vq-psnr`, marked
+"recorded": the vq-tiny model is not on this machine). Writes the PSNR-against-bits plot
+to `--plot`.
+
+    OMP_NUM_THREADS=1 python bench/rate_distortion.py \\
+        --train '/work/shared/data/photos64/train-*.tar' \\
+        --val /work/shared/data/photos64/val-000000.tar --work /work/rd \\
+        --plot docs/rate_distortion.png > rate_distortion.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gtok.encode import encode_shards  # noqa: E402
+from gtok.evaluate.run import evaluate_pairs  # noqa: E402
+
+PRIOR = ["--steps", "600", "--minutes", "600", "--eval-every", "100", "--dim", "128",
+         "--layers", "3", "--heads", "4", "--batch-size", "16", "--val-rows", "1024",
+         "--seed", "0", "--threads", "1"]  # fmt: skip
+SKIP_METRICS = ("lpips_vgg", "lpips_alex", "rfid")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One token layout to measure: `gtok encode` options and, for a codebook, its size."""
+
+    name: str
+    bits: int | None = None  # --geometry-bits
+    layout: str = "fields"
+    codebook_size: int | None = None  # --layout codebook with a K-entry codebook
+
+    def encode_options(self, work: Path) -> dict:
+        options: dict = {"geometry_bits": self.bits, "layout": self.layout}
+        if self.codebook_size is not None:
+            options["geometry_codebook"] = str(codebook_path(work, self.codebook_size))
+        return options
+
+
+ROWS = {
+    row.name: row
+    for row in (
+        Row("fields-b8", bits=8),
+        Row("fields-b6", bits=6),
+        Row("fields-b5", bits=5),
+        Row("fields-b4", bits=4),
+        Row("raster-b8", bits=8, layout="raster"),
+        Row("raster-b5", bits=5, layout="raster"),
+        Row("codebook-256", layout="codebook", codebook_size=256),
+        Row("codebook-1024", layout="codebook", codebook_size=1024),
+    )
+}
+FIT_ON = "fields-b8"  # the training store the codebooks are fitted on
+
+
+def codebook_path(work: Path, size: int) -> Path:
+    return work / f"codebook-{size}.npz"
+
+
+def _script(path: Path):
+    """A script (examples/, tools/) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _encode(shards: str, out: Path, row: Row, args) -> Path:
+    """`gtok encode` (resumes, so a finished store costs a check) into `out`."""
+    options = row.encode_options(Path(args.work))
+    encode_shards([shards], out, args.model, workers=0, **options)
+    return out
+
+
+def _fit(size: int, args) -> None:
+    path = codebook_path(Path(args.work), size)
+    if path.exists():  # a refit would change the file the stores name
+        return
+    store = _encode(args.train, Path(args.work) / f"{FIT_ON}-train.zarr", ROWS[FIT_ON], args)
+    with redirect_stdout(sys.stderr):  # stdout is this script's JSON document
+        _script(ROOT / "tools" / "fit_geometry_codebook.py").main(
+            [str(store), "--size", str(size), "-o", str(path)]
+        )
+
+
+def _psnr(val: str, store: Path) -> float:
+    """Mean per-image PSNR (dB) of the store's decoded tokens against the val images (kept
+    in STORE.psnr.json beside the store)."""
+    cached = store.with_name(f"{store.name}.psnr.json")
+    if not cached.exists():
+        result = evaluate_pairs(
+            [val], store, skip_metrics=SKIP_METRICS, device="cpu", grid_images=0
+        )
+        scores = [image["psnr"] for image in result.per_image]
+        cached.write_text(json.dumps({"psnr_db": float(np.mean(scores)), "images": len(scores)}))
+    return json.loads(cached.read_text())["psnr_db"]
+
+
+def _prior(train: Path, val: Path, out: Path, settings: list[str]) -> dict:
+    results = out / "results.json"
+    if not results.exists():
+        with redirect_stdout(sys.stderr):  # its progress lines; stdout is the JSON document
+            _script(ROOT / "examples" / "ar_prior.py").main(
+                [str(train), "--val-store", str(val), "-o", str(out), *settings]
+            )
+    return json.loads(results.read_text())
+
+
+def measure(row: Row, args) -> dict:
+    """The row's encode, PSNR and prior: {"psnr_db", "bits_per_image", ...}."""
+    work = Path(args.work)
+    if row.codebook_size is not None:
+        _fit(row.codebook_size, args)
+    train = _encode(args.train, work / f"{row.name}-train.zarr", row, args)
+    val = _encode(args.val, work / f"{row.name}-val.zarr", row, args)
+    prior = _prior(train, val, work / f"prior-{row.name}", ["--smoke"] if args.smoke else PRIOR)
+    bits = prior["val_bits_per_image"]
+    return {
+        "row": row.name,
+        "layout": row.layout,
+        "geometry_bits": row.bits,
+        "codebook_size": row.codebook_size,
+        "psnr_db": _psnr(args.val, val),
+        "ids_per_image": prior["ids_per_sequence"],
+        "vocabulary": prior["vocabulary"]["size"],
+        "bits_per_image": bits["gpt"],
+        "bits_per_image_unigram_per_position": bits["unigram_per_position"],
+        "bits_per_image_by_field": prior["val_bits_per_image_by_field"]["gpt"],
+        "prior_seconds": prior["training"]["seconds"],
+        "prior_curve": prior["training"]["curve"],
+        "val_rows": prior["val_sequences"],
+        "train_rows": prior["train_sequences"],
+    }
+
+
+def plot(rows: list[dict], path: str) -> None:
+    """PSNR against float16 geometry of the same images (dB) against validation bits per
+    image, one labelled point per row (labels alternate above and below)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.2), dpi=120)
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    for i, row in enumerate(rows):
+        recorded = row.get("recorded", False)
+        point = (row["bits_per_image"], row["psnr_vs_float16_db"])
+        ax.scatter(*point, marker="s" if recorded else "o",
+                   color="tab:red" if recorded else "tab:blue")  # fmt: skip
+        label = f"{row['row']} ({row['ids_per_image']} ids){' recorded' if recorded else ''}"
+        ax.annotate(label, point, fontsize=7, textcoords="offset points",
+                    xytext=(4, 6 if i % 2 == 0 else -12))  # fmt: skip
+    ax.set_xlabel("validation bits per image (600-step prior)")
+    ax.set_ylabel("PSNR against tiny's float16 geometry (dB)")
+    ax.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", required=True, help="training shards (a glob)")
+    parser.add_argument("--val", required=True, help="validation shards")
+    parser.add_argument("--work", required=True, help="folder for the stores and priors")
+    parser.add_argument("--rows", nargs="+", choices=sorted(ROWS), default=list(ROWS))
+    parser.add_argument("--vq-bits", type=float, default=430.0)
+    parser.add_argument("--vq-psnr", type=float, default=24.00)
+    parser.add_argument(
+        "--vq-float16-psnr", type=float, default=25.25, help="tiny's PSNR on the VQ row's images"
+    )
+    parser.add_argument("--plot", help="PNG of PSNR against bits per image")
+    parser.add_argument("--model", help="model directory (default: the shipped model)")
+    parser.add_argument("--smoke", action="store_true", help="ar_prior.py --smoke priors")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    rows = [measure(ROWS[name], args) for name in args.rows]
+    work = Path(args.work)
+    floats = _psnr(args.val, _encode(args.val, work / "float16-val.zarr", Row("float16"), args))
+    vq = {"row": "vq-tiny", "recorded": True, "ids_per_image": 64, "vocabulary": 1024,
+          "bits_per_image": args.vq_bits, "psnr_db": args.vq_psnr,
+          "psnr_vs_float16_db": args.vq_psnr - args.vq_float16_psnr}  # fmt: skip
+    for row in rows:
+        row["bits_vs_vq"] = row["bits_per_image"] / vq["bits_per_image"]
+        row["ids_vs_vq"] = row["ids_per_image"] / vq["ids_per_image"]
+        row["psnr_vs_vq_db"] = row["psnr_db"] - vq["psnr_db"]
+        row["psnr_vs_float16_db"] = row["psnr_db"] - floats
+    prior = ["--smoke"] if args.smoke else PRIOR
+    document = {"train": args.train, "val": args.val, "prior": prior,
+                "float16_psnr_db": floats, "rows": [*rows, vq]}  # fmt: skip
+    if args.plot:
+        plot(document["rows"], args.plot)
+    json.dump(document, sys.stdout, indent=2)
+    print()
+    return document
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""A learned geometry codebook: one geometry id per Gaussian (`gtok encode --layout codebook`).
+
+Each Gaussian's five geometry parameters become one id of a codebook of K entries, fitted
+by k-means on a training store. The k-means runs in the unit space of
+`gtok.store.geometry_bins.to_unit` (each parameter's place in [0, 1) of its range: means
+linear, scales log, rotation wrapped) on residuals from each Gaussian index's mean (the
+`anchors`: the encoder places Gaussian i near the same spot of every image, so the anchor
+carries what all images share and the codebook only the image's own offset). The rotation
+residual wraps into [-0.5, 0.5) (a turn by pi is the same Gaussian). A Gaussian's geometry
+is decoded as its index's anchor plus its centroid, clipped to the ranges.
+
+A codebook is one `.npz` file (numpy arrays, no pickles): `anchors` [G, 5], `centroids`
+[K, 5] (float64, unit space) and `scale_range` [2] (map pixels). A store encoded with it
+records the file's absolute path and sha256 in its header (`to_attrs`); readers refuse
+the store's token stream when the file is gone or differs, since the ids mean nothing
+without it. The store's `geometry` array holds the decoded (centroid) geometry, so decode
+and eval need no codebook.
+
+    codebook = fit_codebook(store_geometry, 1024, scale_min, scale_max, seed=0)
+    codebook.save("codebook.npz")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gtok.errors import GtokError
+from gtok.store.geometry_bins import from_unit, to_unit
+
+__all__ = ["GeometryCodebook", "fit_codebook", "load_codebook"]
+
+ID_DTYPE = np.dtype("uint16")
+MAX_SIZE = int(np.iinfo(ID_DTYPE).max)  # ids 0..65534; 65535 is the store's fill
+ROTATION = 4  # the wrapping parameter
+_CHUNK = 1 << 15  # points per distance block (memory: _CHUNK x K float64)
+
+
+@dataclass(frozen=True, eq=False)
+class GeometryCodebook:
+    """Per-index anchors [G, 5] and K centroids [K, 5] (float64 unit-space residuals)."""
+
+    anchors: np.ndarray
+    centroids: np.ndarray
+    scale_min: float  # map pixels: the range `to_unit` maps scales from
+    scale_max: float
+
+    @property
+    def size(self) -> int:
+        """K: geometry ids 0..K-1."""
+        return len(self.centroids)
+
+    @property
+    def num_tokens(self) -> int:
+        """G: Gaussians per image the anchors are for."""
+        return len(self.anchors)
+
+    def residuals(self, geometry: np.ndarray) -> np.ndarray:
+        """geometry [n, G, 5] -> unit-space residuals from the anchors [n, G, 5] (float64)."""
+        out = to_unit(geometry, self.scale_min, self.scale_max) - self.anchors
+        out[..., ROTATION] = np.mod(out[..., ROTATION] + 0.5, 1.0) - 0.5
+        return out
+
+    def quantize(self, geometry: np.ndarray) -> np.ndarray:
+        """geometry [n, G, 5] -> geometry ids [n, G] (uint16): the nearest centroid."""
+        residuals = self.residuals(geometry)
+        return nearest(residuals.reshape(-1, 5), self.centroids).reshape(residuals.shape[:-1])
+
+    def dequantize(self, ids: np.ndarray) -> np.ndarray:
+        """geometry ids [n, G] -> geometry [n, G, 5] float32 (anchor + centroid)."""
+        unit = self.anchors + self.centroids[np.asarray(ids, dtype=np.int64)]
+        unit[..., :4] = np.clip(unit[..., :4], 0.0, 1.0)
+        unit[..., ROTATION] = np.mod(unit[..., ROTATION], 1.0)
+        return from_unit(unit, self.scale_min, self.scale_max)
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write the codebook to `path` (.npz); returns the file's sha256."""
+        with open(path, "wb") as f:
+            np.savez(
+                f,
+                anchors=self.anchors,
+                centroids=self.centroids,
+                scale_range=np.array([self.scale_min, self.scale_max]),
+            )
+        return file_sha256(path)
+
+    def to_attrs(self, path: str | os.PathLike) -> dict[str, Any]:
+        """The store header record of this codebook saved at `path`."""
+        return {
+            "path": str(Path(path).resolve()),
+            "sha256": file_sha256(path),
+            "size": self.size,
+            "space": "unit residual from each Gaussian index's mean (geometry_codebook)",
+        }
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_codebook(path: str | os.PathLike) -> GeometryCodebook:
+    """Read a codebook file; a `GtokError` in one sentence when it is not one."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            anchors, centroids = data["anchors"], data["centroids"]
+            scale_min, scale_max = (float(v) for v in data["scale_range"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise GtokError(
+            f"{path} is not a geometry codebook ({exc}); fit one with "
+            "tools/fit_geometry_codebook.py."
+        ) from exc
+    good = anchors.ndim == 2 and anchors.shape[1:] == (5,) and centroids.ndim == 2
+    if not (good and centroids.shape[1] == 5 and 1 <= len(centroids) <= MAX_SIZE):
+        raise GtokError(
+            f"{path} is not a geometry codebook (anchors {anchors.shape}, centroids "
+            f"{centroids.shape}); fit one with tools/fit_geometry_codebook.py."
+        )
+    return GeometryCodebook(
+        anchors.astype(np.float64), centroids.astype(np.float64), scale_min, scale_max
+    )
+
+
+def nearest(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """points [n, 5], centroids [K, 5] -> uint16 [n]: index of each point's nearest centroid
+    (squared Euclidean distance; ties to the lower index)."""
+    out = np.empty(len(points), ID_DTYPE)
+    norms = (centroids**2).sum(1)
+    for start in range(0, len(points), _CHUNK):
+        block = points[start : start + _CHUNK]
+        out[start : start + len(block)] = np.argmin(norms - 2.0 * block @ centroids.T, axis=1)
+    return out
+
+
+def fit_codebook(
+    geometry: np.ndarray,
+    size: int,
+    scale_min: float,
+    scale_max: float,
+    *,
+    seed: int = 0,
+    iterations: int = 25,
+    sample: int = 200_000,
+) -> GeometryCodebook:
+    """k-means codebook of `size` entries over geometry [n, G, 5] (a training store's): the
+    anchors are each index's mean (rotation: circular), the centroids are fitted by Lloyd's
+    algorithm on at most `sample` residuals drawn with `seed`, starting from `size` of them.
+    Deterministic for the same inputs and seed."""
+    if not 1 <= size <= MAX_SIZE:
+        raise ValueError(f"size must be in 1..{MAX_SIZE}, got {size}")
+    unit = to_unit(geometry, scale_min, scale_max)  # [n, G, 5]
+    anchors = unit.mean(0)
+    angle = 2.0 * np.pi * unit[..., ROTATION]
+    circular = np.arctan2(np.sin(angle).mean(0), np.cos(angle).mean(0)) / (2.0 * np.pi)
+    anchors[:, ROTATION] = np.mod(circular, 1.0)
+    codebook = GeometryCodebook(anchors, np.zeros((size, 5)), scale_min, scale_max)
+    points = codebook.residuals(geometry).reshape(-1, 5)
+    rng = np.random.default_rng(seed)
+    points = points[rng.permutation(len(points))[:sample]]
+    if len(points) < size:
+        raise ValueError(f"{len(points)} Gaussians cannot fit {size} centroids")
+    centroids = points[:size].copy()
+    for _ in range(iterations):
+        assigned = nearest(points, centroids).astype(np.int64)
+        counts = np.bincount(assigned, minlength=size)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, assigned, points)
+        used = counts > 0
+        centroids[used] = sums[used] / counts[used, None]
+    return GeometryCodebook(anchors, centroids, scale_min, scale_max)

@@ -1,0 +1,233 @@
+"""Token layouts (`gtok encode --layout raster|codebook`, `gtok.store.layouts`): recorded in
+the header, followed by `sequences` / `from_sequences` / `vocabulary` / decode, and the
+refusals around them (tools/fit_geometry_codebook.py fits the codebook)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scriptkit import ROOT, script_module
+from test_encode import SMALL
+from test_token_stream import _check_prior, _run_prior, model, shards  # noqa: F401 (fixtures)
+
+import gtok
+from gtok.cli.main import app
+from gtok.errors import GtokError
+from gtok.store import TokenStore
+from gtok.store.geometry_codebook import GeometryCodebook, fit_codebook, load_codebook
+from gtok.store.layouts import raster_order
+from gtok.store.sequences import Vocabulary
+
+G = SMALL["num_gaussians"]
+FIT = ROOT / "tools" / "fit_geometry_codebook.py"
+
+
+def _cli(runner, *args: str) -> None:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory, model, shards) -> dict[str, Path]:  # noqa: F811
+    """The same shards as float32 geometry, 6-bit fields, 6-bit raster and a codebook
+    layout (16 entries, fitted on the fields store), all written by `gtok encode`."""
+    from typer.testing import CliRunner
+
+    runner, folder = CliRunner(), tmp_path_factory.mktemp("layouts")
+    out = {name: folder / f"{name}.zarr" for name in ("float", "fields", "raster", "codebook")}
+    common = ["encode", str(shards), "-m", str(model), "--batch-size", "4", "--workers", "0"]
+    _cli(runner, *common, "-o", str(out["float"]), "--geometry-dtype", "float32")
+    _cli(runner, *common, "-o", str(out["fields"]), "--geometry-bits", "6")
+    _cli(runner, *common, "-o", str(out["raster"]), "--geometry-bits", "6", "--layout", "raster")
+    out["codebook.npz"] = folder / "codebook.npz"
+    with script_module(FIT) as tool:
+        tool.main([str(out["fields"]), "--size", "16", "-o", str(out["codebook.npz"])])
+    codebook = ["--layout", "codebook", "--geometry-codebook", str(out["codebook.npz"])]
+    _cli(runner, *common, "-o", str(out["codebook"]), *codebook)
+    return out
+
+
+def _decode(model_dir: Path, tokens) -> torch.Tensor:
+    return gtok.load_tokenizer(model_dir).eval().decode(tokens)
+
+
+def _stored(store: TokenStore) -> gtok.Tokens:
+    rows = store[0 : len(store)]
+    return gtok.Tokens(torch.from_numpy(rows["indices"]), torch.from_numpy(rows["geometry"]))
+
+
+def _check_round_trip(path: Path, model_dir: Path) -> TokenStore:
+    """from_sequences(sequences()) gives the stored tokens back and decodes like them."""
+    store = TokenStore(path)
+    tokens = store.from_sequences(store.sequences())
+    stored = _stored(store)
+    assert torch.equal(tokens.indices, stored.indices.long())
+    assert torch.equal(tokens.geometry.half(), stored.geometry)
+    assert torch.allclose(_decode(model_dir, tokens), _decode(model_dir, stored), atol=1e-2)
+    return store
+
+
+def test_an_older_store_and_a_default_encode_read_as_the_fields_layout(layouts):
+    store = TokenStore(layouts["fields"])
+    assert "layout" not in store.attrs  # as every store written before layouts
+    assert store.layout == "fields" and store.vocabulary == Vocabulary(64, 64)
+
+
+def test_raster_layout_sorts_every_array_alike_and_decodes_the_same_images(layouts, model):  # noqa: F811
+    store = _check_round_trip(layouts["raster"], model)
+    assert store.attrs["layout"] == {"name": "raster"} and store.layout == "raster"
+    assert store.vocabulary == Vocabulary(64, 64)  # the same ids, in another order
+    fields = TokenStore(layouts["fields"], fields=("indices", "geometry", "geometry_codes"))
+    raster = TokenStore(layouts["raster"], fields=("indices", "geometry", "geometry_codes"))
+    a, b = fields[0 : len(fields)], raster[0 : len(raster)]
+    order = raster_order(a["geometry_codes"], 64)
+    for name in ("indices", "geometry", "geometry_codes"):
+        expected = np.take_along_axis(
+            a[name], order.reshape(*order.shape, *[1] * (a[name].ndim - 2)), 1
+        )
+        assert np.array_equal(b[name], expected), name
+    assert not np.array_equal(a["indices"], b["indices"])  # the order did change
+    band = (b["geometry_codes"][..., 1].astype(int) * 3) // 64  # round(sqrt(8)) = 3 bands
+    assert (np.diff(band, axis=1) >= 0).all()
+    assert torch.allclose(
+        _decode(model, _stored(raster)), _decode(model, _stored(fields)), atol=1e-4
+    )
+
+
+def test_codebook_layout_is_two_ids_per_gaussian_decoded_from_the_centroids(layouts, model):  # noqa: F811
+    store = _check_round_trip(layouts["codebook"], model)
+    record = store.attrs["geometry_codebook"]
+    assert store.attrs["layout"] == {"name": "codebook"} and record["size"] == 16
+    assert record["path"] == str(layouts["codebook.npz"].resolve())
+    assert store.vocabulary == Vocabulary(64, None, 16)
+    assert store.vocabulary.to_dict()["fields"][1] == {"name": "geometry", "offset": 64, "size": 16}
+    ids = store.sequences()
+    assert ids.shape == (len(store), G * 2) and (ids[:, 1::2] >= 64).all()
+    codebook = load_codebook(layouts["codebook.npz"])
+    exact = TokenStore(layouts["float"])[0 : len(store)]
+    rows = TokenStore(layouts["codebook"], fields=("indices", "geometry_ids"))[0 : len(store)]
+    assert np.array_equal(rows["geometry_ids"], codebook.quantize(exact["geometry"]))
+    assert np.array_equal(ids[:, 1::2] - 64, rows["geometry_ids"])
+    assert np.array_equal(ids[:, 0::2], exact["indices"])
+
+
+def test_codebook_fit_is_deterministic_and_nearer_than_the_anchors(layouts):
+    geometry = TokenStore(layouts["float"])[0:10]["geometry"]
+    one, two = (fit_codebook(geometry, 8, 0.1, 3.0, seed=3) for _ in range(2))
+    assert np.array_equal(one.centroids, two.centroids)
+    residuals = one.residuals(geometry)
+    error = residuals - one.centroids[one.quantize(geometry).astype(int)]
+    assert (error**2).sum(-1).mean() < (residuals**2).sum(-1).mean()
+
+
+def test_wrong_layout_options_and_codebooks_are_refused_in_one_sentence(
+    layouts,
+    model,  # noqa: F811
+    shards,  # noqa: F811
+    runner,
+    tmp_path,
+):
+    out = str(tmp_path / "x.zarr")
+    common = ["encode", str(shards), "-o", out, "-m", str(model), "--workers", "0"]
+    wrong = tmp_path / "wrong.npz"
+    codebook = load_codebook(layouts["codebook.npz"])
+    GeometryCodebook(np.zeros((G + 1, 5)), codebook.centroids, 0.1, 3.0).save(wrong)
+    for args, message in [
+        (["--layout", "raster"], "--layout raster sorts Gaussians by binned position"),
+        (["--layout", "codebook"], "--layout codebook needs --geometry-codebook PATH"),
+        (["--layout", "spiral"], "--layout must be one of fields, raster, codebook"),
+        (["--geometry-codebook", str(wrong)], "--geometry-codebook goes with --layout codebook"),
+        (["--layout", "codebook", "--geometry-codebook", str(wrong)], f"was fitted for {G + 1}"),
+        (["--layout", "codebook", "--geometry-codebook", str(tmp_path)], "not a geometry codebook"),
+    ]:
+        result = runner.invoke(app, [*common, *args])
+        assert result.exit_code == 1 and message in result.stderr, (args, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_store_whose_codebook_file_changed_refuses_its_stream(layouts, tmp_path):
+    import shutil
+
+    store_path, codebook_path = tmp_path / "cb.zarr", layouts["codebook.npz"]
+    shutil.copytree(layouts["codebook"], store_path)
+    saved = codebook_path.read_bytes()
+    try:
+        codebook_path.write_bytes(saved + b"\0")
+        with pytest.raises(GtokError, match="which is not that file any more; restore"):
+            TokenStore(store_path).sequences()
+        codebook_path.unlink()
+        with pytest.raises(GtokError, match="which is missing; restore that file"):
+            TokenStore(store_path).from_sequences(np.tile([0, 64], G))
+    finally:
+        codebook_path.write_bytes(saved)
+    assert len(TokenStore(store_path).sequences()) == len(TokenStore(store_path))
+
+
+@pytest.mark.parametrize("layout", ["raster", "codebook"])
+def test_ar_prior_smoke_on_each_layout(layouts, layout, tmp_path):
+    _run_prior([str(layouts[layout]), "--smoke", "-o", str(tmp_path / "prior")])
+    _check_prior(tmp_path / "prior", G * (6 if layout == "raster" else 2))
+    results = json.loads((tmp_path / "prior" / "results.json").read_text())
+    assert results["vocabulary"]["size"] == 64 + (5 * 64 if layout == "raster" else 16)
+
+
+def test_ar_prior_refuses_a_validation_store_of_another_layout(layouts, tmp_path):
+    argv = [str(layouts["raster"]), "--val-store", str(layouts["fields"]), "--smoke"]
+    with pytest.raises(SystemExit, match="token layout differs from training's"):
+        _run_prior([*argv, "-o", str(tmp_path / "prior")])
+
+
+@pytest.mark.slow
+def test_rate_distortion_bench_measures_each_row(model, tmp_path, capsys):  # noqa: F811
+    """bench/rate_distortion.py end to end on a tiny model (smoke priors): every row gets
+    its PSNR, bits and ids, the VQ row is the recorded one, and the plot is written."""
+    from shardmaker import write_clean_shards
+
+    write_clean_shards(tmp_path / "shards", 2, 20)  # 40 images x 8 Gaussians >= 256 points
+    args = ["--train", str(tmp_path / "shards" / "shard-*.tar"), "--val",
+            str(tmp_path / "shards" / "shard-0001.tar"), "--work", str(tmp_path / "work"),
+            "--model", str(model), "--smoke", "--plot", str(tmp_path / "rd.png"),
+            "--rows", "fields-b8", "raster-b8", "codebook-256"]  # fmt: skip
+    with script_module(ROOT / "bench" / "rate_distortion.py") as bench:
+        document = bench.main(args)
+    assert json.loads(capsys.readouterr().out) == document
+    rows = {row["row"]: row for row in document["rows"]}
+    assert [rows[n]["ids_per_image"] for n in rows] == [G * 6, G * 6, G * 2, 64]
+    assert rows["vq-tiny"]["recorded"] and rows["vq-tiny"]["bits_per_image"] == 430.0
+    # the same tokens in another order: the same images
+    assert rows["raster-b8"]["psnr_db"] == pytest.approx(rows["fields-b8"]["psnr_db"], abs=1e-3)
+    for name in ("fields-b8", "raster-b8", "codebook-256"):
+        assert 0 < rows[name]["bits_per_image"] < 20 * rows[name]["ids_per_image"]
+        assert np.isfinite(rows[name]["psnr_vs_float16_db"])
+    assert abs(rows["fields-b8"]["psnr_vs_float16_db"]) < 0.1  # 8 bits cost next to nothing
+    assert (tmp_path / "rd.png").stat().st_size > 0
+
+
+def test_info_shows_the_layout_and_verify_and_sequences_refuse_an_id_beyond_the_codebook(
+    layouts,
+    shards,  # noqa: F811
+    tmp_path,
+    runner,
+):
+    import shutil
+
+    from test_store_damage import rows
+
+    info = json.loads(runner.invoke(app, ["info", str(layouts["codebook"]), "--json"]).stdout)
+    assert info["layout"] == "codebook" and info["geometry_codebook"]["size"] == 16
+    assert info["arrays"]["geometry_ids"]["dtype"] == "uint16"
+    against = ["--against", str(shards)]
+    assert runner.invoke(app, ["verify", str(layouts["codebook"]), *against]).exit_code == 0
+    broken = tmp_path / "broken.zarr"
+    shutil.copytree(layouts["codebook"], broken)
+    rows("geometry_ids", 16, selection=slice(1, 2))(broken)
+    result = runner.invoke(app, ["verify", str(broken), *against])
+    assert result.exit_code == 1 and "row 1: a geometry id beyond the 16 of its codebook" in (
+        result.output
+    )
+    with pytest.raises(GtokError, match="row 1 holds a geometry id beyond the 16"):
+        TokenStore(broken).sequences()

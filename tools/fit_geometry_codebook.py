@@ -1,0 +1,61 @@
+"""Fit a geometry codebook for `gtok encode --layout codebook` on a training token store.
+
+The store must hold a GaussianToken model's geometry in bins (`gtok encode --geometry-bits
+8`: its header gives the scale range the codebook works in; 8 bits cost 0.007 dB). k-means
+with a fixed seed (`gtok.store.geometry_codebook.fit_codebook`), so a rerun writes the same
+centroids. Prints the file's sha256 and the mean residual error on the store's Gaussians.
+
+    gtok encode 'corpus/train-*.tar' -o train-b8.zarr --geometry-bits 8
+    python tools/fit_geometry_codebook.py train-b8.zarr --size 1024 -o codebook-1024.npz
+    gtok encode 'corpus/train-*.tar' -o train-cb.zarr --layout codebook \\
+        --geometry-codebook codebook-1024.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from gtok.errors import GtokError
+from gtok.store import TokenStore
+from gtok.store.geometry_codebook import fit_codebook
+
+
+def fit(store_path: str, size: int, out: str, seed: int, sample: int) -> dict:
+    """Fit a `size`-entry codebook on the store at `store_path`, save it to `out`; returns
+    the file's sha256 and the fit's mean squared residual error (unit space)."""
+    store = TokenStore(store_path, fields=("geometry",))
+    binning = store.geometry_binning
+    if binning is None:
+        raise GtokError(
+            f"{store_path} has no geometry bins to take the scale range from; encode it with "
+            "--geometry-bits 8."
+        )
+    geometry = np.concatenate([b["geometry"] for b in store.batches(4096)]).astype(np.float32)
+    codebook = fit_codebook(
+        geometry, size, binning.scale_min, binning.scale_max, seed=seed, sample=sample
+    )
+    sha256 = codebook.save(out)
+    residuals = codebook.residuals(geometry)
+    error = residuals - codebook.centroids[codebook.quantize(geometry).astype(np.int64)]
+    return {"codebook": out, "sha256": sha256, "size": size, "rows": len(geometry),
+            "mean_squared_error": float((error**2).sum(-1).mean())}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("store", help="training store encoded with --geometry-bits")
+    parser.add_argument("--size", type=int, default=1024, help="codebook entries K")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample", type=int, default=200_000, help="Gaussians k-means sees")
+    parser.add_argument("-o", "--out", required=True, help="codebook file to write (.npz)")
+    args = parser.parse_args(argv)
+    result = fit(args.store, args.size, args.out, args.seed, args.sample)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
