@@ -138,7 +138,7 @@ def test_wrong_layout_options_and_codebooks_are_refused_in_one_sentence(
     GeometryCodebook(np.zeros((G + 1, 5)), codebook.centroids, 0.1, 3.0).save(wrong)
     for args, message in [
         (["--layout", "raster"], "--layout raster sorts Gaussians by binned position"),
-        (["--layout", "codebook"], "--layout codebook needs --geometry-codebook PATH"),
+        (["--layout", "codebook"], "--layout codebook needs a --geometry-codebook file"),
         (["--layout", "spiral"], "--layout must be one of fields, raster, codebook"),
         (["--geometry-codebook", str(wrong)], "--geometry-codebook goes with --layout codebook"),
         (["--layout", "codebook", "--geometry-codebook", str(wrong)], f"was fitted for {G + 1}"),

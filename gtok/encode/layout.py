@@ -1,4 +1,5 @@
-"""`gtok encode --layout NAME [--geometry-codebook PATH]`: the checked `TokenLayout`."""
+"""The checked `TokenLayout` of `encode_shards(layout=..., geometry_codebook=...)` (`gtok encode
+--layout NAME [--geometry-codebook PATH]`)."""
 
 from __future__ import annotations
 
@@ -6,14 +7,17 @@ import math
 import os
 
 from gtok.encode.model import EncodingModel
-from gtok.errors import GtokError
+from gtok.errors import ArgumentError
 from gtok.store.geometry_bins import GeometryBinning
 from gtok.store.geometry_codebook import load_codebook
 from gtok.store.layouts import CODEBOOK, LAYOUTS, RASTER, TokenLayout
 
 __all__ = ["token_layout_for"]
 
-_FIT = "fit one on a --geometry-bits 8 store of this model with tools/fit_geometry_codebook.py"
+_FIT = (
+    "fit one with tools/fit_geometry_codebook.py on a store of this model encoded with "
+    "geometry_bits=8"
+)
 
 
 def token_layout_for(
@@ -22,31 +26,47 @@ def token_layout_for(
     layout: str,
     codebook_path: str | os.PathLike | None,
 ) -> tuple[TokenLayout, dict | None]:
-    """The layout `layout` for `model` (with --geometry-bits' `binning`, or None) and the
-    store header's `geometry_codebook` record (None unless layout is "codebook"); a
-    `GtokError` in one sentence for a combination that cannot work."""
+    """The layout `layout` for `model` (with the `binning` of `geometry_bits`, or None) and
+    the store header's `geometry_codebook` record (None unless layout is "codebook"); an
+    `ArgumentError` in one sentence for a combination that cannot work."""
     if layout not in LAYOUTS:
-        raise GtokError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
+        raise ArgumentError(
+            f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.", "layout"
+        )
     if layout != CODEBOOK and codebook_path is not None:
-        raise GtokError("--geometry-codebook goes with --layout codebook; add that, or drop it.")
+        raise ArgumentError(
+            "geometry_codebook goes with layout='codebook'; add that, or drop it.",
+            "geometry_codebook",
+            "layout",
+        )
     if layout != "fields" and model.config.kind != "gaussian":
-        raise GtokError(
-            f"--layout {layout} orders Gaussian geometry, but {model.path} is a "
-            f"{model.config.kind} model whose tokens have none; leave --layout out."
+        raise ArgumentError(
+            f"layout={layout!r} orders Gaussian geometry, but {model.path} is a "
+            f"{model.config.kind} model whose tokens have none; leave layout out.",
+            "layout",
         )
     if layout == RASTER and binning is None:
-        raise GtokError(
-            "--layout raster sorts Gaussians by binned position; add --geometry-bits 8."
+        raise ArgumentError(
+            "layout='raster' sorts Gaussians by binned position; add geometry_bits=8.",
+            "layout",
+            "geometry_bits",
         )
     if layout != CODEBOOK:
         return TokenLayout(layout, binning), None
     if binning is not None:
-        raise GtokError(
-            "--layout codebook stores one geometry id per Gaussian instead of bins; leave "
-            "--geometry-bits out."
+        raise ArgumentError(
+            "layout='codebook' stores one geometry id per Gaussian instead of bins; leave "
+            "geometry_bits out.",
+            "layout",
+            "geometry_bits",
         )
     if codebook_path is None:
-        raise GtokError(f"--layout codebook needs --geometry-codebook PATH; {_FIT}.")
+        raise ArgumentError(
+            f"layout='codebook' needs a geometry_codebook file; {_FIT}.",
+            "layout",
+            "geometry_codebook",
+            "geometry_bits",
+        )
     codebook = load_codebook(codebook_path)
     _check_fits(model, codebook_path, codebook.num_tokens, codebook.scale_min, codebook.scale_max)
     return TokenLayout(layout, None, codebook), codebook.to_attrs(codebook_path)
@@ -59,8 +79,9 @@ def _check_fits(
     own = GeometryBinning.for_model(8, model.tokenizer)
     same_range = math.isclose(low, own.scale_min) and math.isclose(high, own.scale_max)
     if gaussians != model.config.num_tokens or not same_range:
-        raise GtokError(
+        raise ArgumentError(
             f"{path} was fitted for {gaussians} Gaussians with scales {low:g}..{high:g}, not "
             f"for {model.path} ({model.config.num_tokens} Gaussians, scales "
-            f"{own.scale_min:g}..{own.scale_max:g}); {_FIT}."
+            f"{own.scale_min:g}..{own.scale_max:g}); {_FIT}.",
+            "geometry_bits",
         )
