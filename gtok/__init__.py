@@ -3,8 +3,7 @@
 An image becomes G 2D Gaussians; a token is a codebook index plus the Gaussian's geometry.
 """
 
-from typing import Any
-
+from gtok._lazy import lazy_names
 from gtok._version import __version__
 from gtok.errors import ArgumentError, GtokError
 
@@ -20,17 +19,14 @@ __all__ = [
     "load_tokenizer",
 ]
 
-_MODEL_API = ("PRESETS", "Tokens", "build_tokenizer", "load_tokenizer")
-
-
-def __getattr__(name: str) -> Any:
-    # The model API is imported on first use: `import gtok` stays fast and starts nothing.
-    if name in _MODEL_API:
-        import gtok.model
-
-        return getattr(gtok.model, name)
-    if name in ("TokenStore", "collate"):  # the store reader imports zarr: also on first use
-        import gtok.store
-
-        return getattr(gtok.store, name)
-    raise AttributeError(f"module 'gtok' has no attribute {name!r}")
+# the model API and the store reader (it imports Zarr) are imported on first use, so that
+# `import gtok` stays fast and starts nothing
+_HOMES = {
+    "PRESETS": "gtok.model",
+    "Tokens": "gtok.model",
+    "build_tokenizer": "gtok.model",
+    "load_tokenizer": "gtok.model",
+    "TokenStore": "gtok.store",
+    "collate": "gtok.store",
+}
+__getattr__, __dir__ = lazy_names(__name__, _HOMES)

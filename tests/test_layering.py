@@ -11,8 +11,10 @@ How package `__init__` modules count: importing `P.m` is an edge to `P.m` only, 
 (Python runs `P/__init__.py` first, but every submodule would then "import" its package and
 re-exporting packages would all be cycles). A package `__init__` is a module like the others:
 what it re-exports, eagerly or in its `__getattr__` (the lazy imports that keep start-up
-fast), are its edges. So `from gtok.store import TokenStore` is an edge to `gtok.store`,
-which has an edge to `gtok.store.reader`: a cycle through a re-export is still a cycle.
+fast), are its edges, and so are the modules of a name -> module table that
+`gtok._lazy.lazy_names` imports from (a dict literal whose values are all module names). So
+`from gtok.store import TokenStore` is an edge to `gtok.store`, which has an edge to
+`gtok.store.reader`: a cycle through a re-export is still a cycle.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ LAYERS = (
     ("gtok.kernels",),
     (
         "gtok._version",
+        "gtok._lazy",
         "gtok.errors",
         "gtok.safeload",
         "gtok.plainprogress",
@@ -70,11 +73,24 @@ def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     return ".".join([*base, *([node.module] if node.module else [])])
 
 
+def _table_imports(tree: ast.AST, known: set[str]) -> set[str]:
+    """The modules named by the values of dict literals in `tree` whose values are all names
+    of `known` modules: the name -> module tables that `gtok._lazy.lazy_names` imports from."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict) and node.values:
+            values = [v.value if isinstance(v, ast.Constant) else None for v in node.values]
+            if all(isinstance(v, str) and v in known for v in values):
+                found.update(values)
+    return found
+
+
 def imports(module: str, source: str, known: set[str], is_package: bool = False):
     """(modules of `known` that `source`, the text of `module`, imports anywhere in it,
     [(imported module, private name) used from another module]). `from P import m` is an
-    import of P.m when that is a module, else of P."""
-    found: set[str] = set()
+    import of P.m when that is a module, else of P; the values of a name -> module table are
+    imports too (`_table_imports`)."""
+    found: set[str] = _table_imports(ast.parse(source), known)
     private: list[tuple[str, str]] = []
     aliases: dict[str, str] = {}  # local name -> the module of `known` it is bound to
     for node in ast.walk(ast.parse(source)):
@@ -144,6 +160,13 @@ def layer(module: str) -> int:
 def test_the_graph_sees_lazy_imports():
     assert "gtok.model.tokenizer" in GRAPH["gtok.model.io"]  # inside load_tokenizer
     assert "gtok.store.reader" in GRAPH["gtok.store"]  # in its __getattr__ or at the top
+
+
+def test_the_graph_sees_name_to_module_tables():
+    assert {"gtok.data.stream", "gtok.data.shards"} <= GRAPH["gtok.data"]
+    assert "gtok.model" in GRAPH["gtok"]
+    source = 'T = {"x": "p.a"}\nU = {"y": "p.b", "z": "not a module"}\nV = {}\n'
+    assert imports("p", source, {"p.a", "p.b"}, is_package=True)[0] == {"p.a"}
 
 
 def test_cycles_are_found_through_function_level_imports():

@@ -16,7 +16,7 @@ from shardmaker import write_clean_shards
 
 import gtok
 from gtok.errors import GtokError
-from gtok.model.io import load_tokenizer, resolve_model_dir, weights_sha256
+from gtok.model.io import FORMAT_VERSION, load_tokenizer, resolve_model_dir, weights_sha256
 
 
 def _trained_once(preset: str):
@@ -120,7 +120,6 @@ def test_directory_without_model_is_a_clear_error(tmp_path):
     [
         (lambda d: (d / "config.json").write_text("{not json"), r"is not valid JSON"),
         (lambda d: (d / "config.json").write_text("{}"), r"has no format_version"),
-        (lambda d: _edit_config(d, format_version=99), r"model format version 99 but this gtok"),
         (lambda d: _edit_config(d, ch=48), r"invalid architecture: .*multiples of norm_groups 32"),
         (lambda d: _edit_config(d, extra_field=1), None),  # top-level extras are fine
         (  # JSON's Infinity and NaN were blamed on the weights later
@@ -171,6 +170,29 @@ def test_each_loading_failure_is_one_clear_sentence(vq_dir, tmp_path, breakage, 
     with pytest.raises(GtokError, match=message) as info:
         load_tokenizer(directory)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("version", "writer", "next_step"),
+    [
+        (FORMAT_VERSION + 1, "9.0.0", "upgrade gtok (pip install -U gtok) to read it."),
+        (0, "0.0.1", "read it with the gtok that wrote it."),
+        ("2", None, "read it with the gtok that wrote it."),
+    ],
+)
+def test_another_format_version_names_the_gtok_that_reads_it(
+    vq_dir, tmp_path, version, writer, next_step
+):
+    directory = _copy(vq_dir, tmp_path)
+    _edit_config(directory, format_version=version, gtok_version=writer)
+    with pytest.raises(GtokError) as info:
+        load_tokenizer(directory)
+    wrote = f"gtok {writer}" if writer else "an unknown gtok"
+    assert str(info.value) == (
+        f"the model config {directory / 'config.json'} has format version {version!r}, "
+        f"written by {wrote}; this gtok ({gtok.__version__}) reads format version "
+        f"{FORMAT_VERSION}: {next_step}"
+    )
 
 
 # ---- the recorded sha256 is that of the weights used ------------------------

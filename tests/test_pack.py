@@ -14,12 +14,14 @@ import pytest
 from PIL import Image
 from shardmaker import bomb_png, jpeg, pixels, png
 
+import gtok
 from gtok.cli.main import app
 from gtok.data import NO_LABEL, Preprocess, center_prepare, decode_shard, read_tar
 from gtok.data.keys import KeyMaker
 from gtok.data.samples import Decoded
 from gtok.errors import GtokError
 from gtok.pack import base_key, pack_images
+from gtok.pack.output import FORMAT_VERSION, MANIFEST
 
 
 def _write(root: Path, files: dict[str, bytes]) -> dict[str, bytes]:
@@ -340,6 +342,37 @@ def test_cli_pack(runner, tmp_path):
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and "--per-shard; pass --overwrite" in result.stderr
     assert os.listdir(out)  # nothing was deleted
+
+
+@pytest.mark.parametrize(
+    ("version", "next_step"),
+    [
+        (FORMAT_VERSION + 1, "upgrade gtok (pip install -U gtok) to resume it"),
+        (0, "resume it with the gtok that wrote it"),
+        (None, "resume it with the gtok that wrote it"),
+    ],
+)
+def test_cli_refuses_to_resume_a_pack_of_another_format_version(
+    runner, tmp_path, version, next_step
+):
+    src, out = _folder(tmp_path, n=3), tmp_path / "shards"
+    args = ["pack", str(src), "-o", str(out), "--per-shard", "2", "--workers", "0"]
+    assert runner.invoke(app, args).exit_code == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    (out / MANIFEST).write_text(json.dumps({**manifest, "format_version": version}))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: the pack in {out} has format version {version!r}, written by gtok "
+        f"{gtok.__version__}; this gtok ({gtok.__version__}) reads format version "
+        f"{FORMAT_VERSION}: {next_step}, or pass --overwrite to pack it again."
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    result = runner.invoke(app, [*args, "--overwrite", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["shards_already_done"] == 0
+    assert json.loads((out / MANIFEST).read_text())["format_version"] == FORMAT_VERSION
 
 
 def test_a_folder_that_cannot_be_listed_is_skipped_with_the_reason(tmp_path, monkeypatch):

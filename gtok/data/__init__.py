@@ -13,8 +13,7 @@ Every name below is imported on first use, so that importing a submodule (the CL
 option defaults from `gtok.data.images`) does not import torch.
 """
 
-from importlib import import_module
-from typing import Any
+from gtok._lazy import lazy_names
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -76,8 +75,4 @@ _HOMES = {  # name -> the module that defines it
     "to_tensor": "gtok.data.transforms",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'gtok.data' has no attribute {name!r}")
-    return getattr(import_module(_HOMES[name]), name)
+__getattr__, __dir__ = lazy_names(__name__, _HOMES)

@@ -8,8 +8,7 @@ import: nothing here imports torch until a model name is asked for.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from gtok._lazy import lazy_names
 
 __all__ = [
     "PRESETS",
@@ -33,7 +32,7 @@ __all__ = [
     "weights_sha256",
 ]
 
-_HOME = {
+_HOMES = {
     "PRESETS": "gtok.model.config",
     "TokenizerConfig": "gtok.model.config",
     "BaseTokenizer": "gtok.model.tokenizer",
@@ -55,12 +54,4 @@ _HOME = {
     "weights_sha256": "gtok.model.io",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module 'gtok.model' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOME[name]), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_names(__name__, _HOMES)

@@ -26,8 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load
 from torch.overrides import TorchFunctionMode
 
-from gtok._version import __version__
-from gtok.errors import GtokError
+from gtok.errors import UPGRADE, GtokError, version_refusal
 from gtok.model.config import TokenizerConfig
 from gtok.model.default import default_model_dir
 from gtok.model.directory import (
@@ -70,9 +69,14 @@ def read_config(path: str | os.PathLike) -> TokenizerConfig:
     version = document["format_version"]
     if version != FORMAT_VERSION:
         raise GtokError(
-            f"{config_path} has model format version {version!r} but this gtok "
-            f"({__version__}) reads version {FORMAT_VERSION}; use the gtok that wrote it "
-            f"({document.get('gtok_version', 'unknown')})."
+            version_refusal(
+                f"the model config {config_path}",
+                version,
+                FORMAT_VERSION,
+                document.get("gtok_version"),
+                newer=f"{UPGRADE} to read it",
+                other="read it with the gtok that wrote it",
+            )
         )
     try:
         return TokenizerConfig.from_dict(document["architecture"])

@@ -4,9 +4,10 @@
 entry count and a fingerprint of every entry's path, key and label); at the end it also
 holds the summary. Rerunning the same pack resumes it: shards whose stats file is there and
 whose tar has the size the stats record are kept, the others are written again. A folder
-that holds a pack of other files or settings, or files `gtok pack` does not write, is
-refused; `overwrite` deletes a previous pack's files first (only those: anything else in the
-folder is still refused, so a mistyped `-o` never deletes a user's files).
+that holds a pack of other files or settings or of another `FORMAT_VERSION` (that of the
+folder's layout: file names, `pack.json`, stats files), or files `gtok pack` does not write,
+is refused; `overwrite` deletes a previous pack's files first (only those: anything else in
+the folder is still refused, so a mistyped `-o` never deletes a user's files).
 
 One pack at a time writes into a folder (`hold_output`): while it runs it holds the lock file
 `SHARDS_DIR/locks/pack.lock` (`gtok.store.lock`: pid, host, start time), and a second pack
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gtok._version import __version__
-from gtok.errors import ArgumentError, GtokError
+from gtok.errors import UPGRADE, ArgumentError, GtokError, version_refusal
 from gtok.outputs import is_temporary, naming, write_atomically
 from gtok.pack.shard import ShardStats, shard_name, stats_name
 from gtok.safeload import SETTINGS_BYTES, Unreadable, load_json
@@ -92,6 +93,25 @@ def _differences(before: dict, now: dict) -> str:
     return ", ".join(_DESCRIBE.get(k, k) for k in changed) or "its format"
 
 
+def _check_version(folder: Path, manifest: dict) -> None:
+    """Refuse to resume the pack whose `pack.json` is `manifest` when it has another format
+    version than `FORMAT_VERSION` (docs/packing.md, "Format version")."""
+    version = manifest.get("format_version")
+    if version == FORMAT_VERSION:
+        return
+    raise ArgumentError(
+        version_refusal(
+            f"the pack in {folder}",
+            version,
+            FORMAT_VERSION,
+            manifest.get("gtok_version"),
+            newer=f"{UPGRADE} to resume it, or pass overwrite to pack it again",
+            other="resume it with the gtok that wrote it, or pass overwrite to pack it again",
+        ),
+        "overwrite",
+    )
+
+
 def _done_shards(folder: Path, shards: int) -> set[int]:
     done = set()
     for index in range(shards):
@@ -145,6 +165,7 @@ def prepare_output(
                 "replace them, or pack into another folder.",
                 "overwrite",
             )
+        _check_version(folder, before)
         recorded = {**SETTING_DEFAULTS, **(before.get("settings") or {})}
         if recorded != settings:
             raise ArgumentError(

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeGuard
 
-from gtok._version import __version__
-from gtok.errors import GtokError
+from gtok.errors import UPGRADE, GtokError, version_refusal
 from gtok.store import schema
 from gtok.store.location import Location
 
@@ -273,17 +272,13 @@ def _version_refusal(store: str, attrs: dict) -> str:
     """The sentence refusing a store whose header has another format version than
     `schema.FORMAT_VERSION` (docs/stores.md, "Format versions"): a newer one asks for a
     newer gtok, any other names the gtok that wrote the store."""
-    version, writer = attrs.get("format_version"), attrs.get("gtok_version")
-    wrote = f"gtok {writer[:40]}" if isinstance(writer, str) else "an unknown gtok"
-    reads = f"this gtok ({__version__}) reads format version {schema.FORMAT_VERSION}"
-    if is_int(version) and version > schema.FORMAT_VERSION:
-        return (
-            f"{store} has format version {version}, written by {wrote}; {reads}: "
-            "upgrade gtok (pip install -U gtok) to read it."
-        )
-    return (
-        f"{store} has format version {version!r}, written by {wrote}; {reads}: "
-        "read it with the gtok that wrote it, or re-encode it with this one."
+    return version_refusal(
+        store,
+        attrs.get("format_version"),
+        schema.FORMAT_VERSION,
+        attrs.get("gtok_version"),
+        newer=f"{UPGRADE} to read it",
+        other="read it with the gtok that wrote it, or re-encode it with this one",
     )
 
 

@@ -6,8 +6,7 @@ for the training state. The names are imported on first use, so that the CLI rea
 settings' choices (`gtok.train.config`, `gtok.train.recipe`) without importing torch.
 """
 
-from importlib import import_module
-from typing import Any
+from gtok._lazy import lazy_names
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
@@ -17,8 +16,4 @@ _HOMES = {
     "train": "gtok.train.loop",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'gtok.train' has no attribute {name!r}")
-    return getattr(import_module(_HOMES[name]), name)
+__getattr__, __dir__ = lazy_names(__name__, _HOMES)
