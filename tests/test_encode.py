@@ -228,11 +228,10 @@ def _completed_parts(store: Path) -> int:
     return sum('"complete"' in p.read_text() for p in store.glob("parts/*/zarr.json"))
 
 
-@pytest.mark.subprocess
-def test_kill_during_a_run_then_resume_gives_the_same_store(tmp_path, model):
-    data = tmp_path / "data"
-    write_clean_shards(data, 12, 4)
-    out = tmp_path / "killed.zarr"
+def kill_then_resume(data: Path, out: Path, model: Path) -> tuple[int, dict, str]:
+    """Start `gtok encode data -o out` (12 input shards, batches of 4), SIGKILL it once two
+    parts are complete, run the same command again: (parts complete at the kill, the resumed
+    run's JSON summary, its stderr)."""
     args = (str(data), "-o", str(out), "-m", str(model), "--workers", "0", "--batch-size", "4")
     run = _gtok("encode", *args)
     deadline = time.monotonic() + 120
@@ -246,8 +245,16 @@ def test_kill_during_a_run_then_resume_gives_the_same_store(tmp_path, model):
     resumed = _gtok("encode", *args, "--json")
     stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr.decode()
-    assert "took over the stale lock of input shard" in stderr.decode()  # the killed run's
-    summary = json.loads(stdout)
+    return done, json.loads(stdout), stderr.decode()
+
+
+@pytest.mark.subprocess
+def test_kill_during_a_run_then_resume_gives_the_same_store(tmp_path, model):
+    data = tmp_path / "data"
+    write_clean_shards(data, 12, 4)
+    out = tmp_path / "killed.zarr"
+    done, summary, stderr = kill_then_resume(data, out, model)
+    assert "took over the stale lock of input shard" in stderr  # the killed run's
     assert summary["shards_already_done"] >= done and summary["finalized"]
     encode_shards([data], tmp_path / "clean.zarr", model, batch_size=4, workers=0)
     assert_same_store(out, tmp_path / "clean.zarr")

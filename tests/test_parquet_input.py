@@ -5,9 +5,7 @@ struct column described by the `huggingface` schema metadata) and img2dataset's 
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from shardmaker import jpeg, write_tar
-from test_encode import SMALL, _completed_parts, _gtok, _save_model
+from test_encode import SMALL, _gtok, _save_model, kill_then_resume
 from test_store import assert_same_store
 
 from gtok.cli.main import app
@@ -196,23 +194,10 @@ def test_kill_during_a_parquet_run_then_resume_finishes_and_verify_says_ok(tmp_p
     for f in range(12):
         i2d_parquet(data / f"{f:05d}.parquet", _images(4, start=10 * f), ["x"] * 4, 2)
     out = tmp_path / "killed.zarr"
-    args = (str(data), "-o", str(out), "-m", str(model), "--workers", "0", "--batch-size", "4")
-    run = _gtok("encode", *args)
-    deadline = time.monotonic() + 120
-    while _completed_parts(out) < 2 and time.monotonic() < deadline and run.poll() is None:
-        time.sleep(0.01)
-    run.send_signal(signal.SIGKILL)
-    run.wait()
-    assert run.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    done = _completed_parts(out)
-    assert 2 <= done < 12
-    resumed = _gtok("encode", *args, "--json")
-    stdout, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, stderr.decode()
-    summary = json.loads(stdout)
+    done, summary, _ = kill_then_resume(data, out, model)
     assert summary["shards_already_done"] >= done and summary["finalized"]
     verify = _gtok("verify", str(out), "--against", str(data))
-    stdout, stderr = verify.communicate(timeout=120)
+    stdout, _ = verify.communicate(timeout=120)
     assert verify.returncode == 0 and ": ok; 12 shards, 48 source samples" in stdout.decode()
     encode_shards([data], tmp_path / "clean.zarr", model, batch_size=4, workers=0)
     assert_same_store(out, tmp_path / "clean.zarr")
