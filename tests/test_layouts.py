@@ -182,9 +182,10 @@ def test_ar_prior_refuses_a_validation_store_of_another_layout(layouts, tmp_path
 
 
 @pytest.mark.slow
-def test_rate_distortion_bench_measures_each_row(model, tmp_path, capsys):  # noqa: F811
+def test_rate_distortion_bench_measures_each_row(model, vq_model, tmp_path, capsys):  # noqa: F811
     """bench/rate_distortion.py end to end on a tiny model (smoke priors): every row gets
-    its PSNR, bits and ids, the VQ row is the recorded one, and the plot is written."""
+    its PSNR, bits and ids, the VQ row is the recorded one, and the plot is written; rerun
+    with `--vq-model`, the VQ row is measured and the ratios are against it."""
     from shardmaker import write_clean_shards
 
     write_clean_shards(tmp_path / "shards", 2, 20)  # 40 images x 8 Gaussians >= 256 points
@@ -205,6 +206,20 @@ def test_rate_distortion_bench_measures_each_row(model, tmp_path, capsys):  # no
         assert np.isfinite(rows[name]["psnr_vs_float16_db"])
     assert abs(rows["fields-b8"]["psnr_vs_float16_db"]) < 0.1  # 8 bits cost next to nothing
     assert (tmp_path / "rd.png").stat().st_size > 0
+
+    with script_module(ROOT / "bench" / "rate_distortion.py") as bench:
+        measured = bench.main([*args, "--vq-model", str(vq_model)])
+    capsys.readouterr()
+    vq = measured["rows"][-1]
+    assert (vq["row"], vq["recorded"], vq["layout"], vq["ids_per_image"]) == (
+        "vq-tiny", False, None, 64)  # fmt: skip
+    assert 0 < vq["bits_per_image"] < 20 * 64 and np.isfinite(vq["psnr_db"])
+    assert vq["psnr_vs_float16_db"] == pytest.approx(vq["psnr_db"] - measured["float16_psnr_db"])
+    fields = measured["rows"][0]
+    assert fields["bits_per_image"] == rows["fields-b8"]["bits_per_image"]  # cached, not redone
+    assert fields["bits_vs_vq"] == pytest.approx(fields["bits_per_image"] / vq["bits_per_image"])
+    assert fields["ids_vs_vq"] == G * 6 / 64
+    assert fields["psnr_vs_vq_db"] == pytest.approx(fields["psnr_db"] - vq["psnr_db"])
 
 
 def test_info_shows_the_layout_and_verify_and_sequences_refuse_an_id_beyond_the_codebook(
