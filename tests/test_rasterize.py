@@ -501,7 +501,7 @@ def test_narrow_bounds_clip_no_pixel_and_the_check_sees_a_clip(monkeypatch):
 @pytest.mark.subprocess
 def test_importing_kernels_starts_and_compiles_nothing():
     code = (
-        "import sys, kernels\n"
+        "import sys\nfrom gtok import kernels\n"
         "assert 'taichi' not in sys.modules, 'taichi imported'\n"
         "assert kernels.runtime.started_arch() is None\n"
         "assert kernels._raster_taichi.kernels_for.cache_info().currsize == 0\n"
