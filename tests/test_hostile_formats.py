@@ -20,6 +20,7 @@ from PIL import Image
 from shardmaker import encode, jpeg, pixels, tar_member, write_raw_tar, write_tar
 from test_encode import SMALL, _save_model
 
+from gtok.cli.main import app
 from gtok.data import TarProblem, read_tar
 from gtok.store import TokenStore
 from gtok.store.verify import verify_store
@@ -135,18 +136,19 @@ def test_a_member_given_twice_skips_its_sample_with_the_reason(tmp_path, model):
     assert report.ok, report.problems
 
 
-@pytest.mark.subprocess
-def test_a_gzipped_shard_is_named_as_gzip(tmp_path, model):
+def test_a_gzipped_shard_is_refused_before_any_store_is_made(tmp_path, model, runner):
     shards = tmp_path / "shards"
     plain = write_tar(shards / "a.tar", [("000", {"jpg": jpeg(0)})])
-    (shards / "b.tar.gz").write_bytes(gzip.compress(plain.read_bytes()))
-    gzipped = (
-        "not a readable tar (it is gzip-compressed; gtok reads uncompressed tars: decompress "
-        "it with gunzip)"
+    gzipped = shards / "b.tar.gz"
+    gzipped.write_bytes(gzip.compress(plain.read_bytes()))
+    store = tmp_path / "t.zarr"
+    result = runner.invoke(app, ["encode", str(plain), str(gzipped), "-o", str(store)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: {gzipped} is gzip-compressed, not a tar shard; gtok reads uncompressed tars: "
+        "decompress it with gunzip."
     )
-    summary, stderr = _encode(tmp_path / "t.zarr", model, plain, shards / "b.tar.gz")
-    assert _reasons(summary) == {("b.tar.gz", ""): gzipped}
-    assert f"damaged tar b.tar.gz: {gzipped}" in stderr
+    assert not store.exists()
 
 
 @pytest.mark.parametrize(

@@ -194,10 +194,9 @@ def _refuse_images(spec: str, found: list[str]) -> None:
 def _kind(spec: str, fs, path: str, single: bool) -> str:
     """`TAR` or `PARQUET` for the file `path` that `spec` names (`single`: alone). A local
     file is told by its first bytes (`gtok.data.magic`); one that is no tar or Parquet
-    (ZIP, PDF, PostScript) is a `GtokError`. Compressed tars pass: they are recorded as
-    damaged, naming their compression. Remote files are not opened here (one request per
-    shard): a `.parquet` suffix says Parquet, and their reader records other files as
-    damaged."""
+    (a compressed tar, ZIP, PDF, PostScript) is a `GtokError`. Remote files are not opened
+    here (one request per shard): a `.parquet` suffix says Parquet, and their reader records
+    other files as damaged, a compressed tar naming its compression."""
     from fsspec.implementations.local import LocalFileSystem
 
     if not isinstance(fs, LocalFileSystem):
@@ -207,11 +206,16 @@ def _kind(spec: str, fs, path: str, single: bool) -> str:
             magic = sniff(handle.read(HEAD_BYTES))
     except OSError:  # unreadable: the tar reader records why
         return TAR
-    if magic is None or magic.decompress is not None:
+    if magic is None:
         return TAR
     if magic.name == "Parquet":
         return PARQUET
     named = spec if single else f"{spec} matches {os.path.basename(path)}, which"
+    if magic.decompress is not None:
+        raise GtokError(
+            f"{named} is {magic.name}-compressed, not a tar shard; gtok reads uncompressed "
+            f"tars: decompress it with {magic.decompress}."
+        )
     raise GtokError(
         f"{named} is a {magic.name} file, not a tar shard or Parquet file; {_IMAGES_ADVICE}."
     )
