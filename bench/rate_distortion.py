@@ -80,6 +80,7 @@ ROWS = {
         Row("fields-b4", bits=4),
         Row("raster-b8", bits=8, layout="raster"),
         Row("raster-b5", bits=5, layout="raster"),
+        Row("codebook-64", layout="codebook", codebook_size=64),
         Row("codebook-256", layout="codebook", codebook_size=256),
         Row("codebook-1024", layout="codebook", codebook_size=1024),
     )

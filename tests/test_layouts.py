@@ -18,7 +18,14 @@ import gtok
 from gtok.cli.main import app
 from gtok.errors import GtokError
 from gtok.store import TokenStore
-from gtok.store.geometry_codebook import GeometryCodebook, fit_codebook, load_codebook
+from gtok.store.geometry_bins import from_unit, to_unit
+from gtok.store.geometry_codebook import (
+    GeometryCodebook,
+    fit_codebook,
+    from_shape_space,
+    load_codebook,
+    to_shape_space,
+)
 from gtok.store.layouts import raster_order
 from gtok.store.sequences import Vocabulary
 
@@ -122,6 +129,36 @@ def test_codebook_fit_is_deterministic_and_nearer_than_the_anchors(layouts):
     residuals = one.residuals(geometry)
     error = residuals - one.centroids[one.quantize(geometry).astype(int)]
     assert (error**2).sum(-1).mean() < (residuals**2).sum(-1).mean()
+
+
+def _covariance(geometry: np.ndarray) -> np.ndarray:
+    """geometry [n, 5] -> each Gaussian's covariance [n, 2, 2] (map pixels squared)."""
+    cos, sin = np.cos(geometry[:, 4]), np.sin(geometry[:, 4])
+    rotation = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
+    scales = np.stack([np.diag(s**2) for s in geometry[:, 2:4]])
+    return rotation @ scales @ rotation.transpose(0, 2, 1)
+
+
+def test_the_shape_space_gives_one_point_per_gaussian_and_maps_back_to_it():
+    rng = np.random.default_rng(0)
+    n, scale_range, weight = 200, (0.1, 3.0), 0.4
+    geometry = np.concatenate(
+        [rng.uniform(-0.9, 0.9, (n, 2)), rng.uniform(0.2, 2.5, (n, 2)),
+         rng.uniform(0, np.pi, (n, 1))], axis=1,
+    )  # fmt: skip
+    # the same Gaussians with their axes swapped and turned by pi/2, or turned by pi
+    turn = np.array([0, 0, 0, 0, np.pi])
+    swapped, turned = geometry[:, [0, 1, 3, 2, 4]] + turn / 2, geometry + turn
+    points = [to_shape_space(to_unit(g, *scale_range), weight) for g in (geometry, swapped, turned)]
+    assert np.allclose(points[0], points[1]) and np.allclose(points[0], points[2])
+    back = from_unit(from_shape_space(points[0], weight), *scale_range).astype(np.float64)
+    assert np.allclose(back[:, :2], geometry[:, :2], atol=1e-5)
+    assert np.allclose(_covariance(back), _covariance(geometry), rtol=1e-4, atol=1e-5)
+    # a round Gaussian's rotation is no distance at all
+    round_ = geometry.copy()
+    round_[:, 3] = round_[:, 2]
+    spun = round_ + turn / 3
+    assert np.allclose(*(to_shape_space(to_unit(g, *scale_range), weight) for g in (round_, spun)))
 
 
 def test_wrong_layout_options_and_codebooks_are_refused_in_one_sentence(

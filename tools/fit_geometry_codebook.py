@@ -20,12 +20,12 @@ import numpy as np
 
 from gtok.errors import GtokError
 from gtok.store import TokenStore
-from gtok.store.geometry_codebook import fit_codebook
+from gtok.store.geometry_codebook import SHAPE_WEIGHT, fit_codebook
 
 
-def fit(store_path: str, size: int, out: str, seed: int, sample: int) -> dict:
+def fit(store_path: str, size: int, out: str, seed: int, sample: int, shape_weight: float) -> dict:
     """Fit a `size`-entry codebook on the store at `store_path`, save it to `out`; returns
-    the file's sha256 and the fit's mean squared residual error (unit space)."""
+    the file's sha256 and the fit's mean squared residual error (shape space)."""
     store = TokenStore(store_path, fields=("geometry",))
     binning = store.geometry_binning
     if binning is None:
@@ -35,12 +35,19 @@ def fit(store_path: str, size: int, out: str, seed: int, sample: int) -> dict:
         )
     geometry = np.concatenate([b["geometry"] for b in store.batches(4096)]).astype(np.float32)
     codebook = fit_codebook(
-        geometry, size, binning.scale_min, binning.scale_max, seed=seed, sample=sample
+        geometry,
+        size,
+        binning.scale_min,
+        binning.scale_max,
+        shape_weight=shape_weight,
+        seed=seed,
+        sample=sample,
     )
     sha256 = codebook.save(out)
     residuals = codebook.residuals(geometry)
     error = residuals - codebook.centroids[codebook.quantize(geometry).astype(np.int64)]
-    return {"codebook": out, "sha256": sha256, "size": size, "rows": len(geometry),
+    return {"codebook": out, "sha256": sha256, "size": size, "shape_weight": shape_weight,
+            "rows": len(geometry),
             "mean_squared_error": float((error**2).sum(-1).mean())}  # fmt: skip
 
 
@@ -50,9 +57,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=1024, help="codebook entries K")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample", type=int, default=200_000, help="Gaussians k-means sees")
+    parser.add_argument(
+        "--shape-weight", type=float, default=SHAPE_WEIGHT, help="w: shape against position"
+    )
     parser.add_argument("-o", "--out", required=True, help="codebook file to write (.npz)")
     args = parser.parse_args(argv)
-    result = fit(args.store, args.size, args.out, args.seed, args.sample)
+    result = fit(args.store, args.size, args.out, args.seed, args.sample, args.shape_weight)
     print(json.dumps(result))
     return result
 

@@ -1,20 +1,27 @@
 """A learned geometry codebook: one geometry id per Gaussian (`gtok encode --layout codebook`).
 
 Each Gaussian's five geometry parameters become one id of a codebook of K entries, fitted
-by k-means on a training store. The k-means runs in the unit space of
-`gtok.store.geometry_bins.to_unit` (each parameter's place in [0, 1) of its range: means
-linear, scales log, rotation wrapped) on residuals from each Gaussian index's mean (the
-`anchors`: the encoder places Gaussian i near the same spot of every image, so the anchor
-carries what all images share and the codebook only the image's own offset). The rotation
-residual wraps into [-0.5, 0.5) (a turn by pi is the same Gaussian). A Gaussian's geometry
-is decoded as its index's anchor plus its centroid, clipped to the ranges.
+by k-means on a training store. The k-means runs in a *shape space* built on the unit
+places of `gtok.store.geometry_bins.to_unit` (each parameter's place in [0, 1) of its
+range: means linear, scales log, rotation over [0, pi)):
+
+    (x, y, w m, w a cos 2 pi r, w a sin 2 pi r)
+
+with x, y the mean's places, m and a the mean and half-difference of the two log-scale
+places, r the rotation's place and w the shape weight. A near-round Gaussian (a ~ 0) has
+no angle to spend codebook entries on, a Gaussian turned by pi, or with its axes swapped
+and turned by pi/2, is the same point, and w trades position against shape. The points
+are residuals from each Gaussian index's mean (the `anchors`: the encoder places Gaussian
+i near the same spot of every image, so the anchor carries what all images share and the
+codebook only the image's own offset). A Gaussian's geometry is decoded as its index's
+anchor plus its centroid, mapped back and clipped to the ranges.
 
 A codebook is one `.npz` file (numpy arrays, no pickles): `anchors` [G, 5], `centroids`
-[K, 5] (float64, unit space) and `scale_range` [2] (map pixels). A store encoded with it
-records the file's absolute path and sha256 in its header (`to_attrs`); readers refuse
-the store's token stream when the file is gone or differs, since the ids mean nothing
-without it. The store's `geometry` array holds the decoded (centroid) geometry, so decode
-and eval need no codebook.
+[K, 5] (float64, shape space), `scale_range` [2] (map pixels) and `shape_weight` [] (w).
+A store encoded with it records the file's absolute path and sha256 in its header
+(`to_attrs`); readers refuse the store's token stream when the file is gone or differs,
+since the ids mean nothing without it. The store's `geometry` array holds the decoded
+(centroid) geometry, so decode and eval need no codebook.
 
     codebook = fit_codebook(store_geometry, 1024, scale_min, scale_max, seed=0)
     codebook.save("codebook.npz")
@@ -33,22 +40,30 @@ import numpy as np
 from gtok.errors import GtokError
 from gtok.store.geometry_bins import from_unit, to_unit
 
-__all__ = ["GeometryCodebook", "fit_codebook", "load_codebook"]
+__all__ = [
+    "SHAPE_WEIGHT",
+    "GeometryCodebook",
+    "fit_codebook",
+    "from_shape_space",
+    "load_codebook",
+    "to_shape_space",
+]
 
 ID_DTYPE = np.dtype("uint16")
 MAX_SIZE = int(np.iinfo(ID_DTYPE).max)  # ids 0..65534; 65535 is the store's fill
-ROTATION = 4  # the wrapping parameter
+SHAPE_WEIGHT = 0.4  # w: shape against position (the sweep in docs/results.md)
 _CHUNK = 1 << 15  # points per distance block (memory: _CHUNK x K float64)
 
 
 @dataclass(frozen=True, eq=False)
 class GeometryCodebook:
-    """Per-index anchors [G, 5] and K centroids [K, 5] (float64 unit-space residuals)."""
+    """Per-index anchors [G, 5] and K centroids [K, 5] (float64 shape-space residuals)."""
 
     anchors: np.ndarray
     centroids: np.ndarray
     scale_min: float  # map pixels: the range `to_unit` maps scales from
     scale_max: float
+    shape_weight: float = SHAPE_WEIGHT  # w of the shape space
 
     @property
     def size(self) -> int:
@@ -60,11 +75,14 @@ class GeometryCodebook:
         """G: Gaussians per image the anchors are for."""
         return len(self.anchors)
 
+    def points(self, geometry: np.ndarray) -> np.ndarray:
+        """geometry [..., 5] -> its shape-space points [..., 5] (float64)."""
+        unit = to_unit(geometry, self.scale_min, self.scale_max)
+        return to_shape_space(unit, self.shape_weight)
+
     def residuals(self, geometry: np.ndarray) -> np.ndarray:
-        """geometry [n, G, 5] -> unit-space residuals from the anchors [n, G, 5] (float64)."""
-        out = to_unit(geometry, self.scale_min, self.scale_max) - self.anchors
-        out[..., ROTATION] = np.mod(out[..., ROTATION] + 0.5, 1.0) - 0.5
-        return out
+        """geometry [n, G, 5] -> shape-space residuals from the anchors [n, G, 5] (float64)."""
+        return self.points(geometry) - self.anchors
 
     def quantize(self, geometry: np.ndarray) -> np.ndarray:
         """geometry [n, G, 5] -> geometry ids [n, G] (uint16): the nearest centroid."""
@@ -73,9 +91,8 @@ class GeometryCodebook:
 
     def dequantize(self, ids: np.ndarray) -> np.ndarray:
         """geometry ids [n, G] -> geometry [n, G, 5] float32 (anchor + centroid)."""
-        unit = self.anchors + self.centroids[np.asarray(ids, dtype=np.int64)]
-        unit[..., :4] = np.clip(unit[..., :4], 0.0, 1.0)
-        unit[..., ROTATION] = np.mod(unit[..., ROTATION], 1.0)
+        points = self.anchors + self.centroids[np.asarray(ids, dtype=np.int64)]
+        unit = from_shape_space(points, self.shape_weight)
         return from_unit(unit, self.scale_min, self.scale_max)
 
     def save(self, path: str | os.PathLike) -> str:
@@ -86,6 +103,7 @@ class GeometryCodebook:
                 anchors=self.anchors,
                 centroids=self.centroids,
                 scale_range=np.array([self.scale_min, self.scale_max]),
+                shape_weight=np.array(self.shape_weight),
             )
         return file_sha256(path)
 
@@ -95,7 +113,8 @@ class GeometryCodebook:
             "path": str(Path(path).resolve()),
             "sha256": file_sha256(path),
             "size": self.size,
-            "space": "unit residual from each Gaussian index's mean (geometry_codebook)",
+            "space": f"shape space, weight {self.shape_weight:g}, residual from each "
+            "Gaussian index's mean (gtok.store.geometry_codebook)",
         }
 
 
@@ -109,20 +128,49 @@ def load_codebook(path: str | os.PathLike) -> GeometryCodebook:
         with np.load(path, allow_pickle=False) as data:
             anchors, centroids = data["anchors"], data["centroids"]
             scale_min, scale_max = (float(v) for v in data["scale_range"])
+            shape_weight = float(data["shape_weight"])
     except (OSError, KeyError, ValueError) as exc:
         raise GtokError(
             f"{path} is not a geometry codebook ({exc}); fit one with "
             "tools/fit_geometry_codebook.py."
         ) from exc
     good = anchors.ndim == 2 and anchors.shape[1:] == (5,) and centroids.ndim == 2
-    if not (good and centroids.shape[1] == 5 and 1 <= len(centroids) <= MAX_SIZE):
+    good = good and centroids.shape[1] == 5 and 1 <= len(centroids) <= MAX_SIZE
+    if not (good and shape_weight > 0):
         raise GtokError(
             f"{path} is not a geometry codebook (anchors {anchors.shape}, centroids "
-            f"{centroids.shape}); fit one with tools/fit_geometry_codebook.py."
+            f"{centroids.shape}, shape weight {shape_weight}); fit one with "
+            "tools/fit_geometry_codebook.py."
         )
     return GeometryCodebook(
-        anchors.astype(np.float64), centroids.astype(np.float64), scale_min, scale_max
+        anchors.astype(np.float64),
+        centroids.astype(np.float64),
+        scale_min,
+        scale_max,
+        shape_weight,
     )
+
+
+def to_shape_space(unit: np.ndarray, weight: float) -> np.ndarray:
+    """Unit places [..., 5] -> shape-space points [..., 5] (float64; see the module doc)."""
+    mean = (unit[..., 2] + unit[..., 3]) / 2.0
+    half = (unit[..., 2] - unit[..., 3]) / 2.0
+    angle = 2.0 * np.pi * unit[..., 4]  # twice the rotation: pi apart is the same Gaussian
+    return np.stack(
+        [unit[..., 0], unit[..., 1], weight * mean,
+         weight * half * np.cos(angle), weight * half * np.sin(angle)], axis=-1,
+    )  # fmt: skip
+
+
+def from_shape_space(points: np.ndarray, weight: float) -> np.ndarray:
+    """Inverse of `to_shape_space` up to the same Gaussian: points [..., 5] -> unit places
+    [..., 5] (float64), means and scales clipped to [0, 1], rotation in [0, 1)."""
+    mean, cos, sin = (points[..., i] / weight for i in (2, 3, 4))
+    half = np.hypot(cos, sin)
+    rotation = np.mod(np.arctan2(sin, cos) / (2.0 * np.pi), 1.0)
+    unit = np.stack([points[..., 0], points[..., 1], mean + half, mean - half, rotation], -1)
+    unit[..., :4] = np.clip(unit[..., :4], 0.0, 1.0)
+    return unit
 
 
 def nearest(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -142,23 +190,22 @@ def fit_codebook(
     scale_min: float,
     scale_max: float,
     *,
+    shape_weight: float = SHAPE_WEIGHT,
     seed: int = 0,
     iterations: int = 25,
     sample: int = 200_000,
 ) -> GeometryCodebook:
     """k-means codebook of `size` entries over geometry [n, G, 5] (a training store's): the
-    anchors are each index's mean (rotation: circular), the centroids are fitted by Lloyd's
-    algorithm on at most `sample` residuals drawn with `seed`, starting from `size` of them.
-    Deterministic for the same inputs and seed."""
+    anchors are each index's mean in the shape space of weight `shape_weight`, the centroids
+    are fitted by Lloyd's algorithm on at most `sample` residuals drawn with `seed`, starting
+    from `size` of them. Deterministic for the same inputs and seed."""
     if not 1 <= size <= MAX_SIZE:
         raise ValueError(f"size must be in 1..{MAX_SIZE}, got {size}")
-    unit = to_unit(geometry, scale_min, scale_max)  # [n, G, 5]
-    anchors = unit.mean(0)
-    angle = 2.0 * np.pi * unit[..., ROTATION]
-    circular = np.arctan2(np.sin(angle).mean(0), np.cos(angle).mean(0)) / (2.0 * np.pi)
-    anchors[:, ROTATION] = np.mod(circular, 1.0)
-    codebook = GeometryCodebook(anchors, np.zeros((size, 5)), scale_min, scale_max)
-    points = codebook.residuals(geometry).reshape(-1, 5)
+    if not shape_weight > 0:
+        raise ValueError(f"shape_weight must be > 0, got {shape_weight}")
+    points = to_shape_space(to_unit(geometry, scale_min, scale_max), shape_weight)
+    anchors = points.mean(0)
+    points = (points - anchors).reshape(-1, 5)
     rng = np.random.default_rng(seed)
     points = points[rng.permutation(len(points))[:sample]]
     if len(points) < size:
@@ -171,4 +218,4 @@ def fit_codebook(
         np.add.at(sums, assigned, points)
         used = counts > 0
         centroids[used] = sums[used] / counts[used, None]
-    return GeometryCodebook(anchors, centroids, scale_min, scale_max)
+    return GeometryCodebook(anchors, centroids, scale_min, scale_max, shape_weight)
