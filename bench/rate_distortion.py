@@ -5,7 +5,8 @@ shards:
 
 1. encode them (`gtok encode`, `--geometry-bits` / `--layout` / `--geometry-codebook` as the
    row says) into WORK/<row>-train.zarr and WORK/<row>-val.zarr; a codebook row first fits
-   its codebook on the fields-B8 training store (tools/fit_geometry_codebook.py, seed 0);
+   its codebook on the fields-B8 training store (tools/fit_geometry_codebook.py, seed 0,
+   `--rate-weight` as the row says: codebook-K plain, codebook-K-rateL entropy-constrained);
 2. score the validation store's tokens as `gtok eval VAL STORE` does (`evaluate_pairs`,
    mean per-image PSNR of the decoded uint8 images, `gtok.metrics.psnr`), and against a
    plain store's float16 geometry (WORK/float16-val.zarr: `psnr_vs_float16_db`);
@@ -60,15 +61,22 @@ class Row:
     name: str
     bits: int | None = None  # --geometry-bits
     layout: str | None = "fields"
-    codebook_size: int | None = None  # --layout codebook with a K-entry codebook
+    codebook_size: int | None = None  # --layout codebook with a codebook of at most K entries
+    rate_weight: float = 0.0  # the codebook's lambda (0: plain k-means)
 
     def encode_options(self, work: Path) -> dict:
         if self.layout is None:  # a VQ store has no geometry to lay out
             return {}
         options: dict = {"geometry_bits": self.bits, "layout": self.layout}
         if self.codebook_size is not None:
-            options["geometry_codebook"] = str(codebook_path(work, self.codebook_size))
+            options["geometry_codebook"] = str(codebook_path(work, self))
         return options
+
+
+def _codebook_row(size: int, rate_weight: float = 0.0) -> Row:
+    rate = f"-rate{rate_weight:g}" if rate_weight else ""
+    return Row(f"codebook-{size}{rate}", layout="codebook", codebook_size=size,
+               rate_weight=rate_weight)  # fmt: skip
 
 
 ROWS = {
@@ -80,17 +88,21 @@ ROWS = {
         Row("fields-b4", bits=4),
         Row("raster-b8", bits=8, layout="raster"),
         Row("raster-b5", bits=5, layout="raster"),
-        Row("codebook-64", layout="codebook", codebook_size=64),
-        Row("codebook-256", layout="codebook", codebook_size=256),
-        Row("codebook-1024", layout="codebook", codebook_size=1024),
+        _codebook_row(64),
+        _codebook_row(256),
+        _codebook_row(1024),
+        _codebook_row(256, 2e-5),
+        _codebook_row(256, 4e-5),
+        _codebook_row(1024, 2e-5),
+        _codebook_row(1024, 4e-5),
     )
 }
 VQ_ROW = Row("vq-tiny", layout=None)
 FIT_ON = "fields-b8"  # the training store the codebooks are fitted on
 
 
-def codebook_path(work: Path, size: int) -> Path:
-    return work / f"codebook-{size}.npz"
+def codebook_path(work: Path, row: Row) -> Path:
+    return work / f"{row.name}.npz"
 
 
 def _script(path: Path):
@@ -113,15 +125,16 @@ def _encode(shards: str, out: Path, row: Row, args) -> Path:
     return out
 
 
-def _fit(size: int, args) -> None:
-    path = codebook_path(Path(args.work), size)
+def _fit(row: Row, args) -> None:
+    path = codebook_path(Path(args.work), row)
     if path.exists():  # a refit would change the file the stores name
         return
     store = _encode(args.train, Path(args.work) / f"{FIT_ON}-train.zarr", ROWS[FIT_ON], args)
     with redirect_stdout(sys.stderr):  # stdout is this script's JSON document
         _script(ROOT / "tools" / "fit_geometry_codebook.py").main(
-            [str(store), "--size", str(size), "-o", str(path)]
-        )
+            [str(store), "--size", str(row.codebook_size), "--rate-weight",
+             str(row.rate_weight), "-o", str(path)]
+        )  # fmt: skip
 
 
 def _psnr(val: str, store: Path) -> float:
@@ -151,7 +164,7 @@ def measure(row: Row, args) -> dict:
     """The row's encode, PSNR and prior: {"psnr_db", "bits_per_image", ...}."""
     work = Path(args.work)
     if row.codebook_size is not None:
-        _fit(row.codebook_size, args)
+        _fit(row, args)
     train = _encode(args.train, work / f"{row.name}-train.zarr", row, args)
     val = _encode(args.val, work / f"{row.name}-val.zarr", row, args)
     prior = _prior(train, val, work / f"prior-{row.name}", ["--smoke"] if args.smoke else PRIOR)
@@ -162,6 +175,7 @@ def measure(row: Row, args) -> dict:
         "layout": row.layout,
         "geometry_bits": row.bits,
         "codebook_size": row.codebook_size,
+        "rate_weight": row.rate_weight,
         "psnr_db": _psnr(args.val, val),
         "ids_per_image": prior["ids_per_sequence"],
         "vocabulary": prior["vocabulary"]["size"],

@@ -108,13 +108,19 @@ def test_raster_layout_sorts_every_array_alike_and_decodes_the_same_images(layou
 def test_codebook_layout_is_two_ids_per_gaussian_decoded_from_the_centroids(layouts, model):  # noqa: F811
     store = _check_round_trip(layouts["codebook"], model)
     record = store.attrs["geometry_codebook"]
-    assert store.attrs["layout"] == {"name": "codebook"} and record["size"] == 16
+    codebook = load_codebook(layouts["codebook.npz"])
+    size = codebook.size  # at most the 16 asked for: the fit drops entries nobody chose
+    assert 8 <= size <= 16 and codebook.rate_weight > 0  # the tool's default is entropy-constrained
+    assert store.attrs["layout"] == {"name": "codebook"} and record["size"] == size
     assert record["path"] == str(layouts["codebook.npz"].resolve())
-    assert store.vocabulary == Vocabulary(64, None, 16)
-    assert store.vocabulary.to_dict()["fields"][1] == {"name": "geometry", "offset": 64, "size": 16}
+    assert store.vocabulary == Vocabulary(64, None, size)
+    assert store.vocabulary.to_dict()["fields"][1] == {
+        "name": "geometry",
+        "offset": 64,
+        "size": size,
+    }
     ids = store.sequences()
     assert ids.shape == (len(store), G * 2) and (ids[:, 1::2] >= 64).all()
-    codebook = load_codebook(layouts["codebook.npz"])
     exact = TokenStore(layouts["float"])[0 : len(store)]
     rows = TokenStore(layouts["codebook"], fields=("indices", "geometry_ids"))[0 : len(store)]
     assert np.array_equal(rows["geometry_ids"], codebook.quantize(exact["geometry"]))
@@ -129,6 +135,39 @@ def test_codebook_fit_is_deterministic_and_nearer_than_the_anchors(layouts):
     residuals = one.residuals(geometry)
     error = residuals - one.centroids[one.quantize(geometry).astype(int)]
     assert (error**2).sum(-1).mean() < (residuals**2).sum(-1).mean()
+
+
+def _entropy_bits(ids: np.ndarray) -> float:
+    """Empirical entropy of ids (bits per id)."""
+    shares = np.bincount(ids.ravel()) / ids.size
+    shares = shares[shares > 0]
+    return float(-(shares * np.log2(shares)).sum())
+
+
+def test_a_rate_weight_trades_distortion_for_cheaper_ids_and_survives_a_file(tmp_path):
+    rng = np.random.default_rng(1)
+    geometry = np.concatenate(
+        [rng.normal(0, 0.3, (400, 16, 2)), np.exp(rng.normal(0, 0.3, (400, 16, 2))),
+         rng.uniform(0, np.pi, (400, 16, 1))], axis=-1,
+    )  # fmt: skip
+    fits = [fit_codebook(geometry, 64, 0.1, 3.0, rate_weight=rate) for rate in (0.0, 2e-3)]
+    ids = [fit.quantize(geometry) for fit in fits]
+    errors = [
+        ((fit.residuals(geometry) - fit.centroids[i.astype(int)]) ** 2).sum(-1).mean()
+        for fit, i in zip(fits, ids, strict=True)
+    ]
+    assert _entropy_bits(ids[1]) < _entropy_bits(ids[0]) - 0.5 and errors[1] > errors[0]
+    assert fits[1].size < 64 and np.bincount(ids[1].ravel(), minlength=fits[1].size).min() > 0
+    # the lengths are the fitted shares, and quantize pays them: plain nearest differs
+    assert np.allclose(
+        2.0 ** -fits[1].entry_bits, np.bincount(ids[1].ravel()) / ids[1].size, atol=0.02
+    )
+    plain = GeometryCodebook(fits[1].anchors, fits[1].centroids, 0.1, 3.0)
+    assert not np.array_equal(plain.quantize(geometry), ids[1])
+    fits[1].save(tmp_path / "rate.npz")
+    loaded = load_codebook(tmp_path / "rate.npz")
+    assert loaded.rate_weight == 2e-3 and np.array_equal(loaded.entry_bits, fits[1].entry_bits)
+    assert np.array_equal(loaded.quantize(geometry), ids[1])
 
 
 def _covariance(geometry: np.ndarray) -> np.ndarray:
@@ -270,16 +309,17 @@ def test_info_shows_the_layout_and_verify_and_sequences_refuse_an_id_beyond_the_
     from test_store_damage import rows
 
     info = json.loads(runner.invoke(app, ["info", str(layouts["codebook"]), "--json"]).stdout)
-    assert info["layout"] == "codebook" and info["geometry_codebook"]["size"] == 16
+    size = load_codebook(layouts["codebook.npz"]).size
+    assert info["layout"] == "codebook" and info["geometry_codebook"]["size"] == size
     assert info["arrays"]["geometry_ids"]["dtype"] == "uint16"
     against = ["--against", str(shards)]
     assert runner.invoke(app, ["verify", str(layouts["codebook"]), *against]).exit_code == 0
     broken = tmp_path / "broken.zarr"
     shutil.copytree(layouts["codebook"], broken)
-    rows("geometry_ids", 16, selection=slice(1, 2))(broken)
+    rows("geometry_ids", size, selection=slice(1, 2))(broken)
     result = runner.invoke(app, ["verify", str(broken), *against])
-    assert result.exit_code == 1 and "row 1: a geometry id beyond the 16 of its codebook" in (
+    assert result.exit_code == 1 and f"row 1: a geometry id beyond the {size} of its codebook" in (
         result.output
     )
-    with pytest.raises(GtokError, match="row 1 holds a geometry id beyond the 16"):
+    with pytest.raises(GtokError, match=f"row 1 holds a geometry id beyond the {size}"):
         TokenStore(broken).sequences()

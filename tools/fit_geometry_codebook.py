@@ -20,12 +20,14 @@ import numpy as np
 
 from gtok.errors import GtokError
 from gtok.store import TokenStore
-from gtok.store.geometry_codebook import SHAPE_WEIGHT, fit_codebook
+from gtok.store.geometry_codebook import RATE_WEIGHT, SHAPE_WEIGHT, fit_codebook
 
 
-def fit(store_path: str, size: int, out: str, seed: int, sample: int, shape_weight: float) -> dict:
-    """Fit a `size`-entry codebook on the store at `store_path`, save it to `out`; returns
-    the file's sha256 and the fit's mean squared residual error (shape space)."""
+def fit(store_path: str, size: int, out: str, seed: int, sample: int, shape_weight: float,
+        rate_weight: float) -> dict:  # fmt: skip
+    """Fit a codebook of at most `size` entries on the store at `store_path`, save it to
+    `out`; returns the file's sha256, its entries, the fit's mean squared residual error
+    (shape space) and the mean length of the store's geometry ids (bits per Gaussian)."""
     store = TokenStore(store_path, fields=("geometry",))
     binning = store.geometry_binning
     if binning is None:
@@ -40,29 +42,36 @@ def fit(store_path: str, size: int, out: str, seed: int, sample: int, shape_weig
         binning.scale_min,
         binning.scale_max,
         shape_weight=shape_weight,
+        rate_weight=rate_weight,
         seed=seed,
         sample=sample,
     )
     sha256 = codebook.save(out)
-    residuals = codebook.residuals(geometry)
-    error = residuals - codebook.centroids[codebook.quantize(geometry).astype(np.int64)]
-    return {"codebook": out, "sha256": sha256, "size": size, "shape_weight": shape_weight,
-            "rows": len(geometry),
-            "mean_squared_error": float((error**2).sum(-1).mean())}  # fmt: skip
+    ids = codebook.quantize(geometry).astype(np.int64)
+    error = codebook.residuals(geometry) - codebook.centroids[ids]
+    return {"codebook": out, "sha256": sha256, "size": size, "entries": codebook.size,
+            "shape_weight": shape_weight, "rate_weight": rate_weight, "rows": len(geometry),
+            "mean_squared_error": float((error**2).sum(-1).mean()),
+            "bits_per_gaussian": float(codebook.entry_bits[ids].mean())}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("store", help="training store encoded with --geometry-bits")
-    parser.add_argument("--size", type=int, default=1024, help="codebook entries K")
+    parser.add_argument("--size", type=int, default=1024, help="codebook entries K (at most)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample", type=int, default=200_000, help="Gaussians k-means sees")
     parser.add_argument(
         "--shape-weight", type=float, default=SHAPE_WEIGHT, help="w: shape against position"
     )
+    parser.add_argument(
+        "--rate-weight", type=float, default=RATE_WEIGHT, help="lambda: distance per bit (0: plain)"
+    )
     parser.add_argument("-o", "--out", required=True, help="codebook file to write (.npz)")
     args = parser.parse_args(argv)
-    result = fit(args.store, args.size, args.out, args.seed, args.sample, args.shape_weight)
+    result = fit(
+        args.store, args.size, args.out, args.seed, args.sample, args.shape_weight, args.rate_weight
+    )
     print(json.dumps(result))
     return result
 
