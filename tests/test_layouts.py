@@ -323,3 +323,23 @@ def test_info_shows_the_layout_and_verify_and_sequences_refuse_an_id_beyond_the_
     )
     with pytest.raises(GtokError, match=f"row 1 holds a geometry id beyond the {size}"):
         TokenStore(broken).sequences()
+
+
+def test_codebook_sweep_bench_scores_each_setting(layouts, model, shards, capsys):  # noqa: F811
+    """bench/codebook_sweep.py: one entry gives ids of no information and the largest error,
+    a rate weight cheaper ids; the document is printed (the test model's PSNR hardly moves
+    with its geometry, so only the shape-space error is ordered)."""
+    args = ["--train-store", str(layouts["fields"]), "--val-store", str(layouts["float"]),
+            "--val-shards", *map(str, sorted(shards.glob("*.tar"))), "--model", str(model),
+            "1:0.4:0", "16:0.4:0", "16:0.4:1e-3"]  # fmt: skip
+    with script_module(ROOT / "bench" / "codebook_sweep.py") as bench:
+        document = bench.main(args)
+    assert json.loads(capsys.readouterr().out) == document
+    one, plain, rated = document["settings"]
+    assert document["val_images"] == 10 and np.isfinite(document["psnr_db"])
+    assert one["entries"] == 1 and one["bits_per_image"] == 0.0
+    assert one["mean_squared_error"] > plain["mean_squared_error"] > 0
+    assert all(np.isfinite(entry["psnr_loss_db"]) for entry in document["settings"])
+    assert (
+        rated["entries"] <= plain["entries"] and rated["bits_per_image"] <= plain["bits_per_image"]
+    )
