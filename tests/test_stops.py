@@ -1,4 +1,6 @@
-"""A SIGTERM's stop (`gtok.stops`) is held by `stops_held` until the block ends.
+"""A SIGTERM's stop (`gtok.stops`) is held by `stops_held` until the block ends, and a
+DataLoader of `gtok.data.loader` holds it while a batch comes over from a worker, but not
+while it waits for one.
 
 Each test signals its own process inside `sigterm_as_interrupt`, which turns the SIGTERM
 into `Terminated` (a KeyboardInterrupt) instead of ending pytest.
@@ -10,9 +12,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import torch
+from torch.utils.data import IterableDataset
 
+from gtok.data import loader
 from gtok.stops import Terminated, sigterm_as_interrupt, stops_held
 
 
@@ -77,3 +84,79 @@ def test_a_hold_in_another_thread_does_not_hold_the_main_threads_stop():
     finally:
         stopped.set()
         other.join()
+
+
+def _mark_whole() -> str:
+    RECEIVED.append("whole")
+    return "marked"
+
+
+class _TerminateOnArrival:
+    """Unpickled in the main process, it sends that process a SIGTERM."""
+
+    def __reduce__(self):
+        return (_terminate_self, ())
+
+
+class _MarkWhole:
+    """Unpickled in the main process, it appends "whole" to `RECEIVED`: the pickled objects
+    before it came over."""
+
+    def __reduce__(self):
+        return (_mark_whole, ())
+
+
+RECEIVED: list[str] = []
+
+
+class _SignalledBatch(IterableDataset):
+    """One item whose transfer to the main process is signalled half-way: the SIGTERM, a
+    tensor (shared through a file descriptor), then the mark that it all came over."""
+
+    def __iter__(self) -> Iterator[tuple]:
+        yield (_TerminateOnArrival(), torch.arange(1000), _MarkWhole())
+
+
+@pytest.mark.subprocess
+def test_a_sigterm_while_a_batch_comes_over_stops_once_it_is_in(capfd):
+    RECEIVED.clear()
+    data = loader(_SignalledBatch(), workers=1)
+    with sigterm_as_interrupt(), pytest.raises(Terminated):
+        for _ in data:
+            pass
+    assert RECEIVED == ["whole"]
+    for worker in data.worker_processes:  # shut down when the iterator went
+        worker.join(10)
+    assert [worker.exitcode for worker in data.worker_processes] == [0]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+class _SecondItemOnGo(IterableDataset):
+    """An item at once, then another when the file `go` exists (or after 30 s)."""
+
+    def __init__(self, go: Path):
+        self.go = go
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        yield torch.zeros(1)
+        deadline = time.monotonic() + 30
+        while not self.go.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield torch.ones(1)
+
+
+@pytest.mark.subprocess
+def test_a_sigterm_while_waiting_for_a_batch_stops_at_once(tmp_path):
+    data = loader(_SecondItemOnGo(tmp_path / "go"), workers=1)
+    batches = iter(data)
+    next(batches)  # the worker is up
+    began = time.monotonic()
+    with sigterm_as_interrupt(), pytest.raises(Terminated):
+        threading.Timer(0.2, _terminate_self).start()
+        next(batches)
+    assert time.monotonic() - began < 5
+    (tmp_path / "go").touch()  # let the worker end with its item
+    del batches
+    [worker] = data.worker_processes
+    worker.join(10)
+    assert worker.exitcode == 0
