@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,6 +85,22 @@ def test_a_hold_in_another_thread_does_not_hold_the_main_threads_stop():
     finally:
         stopped.set()
         other.join()
+
+
+class _Collected:
+    """An object to run a weakref callback for when it goes."""
+
+
+def test_a_stop_that_a_weakref_callback_dropped_is_raised_again(capfd):
+    collected = _Collected()
+    callback = weakref.ref(collected, lambda _: _terminate_self())
+    ran_on = []
+    with sigterm_as_interrupt(), pytest.raises(Terminated):
+        del collected  # runs the callback, whose Terminated Python drops
+        ran_on.append("after the callback")
+        time.sleep(10)  # the stop, sent again, ends this
+    assert ran_on == ["after the callback"] and callback() is None
+    assert "Terminated" not in capfd.readouterr().err
 
 
 def _mark_whole() -> str:
