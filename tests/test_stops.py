@@ -1,6 +1,6 @@
-"""A SIGTERM's stop (`gtok.stops`) is held by `stops_held` until the block ends, and a
-DataLoader of `gtok.data.loader` holds it while a batch comes over from a worker, but not
-while it waits for one.
+"""A SIGTERM's stop (`gtok.stops`) is held by `stops_held` until the block ends, and sent
+again when Python drops it; a DataLoader of `gtok.data.loader` holds it while a batch comes
+over from a worker, but not while it waits for one.
 
 Each test signals its own process inside `sigterm_as_interrupt`, which turns the SIGTERM
 into `Terminated` (a KeyboardInterrupt) instead of ending pytest.
