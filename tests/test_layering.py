@@ -32,6 +32,7 @@ LAYERS = (
         "gtok._version",
         "gtok._lazy",
         "gtok.errors",
+        "gtok.stops",
         "gtok.safeload",
         "gtok.plainprogress",
         "gtok.console",

@@ -7,7 +7,7 @@
   (`gtok.outputs.describe_write_failure`); usage errors exit 2 as Click does; `-v` (or
   `GTOK_VERBOSE=1`) shows the traceback instead.
 - SIGTERM (Slurm, Kubernetes, `timeout`) stops any command as Ctrl-C does, then ends it with
-  one line and exit code 143 (`gtok.cli._signals.sigterm_as_interrupt`); resumable commands say
+  one line and exit code 143 (`gtok.stops.sigterm_as_interrupt`); resumable commands say
   how to resume.
 - The global flags `-q/--quiet`, `-v/--verbose` and `--kernel-arch` go before or after the
   command.
@@ -45,11 +45,12 @@ from typer.core import TyperGroup
 
 from gtok.cli._files import read_text_file
 from gtok.cli._flags import error_message
-from gtok.cli._signals import Terminated, sigterm_as_interrupt, stop_terminated
+from gtok.cli._signals import stop_terminated
 from gtok.console import console, is_quiet, set_quiet
 from gtok.errors import GtokError
 from gtok.outputs import describe_write_failure
 from gtok.safeload import SETTINGS_BYTES, Unreadable, parse_toml
+from gtok.stops import Terminated, sigterm_as_interrupt
 
 __all__ = [
     "ConfigOption",

@@ -18,6 +18,8 @@ and Zarr's event loop does not survive a fork). See `loader()`.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.queues
+import queue
 import random
 import re
 import signal
@@ -47,6 +49,7 @@ from gtok.data.shards import ShardRef
 from gtok.data.tario import DEFAULT_MAX_MEMBER_BYTES, RawSample
 from gtok.data.transforms import Preprocess, random_resized_crop, sample_rng
 from gtok.errors import GtokError
+from gtok.stops import stops_held
 
 __all__ = [
     "EncodeStream",
@@ -286,7 +289,8 @@ class _SpawnLoader(DataLoader):
     saved). The main process alone turns either into its stop, and its loader then shuts the
     workers down (it tells them to exit; its SIGTERM, for a worker that did not, is ignored
     then, and such a worker ends after its item). Signal dispositions can only be changed
-    from the main thread; elsewhere the workers keep the default.
+    from the main thread; elsewhere the workers keep the default. A SIGTERM that comes while
+    the main thread receives a batch stops it once the batch is in (`_WholeBatches`).
     """
 
     def _get_iterator(self):
@@ -296,10 +300,16 @@ class _SpawnLoader(DataLoader):
         # in them (`_ignore_stops` then ignores it again)
         previous = {stop: signal.signal(stop, signal.SIG_IGN) for stop in _STOPS}
         try:
-            return super()._get_iterator()  # starts the workers
+            iterator = super()._get_iterator()  # starts the workers
         finally:
             for stop, handler in previous.items():
                 signal.signal(stop, handler)
+        # the queue the main thread receives batches from; with `pin_memory`, torch's
+        # pin-memory thread receives them instead, and no signal interrupts it
+        received = iterator._data_queue  # type: ignore[attr-defined]
+        if isinstance(received, multiprocessing.queues.Queue):
+            iterator._data_queue = _WholeBatches(received)  # type: ignore[attr-defined]
+        return iterator
 
     def __iter__(self):
         """Iterate, keeping the worker processes it starts in `worker_processes`."""
@@ -307,6 +317,27 @@ class _SpawnLoader(DataLoader):
         iterator = super().__iter__()
         self.worker_processes = [p for p in multiprocessing.active_children() if p not in before]
         return iterator
+
+
+class _WholeBatches:
+    """The queue of batches from a DataLoader's worker processes, read so that a SIGTERM
+    stops the wait for a batch at once but never cuts the transfer of one (`stops_held`).
+
+    A batch's tensors come over as file descriptors, each fetched from the worker's
+    `multiprocessing.resource_sharer` while the batch is unpickled; a stop raised there
+    cuts that connection, and the worker prints its `ConnectionResetError` traceback.
+    """
+
+    def __init__(self, batches: multiprocessing.queues.Queue):
+        self.batches = batches
+
+    def get(self, timeout: float | None = None) -> object:
+        """The next message, as `multiprocessing.Queue.get(timeout=timeout)` gives it:
+        raises `queue.Empty` if none came within `timeout` seconds (None: no limit)."""
+        if not self.batches._reader.poll(timeout):  # type: ignore[attr-defined]
+            raise queue.Empty
+        with stops_held():
+            return self.batches.get(timeout=timeout)
 
 
 def _ignore_stops(worker_id: int) -> None:
