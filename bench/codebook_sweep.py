@@ -16,7 +16,7 @@ This is what chose the shape weight and the rate weights of bench/rate_distortio
 rows (docs/results.md); it needs no encode and no prior, seconds to minutes per setting.
 
     OMP_NUM_THREADS=1 python bench/codebook_sweep.py --train-store fields-b8-train.zarr \\
-        --val-store val-f32.zarr --val-shards val-000000.tar 256:0.4:0 256:0.4:2e-5
+        --val-store val-f32.zarr --val-shards val-000000.tar --settings 256:0.4:0 256:0.4:2e-5
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def per_position_bits(ids: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("settings", nargs="+", help="K:W:LAMBDA, e.g. 256:0.4:2e-5")
+    parser.add_argument(
+        "--settings", nargs="+", required=True, help="K:W:LAMBDA, e.g. 256:0.4:2e-5"
+    )
     parser.add_argument("--train-store", required=True, help="store with --geometry-bits 8")
     parser.add_argument("--val-store", required=True, help="val store (float32 geometry best)")
     parser.add_argument("--val-shards", nargs="+", required=True, help="its tar shards")

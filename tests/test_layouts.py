@@ -331,7 +331,7 @@ def test_codebook_sweep_bench_scores_each_setting(layouts, model, shards, capsys
     with its geometry, so only the shape-space error is ordered)."""
     args = ["--train-store", str(layouts["fields"]), "--val-store", str(layouts["float"]),
             "--val-shards", *map(str, sorted(shards.glob("*.tar"))), "--model", str(model),
-            "1:0.4:0", "16:0.4:0", "16:0.4:1e-3"]  # fmt: skip
+            "--settings", "1:0.4:0", "16:0.4:0", "16:0.4:1e-3"]  # fmt: skip
     with script_module(ROOT / "bench" / "codebook_sweep.py") as bench:
         document = bench.main(args)
     assert json.loads(capsys.readouterr().out) == document
