@@ -94,6 +94,7 @@ ROWS = {
         _codebook_row(256, 2e-5),
         _codebook_row(256, 4e-5),
         _codebook_row(1024, 2e-5),
+        _codebook_row(1024, 3e-5),
         _codebook_row(1024, 4e-5),
     )
 }

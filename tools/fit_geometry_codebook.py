@@ -1,14 +1,16 @@
 """Fit a geometry codebook for `gtok encode --layout codebook` on a training token store.
 
 The store must hold a GaussianToken model's geometry in bins (`gtok encode --geometry-bits
-8`: its header gives the scale range the codebook works in; 8 bits cost 0.007 dB). k-means
-with a fixed seed (`gtok.store.geometry_codebook.fit_codebook`), so a rerun writes the same
-centroids. Prints the file's sha256 and the mean residual error on the store's Gaussians.
+8`: its header gives the scale range the codebook works in). k-means in the shape space of
+`gtok.store.geometry_codebook` (`--shape-weight` w), entropy-constrained by `--rate-weight`
+lambda (0: plain k-means), with a fixed seed, so a rerun writes the same centroids. The
+defaults are the setting docs/results.md recommends. Prints the file's sha256, its
+entries, the mean residual error and the mean length of the store's ids (bits).
 
     gtok encode 'corpus/train-*.tar' -o train-b8.zarr --geometry-bits 8
-    python tools/fit_geometry_codebook.py train-b8.zarr --size 1024 -o codebook-1024.npz
+    python tools/fit_geometry_codebook.py train-b8.zarr -o codebook.npz
     gtok encode 'corpus/train-*.tar' -o train-cb.zarr --layout codebook \\
-        --geometry-codebook codebook-1024.npz
+        --geometry-codebook codebook.npz
 """
 
 from __future__ import annotations
