@@ -62,7 +62,7 @@ __all__ = [
 ID_DTYPE = np.dtype("uint16")
 MAX_SIZE = int(np.iinfo(ID_DTYPE).max)  # ids 0..65534; 65535 is the store's fill
 SHAPE_WEIGHT = 0.4  # w: shape against position (the sweep in docs/results.md)
-RATE_WEIGHT = 2e-5  # lambda: squared shape-space distance per bit (docs/results.md)
+RATE_WEIGHT = 3e-5  # lambda: squared shape-space distance per bit (docs/results.md)
 _CHUNK = 1 << 15  # points per distance block (memory: _CHUNK x K float64)
 
 
