@@ -3,10 +3,11 @@ documentation, run as written (read from the pages) in a folder holding the imag
 and model directories they name (stand-in models of random weights: `runs/cifar` and
 `runs/vq-cifar` are small `tiny` and `vq-tiny` models).
 
-README's Quickstart and docs/packing.md run in-process; docs/stores.md ("Encoding" and
-"Tokens for sequence models", with the Python snippet there) and docs/evaluation.md run
-whole, as bash scripts with the installed `gtok` on PATH (the 4-process encode loop
-included); the training example of docs/commands.md runs until a Ctrl-C. Lines holding
+README's Quickstart and docs/packing.md run in-process; README's "Tokens for sequence
+models", docs/stores.md ("Encoding" and "Tokens for sequence models", with the Python
+snippet there) and docs/evaluation.md run whole, as bash scripts with the installed `gtok`
+on PATH (the 4-process encode loop included; examples/ and tools/ copied beside them); the
+training example of docs/commands.md runs until a Ctrl-C. Lines holding
 `...` are templates, not examples. README's "## Python" block and then docs/python.md's run
 in-process, in order, in one namespace. The TokenStore training-loop snippet of
 docs/stores.md is run by tests/test_encode.py, `make demo` by tests/test_demo.py.
@@ -40,6 +41,7 @@ from gtok.store import TokenStore
 STORES, EVALUATION, COMMANDS = DOCS / "stores.md", DOCS / "evaluation.md", DOCS / "commands.md"
 IN_PROCESS = ((README, "## Quickstart"), (DOCS / "packing.md", "# Packing images"))
 AS_SCRIPTS = (
+    (README, "## Tokens for sequence models"),
     (STORES, "## Encoding"),
     (STORES, "## Tokens for sequence models"),
     (EVALUATION, "# Decoding and evaluation"),
@@ -153,7 +155,8 @@ def workspace(tmp_path, runner, standin_model, no_weights) -> Path:
     shutil.copytree(standin_model, tmp_path / "runs" / "cifar")
     vq = gtok.build_tokenizer("vq-tiny", seed=1)
     vq.eval().save_pretrained(tmp_path / "runs" / "vq-cifar")
-    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    for scripts in ("examples", "tools"):
+        shutil.copytree(REPO / scripts, tmp_path / scripts)
     return tmp_path
 
 
@@ -172,6 +175,8 @@ def test_token_store_and_evaluation_scripts_run_as_written(workspace):
         assert done.returncode == 0, (title, done.stderr[-3000:])
     store = TokenStore(workspace / "tokens.zarr")
     assert len(store) == 4 and store.counts["skipped"] == 0
+    codebook = TokenStore(workspace / "train.zarr")  # README's layout for sequence models
+    assert codebook.layout == "codebook" and codebook.sequences().shape == (4, 2 * 64)
     assert len(list((workspace / "recon").rglob("*.gaussians.png"))) == 4
     assert sorted(p.name for p in (workspace / "recon-wds").glob("*.tar")) == ["recon-000000.tar"]
     compare = json.loads((workspace / "compare.json").read_text())

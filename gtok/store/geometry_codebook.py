@@ -234,8 +234,9 @@ def fit_codebook(
     anchors are each index's mean in the shape space of weight `shape_weight`, the centroids
     are fitted by Lloyd's algorithm on at most `sample` residuals drawn with `seed`, starting
     from `size` of them, each step assigning with the lengths of the step before (lambda =
-    `rate_weight`). Entries no Gaussian chose are dropped, so the codebook may come out
-    smaller than `size`. Deterministic for the same inputs and seed."""
+    `rate_weight`). Entries no Gaussian chose are dropped, and there are never more entries
+    than fitted Gaussians, so the codebook may come out smaller than `size`. Deterministic
+    for the same inputs and seed."""
     if not 1 <= size <= MAX_SIZE:
         raise ValueError(f"size must be in 1..{MAX_SIZE}, got {size}")
     if not shape_weight > 0:
@@ -247,8 +248,7 @@ def fit_codebook(
     points = (points - anchors).reshape(-1, 5)
     rng = np.random.default_rng(seed)
     points = points[rng.permutation(len(points))[:sample]]
-    if len(points) < size:
-        raise ValueError(f"{len(points)} Gaussians cannot fit {size} centroids")
+    size = min(size, len(points))  # a small store: at most one entry per Gaussian
     centroids, penalties = points[:size].copy(), np.zeros(size)
     for _ in range(iterations):
         counts = _lloyd_step(points, centroids, penalties)
