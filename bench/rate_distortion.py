@@ -190,25 +190,45 @@ def measure(row: Row, args) -> dict:
     }
 
 
+def _family(row: dict) -> tuple[str, str]:
+    """A row's family on the plot: (legend label, colour)."""
+    if row.get("recorded") or row["layout"] is None:
+        return "VQ twin", "tab:red"
+    if row["layout"] != "codebook":
+        return f"{row['layout']}: code + 5 bins", "tab:gray"
+    if row.get("rate_weight"):
+        return "codebook, entropy-constrained", "tab:green"
+    return "codebook, plain k-means", "tab:orange"
+
+
 def plot(rows: list[dict], path: str) -> None:
     """PSNR against float16 geometry of the same images (dB) against validation bits per
-    image, one labelled point per row (labels alternate above and below)."""
+    image: one labelled point per row, coloured by family, and the region of the targets
+    (bits <= 2x the VQ twin's, PSNR >= the twin's + 0.5 dB) shaded."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6.4, 4.2), dpi=120)
+    figure = Figure(figsize=(7.2, 4.8), dpi=120)
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
-    for i, row in enumerate(rows):
-        recorded = row.get("recorded", False)
+    vq = next(row for row in rows if _family(row)[0] == "VQ twin")
+    bits, psnr = 2 * vq["bits_per_image"], vq["psnr_vs_float16_db"] + 0.5
+    ax.fill_between([0, bits], psnr, 0.1, color="tab:green", alpha=0.08,
+                    label="targets: <= 2x VQ bits, >= VQ + 0.5 dB")  # fmt: skip
+    shown: set[str] = set()
+    for row in rows:
+        family, colour = _family(row)
         point = (row["bits_per_image"], row["psnr_vs_float16_db"])
-        ax.scatter(*point, marker="s" if recorded else "o",
-                   color="tab:red" if recorded else "tab:blue")  # fmt: skip
-        label = f"{row['row']} ({row['ids_per_image']} ids){' recorded' if recorded else ''}"
-        ax.annotate(label, point, fontsize=7, textcoords="offset points",
-                    xytext=(4, 6 if i % 2 == 0 else -12))  # fmt: skip
+        ax.scatter(*point, color=colour, marker="s" if family == "VQ twin" else "o",
+                   label=None if family in shown else family, zorder=3)  # fmt: skip
+        shown.add(family)
+        label = row["row"].replace("codebook-", "cb-").replace("-rate", " λ")
+        left = colour == "tab:orange"  # plain codebooks labelled to the left, others right
+        ax.annotate(label, point, fontsize=6.5, textcoords="offset points", va="center",
+                    xytext=(-6 if left else 6, 0), ha="right" if left else "left")  # fmt: skip
     ax.set_xlabel("validation bits per image (600-step prior)")
     ax.set_ylabel("PSNR against tiny's float16 geometry (dB)")
+    ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
