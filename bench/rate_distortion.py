@@ -5,7 +5,7 @@ shards:
 
 1. encode them (`gtok encode`, `--geometry-bits` / `--layout` / `--geometry-codebook` as the
    row says) into WORK/<row>-train.zarr and WORK/<row>-val.zarr; a codebook row first fits
-   its codebook on the fields-B8 training store (tools/fit_geometry_codebook.py, seed 0,
+   its codebook on the fields-B8 training store (`gtok fit-codebook`, seed 0,
    `--rate-weight` as the row says: codebook-K plain, codebook-K-rateL entropy-constrained);
 2. score the validation store's tokens as `gtok eval VAL STORE` does (`evaluate_pairs`,
    mean per-image PSNR of the decoded uint8 images, `gtok.metrics.psnr`), and against a
@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from gtok.encode import encode_shards  # noqa: E402
 from gtok.evaluate.run import evaluate_pairs  # noqa: E402
+from gtok.store.codebook_fit import fit_store_codebook  # noqa: E402
 
 PRIOR = ["--steps", "600", "--minutes", "600", "--eval-every", "100", "--dim", "128",
          "--layers", "3", "--heads", "4", "--batch-size", "16", "--val-rows", "1024",
@@ -131,11 +132,9 @@ def _fit(row: Row, args) -> None:
     if path.exists():  # a refit would change the file the stores name
         return
     store = _encode(args.train, Path(args.work) / f"{FIT_ON}-train.zarr", ROWS[FIT_ON], args)
-    with redirect_stdout(sys.stderr):  # stdout is this script's JSON document
-        _script(ROOT / "tools" / "fit_geometry_codebook.py").main(
-            [str(store), "--size", str(row.codebook_size), "--rate-weight",
-             str(row.rate_weight), "-o", str(path)]
-        )  # fmt: skip
+    fitted = fit_store_codebook(store, path, size=row.codebook_size or 0,
+                                rate_weight=row.rate_weight)  # fmt: skip
+    print(json.dumps(fitted), file=sys.stderr)
 
 
 def _psnr(val: str, store: Path) -> float:

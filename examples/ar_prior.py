@@ -13,7 +13,7 @@ decodes to pixels.
     python examples/ar_prior.py train.zarr --smoke -o /tmp/prior   # about a minute
 
     # 2 ids per Gaussian instead of 6 (docs/results.md, "Token layouts for generation")
-    python tools/fit_geometry_codebook.py train.zarr --size 1024 -o codebook.npz
+    gtok fit-codebook train.zarr -o codebook.npz
     gtok encode 'corpus/train-*.tar' -o train-cb.zarr --layout codebook \
         --geometry-codebook codebook.npz   # likewise val-cb.zarr
 

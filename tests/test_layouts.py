@@ -1,6 +1,6 @@
 """Token layouts (`gtok encode --layout raster|codebook`, `gtok.store.layouts`): recorded in
 the header, followed by `sequences` / `from_sequences` / `vocabulary` / decode, and the
-refusals around them (tools/fit_geometry_codebook.py fits the codebook)."""
+refusals around them (`gtok fit-codebook` fits the codebook)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from gtok.store import TokenStore
 from gtok.store.geometry_bins import from_unit, to_unit
 from gtok.store.geometry_codebook import (
     GeometryCodebook,
+    file_sha256,
     fit_codebook,
     from_shape_space,
     load_codebook,
@@ -30,7 +31,6 @@ from gtok.store.layouts import raster_order
 from gtok.store.sequences import Vocabulary
 
 G = SMALL["num_gaussians"]
-FIT = ROOT / "tools" / "fit_geometry_codebook.py"
 
 
 def _cli(runner, *args: str) -> None:
@@ -51,8 +51,7 @@ def layouts(tmp_path_factory, model, shards) -> dict[str, Path]:  # noqa: F811
     _cli(runner, *common, "-o", str(out["fields"]), "--geometry-bits", "6")
     _cli(runner, *common, "-o", str(out["raster"]), "--geometry-bits", "6", "--layout", "raster")
     out["codebook.npz"] = folder / "codebook.npz"
-    with script_module(FIT) as tool:
-        tool.main([str(out["fields"]), "--size", "16", "-o", str(out["codebook.npz"])])
+    _cli(runner, "fit-codebook", str(out["fields"]), "--size", "16", "-o", str(out["codebook.npz"]))
     codebook = ["--layout", "codebook", "--geometry-codebook", str(out["codebook.npz"])]
     _cli(runner, *common, "-o", str(out["codebook"]), *codebook)
     return out
@@ -343,3 +342,30 @@ def test_codebook_sweep_bench_scores_each_setting(layouts, model, shards, capsys
     assert (
         rated["entries"] <= plain["entries"] and rated["bits_per_image"] <= plain["bits_per_image"]
     )
+
+
+def test_fit_codebook_writes_a_new_file_and_refuses_what_it_cannot_fit(layouts, runner, tmp_path):
+    from gtok.store.geometry_codebook import RATE_WEIGHT, SHAPE_WEIGHT
+
+    out = tmp_path / "cb.npz"
+    result = runner.invoke(app, ["fit-codebook", str(layouts["fields"]), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    codebook = load_codebook(out)
+    assert report["entries"] == codebook.size and report["sha256"] == file_sha256(out)
+    # the CLI's defaults are the library's recommended setting
+    assert (codebook.shape_weight, codebook.rate_weight) == (SHAPE_WEIGHT, RATE_WEIGHT)
+    assert report["size"] == 1024 and report["bits_per_gaussian"] > 0
+    for args, message in [
+        (["-o", str(out)], "exists, and stores encoded with it would no longer match it"),
+        (["-o", str(tmp_path / "x.npz"), "--size", "0"], "--size must be in 1..65535, got 0."),
+        (["-o", str(tmp_path / "x.npz"), "--shape-weight", "0"], "--shape-weight must be above 0"),
+        (["-o", str(tmp_path / "x.npz"), "--rate-weight", "-1"], "--rate-weight must be 0 or more"),
+    ]:
+        refused = runner.invoke(app, ["fit-codebook", str(layouts["fields"]), *args])
+        assert refused.exit_code == 1 and message in refused.stderr, (args, refused.output)
+    floats = runner.invoke(
+        app, ["fit-codebook", str(layouts["float"]), "-o", str(tmp_path / "x.npz")]
+    )
+    assert floats.exit_code == 1 and "has no geometry bins" in floats.stderr
+    assert not (tmp_path / "x.npz").exists()

@@ -6,7 +6,7 @@ and model directories they name (stand-in models of random weights: `runs/cifar`
 README's Quickstart and docs/packing.md run in-process; README's "Tokens for sequence
 models", docs/stores.md ("Encoding" and "Tokens for sequence models", with the Python
 snippet there) and docs/evaluation.md run whole, as bash scripts with the installed `gtok`
-on PATH (the 4-process encode loop included; examples/ and tools/ copied beside them); the
+on PATH (the 4-process encode loop included; examples/ copied beside them); the
 training example of docs/commands.md runs until a Ctrl-C. Lines holding
 `...` are templates, not examples. README's "## Python" block and then docs/python.md's run
 in-process, in order, in one namespace. The TokenStore training-loop snippet of
@@ -155,8 +155,7 @@ def workspace(tmp_path, runner, standin_model, no_weights) -> Path:
     shutil.copytree(standin_model, tmp_path / "runs" / "cifar")
     vq = gtok.build_tokenizer("vq-tiny", seed=1)
     vq.eval().save_pretrained(tmp_path / "runs" / "vq-cifar")
-    for scripts in ("examples", "tools"):
-        shutil.copytree(REPO / scripts, tmp_path / scripts)
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
     return tmp_path
 
 

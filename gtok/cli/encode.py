@@ -120,7 +120,7 @@ def encode(
     geometry_codebook: Annotated[
         str | None,
         typer.Option(
-            help="Geometry codebook file for --layout codebook (tools/fit_geometry_codebook.py); "
+            help="Geometry codebook file for --layout codebook (gtok fit-codebook); "
             "the store records its path and sha256."
         ),
     ] = None,

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from gtok._version import __version__
+from gtok.cli import codebook as codebook_cmd
 from gtok.cli import convert as convert_cmd
 from gtok.cli import decode as decode_cmd
 from gtok.cli import demo as demo_cmd
@@ -44,6 +45,7 @@ def root(
 app.command("env")(env_cmd.env)
 app.command("convert-official")(convert_cmd.convert_official)
 app.command("encode")(encode_cmd.encode)
+app.command("fit-codebook")(codebook_cmd.fit_codebook)
 app.command("info")(info_cmd.info)
 app.command("verify")(verify_cmd.verify)
 app.command("decode")(decode_cmd.decode)

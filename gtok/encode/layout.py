@@ -14,10 +14,7 @@ from gtok.store.layouts import CODEBOOK, LAYOUTS, RASTER, TokenLayout
 
 __all__ = ["token_layout_for"]
 
-_FIT = (
-    "fit one with tools/fit_geometry_codebook.py on a store of this model encoded with "
-    "geometry_bits=8"
-)
+_FIT = "fit one with gtok fit-codebook on a store of this model encoded with geometry_bits=8"
 
 
 def token_layout_for(

@@ -297,7 +297,7 @@ def encode_shards(
         `gtok.store.geometry_bins`), `geometry` then holding their dequantized values.
     layout: the token layout (`gtok.store.layouts`): "fields" (default), "raster" (needs
         geometry_bits) or "codebook" (needs geometry_codebook: a codebook file fitted with
-        tools/fit_geometry_codebook.py for this model); recorded in the store's header.
+        `gtok fit-codebook` for this model); recorded in the store's header.
     shard_id/num_shards: encode only that slice of the input shards (default: from torchrun
         or Slurm variables, else everything); a single process finalizes the store itself,
         parallel workers leave that to `finalize_store` / `gtok encode --finalize`.

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from gtok.errors import GtokError
+from gtok.outputs import AtomicFile
 from gtok.store.geometry_bins import from_unit, to_unit
 
 __all__ = [
@@ -122,8 +123,8 @@ class GeometryCodebook:
         return from_unit(unit, self.scale_min, self.scale_max)
 
     def save(self, path: str | os.PathLike) -> str:
-        """Write the codebook to `path` (.npz); returns the file's sha256."""
-        with open(path, "wb") as f:
+        """Write the codebook to `path` (.npz), whole or not at all; returns its sha256."""
+        with AtomicFile(path) as f:
             np.savez(
                 f,
                 anchors=self.anchors,
@@ -162,8 +163,7 @@ def load_codebook(path: str | os.PathLike) -> GeometryCodebook:
             rate_weight = float(data["rate_weight"])
     except (OSError, KeyError, ValueError) as exc:
         raise GtokError(
-            f"{path} is not a geometry codebook ({exc}); fit one with "
-            "tools/fit_geometry_codebook.py."
+            f"{path} is not a geometry codebook ({exc}); fit one with gtok fit-codebook."
         ) from exc
     good = anchors.ndim == 2 and anchors.shape[1:] == (5,) and centroids.ndim == 2
     good = good and centroids.shape[1] == 5 and 1 <= len(centroids) <= MAX_SIZE
@@ -172,7 +172,7 @@ def load_codebook(path: str | os.PathLike) -> GeometryCodebook:
         raise GtokError(
             f"{path} is not a geometry codebook (anchors {anchors.shape}, centroids "
             f"{centroids.shape}, lengths {lengths.shape}, shape weight {shape_weight}, "
-            f"rate weight {rate_weight}); fit one with tools/fit_geometry_codebook.py."
+            f"rate weight {rate_weight}); fit one with gtok fit-codebook."
         )
     return GeometryCodebook(
         anchors.astype(np.float64),
