@@ -49,6 +49,14 @@ def _demo(tmp: Path, fixtures: dict) -> list:
     return ["demo", "-o", tmp / "demo", "-m", fixtures["model"], "--photos", tmp / "photos"]
 
 
+def _fit_codebook(tmp: Path, fixtures: dict) -> list:
+    from gtok.encode import encode_shards
+
+    store = tmp / "b8.zarr"
+    encode_shards([fixtures["shards"]], store, fixtures["model"], geometry_bits=8, workers=0)
+    return ["fit-codebook", store, "-o", tmp / "codebook.npz", "--size", "16"]
+
+
 # command -> (its arguments, given a temporary folder and the fixtures; text it prints)
 CASES: dict[str, tuple[Callable[[Path, dict], list], str]] = {
     "env": (lambda tmp, f: ["env"], "taichi kernels"),
@@ -66,6 +74,7 @@ CASES: dict[str, tuple[Callable[[Path, dict], list], str]] = {
         ],
         "encoded 11 images",
     ),
+    "fit-codebook": (_fit_codebook, "bits per Gaussian"),
     "info": (lambda tmp, f: ["info", f["store"]], "rows"),
     "verify": (lambda tmp, f: ["verify", f["store"], "--against", f["shards"]], ": ok;"),
     "decode": (

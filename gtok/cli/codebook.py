@@ -8,7 +8,6 @@ import typer
 
 from gtok.cli._arguments import StoreArgument
 from gtok.cli._common import JsonFlag, print_json
-from gtok.console import console
 
 
 def fit_codebook(
@@ -45,9 +44,8 @@ def fit_codebook(
     if json_output:
         print_json(result)
         return
-    console.print(
+    typer.echo(
         f"{result['codebook']}: {result['entries']} entries (of at most {size}) from "
         f"{result['rows']:,} rows; ids {result['bits_per_gaussian']:.2f} bits per Gaussian; "
-        f"sha256 {result['sha256'][:16]}",
-        soft_wrap=True,
+        f"sha256 {result['sha256'][:16]}"
     )
